@@ -8,6 +8,9 @@ Outputs:
                     stubs (`_pb2_grpc.py`) for agentforge/* and the vendored buf/validate.
                     googleapis' own modules come from the googleapis-common-protos wheel, which
                     is the very source of the vendored google/*.proto files.
+  gen/docs/api-reference.md
+                    The API reference for people, rendered from the descriptor's comments
+                    (tools/api_docs.py).
   gen/descriptor/agentforge.binpb
                     A FileDescriptorSet with imports and source info, including
                     google/rpc/error_details.proto, loaded by Envoy's gRPC-JSON transcoder.
@@ -77,6 +80,11 @@ def generate(out: Path) -> None:
     # resolve `agentforge.training.v1` the same way the interpreter does.
     for d in sorted(p for p in py.rglob("*") if p.is_dir()):
         (d / "__init__.py").touch()
+    docs = out / "docs"
+    docs.mkdir(parents=True, exist_ok=True)
+    from api_docs import render  # tools/ is on sys.path when run as a script
+
+    (docs / "api-reference.md").write_text(render(desc / "agentforge.binpb"))
     (out / "README.md").write_text(
         "# gen/\n\nGenerated from `proto/` by `make gen` (`python tools/gen.py`). "
         "Do not edit; CI fails when this tree is stale.\n"

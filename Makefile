@@ -1,0 +1,63 @@
+# Agent Forge mesh — every door users and CI go through.
+#
+#   make run     set up, bring up the whole mesh on embedded defaults, run a real Cognate phase
+#   make test    set up and run the whole check: stale gen/, buf lint, buf breaking, pytest
+#   make up      the mesh in the foreground (Envoy's edge on 127.0.0.1:$(EDGE_PORT)); Ctrl-C stops it
+#   make gen     regenerate gen/ from proto/
+#   make bench   run the benchmarks (figures go to docs/benchmarks.md by hand)
+#
+# Every target sets up what it needs, idempotently.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EDGE_PORT ?= 8080
+export EDGE_PORT
+export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
+
+.PHONY: setup gen check-gen lint breaking test test-fast up run bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 exactly: that spec takes the CPU wheel on disk here; anything else pulls CUDA.
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	@touch $@
+
+gen: $(STAMP)
+	$(PY) tools/vendor_protos.py --check
+	$(VENV)/bin/buf lint
+	$(PY) tools/gen.py
+
+check-gen: $(STAMP)
+	$(PY) tools/vendor_protos.py --check
+	$(PY) tools/gen.py --check
+
+lint: $(STAMP)
+	$(VENV)/bin/buf lint
+
+breaking: $(STAMP)
+	tools/breaking.sh
+
+test: $(STAMP) check-gen lint breaking
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not e2e"
+
+up: $(STAMP)
+	$(PY) -m services.launcher up --edge-port $(EDGE_PORT)
+
+run: $(STAMP)
+	$(PY) -m services.launcher run --edge-port $(EDGE_PORT)
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf .run var .pytest_cache

@@ -1,0 +1,10 @@
+from agentforge.forge.v1 import phase_pb2 as _phase_pb2
+from agentforge.forge.v1 import phase_run_pb2 as _phase_run_pb2
+from agentforge.forge.v1 import phase_run_event_pb2 as _phase_run_event_pb2
+from agentforge.forge.v1 import request_response_pb2 as _request_response_pb2
+from google.api import annotations_pb2 as _annotations_pb2
+from google.api import client_pb2 as _client_pb2
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor

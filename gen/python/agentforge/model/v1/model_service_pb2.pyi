@@ -1,0 +1,11 @@
+from agentforge.model.v1 import model_pb2 as _model_pb2
+from agentforge.model.v1 import model_export_pb2 as _model_export_pb2
+from agentforge.model.v1 import model_version_pb2 as _model_version_pb2
+from agentforge.model.v1 import request_response_pb2 as _request_response_pb2
+from google.api import annotations_pb2 as _annotations_pb2
+from google.api import client_pb2 as _client_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import descriptor as _descriptor
+from typing import ClassVar as _ClassVar
+
+DESCRIPTOR: _descriptor.FileDescriptor
