@@ -1,0 +1,158 @@
+"""Typed client factory: retries only where safe, deadlines always bounded.
+
+``make_channel`` returns a ``grpc.aio.Channel`` whose service config retries a call
+only when it failed with UNAVAILABLE *and* its method was declared idempotent by the
+caller; every other method is attempted once. Its interceptor
+
+* bounds each call's timeout by the time left on the RPC being handled
+  (``min(own timeout, remaining)``, see :mod:`services.shared.context`), so a
+  downstream call never outlives the upstream deadline;
+* applies ``default_timeout`` to calls with a single response when none was given
+  (streams with many responses keep no deadline unless propagated or explicit);
+* forwards the current ``x-request-id``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from services.shared.context import REQUEST_ID_KEY, remaining_seconds, request_id_var
+
+__all__ = [
+    "DeadlineInterceptor",
+    "RetryPolicy",
+    "effective_timeout",
+    "make_channel",
+    "service_config",
+    "stub",
+]
+
+StubT = TypeVar("StubT")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """gRPC retryPolicy applied to idempotent methods (codes: UNAVAILABLE only)."""
+
+    #: Attempts including the first one (gRPC caps this at 5).
+    max_attempts: int = 4
+    #: First backoff; later ones grow by ``backoff_multiplier`` up to ``max_backoff``
+    #: (each actual wait is random in [0, backoff]).
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    backoff_multiplier: float = 2.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "maxAttempts": self.max_attempts,
+            "initialBackoff": f"{self.initial_backoff_s:.3f}s",
+            "maxBackoff": f"{self.max_backoff_s:.3f}s",
+            "backoffMultiplier": self.backoff_multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+
+
+def _method_name(method: str) -> dict[str, str]:
+    """``/pkg.Svc/M`` or ``pkg.Svc/M`` → one method; ``pkg.Svc`` → all its methods."""
+    service, _, name = method.strip("/").partition("/")
+    if not service:
+        raise ValueError(f"bad method name {method!r}")
+    return {"service": service, "method": name} if name else {"service": service}
+
+
+def service_config(idempotent_methods: Iterable[str], retry: RetryPolicy | None) -> dict[str, Any]:
+    """The gRPC service config (JSON object) for these idempotent methods."""
+    names = [_method_name(m) for m in idempotent_methods]
+    if retry is None or not names:
+        return {"methodConfig": []}
+    return {"methodConfig": [{"name": names, "retryPolicy": retry.to_json()}]}
+
+
+def effective_timeout(own: float | None) -> float | None:
+    """``min(own, time left on the incoming RPC)``; None when neither is set."""
+    remaining = remaining_seconds()
+    if remaining is None:
+        return own
+    return remaining if own is None else min(own, remaining)
+
+
+class DeadlineInterceptor(
+    grpc.aio.UnaryUnaryClientInterceptor,
+    grpc.aio.UnaryStreamClientInterceptor,
+    grpc.aio.StreamUnaryClientInterceptor,
+    grpc.aio.StreamStreamClientInterceptor,
+):
+    """Propagate deadline and request id from the RPC being handled."""
+
+    def __init__(self, default_timeout: float | None = None) -> None:
+        self._default = default_timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails, single_response: bool) -> grpc.aio.ClientCallDetails:
+        own = details.timeout
+        if own is None and single_response:
+            own = self._default
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        request_id = request_id_var.get()
+        if request_id is not None and REQUEST_ID_KEY not in metadata:
+            metadata.add(REQUEST_ID_KEY, request_id)
+        return grpc.aio.ClientCallDetails(
+            details.method, effective_timeout(own), metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details, True), request)
+
+    async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return await continuation(self._details(client_call_details, False), request)
+
+    async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(client_call_details, True), request_iterator)
+
+    async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._details(client_call_details, False), request_iterator)
+
+
+def make_channel(
+    target: str,
+    *,
+    idempotent_methods: Iterable[str] = (),
+    retry: RetryPolicy | None = RetryPolicy(),
+    default_timeout: float | None = 10.0,
+    keepalive_time_ms: int = 30_000,
+    keepalive_timeout_ms: int = 10_000,
+    max_message_bytes: int = 16 * 1024 * 1024,
+    options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """An insecure aio channel to ``target`` (``host:port``).
+
+    ``idempotent_methods``: full method names (``/pkg.Service/Method``) or whole
+    services (``pkg.Service``) safe to resend; only they are retried, and only on
+    UNAVAILABLE. Call it after any fork (channels must not cross a fork).
+    """
+    config = service_config(idempotent_methods, retry)
+    opts: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(config)),
+        ("grpc.keepalive_time_ms", keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        *options,
+    ]
+    return grpc.aio.insecure_channel(
+        target, options=opts, interceptors=[DeadlineInterceptor(default_timeout), *interceptors]
+    )
+
+
+def stub(channel: grpc.aio.Channel, stub_cls: type[StubT]) -> StubT:
+    """``stub_cls(channel)``, typed: ``stub(ch, TrainingServiceStub)``."""
+    return stub_cls(channel)

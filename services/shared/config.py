@@ -1,0 +1,131 @@
+"""Server configuration read from the environment.
+
+Every knob is a field of :class:`ServerConfig`, documented once below. A field
+``grace_seconds`` of the ``training`` service is read from ``AF_TRAINING_GRACE_SECONDS``,
+falling back to the generic ``AF_GRACE_SECONDS``, then to the default. Booleans accept
+``1/0, true/false, yes/no, on/off``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, get_type_hints
+
+__all__ = ["ServerConfig", "env_names"]
+
+_MIB = 1024 * 1024
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """How one gRPC service process listens, limits and logs."""
+
+    #: Interface the gRPC server binds (``[::]`` = all, IPv4 and IPv6).
+    host: str = "[::]"
+    #: gRPC port; 0 picks a free port (the bound port is reported in the ready line).
+    port: int = 0
+    #: Interface of the Prometheus ``/metrics`` HTTP endpoint.
+    metrics_host: str = "127.0.0.1"
+    #: Metrics port; 0 picks a free port, -1 disables the endpoint.
+    metrics_port: int = 0
+    #: Seconds open RPCs get to finish after SIGTERM/SIGINT before they are cancelled.
+    grace_seconds: float = 5.0
+    #: Server sends a keepalive ping after this many ms without activity.
+    keepalive_time_ms: int = 30_000
+    #: Connection is closed if a keepalive ping is not acked within this many ms.
+    keepalive_timeout_ms: int = 10_000
+    #: Allow keepalive pings (both ways) on connections with no open RPC.
+    keepalive_permit_without_calls: bool = True
+    #: Shortest interval between client pings the server accepts (ms); faster = GOAWAY.
+    min_ping_interval_ms: int = 10_000
+    #: Largest message the server sends, in bytes.
+    max_send_message_bytes: int = 16 * _MIB
+    #: Largest message the server accepts, in bytes (bigger → RESOURCE_EXHAUSTED).
+    max_receive_message_bytes: int = 16 * _MIB
+    #: HTTP/2 streams (concurrent RPCs) allowed per client connection.
+    max_concurrent_streams: int = 1000
+    #: Python logging level name (DEBUG, INFO, WARNING, ERROR).
+    log_level: str = "INFO"
+    #: ``json`` (one object per line) or ``text`` (human readable).
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(
+        cls, service: str, environ: Mapping[str, str] | None = None
+    ) -> ServerConfig:
+        """Build the config of ``service`` from ``AF_<SERVICE>_<FIELD>`` / ``AF_<FIELD>``."""
+        env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            for name in env_names(service, f.name):
+                raw = env.get(name)
+                if raw is not None and raw.strip() != "":
+                    values[f.name] = _parse(name, raw.strip(), hints[f.name])
+                    break
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ValueError on values that cannot work."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port out of range: {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port out of range: {self.metrics_port}")
+        if self.grace_seconds < 0:
+            raise ValueError("grace_seconds must be >= 0")
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log_format must be json or text, not {self.log_format!r}")
+        for name in ("max_send_message_bytes", "max_receive_message_bytes",
+                     "max_concurrent_streams", "keepalive_time_ms", "keepalive_timeout_ms"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_port >= 0
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """Core channel arguments for ``grpc.aio.server(options=...)``."""
+        return [
+            ("grpc.keepalive_time_ms", self.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(self.keepalive_permit_without_calls)),
+            ("grpc.http2.min_ping_interval_without_data_ms", self.min_ping_interval_ms),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", self.min_ping_interval_ms),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+        ]
+
+
+def env_names(service: str, field_name: str) -> tuple[str, str]:
+    """Environment variables consulted for a field, most specific first."""
+    svc = service.upper().replace("-", "_")
+    knob = field_name.upper()
+    return (f"AF_{svc}_{knob}", f"AF_{knob}")
+
+
+def _parse(name: str, raw: str, typ: Any) -> Any:
+    try:
+        if typ is bool:
+            low = raw.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError("not a boolean")
+        if typ is int:
+            return int(raw, 0)
+        if typ is float:
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ValueError(f"{name}={raw!r}: {exc}") from None

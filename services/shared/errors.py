@@ -1,0 +1,187 @@
+"""Domain errors and their one mapping to ``google.rpc.Status``.
+
+Handlers and domain code raise these; the error interceptor turns them into a gRPC
+status with rich details (``grpc-status-details-bin`` trailer)::
+
+    ForgeError                      reason              grpc code
+    ├── NotFound                    NOT_FOUND           NOT_FOUND
+    ├── AlreadyExists               ALREADY_EXISTS      ALREADY_EXISTS
+    ├── InvalidArgument             INVALID_ARGUMENT    INVALID_ARGUMENT  (+ BadRequest)
+    ├── FailedPrecondition          FAILED_PRECONDITION FAILED_PRECONDITION
+    ├── Aborted                     ABORTED             ABORTED
+    ├── ResourceExhausted           RESOURCE_EXHAUSTED  RESOURCE_EXHAUSTED
+    ├── Unavailable                 UNAVAILABLE         UNAVAILABLE
+    ├── PermissionDenied            PERMISSION_DENIED   PERMISSION_DENIED
+    └── Unauthenticated             UNAUTHENTICATED     UNAUTHENTICATED
+
+Every status carries one ``ErrorInfo{reason, domain, metadata}``; ``reason`` defaults
+to the class's and may be refined per raise (``NotFound(..., reason="JOB_NOT_FOUND")``).
+Any other exception becomes INTERNAL with a generic message; the exception itself is
+only logged, never sent to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import grpc
+import grpc.aio
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.shared.context import REQUEST_ID_KEY, request_id_var
+
+__all__ = [
+    "Aborted",
+    "AlreadyExists",
+    "FailedPrecondition",
+    "FieldViolation",
+    "ForgeError",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Unauthenticated",
+    "Unavailable",
+    "abort_with",
+    "internal_status",
+    "status_for_exception",
+    "to_rpc_status",
+]
+
+_log = logging.getLogger(__name__)
+
+#: (field path, description), e.g. ``("page_size", "must be at most 1000")``.
+FieldViolation = tuple[str, str]
+
+INTERNAL_MESSAGE = "internal error"
+
+
+class ForgeError(Exception):
+    """Base of all domain errors; maps to a gRPC status with an ErrorInfo."""
+
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    default_reason: ClassVar[str] = "UNKNOWN"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class NotFound(ForgeError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(ForgeError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class InvalidArgument(ForgeError):
+    """Bad input; ``violations`` become ``BadRequest.field_violations``."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[FieldViolation] = (),
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.violations: list[FieldViolation] = list(violations)
+
+
+class FailedPrecondition(ForgeError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Aborted(ForgeError):
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class ResourceExhausted(ForgeError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(ForgeError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class PermissionDenied(ForgeError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class Unauthenticated(ForgeError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+def _pack(message: object) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(message)  # type: ignore[arg-type]
+    return detail
+
+
+def to_rpc_status(exc: ForgeError, domain: str) -> status_pb2.Status:
+    """``google.rpc.Status`` for a domain error: ErrorInfo (+ BadRequest)."""
+    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain)
+    info.metadata.update(exc.metadata)
+    status.details.append(_pack(info))
+    if isinstance(exc, InvalidArgument) and exc.violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in exc.violations
+            ]
+        )
+        status.details.append(_pack(bad))
+    return status
+
+
+def internal_status(domain: str) -> status_pb2.Status:
+    """The generic INTERNAL status sent for unexpected exceptions."""
+    status = status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
+    status.details.append(_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain)))
+    return status
+
+
+def status_for_exception(exc: BaseException, domain: str) -> status_pb2.Status:
+    """Map any exception; non-domain ones are logged and hidden behind INTERNAL."""
+    if isinstance(exc, ForgeError):
+        return to_rpc_status(exc, domain)
+    _log.error("unhandled exception in handler", exc_info=exc)
+    return internal_status(domain)
+
+
+async def abort_with(
+    context: grpc.aio.ServicerContext, exc: BaseException, domain: str
+) -> None:
+    """Abort the RPC with the status for ``exc`` (always raises)."""
+    status = rpc_status.to_status(status_for_exception(exc, domain))
+    trailers = tuple(status.trailing_metadata)
+    request_id = request_id_var.get()
+    if request_id is not None:
+        trailers += ((REQUEST_ID_KEY, request_id),)
+    await context.abort(status.code, status.details, trailers)

@@ -1,0 +1,201 @@
+"""Server bootstrap shared by the five services.
+
+``build_server`` wires a grpc.aio server: the interceptor chain, keepalive and size
+limits from :class:`ServerConfig`, grpc.health.v1 with one status per service, server
+reflection (grpcurl needs no proto files) and the Prometheus endpoint. The returned
+:class:`Service` is started; ``serve_forever`` waits for SIGTERM/SIGINT, then marks
+every health status NOT_SERVING and drains open RPCs for ``grace_seconds``.
+
+A service's entry point is typically::
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        training_pb2_grpc.add_TrainingServiceServicer_to_server(servicer, server)
+        return [training_pb2.DESCRIPTOR.services_by_name["TrainingService"].full_name]
+
+    run_service("training", register)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from services.shared.config import ServerConfig
+from services.shared.health import HealthService
+from services.shared.interceptors import default_interceptors
+from services.shared.logging import configure_logging
+from services.shared.metrics import GrpcServerMetrics, MetricsEndpoint, start_metrics_endpoint
+
+__all__ = ["Register", "Service", "build_server", "run_service", "serve"]
+
+_log = logging.getLogger(__name__)
+
+#: Adds servicers to the server and returns the full names of the services it added
+#: (may be a coroutine function, for services that connect to Redis etc. first).
+Register = Callable[[grpc.aio.Server], Iterable[str] | Awaitable[Iterable[str]]]
+
+
+@dataclass
+class Service:
+    """A started gRPC server with its health, metrics and bound ports."""
+
+    name: str
+    config: ServerConfig
+    server: grpc.aio.Server
+    health: HealthService
+    port: int
+    service_names: list[str]
+    registry: CollectorRegistry
+    metrics: MetricsEndpoint | None = None
+    #: Set by SIGTERM/SIGINT or :meth:`request_stop`; ``serve_forever`` then shuts down.
+    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    _shutdown: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics is None else self.metrics.port
+
+    def ready_line(self) -> str:
+        """The one machine-readable JSON line the launcher waits for."""
+        return json.dumps(
+            {
+                "event": "ready",
+                "service": self.name,
+                "grpc_port": self.port,
+                "metrics_port": self.metrics_port,
+                "services": self.service_names,
+            },
+            separators=(",", ":"),
+        )
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        """Flip one service's health status (``""`` = the whole server)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(service, status)
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING first, then drain open RPCs for ``grace`` seconds.
+
+        Idempotent: a second call waits for the first one to finish.
+        """
+        self.stop_requested.set()
+        if self._shutdown is None:
+            self._shutdown = asyncio.ensure_future(self._do_shutdown(grace))
+        await asyncio.shield(self._shutdown)
+
+    async def _do_shutdown(self, grace: float | None) -> None:
+        grace = self.config.grace_seconds if grace is None else grace
+        _log.info("shutting down", extra={"grace_seconds": grace})
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.close)
+        _log.info("stopped")
+
+    async def serve_forever(
+        self,
+        *,
+        on_shutdown: Callable[[], Awaitable[None]] | None = None,
+        on_ready: Callable[[], None] | None = None,
+        signals: Iterable[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    ) -> None:
+        """Run until SIGTERM/SIGINT (or :meth:`shutdown`), then stop gracefully.
+
+        ``on_ready`` runs once the signal handlers are installed, so whoever waits
+        for the ready line can signal right away.
+        """
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in signals:
+            loop.add_signal_handler(sig, self.request_stop)
+            installed.append(sig)
+        try:
+            if on_ready is not None:
+                on_ready()
+            await self.stop_requested.wait()
+            await self.shutdown()
+            if on_shutdown is not None:
+                await on_shutdown()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+
+async def build_server(config: ServerConfig, service_name: str, register: Register) -> Service:
+    """Create, wire and start the server; returns it with the ports actually bound."""
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = GrpcServerMetrics(registry) if config.metrics_enabled else None
+    server = grpc.aio.server(
+        interceptors=default_interceptors(metrics, domain=f"agentforge.{service_name}"),
+        options=config.grpc_options(),
+    )
+    added = register(server)
+    names = list(await added if inspect.isawaitable(added) else added)
+    health = HealthService()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(f"{config.host}:{config.port}")
+    if port == 0:
+        raise OSError(f"could not bind {config.host}:{config.port}")
+    await server.start()
+    endpoint = None
+    if metrics is not None:
+        try:
+            endpoint = start_metrics_endpoint(registry, config.metrics_host, config.metrics_port)
+        except OSError:
+            await server.stop(None)
+            raise
+    for name in names:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    service = Service(service_name, config, server, health, port, names, registry, endpoint)
+    _log.info("ready", extra={"grpc_port": port, "metrics_port": service.metrics_port,
+                              "services": names})
+    return service
+
+
+async def serve(
+    config: ServerConfig,
+    service_name: str,
+    register: Register,
+    *,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    stdout: TextIO | None = None,
+) -> None:
+    """Build the server, print the ready line on stdout, serve until a signal."""
+    service = await build_server(config, service_name, register)
+    out = stdout or sys.stdout
+    await service.serve_forever(
+        on_shutdown=on_shutdown,
+        on_ready=lambda: print(service.ready_line(), file=out, flush=True),
+    )
+
+
+def run_service(
+    service_name: str,
+    register: Register,
+    *,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Process entry point: config from env, JSON logging, serve until SIGTERM."""
+    config = ServerConfig.from_env(service_name)
+    configure_logging(service_name, config.log_level, fmt=config.log_format)
+    asyncio.run(serve(config, service_name, register, on_shutdown=on_shutdown))

@@ -1,0 +1,118 @@
+"""Domain errors → google.rpc.Status with ErrorInfo/BadRequest, decoded by a client."""
+
+from __future__ import annotations
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import wrappers_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from services.shared import errors
+
+from .conftest import rpc
+
+S = wrappers_pb2.StringValue
+
+
+def _details(status: status_pb2.Status) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest | None]:
+    info, bad = None, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+    assert info is not None, "every error status carries an ErrorInfo"
+    return info, bad
+
+
+@pytest.mark.parametrize(
+    ("cls", "code"),
+    [
+        (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+        (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+        (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+        (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+        (errors.Aborted, grpc.StatusCode.ABORTED),
+        (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+        (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+        (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    ],
+)
+def test_each_error_maps_to_its_code_and_reason(cls: type[errors.ForgeError], code: grpc.StatusCode) -> None:
+    status = errors.to_rpc_status(cls("msg"), "agentforge.test")
+    assert status.code == code.value[0]
+    assert status.message == "msg"
+    info, _ = _details(status)
+    assert (info.reason, info.domain) == (code.name, "agentforge.test")
+
+
+def test_reason_and_metadata_can_be_refined() -> None:
+    status = errors.to_rpc_status(errors.NotFound("x", reason="JOB_NOT_FOUND", metadata={"job": "j1"}), "d")
+    info, bad = _details(status)
+    assert info.reason == "JOB_NOT_FOUND" and dict(info.metadata) == {"job": "j1"}
+    assert bad is None
+
+
+def test_unexpected_exception_becomes_generic_internal(caplog: pytest.LogCaptureFixture) -> None:
+    status = errors.status_for_exception(RuntimeError("db password=hunter2"), "d")
+    assert status.code == code_pb2.INTERNAL
+    assert "hunter2" not in status.SerializeToString().decode("latin-1")
+    assert "hunter2" in caplog.text  # logged for operators
+
+
+async def test_client_decodes_error_info_from_trailers(channel: grpc.aio.Channel) -> None:
+    call = rpc(channel, "uu", "Unary", S, S)(S(value="not_found"))
+    with pytest.raises(grpc.aio.AioRpcError) as exc_info:
+        await call
+    assert exc_info.value.code() == grpc.StatusCode.NOT_FOUND
+    status = await rpc_status.aio.from_call(call)
+    assert status is not None and status.message == "thing missing"
+    info, _ = _details(status)
+    assert (info.reason, info.domain, dict(info.metadata)) == ("THING_NOT_FOUND", "agentforge.echo", {"thing": "t1"})
+
+
+async def test_client_decodes_bad_request_field_violations(channel: grpc.aio.Channel) -> None:
+    call = rpc(channel, "uu", "Unary", S, S)(S(value="invalid"))
+    with pytest.raises(grpc.aio.AioRpcError) as exc_info:
+        await call
+    assert exc_info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = await rpc_status.aio.from_call(call)
+    assert status is not None
+    info, bad = _details(status)
+    assert info.reason == "INVALID_ARGUMENT"
+    assert bad is not None
+    assert [(v.field, v.description) for v in bad.field_violations] == [("a.b", "must be set"), ("c[0]", "too long")]
+
+
+async def test_unhandled_exception_is_internal_without_leaking(channel: grpc.aio.Channel) -> None:
+    call = rpc(channel, "uu", "Unary", S, S)(S(value="boom"))
+    with pytest.raises(grpc.aio.AioRpcError) as exc_info:
+        await call
+    err = exc_info.value
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert err.details() == "internal error"
+    assert "secret-token-123" not in repr(err) + str(await call.trailing_metadata())
+
+
+async def test_error_in_server_stream_after_messages(channel: grpc.aio.Channel) -> None:
+    I = wrappers_pb2.Int64Value
+    call = rpc(channel, "us", "ServerStream", I, I)(I(value=-2))
+    got = []
+    with pytest.raises(grpc.aio.AioRpcError) as exc_info:
+        async for m in call:
+            got.append(m.value)
+    assert got == [0, 1]
+    assert exc_info.value.code() == grpc.StatusCode.ABORTED
+    status = await rpc_status.aio.from_call(call)
+    assert status is not None and _details(status)[0].reason == "ABORTED"
+
+
+async def test_plain_abort_by_handler_passes_through(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as exc_info:
+        await rpc(channel, "uu", "Unary", S, S)(S(value="abort"))
+    assert (exc_info.value.code(), exc_info.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, "nope")
