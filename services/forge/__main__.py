@@ -1,0 +1,3 @@
+from services.forge.server import main
+
+main()

@@ -1,0 +1,162 @@
+"""Durable phase runs: SQLite (WAL) holding each run's latest snapshot and its event history.
+
+The history is what ``WatchPhaseRun`` replays after a cursor. The database's ``epoch`` is
+minted when the file is created; a new file (history lost) means a new epoch, which
+watchers see on every event. Synchronous by design (local SQLite, short transactions);
+the service calls it through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+from pathlib import Path
+
+from google.protobuf import timestamp_pb2
+
+from agentforge.forge.v1 import phase_run_event_pb2 as ev
+from agentforge.forge.v1 import phase_run_pb2 as pr
+
+__all__ = ["RunStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    phase TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    request_id TEXT UNIQUE,
+    create_us INTEGER NOT NULL,
+    saga_data TEXT NOT NULL DEFAULT '{}',
+    snapshot BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs (create_us DESC, id DESC);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+"""
+
+
+class RunStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES ('epoch', ?)", (secrets.token_hex(8),))
+                row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
+        self.epoch: str = row[0]
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- runs ---------------------------------------------------------------------
+    def by_request_id(self, request_id: str) -> pr.PhaseRun | None:
+        row = self._db.execute("SELECT snapshot FROM runs WHERE request_id=?", (request_id,)).fetchone()
+        return pr.PhaseRun.FromString(row[0]) if row else None
+
+    def get(self, run_id: str) -> pr.PhaseRun | None:
+        row = self._db.execute("SELECT snapshot FROM runs WHERE id=?", (run_id,)).fetchone()
+        return pr.PhaseRun.FromString(row[0]) if row else None
+
+    def insert(self, run: pr.PhaseRun) -> bool:
+        """Store a new run; False if its id or request id is taken."""
+        run_id = run.name.split("/", 1)[1]
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO runs (id, phase, state, request_id, create_us, snapshot) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, run.phase, run.state, run.request_id or None,
+                     _us(run.create_time), run.SerializeToString()),
+                )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    def save(self, run: pr.PhaseRun, event: ev.PhaseRunEvent | None = None) -> ev.PhaseRunEvent | None:
+        """Persist the snapshot and, atomically, append ``event`` (sequence, cursor and
+        epoch filled in here) carrying that snapshot."""
+        run_id = run.name.split("/", 1)[1]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("UPDATE runs SET state=?, snapshot=? WHERE id=?",
+                                 (run.state, run.SerializeToString(), run_id))
+                if event is not None:
+                    (last,) = self._db.execute(
+                        "SELECT COALESCE(MAX(seq), 0) FROM events WHERE run_id=?", (run_id,)).fetchone()
+                    event.sequence = last + 1
+                    event.epoch = self.epoch
+                    event.cursor = f"{self.epoch}.{event.sequence}"
+                    event.phase_run.CopyFrom(run)
+                    self._db.execute("INSERT INTO events VALUES (?, ?, ?)",
+                                     (run_id, event.sequence, event.SerializeToString()))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return event
+
+    def saga_data(self, run_id: str) -> dict:
+        """Data a saga keeps for compensation (e.g. an alias's previous target)."""
+        row = self._db.execute("SELECT saga_data FROM runs WHERE id=?", (run_id,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def set_saga_data(self, run_id: str, data: dict) -> None:
+        with self._lock:
+            self._db.execute("UPDATE runs SET saga_data=? WHERE id=?", (json.dumps(data), run_id))
+
+    def list(self, *, phase: str, states: list[int], labels: dict[str, str],
+             after: tuple[int, str] | None, limit: int) -> list[pr.PhaseRun]:
+        sql = "SELECT snapshot, create_us, id FROM runs WHERE 1=1"
+        args: list[object] = []
+        if phase:
+            sql += " AND phase=?"
+            args.append(phase)
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            args += states
+        if after is not None:
+            sql += " AND (create_us < ? OR (create_us = ? AND id < ?))"
+            args += [after[0], after[0], after[1]]
+        sql += " ORDER BY create_us DESC, id DESC"
+        out = []
+        for blob, _, _ in self._db.execute(sql, args):
+            run = pr.PhaseRun.FromString(blob)
+            if all(run.labels.get(k) == v for k, v in labels.items()):
+                out.append(run)
+                if len(out) == limit:
+                    break
+        return out
+
+    def unfinished(self) -> list[pr.PhaseRun]:
+        done = (pr.PHASE_RUN_STATE_SUCCEEDED, pr.PHASE_RUN_STATE_FAILED, pr.PHASE_RUN_STATE_CANCELLED)
+        rows = self._db.execute(
+            f"SELECT snapshot FROM runs WHERE state NOT IN ({','.join('?' * len(done))})", done)
+        return [pr.PhaseRun.FromString(r[0]) for r in rows]
+
+    def latest_run(self, phase: str) -> str:
+        row = self._db.execute(
+            "SELECT id FROM runs WHERE phase=? ORDER BY create_us DESC, id DESC LIMIT 1", (phase,)).fetchone()
+        return f"phaseRuns/{row[0]}" if row else ""
+
+    # -- events -------------------------------------------------------------------
+    def events_after(self, run_id: str, seq: int, limit: int = 500) -> list[ev.PhaseRunEvent]:
+        rows = self._db.execute(
+            "SELECT event FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?", (run_id, seq, limit))
+        return [ev.PhaseRunEvent.FromString(r[0]) for r in rows]
+
+
+def _us(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
