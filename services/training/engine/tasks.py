@@ -1,0 +1,304 @@
+"""Tasks: datasets, tokenisation, losses and the deterministic batch sampler.
+
+Everything is generated or read locally; nothing is downloaded.
+
+- :class:`ModularArithmeticTask` — the GrokFast paper's task (Lee et al. 2024, code built
+  on Power et al.'s grokking setup): every pair ``x in [0, p)``, ``y in [1, p)``, tokens
+  ``[x, op, y, =]`` with ``= = p`` and ``op = p + 1``, target ``x*y mod p`` predicted at the
+  last position; a random split from the seed; full-set evaluation.
+- :class:`CognateTask` — next-byte language modelling on the built-in arithmetic word
+  problems or a local ``.txt``/``.jsonl`` file, in windows of ``context_length`` tokens.
+
+Training batches come from :class:`EpochSampler`: each epoch is a permutation of the
+training examples drawn from a ``torch.Generator`` seeded by ``(seed, epoch)``, cut into
+batches (the last one may be short, as in the paper's loop). The batch at a step is thus a
+pure function of ``(seed, step)`` and needs no RNG state to resume exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .spec import BUILTIN_DATASET, SpecError, TaskSpec
+
+__all__ = [
+    "Task",
+    "ModularArithmeticTask",
+    "CognateTask",
+    "ByteTokenizer",
+    "EpochSampler",
+    "epoch_seed",
+    "build_task",
+    "generate_word_problems",
+    "load_text_documents",
+]
+
+_MASK63 = (1 << 63) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of the generator that shuffles epoch ``epoch`` of a run seeded ``seed``."""
+    return (seed * 1_000_003 + (epoch + 1) * _GOLDEN) & _MASK63
+
+
+class EpochSampler:
+    """Deterministic shuffled batches: step -> example indices, a function of (seed, step)."""
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int) -> None:
+        if num_examples < 1:
+            raise ValueError("no training examples")
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = math.ceil(num_examples / batch_size)
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Indices (CPU, int64) of the batch used by optimizer step ``step`` (0-based)."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+            self._perm = torch.randperm(self.num_examples, generator=gen)
+            self._epoch = epoch
+        return self._perm[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def state_dict(self) -> dict[str, int]:
+        """Identity of the sampling scheme (the position is the step itself)."""
+        return {"num_examples": self.num_examples, "batch_size": self.batch_size, "seed": self.seed}
+
+
+class Task(ABC):
+    """A supervised sequence task whose data lives in tensors (moved with :meth:`to`)."""
+
+    kind: str
+    vocab_size: int
+    sequence_length: int
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    eval_inputs: torch.Tensor
+    eval_targets: torch.Tensor
+    eval_batch_size: int = 1024
+
+    @property
+    def num_train_examples(self) -> int:
+        return int(self.train_inputs.shape[0])
+
+    def to(self, device: torch.device) -> "Task":
+        for name in ("train_inputs", "train_targets", "eval_inputs", "eval_targets"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def train_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = indices.to(self.train_inputs.device)
+        return self.train_inputs[idx], self.train_targets[idx]
+
+    @abstractmethod
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy of model output ``(B, T, V)`` against ``targets``."""
+
+    @abstractmethod
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(number of correct predictions as a 0-dim tensor, number of predictions)."""
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Loss and accuracy over the whole held-out split (model left in eval mode)."""
+        was_training = model.training
+        model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.eval_inputs.device)
+        correct_sum = torch.zeros((), dtype=torch.int64, device=self.eval_inputs.device)
+        count = 0
+        for start in range(0, int(self.eval_inputs.shape[0]), self.eval_batch_size):
+            x = self.eval_inputs[start:start + self.eval_batch_size]
+            y = self.eval_targets[start:start + self.eval_batch_size]
+            logits = model(x)
+            loss_sum += self.loss(logits, y, reduction="sum").double()
+            c, n = self.correct(logits, y)
+            correct_sum += c
+            count += n
+        model.train(was_training)
+        loss = (loss_sum / max(count, 1)).item()
+        metrics = {"loss": loss, "accuracy": correct_sum.item() / max(count, 1),
+                   "examples": float(self.eval_inputs.shape[0])}
+        if self.kind == "cognate":
+            metrics["perplexity"] = math.exp(min(loss, 50.0))
+        return metrics
+
+
+class ModularArithmeticTask(Task):
+    """x * y mod p, exactly the GrokFast paper's multiplication task."""
+
+    kind = "modular_arithmetic"
+    sequence_length = 4
+
+    def __init__(self, modulus: int = 97, train_fraction: float = 0.5, seed: int = 0) -> None:
+        p = modulus
+        self.modulus = p
+        self.eq_token = p
+        self.op_token = p + 1
+        self.vocab_size = p + 2
+        x, y = torch.cartesian_prod(torch.arange(p), torch.arange(1, p)).T
+        eq = torch.full_like(x, self.eq_token)
+        op = torch.full_like(x, self.op_token)
+        inputs = torch.stack([x, op, y, eq], dim=1)
+        targets = (x * y) % p
+        perm = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(seed))
+        n_train = int(inputs.shape[0] * train_fraction)
+        train_idx, eval_idx = perm[:n_train], perm[n_train:]
+        self.train_inputs, self.train_targets = inputs[train_idx], targets[train_idx]
+        self.eval_inputs, self.eval_targets = inputs[eval_idx], targets[eval_idx]
+        self.eval_batch_size = 8192
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(logits[:, -1, :], targets, reduction=reduction)
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return (logits[:, -1, :].argmax(-1) == targets).sum(), int(targets.shape[0])
+
+
+class ByteTokenizer:
+    """UTF-8 bytes 0..255 plus BOS (256), EOS (257) and PAD (258)."""
+
+    BOS = 256
+    EOS = 257
+    PAD = 258
+    vocab_size = 259
+
+    def encode(self, text: str, *, bos: bool = True, eos: bool = True) -> list[int]:
+        ids = list(text.encode("utf-8"))
+        return ([self.BOS] if bos else []) + ids + ([self.EOS] if eos else [])
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+_NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jun",
+          "Kofi", "Lena", "Mia", "Noor", "Omar", "Priya", "Quinn", "Rosa", "Sami", "Tariq")
+_ITEMS = ("apples", "pencils", "marbles", "stickers", "books", "coins", "cards", "shells",
+          "eggs", "flowers", "cookies", "stamps")
+
+
+def generate_word_problems(count: int, seed: int) -> list[str]:
+    """``count`` arithmetic word problems with their answers, deterministic from ``seed``."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    for _ in range(count):
+        name, other = rng.sample(_NAMES, 2)
+        item = rng.choice(_ITEMS)
+        form = rng.randrange(4)
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        if form == 0:
+            out.append(f"{name} has {a} {item} and buys {b} more. How many {item} does {name} have? {a + b}")
+        elif form == 1:
+            a, b = max(a, b), min(a, b)
+            out.append(f"{name} has {a} {item} and gives away {b}. How many {item} are left? {a - b}")
+        elif form == 2:
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            out.append(f"{name} has {a} bags with {b} {item} in each. How many {item} in total? {a * b}")
+        else:
+            out.append(f"{name} has {a} {item}. {other} has {b} more than {name}. "
+                       f"How many {item} does {other} have? {a + b}")
+    return out
+
+
+def load_text_documents(path: str | Path) -> list[str]:
+    """Documents of a local file: ``.jsonl`` -> each line's ``text``; ``.txt`` -> non-empty lines."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError("task.dataset", f"dataset file not found: {p}")
+    docs: list[str] = []
+    with p.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            if p.suffix == ".jsonl":
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise SpecError("task.dataset", f"{p}:{lineno}: invalid JSON ({exc.msg})") from exc
+                text = record.get("text") if isinstance(record, dict) else None
+                if not isinstance(text, str):
+                    raise SpecError("task.dataset", f"{p}:{lineno}: missing string field 'text'")
+                docs.append(text)
+            else:
+                docs.append(line)
+    if not docs:
+        raise SpecError("task.dataset", f"dataset file has no text: {p}")
+    return docs
+
+
+class CognateTask(Task):
+    """Byte-level next-token prediction in non-overlapping windows of ``context_length``."""
+
+    kind = "cognate"
+    builtin_documents = 4000
+    max_eval_windows = 256
+
+    def __init__(self, dataset: str, context_length: int, train_fraction: float = 0.9,
+                 seed: int = 0) -> None:
+        self.tokenizer = ByteTokenizer()
+        self.vocab_size = ByteTokenizer.vocab_size
+        self.sequence_length = context_length
+        if dataset == BUILTIN_DATASET:
+            docs = generate_word_problems(self.builtin_documents, seed)
+        else:
+            docs = load_text_documents(dataset)
+        order = list(range(len(docs)))
+        random.Random(seed).shuffle(order)
+        docs = [docs[i] for i in order]
+        if len(docs) >= 2:
+            n_train = min(max(1, round(len(docs) * train_fraction)), len(docs) - 1)
+            train_ids = self._stream(docs[:n_train])
+            eval_ids = self._stream(docs[n_train:])
+        else:  # one document: split its token stream by position
+            ids = self._stream(docs)
+            cut = int(len(ids) * train_fraction)
+            train_ids, eval_ids = ids[:cut], ids[cut:]
+        self.train_inputs, self.train_targets = self._windows(train_ids, context_length, "training")
+        self.eval_inputs, self.eval_targets = self._windows(eval_ids, context_length, "validation")
+        self.eval_inputs = self.eval_inputs[: self.max_eval_windows]
+        self.eval_targets = self.eval_targets[: self.max_eval_windows]
+        self.eval_batch_size = 64
+
+    def _stream(self, docs: list[str]) -> list[int]:
+        ids: list[int] = []
+        for d in docs:
+            ids.extend(self.tokenizer.encode(d))
+        return ids
+
+    @staticmethod
+    def _windows(ids: list[int], t: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        n = (len(ids) - 1) // t
+        if n < 1:
+            raise SpecError("task.dataset", f"{split} split has {len(ids)} tokens; "
+                            f"need at least context_length + 1 = {t + 1}")
+        data = torch.tensor(ids[: n * t + 1], dtype=torch.long)
+        inputs = data[:-1].view(n, t)
+        targets = data[1:].view(n, t)
+        return inputs.contiguous(), targets.contiguous()
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                               reduction=reduction)
+
+    def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return (logits.argmax(-1) == targets).sum(), int(targets.numel())
+
+
+def build_task(spec: TaskSpec, context_length: int, seed: int) -> Task:
+    """The task a spec names (CPU tensors; call :meth:`Task.to` to move it)."""
+    if spec.kind == "modular_arithmetic":
+        return ModularArithmeticTask(spec.modulus, spec.train_fraction, seed)
+    if spec.kind == "cognate":
+        return CognateTask(spec.dataset, context_length, spec.train_fraction, seed)
+    raise SpecError("task.kind", f"unknown task {spec.kind!r}")
