@@ -12,7 +12,9 @@ status with rich details (``grpc-status-details-bin`` trailer)::
     ├── ResourceExhausted           RESOURCE_EXHAUSTED  RESOURCE_EXHAUSTED
     ├── Unavailable                 UNAVAILABLE         UNAVAILABLE
     ├── PermissionDenied            PERMISSION_DENIED   PERMISSION_DENIED
-    └── Unauthenticated             UNAUTHENTICATED     UNAUTHENTICATED
+    ├── Unauthenticated             UNAUTHENTICATED     UNAUTHENTICATED
+    ├── OutOfRange                  OUT_OF_RANGE        OUT_OF_RANGE      (e.g. offset past the end)
+    └── DataLoss                    DATA_LOSS           DATA_LOSS         (e.g. sha256 mismatch)
 
 Every status carries one ``ErrorInfo{reason, domain, metadata}``; ``reason`` defaults
 to the class's and may be refined per raise (``NotFound(..., reason="JOB_NOT_FOUND")``).
@@ -37,11 +39,13 @@ from services.shared.context import REQUEST_ID_KEY, request_id_var
 __all__ = [
     "Aborted",
     "AlreadyExists",
+    "DataLoss",
     "FailedPrecondition",
     "FieldViolation",
     "ForgeError",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
@@ -135,6 +139,20 @@ class PermissionDenied(ForgeError):
 class Unauthenticated(ForgeError):
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"
+
+
+class OutOfRange(ForgeError):
+    """A position past the end (e.g. a download offset beyond the file)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "OUT_OF_RANGE"
+
+
+class DataLoss(ForgeError):
+    """Bytes failed verification (e.g. a sha256 mismatch) and were discarded."""
+
+    code = grpc.StatusCode.DATA_LOSS
+    default_reason = "DATA_LOSS"
 
 
 def _pack(message: object) -> any_pb2.Any:

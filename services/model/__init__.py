@@ -1,0 +1,1 @@
+"""The model registry service (``python -m services.model``)."""

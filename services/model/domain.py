@@ -1,0 +1,323 @@
+"""Registry operations that span the database and the files: uploads, downloads,
+exports, deletes and the training hand-off. No gRPC here.
+
+Upload protocol (see ``UploadModelArtifact`` in the contract): :meth:`ModelRegistry.upload`
+opens an :class:`UploadSession` for one stream; it checks the header against the upload
+in progress, accepts chunks only at the committed offset (``UPLOAD_OFFSET_MISMATCH``
+otherwise), persists every chunk before advancing ``committed_bytes`` and verifies size
+and sha256 after the last byte (``CHECKSUM_MISMATCH`` → DATA_LOSS, bytes discarded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.model import exports
+from services.shared.errors import DataLoss, OutOfRange
+from services.model.artifacts import ArtifactFiles, sha256_file
+from services.model.store import ArtifactRecord, ExportRecord, Lineage, Registry, VersionRecord, now_us
+from services.shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+
+__all__ = ["Chunk", "Handoff", "ModelRegistry", "UploadHeader", "UploadSession", "register_handoff"]
+
+_log = logging.getLogger(__name__)
+_DATA_LOSS = 15
+_INTERNAL = 13
+_FAILED_PRECONDITION = 9
+_METRIC_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,127}$")
+_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    size_bytes: int
+    sha256: str
+    content_type: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a file being downloaded."""
+
+    version: VersionRecord
+    offset: int
+    data: bytes
+    total_size: int
+    sha256: str
+    content_type: str
+    format: str
+
+
+class UploadSession:
+    """One upload stream on one version; use through :meth:`ModelRegistry.upload`."""
+
+    def __init__(self, registry: ModelRegistry, version: VersionRecord, header: UploadHeader, committed: int) -> None:
+        self._registry = registry
+        self._store = registry.store
+        self._files = registry.files
+        self.version = version
+        self.header = header
+        self.committed = committed
+        self.complete = False
+        self.sha256 = ""
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Append one chunk at ``offset``; verifies the whole file after its last byte."""
+        if self.complete:
+            raise FailedPrecondition("the upload is already complete", reason="UPLOAD_COMPLETE")
+        if offset != self.committed:
+            raise FailedPrecondition(
+                f"chunk offset {offset} does not continue at committed_bytes {self.committed}",
+                reason="UPLOAD_OFFSET_MISMATCH", metadata={"committed_bytes": str(self.committed)})
+        end = offset + len(data)
+        if end > self.header.size_bytes:
+            await self._fail(f"upload exceeds the declared size_bytes {self.header.size_bytes}", "SIZE_MISMATCH")
+        v = self.version
+        await asyncio.to_thread(self._files.append, v.model_id, v.version, offset, data)
+        await self._store.set_committed(v.model_id, v.version, end)
+        self.committed = end
+        if end == self.header.size_bytes:
+            await self._verify()
+
+    async def _verify(self) -> None:
+        v = self.version
+        actual = await asyncio.to_thread(self._files.part_sha256, v.model_id, v.version)
+        if actual != self.header.sha256:
+            await self._fail(f"sha256 of the uploaded bytes is {actual}, the header declared {self.header.sha256}",
+                             "CHECKSUM_MISMATCH")
+        await asyncio.to_thread(self._files.commit_part, v.model_id, v.version)
+        artifact = self._artifact("READY", self.committed)
+        artifact.complete_time = now_us()
+        self.version = await self._store.set_artifact(v.model_id, v.version, artifact, state="READY")
+        self.complete = True
+        self.sha256 = actual
+
+    async def _fail(self, message: str, reason: str) -> None:
+        v = self.version
+        await asyncio.to_thread(self._files.discard_part, v.model_id, v.version)
+        artifact = self._artifact("FAILED", 0)
+        artifact.error_code, artifact.error_message = _DATA_LOSS, message
+        self.version = await self._store.set_artifact(v.model_id, v.version, artifact, state="FAILED")
+        self.committed = 0
+        raise DataLoss(message + "; the bytes were discarded, upload again from offset 0", reason=reason)
+
+    def _artifact(self, state: str, committed: int) -> ArtifactRecord:
+        h = self.header
+        return ArtifactRecord(state=state, sha256=h.sha256, size_bytes=h.size_bytes, committed_bytes=committed,
+                              content_type=h.content_type, format=h.format)
+
+    async def current(self) -> VersionRecord:
+        self.version = await self._store.get_version(self.version.model_id, self.version.version)
+        return self.version
+
+
+class ModelRegistry:
+    """The registry's use cases over a :class:`Registry` (SQLite) and :class:`ArtifactFiles`."""
+
+    def __init__(self, store: Registry, files: ArtifactFiles, *, max_artifact_bytes: int) -> None:
+        self.store = store
+        self.files = files
+        self.max_artifact_bytes = max_artifact_bytes
+        self._uploading: set[tuple[str, int]] = set()
+        self._export_tasks: set[asyncio.Task[None]] = set()
+
+    # -- deletes (rows and files) -----------------------------------------------------
+    async def delete_model(self, model_id: str, *, force: bool, etag: str) -> None:
+        await self.store.delete_model(model_id, force=force, etag=etag)
+        await asyncio.to_thread(self.files.remove_model, model_id)
+
+    async def delete_version(self, model_id: str, version: int, *, force: bool, etag: str) -> None:
+        await self.store.delete_version(model_id, version, force=force, etag=etag)
+        await asyncio.to_thread(self.files.remove_version, model_id, version)
+
+    # -- upload ---------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def upload(self, model_id: str, version: int, header: UploadHeader) -> AsyncIterator[UploadSession]:
+        """Open an upload on a version that is not READY; one stream per version at a time."""
+        if header.size_bytes > self.max_artifact_bytes:
+            raise InvalidArgument(
+                f"size_bytes {header.size_bytes} exceeds this registry's limit of {self.max_artifact_bytes}",
+                [("header.size_bytes", f"must be at most {self.max_artifact_bytes}")],
+                reason="ARTIFACT_TOO_LARGE")
+        key = (model_id, version)
+        current = await self.store.get_version(model_id, version)
+        if current.state == "READY":
+            raise FailedPrecondition(f"{current.name} is READY; its artifact never changes (create a new version)",
+                                     reason="VERSION_READY")
+        if key in self._uploading:
+            raise Aborted(f"another upload to {current.name} is in progress", reason="UPLOAD_IN_PROGRESS")
+        self._uploading.add(key)
+        try:
+            a = current.artifact
+            same = (a.state == "UPLOADING" and a.size_bytes == header.size_bytes and a.sha256 == header.sha256
+                    and a.format == header.format)
+            committed = await asyncio.to_thread(self.files.resume_part, model_id, version,
+                                                a.committed_bytes if same else 0)
+            if not same or committed != a.committed_bytes:
+                artifact = ArtifactRecord(state="UPLOADING" if committed else "PENDING", sha256=header.sha256,
+                                          size_bytes=header.size_bytes, committed_bytes=committed,
+                                          content_type=header.content_type, format=header.format)
+                current = await self.store.set_artifact(model_id, version, artifact, state="REGISTERING")
+            yield UploadSession(self, current, header, committed)
+        finally:
+            self._uploading.discard(key)
+
+    # -- download -----------------------------------------------------------------------------
+    async def download(
+        self, model_id: str, ref: str, *, offset: int, read_limit: int, chunk_size: int, fmt: str,
+    ) -> AsyncIterator[Chunk]:
+        """Chunks of the artifact (or of its ``fmt`` export) from ``offset``."""
+        v = await self.store.get_version(model_id, ref)
+        if v.artifact.state != "READY":
+            raise FailedPrecondition(f"the artifact of {v.name} is {v.artifact.state}, not READY",
+                                     reason="ARTIFACT_NOT_READY")
+        if fmt:
+            e = await self.store.get_export(model_id, v.version, fmt)
+            if e.state != "SUCCEEDED":
+                raise FailedPrecondition(f"{e.name} is {e.state}, not SUCCEEDED", reason="EXPORT_NOT_READY")
+            path, size, sha, ctype, out_fmt = (self.files.export_path(model_id, v.version, fmt), e.size_bytes,
+                                               e.sha256, e.content_type, fmt)
+        else:
+            a = v.artifact
+            path, size, sha, ctype, out_fmt = (self.files.artifact_path(model_id, v.version), a.size_bytes,
+                                               a.sha256, a.content_type, a.format)
+        if offset >= size:
+            raise OutOfRange(f"offset {offset} is not below the file size {size}", reason="OFFSET_OUT_OF_RANGE",
+                             metadata={"size_bytes": str(size)})
+        end = size if read_limit <= 0 else min(size, offset + read_limit)
+        position = offset
+        while position < end:
+            data = await asyncio.to_thread(self.files.read, path, position, min(chunk_size, end - position))
+            if not data:
+                raise DataLoss(f"the stored file of {v.name} is shorter than recorded", reason="ARTIFACT_TRUNCATED")
+            yield Chunk(v, position, data, size, sha, ctype, out_fmt)
+            position += len(data)
+
+    # -- export ---------------------------------------------------------------------------------
+    async def export(self, model_id: str, version: int, fmt: str, *, force: bool) -> ExportRecord:
+        """Start (or return) the conversion of a READY version to ``fmt``."""
+        reason = exports.unsupported_reason(fmt)
+        if reason:
+            await self.store.get_version(model_id, version)  # NOT_FOUND first
+            raise FailedPrecondition(reason, reason="EXPORT_FORMAT_UNSUPPORTED", metadata={"format": fmt})
+        record, start = await self.store.start_export(model_id, version, fmt, force=force)
+        if start:
+            self._spawn(record)
+        return record
+
+    def _spawn(self, record: ExportRecord) -> None:
+        task = asyncio.create_task(self._run_export(record), name=f"export {record.name}")
+        self._export_tasks.add(task)
+        task.add_done_callback(self._export_tasks.discard)
+
+    async def resume_exports(self) -> None:
+        """Restart conversions a previous process left unfinished."""
+        for record in await self.store.unfinished_exports():
+            self._spawn(record)
+
+    async def wait_exports(self) -> None:
+        if self._export_tasks:
+            await asyncio.gather(*self._export_tasks, return_exceptions=True)
+
+    async def _run_export(self, record: ExportRecord) -> None:
+        record.state = "RUNNING"
+        await self.store.update_export(record)
+        try:
+            v = await self.store.get_version(record.model_id, record.version)
+            src = self.files.artifact_path(v.model_id, v.version)
+            target = self.files.export_path(v.model_id, v.version, record.format)
+            content_type = exports.CONTENT_TYPES[record.format]
+
+            def work() -> tuple[int, str]:
+                return self.files.write_atomic(
+                    target, lambda f: exports.convert(src, v.artifact.format, record.format, v.parameters, f))
+
+            record.size_bytes, record.sha256 = await asyncio.to_thread(work)
+            record.content_type, record.state = content_type, "SUCCEEDED"
+        except exports.ConversionError as exc:
+            record.state, record.error_code, record.error_message = "FAILED", _FAILED_PRECONDITION, str(exc)
+        except NotFound:
+            return  # the version was deleted meanwhile
+        except Exception as exc:  # noqa: BLE001 - recorded on the export, logged
+            _log.exception("export %s failed", record.name)
+            record.state, record.error_code, record.error_message = "FAILED", _INTERNAL, f"conversion failed: {exc}"
+        record.complete_time = now_us()
+        with contextlib.suppress(NotFound):
+            await self.store.update_export(record)
+
+    async def close(self) -> None:
+        for task in list(self._export_tasks):
+            task.cancel()
+        await asyncio.gather(*self._export_tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- hand-off
+@dataclass(frozen=True)
+class Handoff:
+    """A finished training job's final checkpoint, as the registry needs it."""
+
+    model_id: str
+    display_name: str
+    training_job: str
+    checkpoint: str
+    checkpoint_path: Path
+    checkpoint_sha256: str
+    phase: str
+    phase_run: str
+    metrics: Mapping[str, float]
+    parameters: Mapping[str, str]
+
+
+async def register_handoff(registry: ModelRegistry, h: Handoff) -> tuple[VersionRecord, bool]:
+    """Register (once per checkpoint) a READY version holding the checkpoint's weights.
+
+    Redelivery of the same checkpoint returns the existing version; a version whose
+    artifact did not finish (crash mid-way) gets its artifact written again.
+    """
+    if not _MODEL_ID.match(h.model_id):
+        raise InvalidArgument(f"model id {h.model_id!r} is not valid", [("model", "must match [a-z0-9][a-z0-9-]*")])
+    store = registry.store
+    existing = await store.find_version_by_checkpoint(h.checkpoint)
+    if existing is not None and existing.state == "READY":
+        return existing, False
+    if existing is None:
+        await store.create_model(h.model_id, display_name=h.display_name, if_absent=True)
+        metrics = {k: float(v) for k, v in h.metrics.items() if _METRIC_KEY.match(k) and math.isfinite(v)}
+        version, _ = await store.create_version(
+            h.model_id,
+            description=f"Registered from {h.training_job} ({h.checkpoint}).",
+            tags=["training-handoff"],
+            metrics=metrics,
+            parameters=dict(h.parameters),
+            lineage=Lineage(training_job=h.training_job, checkpoint=h.checkpoint, phase_run=h.phase_run,
+                            phase=h.phase),
+            checkpoint_key=h.checkpoint,
+        )
+    else:
+        version = existing
+    if h.checkpoint_sha256:
+        actual = await asyncio.to_thread(sha256_file, h.checkpoint_path)
+        if actual != h.checkpoint_sha256.lower():
+            raise DataLoss(f"checkpoint file {h.checkpoint_path} has sha256 {actual}, "
+                           f"the event says {h.checkpoint_sha256}", reason="CHECKSUM_MISMATCH")
+    files = registry.files
+    target = files.artifact_path(version.model_id, version.version)
+
+    def write() -> tuple[int, str]:
+        state = exports.load_state_dict(h.checkpoint_path, "STATE_DICT")
+        return files.write_atomic(target, lambda f: exports.save_state_dict(state, f))
+
+    size, sha = await asyncio.to_thread(write)
+    artifact = ArtifactRecord(state="READY", sha256=sha, size_bytes=size, committed_bytes=size,
+                              content_type=exports.CONTENT_TYPES["STATE_DICT"], format="STATE_DICT",
+                              complete_time=now_us())
+    return await store.set_artifact(version.model_id, version.version, artifact, state="READY"), True
+

@@ -1,0 +1,124 @@
+"""The training → registry hand-off: a consumer group on the training event stream.
+
+Every ``Event.training_job_completed`` becomes one READY model version (see
+:func:`services.model.domain.register_handoff`):
+
+* model: ``training_job.labels["model"]``, else the phase id (``phases/cognate`` →
+  ``cognate``), else ``ModelConfig.default_model``; created when missing;
+* artifact: the ``state_dict`` of the checkpoint file (``checkpoint.uri``, ``file://``),
+  stored as a STATE_DICT artifact after the file's sha256 was checked;
+* metrics: ``final_metrics`` (else the checkpoint's), parameters: the job's spec, with
+  the architecture keys TORCHSCRIPT export needs;
+* lineage: training job, checkpoint, phase run, phase.
+
+Idempotent per checkpoint name: a redelivered event finds the version it made. Other
+event types on the stream are acknowledged and ignored. A failing hand-off is retried
+by the bus and dead-lettered after ``max_deliveries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from agentforge.events.v1 import event_pb2
+from agentforge.training.v1 import training_job_pb2
+from services.model.domain import Handoff, ModelRegistry, register_handoff
+from services.model.exports import ARCHITECTURE
+from services.shared.bus import Envelope, EventBus
+
+__all__ = ["HandoffConsumer", "handoff_from_event"]
+
+_log = logging.getLogger(__name__)
+_EVENT_TYPE = event_pb2.Event.DESCRIPTOR.full_name
+_PATTERNS = {
+    "training_job": re.compile(r"^trainingJobs/[a-z0-9][a-z0-9-]{0,62}$"),
+    "checkpoint": re.compile(r"^trainingJobs/[a-z0-9][a-z0-9-]{0,62}/checkpoints/[a-z0-9][a-z0-9-]{0,62}$"),
+    "phase_run": re.compile(r"^phaseRuns/[a-z0-9][a-z0-9-]{0,62}$"),
+    "phase": re.compile(r"^phases/[a-z][a-z0-9-]{0,62}$"),
+}
+
+
+def _valid(kind: str, value: str) -> str:
+    return value if _PATTERNS[kind].match(value) else ""
+
+
+def _parameters(job: training_job_pb2.TrainingJob, ckpt: training_job_pb2.Checkpoint) -> dict[str, str]:
+    spec = job.spec
+    params = {
+        "architecture": ARCHITECTURE,
+        "model.layers": str(spec.model.layers),
+        "model.width": str(spec.model.width),
+        "model.heads": str(spec.model.heads),
+        "model.context_length": str(spec.model.context_length),
+        "model.vocab_size": str(spec.model.vocab_size),
+        "model.dropout": repr(spec.model.dropout),
+        "task.kind": training_job_pb2.TaskKind.Name(spec.task.kind).removeprefix("TASK_KIND_").lower(),
+        "batch_size": str(spec.batch_size),
+        "max_steps": str(spec.max_steps),
+        "seed": str(spec.seed),
+        "checkpoint.step": str(ckpt.step),
+    }
+    if spec.HasField("optimizer"):
+        params["optimizer.learning_rate"] = repr(spec.optimizer.learning_rate)
+    if spec.HasField("grokfast"):
+        params["grokfast.kind"] = training_job_pb2.GrokfastKind.Name(spec.grokfast.kind).removeprefix(
+            "GROKFAST_KIND_").lower()
+    if ckpt.sha256:
+        params["checkpoint.sha256"] = ckpt.sha256
+    return params
+
+
+def handoff_from_event(completed: event_pb2.TrainingJobCompleted, default_model: str) -> Handoff:
+    """Map the event to a :class:`Handoff`; ValueError when it cannot be registered."""
+    job, ckpt = completed.training_job, completed.checkpoint
+    checkpoint = ckpt.name or job.latest_checkpoint
+    if not checkpoint:
+        raise ValueError(f"hand-off of {job.name!r} names no checkpoint")
+    uri = urlparse(ckpt.uri)
+    if uri.scheme != "file" or not uri.path:
+        raise ValueError(f"checkpoint uri {ckpt.uri!r} is not a file:// URI")
+    phase = _valid("phase", job.phase)
+    model_id = job.labels.get("model") or (phase.removeprefix("phases/") if phase else "") or default_model
+    return Handoff(
+        model_id=model_id,
+        display_name=job.display_name or model_id,
+        training_job=_valid("training_job", job.name),
+        checkpoint=checkpoint,
+        checkpoint_path=Path(unquote(uri.path)),
+        checkpoint_sha256=ckpt.sha256,
+        phase=phase,
+        phase_run=_valid("phase_run", job.phase_run),
+        metrics=dict(job.final_metrics) or dict(ckpt.metrics),
+        parameters=_parameters(job, ckpt),
+    )
+
+
+class HandoffConsumer:
+    """Runs the consumer group on the training stream inside the service process."""
+
+    def __init__(self, bus: EventBus, registry: ModelRegistry, *, stream: str, group: str,
+                 default_model: str) -> None:
+        self._bus = bus
+        self._registry = registry
+        self._stream = stream
+        self._group = group
+        self._default_model = default_model
+
+    async def handle(self, envelope: Envelope) -> None:
+        if envelope.type != _EVENT_TYPE:
+            return
+        event = envelope.unpack(event_pb2.Event)
+        if event.WhichOneof("payload") != "training_job_completed":
+            return
+        handoff = handoff_from_event(event.training_job_completed, self._default_model)
+        version, created = await register_handoff(self._registry, handoff)
+        _log.info("training hand-off %s", "registered" if created else "already registered",
+                  extra={"model_version": version.name, "checkpoint": handoff.checkpoint,
+                         "event_id": envelope.id})
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        await self._bus.consume(self._stream, self._group, None, self.handle, stop=stop)

@@ -1,0 +1,117 @@
+"""Wiring of the model registry process.
+
+``create_server`` builds the adapters (SQLite :class:`Registry`, :class:`ArtifactFiles`,
+the :class:`EventBus`), hands them to :class:`ModelRegistry`, that to the servicer, and
+starts the shared gRPC server plus the two background loops of the process: the outbox
+relay (publishes ModelVersionCreated / AliasMoved to ``events.model``) and the training
+hand-off consumer group on ``events.training``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from dataclasses import dataclass, field
+
+import grpc.aio
+
+from agentforge.model.v1 import model_service_pb2, model_service_pb2_grpc
+from services.model.artifacts import ArtifactFiles
+from services.model.config import ModelConfig
+from services.model.domain import ModelRegistry
+from services.model.events import OutboxRelay
+from services.model.handoff import HandoffConsumer
+from services.model.servicer import ModelServicer
+from services.model.store import Registry
+from services.shared.bus import BusConfig, EventBus
+from services.shared.config import ServerConfig
+from services.shared.logging import configure_logging
+from services.shared.server import Service, build_server
+
+__all__ = ["ModelApp", "SERVICE_NAME", "create_server", "main"]
+
+SERVICE_NAME = "model"
+FULL_NAME = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+
+@dataclass
+class ModelApp:
+    """The running registry: the gRPC service and what it owns."""
+
+    service: Service
+    registry: ModelRegistry
+    bus: EventBus
+    relay: OutboxRelay
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def port(self) -> int:
+        return self.service.port
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        return self.service.server
+
+    async def close(self) -> None:
+        """Stop the server (graceful), the loops, then close the bus and the database."""
+        await self.service.shutdown()
+        self._stop.set()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.relay.drain()  # last chance for events of the final RPCs
+        await self.registry.close()
+        await self.bus.aclose()
+        self.registry.store.close()
+
+
+async def create_server(
+    config: ModelConfig,
+    *,
+    server_config: ServerConfig | None = None,
+    bus_config: BusConfig | None = None,
+) -> ModelApp:
+    """Build and start the registry; ``app.port`` is the bound gRPC port."""
+    server_config = server_config or ServerConfig.from_env(SERVICE_NAME)
+    bus = EventBus(bus_config or BusConfig.from_env())
+    store = Registry(config.db_path)
+    registry = ModelRegistry(store, ArtifactFiles(config.artifacts_dir), max_artifact_bytes=config.max_artifact_bytes)
+    relay = OutboxRelay(store, bus, config.events_stream, poll_s=config.outbox_poll_s)
+    store.set_event_listener(relay.notify)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+        return [FULL_NAME]
+
+    try:
+        service = await build_server(server_config, SERVICE_NAME, register)
+    except BaseException:
+        await bus.aclose()
+        store.close()
+        raise
+    app = ModelApp(service, registry, bus, relay)
+    app.tasks.append(asyncio.create_task(relay.run(), name="model outbox relay"))
+    if config.handoff_enabled:
+        consumer = HandoffConsumer(bus, registry, stream=config.training_stream, group=config.consumer_group,
+                                   default_model=config.default_model)
+        app.tasks.append(asyncio.create_task(consumer.run(app._stop), name="model training hand-off"))
+    await registry.resume_exports()
+    return app
+
+
+async def _serve() -> None:
+    app = await create_server(ModelConfig.from_env())
+    await app.service.serve_forever(
+        on_shutdown=app.close,
+        on_ready=lambda: print(app.service.ready_line(), file=sys.stdout, flush=True),
+    )
+
+
+def main() -> None:
+    """Process entry point (``python -m services.model``)."""
+    server_config = ServerConfig.from_env(SERVICE_NAME)
+    configure_logging(SERVICE_NAME, server_config.log_level, fmt=server_config.log_format)
+    asyncio.run(_serve())

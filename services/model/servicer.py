@@ -1,0 +1,211 @@
+"""``agentforge.model.v1.ModelService``: proto ↔ domain, nothing else.
+
+Request validation (buf.validate rules) runs in the shared ValidationInterceptor before
+a handler sees a message; errors raised here are ``ForgeError``s mapped by the shared
+ErrorInterceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc.aio
+from google.protobuf import empty_pb2
+
+from agentforge.model.v1 import (
+    model_export_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    model_version_pb2,
+    request_response_pb2 as rr,
+)
+from services.model import convert
+from services.model.domain import ModelRegistry, UploadHeader
+from services.shared.errors import InvalidArgument, NotFound
+
+__all__ = ["ModelServicer"]
+
+_DEFAULT_CHUNK = 1024 * 1024
+_EXPORT_IDS = {
+    convert.format_from_proto(v).lower().replace("_", "-"): convert.format_from_proto(v)
+    for v in model_version_pb2.ArtifactFormat.values() if v
+}
+
+
+def _model_id(name: str) -> str:
+    return name.split("/")[1]
+
+
+def _version_ref(name: str) -> tuple[str, str]:
+    parts = name.split("/")
+    return parts[1], parts[3]
+
+
+def _labels(selector: str) -> dict[str, str]:
+    return dict(pair.split("=", 1) for pair in selector.split(",") if pair)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """Thin adapter over :class:`ModelRegistry`."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+        self._store = registry.store
+
+    # -- models -------------------------------------------------------------------
+    async def CreateModel(self, request: rr.CreateModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
+        m = request.model
+        record = await self._store.create_model(
+            request.model_id, display_name=m.display_name, description=m.description, labels=dict(m.labels),
+            tags=list(m.tags), request_id=request.request_id)
+        return convert.model_to_proto(record)
+
+    async def GetModel(self, request: rr.GetModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
+        return convert.model_to_proto(await self._store.get_model(_model_id(request.name)))
+
+    async def ListModels(self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext) -> rr.ListModelsResponse:
+        records, token = await self._store.list_models(
+            page_size=request.page_size, page_token=request.page_token, tags=list(request.tags),
+            labels=_labels(request.label_selector))
+        return rr.ListModelsResponse(models=[convert.model_to_proto(r) for r in records], next_page_token=token)
+
+    async def UpdateModel(self, request: rr.UpdateModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
+        m = request.model
+        values: dict[str, Any] = {"display_name": m.display_name, "description": m.description,
+                                  "labels": dict(m.labels), "tags": list(m.tags)}
+        changes = {path: values[path] for path in request.update_mask.paths}
+        record = await self._store.update_model(_model_id(m.name), changes, etag=m.etag)
+        return convert.model_to_proto(record)
+
+    async def DeleteModel(self, request: rr.DeleteModelRequest, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
+        await self._registry.delete_model(_model_id(request.name), force=request.force, etag=request.etag)
+        return empty_pb2.Empty()
+
+    # -- versions -----------------------------------------------------------------
+    async def CreateModelVersion(
+        self, request: rr.CreateModelVersionRequest, context: grpc.aio.ServicerContext,
+    ) -> model_version_pb2.ModelVersion:
+        v = request.model_version
+        record, _ = await self._store.create_version(
+            _model_id(request.parent), description=v.description, tags=list(v.tags), metrics=dict(v.metrics),
+            parameters=dict(v.parameters), lineage=convert.lineage_from_proto(v.lineage),
+            request_id=request.request_id)
+        return convert.version_to_proto(record)
+
+    async def GetModelVersion(
+        self, request: rr.GetModelVersionRequest, context: grpc.aio.ServicerContext,
+    ) -> model_version_pb2.ModelVersion:
+        model_id, ref = _version_ref(request.name)
+        return convert.version_to_proto(await self._store.get_version(model_id, ref))
+
+    async def ListModelVersions(
+        self, request: rr.ListModelVersionsRequest, context: grpc.aio.ServicerContext,
+    ) -> rr.ListModelVersionsResponse:
+        records, token = await self._store.list_versions(
+            _model_id(request.parent), page_size=request.page_size, page_token=request.page_token,
+            tags=list(request.tags), alias=request.alias,
+            states=[convert.state_from_proto(s) for s in request.states], order_by=request.order_by)
+        return rr.ListModelVersionsResponse(
+            model_versions=[convert.version_to_proto(r) for r in records], next_page_token=token)
+
+    async def UpdateModelVersion(
+        self, request: rr.UpdateModelVersionRequest, context: grpc.aio.ServicerContext,
+    ) -> model_version_pb2.ModelVersion:
+        v = request.model_version
+        values: dict[str, Any] = {"description": v.description, "tags": list(v.tags), "metrics": dict(v.metrics),
+                                  "parameters": dict(v.parameters)}
+        changes: dict[str, Any] = {}
+        for path in request.update_mask.paths:
+            if path.startswith("metrics."):
+                key = path.removeprefix("metrics.")
+                changes[path] = v.metrics[key] if key in v.metrics else None
+            else:
+                changes[path] = values[path]
+        model_id, ref = _version_ref(v.name)
+        record = await self._store.update_version(model_id, int(ref), changes, etag=v.etag)
+        return convert.version_to_proto(record)
+
+    async def DeleteModelVersion(
+        self, request: rr.DeleteModelVersionRequest, context: grpc.aio.ServicerContext,
+    ) -> empty_pb2.Empty:
+        model_id, ref = _version_ref(request.name)
+        await self._registry.delete_version(model_id, int(ref), force=request.force, etag=request.etag)
+        return empty_pb2.Empty()
+
+    # -- aliases --------------------------------------------------------------------
+    async def SetModelAlias(self, request: rr.SetModelAliasRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
+        record = await self._store.set_alias(_model_id(request.name), request.alias, int(request.version),
+                                             etag=request.etag)
+        return convert.model_to_proto(record)
+
+    async def DeleteModelAlias(
+        self, request: rr.DeleteModelAliasRequest, context: grpc.aio.ServicerContext,
+    ) -> model_pb2.Model:
+        record = await self._store.delete_alias(_model_id(request.name), request.alias, etag=request.etag)
+        return convert.model_to_proto(record)
+
+    # -- artifacts ------------------------------------------------------------------
+    async def UploadModelArtifact(
+        self, request_iterator: AsyncIterator[rr.UploadModelArtifactRequest], context: grpc.aio.ServicerContext,
+    ) -> rr.UploadModelArtifactResponse:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "header":
+            raise InvalidArgument("the first message of an upload must be a header",
+                                  [("header", "the first message must be a header")])
+        h = first.header
+        model_id, ref = _version_ref(h.name)
+        header = UploadHeader(size_bytes=h.size_bytes, sha256=h.sha256,
+                              content_type=h.content_type or "application/octet-stream",
+                              format=convert.format_from_proto(h.format))
+        async with self._registry.upload(model_id, int(ref), header) as session:
+            async for message in request_iterator:
+                if message.WhichOneof("kind") != "chunk":
+                    raise InvalidArgument("only the first message may be a header",
+                                          [("header", "only the first message may be a header")])
+                await session.write(message.chunk.offset, message.chunk.data)
+            version = session.version if session.complete else await session.current()
+            return rr.UploadModelArtifactResponse(
+                model_version=convert.version_to_proto(version), committed_bytes=session.committed,
+                complete=session.complete, sha256=session.sha256)
+
+    async def DownloadModelArtifact(
+        self, request: rr.DownloadModelArtifactRequest, context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[rr.DownloadModelArtifactResponse]:
+        model_id, ref = _version_ref(request.name)
+        chunks = self._registry.download(
+            model_id, ref, offset=request.offset, read_limit=request.read_limit,
+            chunk_size=request.chunk_size or _DEFAULT_CHUNK, fmt=convert.format_from_proto(request.format))
+        async for chunk in chunks:
+            yield rr.DownloadModelArtifactResponse(
+                model_version=chunk.version.name, offset=chunk.offset, data=chunk.data,
+                total_size_bytes=chunk.total_size, sha256=chunk.sha256, content_type=chunk.content_type,
+                format=convert.format_to_proto(chunk.format))
+
+    # -- exports --------------------------------------------------------------------
+    async def ExportModelVersion(
+        self, request: rr.ExportModelVersionRequest, context: grpc.aio.ServicerContext,
+    ) -> model_export_pb2.ModelExport:
+        model_id, ref = _version_ref(request.name)
+        record = await self._registry.export(model_id, int(ref), convert.format_from_proto(request.format),
+                                             force=request.force)
+        return convert.export_to_proto(record)
+
+    async def GetModelExport(
+        self, request: rr.GetModelExportRequest, context: grpc.aio.ServicerContext,
+    ) -> model_export_pb2.ModelExport:
+        parts = request.name.split("/")
+        fmt = _EXPORT_IDS.get(parts[5])
+        if fmt is None:
+            raise NotFound(f"{request.name} not found (no such export format)", reason="EXPORT_NOT_FOUND",
+                           metadata={"name": request.name})
+        return convert.export_to_proto(await self._store.get_export(parts[1], int(parts[3]), fmt))
+
+    async def ListModelExports(
+        self, request: rr.ListModelExportsRequest, context: grpc.aio.ServicerContext,
+    ) -> rr.ListModelExportsResponse:
+        model_id, ref = _version_ref(request.parent)
+        records, token = await self._store.list_exports(model_id, int(ref), page_size=request.page_size,
+                                                        page_token=request.page_token)
+        return rr.ListModelExportsResponse(model_exports=[convert.export_to_proto(r) for r in records],
+                                           next_page_token=token)

@@ -1,0 +1,136 @@
+"""Resumable upload (offsets, cut-off, checksum) and ranged download."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+import grpc
+import grpc.aio
+import pytest
+
+from agentforge.model.v1 import model_version_pb2 as mv
+from agentforge.model.v1 import request_response_pb2 as rr
+
+from .conftest import Registry, chunk, details, header, make_model, make_version, upload_all
+
+DATA = os.urandom(300_000)
+CHUNK = 64 * 1024
+
+
+async def committed(registry: Registry, name: str) -> int:
+    version = await registry.stub.GetModelVersion(rr.GetModelVersionRequest(name=name))
+    return version.artifact.committed_bytes
+
+
+async def test_upload_cut_off_midway_resumes_from_committed_bytes(registry: Registry) -> None:
+    stub = registry.stub
+    await make_model(stub, "up")
+    v = await make_version(stub, "up")
+    call = stub.UploadModelArtifact()
+    await call.write(header(v.name, DATA))
+    await call.write(chunk(0, DATA[:CHUNK]))
+    await call.write(chunk(CHUNK, DATA[CHUNK:2 * CHUNK]))
+    async with asyncio.timeout(5):
+        while await committed(registry, v.name) != 2 * CHUNK:
+            await asyncio.sleep(0.02)
+    call.cancel()  # the connection breaks mid-upload
+    state = await stub.GetModelVersion(rr.GetModelVersionRequest(name=v.name))
+    assert state.artifact.state == mv.ARTIFACT_STATE_UPLOADING
+    assert state.state == mv.MODEL_VERSION_STATE_REGISTERING
+
+    resume_at = state.artifact.committed_bytes
+    messages = [header(v.name, DATA)] + [chunk(o, DATA[o:o + CHUNK]) for o in range(resume_at, len(DATA), CHUNK)]
+    response = await stub.UploadModelArtifact(iter(messages))
+    assert response.complete and response.committed_bytes == len(DATA)
+    assert response.sha256 == hashlib.sha256(DATA).hexdigest()
+    assert response.model_version.state == mv.MODEL_VERSION_STATE_READY
+    assert response.model_version.artifact.state == mv.ARTIFACT_STATE_READY
+    assert (registry.config.artifacts_dir / "up" / "1" / "artifact").read_bytes() == DATA
+
+
+async def test_client_closing_early_gets_complete_false(registry: Registry) -> None:
+    await make_model(registry.stub, "early")
+    v = await make_version(registry.stub, "early")
+    response = await registry.stub.UploadModelArtifact(iter([header(v.name, DATA), chunk(0, DATA[:1000])]))
+    assert (response.complete, response.committed_bytes) == (False, 1000)
+
+
+async def test_wrong_offset_is_failed_precondition_with_committed_bytes(registry: Registry) -> None:
+    await make_model(registry.stub, "off")
+    v = await make_version(registry.stub, "off")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await registry.stub.UploadModelArtifact(iter([header(v.name, DATA), chunk(0, DATA[:100]),
+                                                      chunk(500, DATA[500:600])]))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info, _ = details(err.value)
+    assert info.reason == "UPLOAD_OFFSET_MISMATCH" and info.metadata["committed_bytes"] == "100"
+    assert info.domain == "agentforge.model"
+
+
+async def test_checksum_mismatch_is_data_loss_and_discards_the_bytes(registry: Registry) -> None:
+    stub = registry.stub
+    await make_model(stub, "sum")
+    v = await make_version(stub, "sum")
+    bad = [header(v.name, DATA, sha256="0" * 64)] + [chunk(o, DATA[o:o + CHUNK]) for o in range(0, len(DATA), CHUNK)]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.UploadModelArtifact(iter(bad))
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert details(err.value)[0].reason == "CHECKSUM_MISMATCH"
+    state = await stub.GetModelVersion(rr.GetModelVersionRequest(name=v.name))
+    assert state.state == mv.MODEL_VERSION_STATE_FAILED
+    assert state.artifact.state == mv.ARTIFACT_STATE_FAILED and state.artifact.committed_bytes == 0
+    assert state.artifact.error.code == grpc.StatusCode.DATA_LOSS.value[0]
+    assert (await upload_all(stub, v.name, DATA)).complete  # upload again from 0
+
+
+async def test_ready_version_refuses_another_upload_and_oversize_is_rejected(registry: Registry) -> None:
+    stub = registry.stub
+    await make_model(stub, "ro")
+    v = await make_version(stub, "ro")
+    await upload_all(stub, v.name, b"weights")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await upload_all(stub, v.name, b"other")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    v2 = await make_version(stub, "ro")
+    too_big = rr.UploadModelArtifactRequest(header=rr.UploadHeader(
+        name=v2.name, size_bytes=registry.config.max_artifact_bytes + 1, sha256="a" * 64,
+        format=mv.ARTIFACT_FORMAT_STATE_DICT))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.UploadModelArtifact(iter([too_big]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(err.value)[1][0][0] == "header.size_bytes"
+
+
+async def test_download_from_an_offset_reassembles_byte_exact(registry: Registry) -> None:
+    stub = registry.stub
+    await make_model(stub, "dl")
+    v = await make_version(stub, "dl")
+    await upload_all(stub, v.name, DATA)
+    await stub.SetModelAlias(rr.SetModelAliasRequest(name="models/dl", alias="prod", version="1"))
+    got = bytearray()
+    async for part in stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(
+            name="models/dl/versions/prod", chunk_size=4096, read_limit=10_000)):
+        assert part.model_version == v.name and part.offset == len(got)
+        got += part.data
+    assert len(got) == 10_000  # the stream "broke" here: resume from the offset
+    async for part in stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(
+            name=v.name, offset=len(got), chunk_size=65536)):
+        assert part.offset == len(got) and part.total_size_bytes == len(DATA)
+        sha = part.sha256
+        got += part.data
+    assert bytes(got) == DATA and hashlib.sha256(got).hexdigest() == sha
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(name=v.name, offset=len(DATA))):
+            pass
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+async def test_download_of_an_unfinished_artifact_is_failed_precondition(registry: Registry) -> None:
+    await make_model(registry.stub, "nr")
+    v = await make_version(registry.stub, "nr")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in registry.stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(name=v.name)):
+            pass
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
