@@ -1,0 +1,205 @@
+"""Render the Envoy edge config from the one template, ``envoy/envoy.yaml.tmpl``.
+
+The launcher calls :func:`render_envoy_config`; docker-compose runs the CLI, which
+reads the same values from the environment::
+
+    python -m services.launcher.envoy_config --out /etc/envoy/envoy.yaml
+
+    EDGE_PORT                  listener port (required)
+    EDGE_ADDRESS               listener address (default 127.0.0.1; 0.0.0.0 in a container)
+    ADMIN_PORT                 admin port, always bound on 127.0.0.1 (required)
+    AF_<SVC>_ADDR              host:port of each service's gRPC, SVC in TRAINING, MODEL,
+                               REALTIME, MONITORING, FORGE (required; the mesh contract's
+                               peer address variables)
+    ENVOY_DESCRIPTOR_PATH      descriptor set (default gen/descriptor/agentforge.binpb,
+                               made absolute)
+    CORS_ALLOW_ORIGIN_REGEX    allowed browser origins (default: localhost / 127.0.0.1,
+                               http or https, any port)
+    ENVOY_TEMPLATE             template path (default envoy/envoy.yaml.tmpl)
+
+Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
+A placeholder without a value, or a value without a placeholder, raises
+:class:`TemplateError`, so template and renderer cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+__all__ = [
+    "DEFAULT_CORS_ALLOW_ORIGIN_REGEX",
+    "SERVICES",
+    "TemplateError",
+    "default_descriptor_path",
+    "default_template_path",
+    "main",
+    "render_envoy_config",
+    "render_template",
+    "values_from_env",
+]
+
+#: The five services, as cluster names and upstream keys.
+SERVICES: tuple[str, ...] = ("training", "model", "realtime", "monitoring", "forge")
+
+#: Browser origins allowed by CORS when none is configured: a dev server on
+#: localhost or 127.0.0.1, any port, http or https.
+DEFAULT_CORS_ALLOW_ORIGIN_REGEX = r"^https?://(localhost|127\.0\.0\.1)(:[0-9]{1,5})?$"
+
+_ROOT = Path(__file__).resolve().parents[2]
+_PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
+
+
+class TemplateError(ValueError):
+    """The template and the values given do not match."""
+
+
+def default_template_path() -> Path:
+    return _ROOT / "envoy" / "envoy.yaml.tmpl"
+
+
+def default_descriptor_path() -> Path:
+    return _ROOT / "gen" / "descriptor" / "agentforge.binpb"
+
+
+def render_template(template: str, values: Mapping[str, str]) -> str:
+    """Replace every ``${NAME}``; raise on a missing or an unused value."""
+    used: set[str] = set()
+    missing: list[str] = []
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in values:
+            missing.append(name)
+            return match.group(0)
+        used.add(name)
+        return values[name]
+
+    out = _PLACEHOLDER.sub(substitute, template)
+    if missing:
+        raise TemplateError(f"no value for placeholder(s): {', '.join(sorted(set(missing)))}")
+    unused = set(values) - used
+    if unused:
+        raise TemplateError(f"value(s) with no placeholder in the template: {', '.join(sorted(unused))}")
+    return out
+
+
+def _check_port(name: str, port: int) -> str:
+    if not isinstance(port, int) or not 0 < port <= 65535:
+        raise TemplateError(f"{name} must be a port in 1..65535, not {port!r}")
+    return str(port)
+
+
+def _check_text(name: str, value: str) -> str:
+    """Values land in double-quoted YAML scalars: no quotes, newlines or backslashes."""
+    if not value or any(c in value for c in '"\n\r\\'):
+        raise TemplateError(f"{name}: unusable value {value!r}")
+    return value
+
+
+def _yaml_quoted(name: str, value: str) -> str:
+    """A regex for a double-quoted YAML scalar, where a backslash starts an escape."""
+    if not value or any(c in value for c in '"\n\r'):
+        raise TemplateError(f"{name}: unusable value {value!r}")
+    return value.replace("\\", "\\\\")
+
+
+def render_envoy_config(
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstreams: Mapping[str, tuple[str, int]],
+    descriptor_path: str | os.PathLike[str],
+    template: str | None = None,
+    listen_address: str = "127.0.0.1",
+    cors_allow_origin_regex: str = DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
+) -> str:
+    """The Envoy config text for these ports and upstreams.
+
+    ``upstreams`` maps each of :data:`SERVICES` to its gRPC ``(host, port)``;
+    ``template`` is template *text* (default: the contents of envoy/envoy.yaml.tmpl).
+    Envoy needs real ports, so 0 ("pick a free one") is rejected here: the caller
+    chooses free ports first.
+    """
+    missing = [s for s in SERVICES if s not in upstreams]
+    extra = [s for s in upstreams if s not in SERVICES]
+    if missing or extra:
+        raise TemplateError(f"upstreams must name exactly {SERVICES}; missing {missing}, unknown {extra}")
+    values: dict[str, str] = {
+        "EDGE_ADDRESS": _check_text("EDGE_ADDRESS", listen_address),
+        "EDGE_PORT": _check_port("EDGE_PORT", listen_port),
+        "ADMIN_PORT": _check_port("ADMIN_PORT", admin_port),
+        "DESCRIPTOR_PATH": _check_text("DESCRIPTOR_PATH", os.fspath(descriptor_path)),
+        "CORS_ALLOW_ORIGIN_REGEX": _yaml_quoted("CORS_ALLOW_ORIGIN_REGEX", cors_allow_origin_regex),
+    }
+    for service, (host, port) in upstreams.items():
+        key = service.upper()
+        values[f"{key}_HOST"] = _check_text(f"{key}_HOST", host.strip("[]"))
+        values[f"{key}_PORT"] = _check_port(f"{key}_PORT", port)
+    text = default_template_path().read_text() if template is None else template
+    return render_template(text, values)
+
+
+def _split_addr(name: str, addr: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise TemplateError(f"{name}={addr!r}: expected host:port")
+    return host, int(port)
+
+
+def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Keyword arguments for :func:`render_envoy_config` from the variables above."""
+    env = os.environ if environ is None else environ
+
+    def required(name: str) -> str:
+        value = env.get(name, "").strip()
+        if not value:
+            raise TemplateError(f"environment variable {name} is required")
+        return value
+
+    def port(name: str) -> int:
+        raw = required(name)
+        if not raw.isdigit():
+            raise TemplateError(f"{name}={raw!r}: not a port")
+        return int(raw)
+
+    upstreams = {s: _split_addr(f"AF_{s.upper()}_ADDR", required(f"AF_{s.upper()}_ADDR")) for s in SERVICES}
+    descriptor = env.get("ENVOY_DESCRIPTOR_PATH") or str(default_descriptor_path())
+    return {
+        "listen_port": port("EDGE_PORT"),
+        "admin_port": port("ADMIN_PORT"),
+        "listen_address": env.get("EDGE_ADDRESS") or "127.0.0.1",
+        "upstreams": upstreams,
+        "descriptor_path": str(Path(descriptor).resolve()),
+        "cors_allow_origin_regex": env.get("CORS_ALLOW_ORIGIN_REGEX") or DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.launcher.envoy_config",
+        description="Render envoy/envoy.yaml.tmpl from environment variables (see module docstring).",
+    )
+    parser.add_argument("--out", required=True, help="file to write ('-' for stdout)")
+    args = parser.parse_args(argv)
+    try:
+        kwargs = values_from_env()
+        template_path = os.environ.get("ENVOY_TEMPLATE")
+        template = Path(template_path).read_text() if template_path else None
+        text = render_envoy_config(template=template, **kwargs)  # type: ignore[arg-type]
+    except (TemplateError, OSError) as exc:
+        print(f"envoy_config: {exc}", file=sys.stderr)
+        return 2
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""The rendered Envoy config: Envoy accepts it, and it covers every service of the contracts.
+
+The service and method lists come from the descriptor set Envoy loads
+(gen/descriptor/agentforge.binpb), not from a list in this file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import descriptor_pb2
+
+from services.launcher.envoy_config import (
+    DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
+    SERVICES,
+    TemplateError,
+    default_descriptor_path,
+    default_template_path,
+    render_envoy_config,
+    render_template,
+)
+
+from .conftest import ENVOY, ROOT
+
+UPSTREAMS = {name: (f"{name}.internal", 50051 + i) for i, name in enumerate(SERVICES)}
+
+
+def _render(**overrides: Any) -> str:
+    kwargs: dict[str, Any] = {
+        "listen_port": 18080,
+        "admin_port": 19901,
+        "upstreams": UPSTREAMS,
+        "descriptor_path": default_descriptor_path(),
+    }
+    kwargs.update(overrides)
+    return render_envoy_config(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    return yaml.safe_load(_render())
+
+
+@pytest.fixture(scope="module")
+def hcm(config: dict[str, Any]) -> dict[str, Any]:
+    (listener,) = config["static_resources"]["listeners"]
+    (chain,) = listener["filter_chains"]
+    (manager,) = chain["filters"]
+    return manager["typed_config"]
+
+
+@pytest.fixture(scope="module")
+def routes(hcm: dict[str, Any]) -> list[dict[str, Any]]:
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    return vhost["routes"]
+
+
+@pytest.fixture(scope="module")
+def api_services() -> dict[str, list[descriptor_pb2.MethodDescriptorProto]]:
+    """Every agentforge service in the descriptor set, with its methods."""
+    fds = descriptor_pb2.FileDescriptorSet.FromString(default_descriptor_path().read_bytes())
+    found: dict[str, list[descriptor_pb2.MethodDescriptorProto]] = {}
+    for file in fds.file:
+        if not file.package.startswith("agentforge."):
+            continue
+        for service in file.service:
+            found[f"{file.package}.{service.name}"] = list(service.method)
+    assert len(found) == len(SERVICES), found.keys()
+    return found
+
+
+def _transcoder(hcm: dict[str, Any]) -> dict[str, Any]:
+    (f,) = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.grpc_json_transcoder"]
+    return f["typed_config"]
+
+
+def _first_match(routes: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    """The route Envoy picks for ``path`` (no header matchers are used)."""
+    for route in routes:
+        match = route["match"]
+        if "path" in match and match["path"] == path:
+            return route
+        if "safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path):
+            return route
+        if "prefix" in match and path.startswith(match["prefix"]):
+            return route
+    raise AssertionError(f"no route for {path}")
+
+
+def test_rendered_config_passes_envoy_validate(tmp_path: Path) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(_render())
+    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout + result.stderr
+
+
+def test_http_filters_run_grpc_web_cors_transcoder_router(hcm: dict[str, Any]) -> None:
+    names = [f["name"] for f in hcm["http_filters"]]
+    core = [n for n in names if n != "envoy.filters.http.buffer"]
+    assert core == [
+        "envoy.filters.http.grpc_web",
+        "envoy.filters.http.cors",
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.router",
+    ]
+    # the REST body cap sits before the transcoder and is off unless a route enables it
+    buffer = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.buffer")
+    assert names.index("envoy.filters.http.buffer") < names.index("envoy.filters.http.grpc_json_transcoder")
+    assert buffer["disabled"] is True
+
+
+def test_transcoder_is_strict_and_converts_status(hcm: dict[str, Any]) -> None:
+    t = _transcoder(hcm)
+    assert t["proto_descriptor"] == str(default_descriptor_path())
+    assert t["convert_grpc_status"] is True
+    assert t["auto_mapping"] is False
+    assert t["request_validation_options"] == {
+        "reject_unknown_method": True,
+        "reject_unknown_query_parameters": True,
+        "reject_binding_body_field_collisions": True,
+    }
+    assert t["print_options"]["stream_newline_delimited"] is True
+    assert t["print_options"]["preserve_proto_field_names"] is False
+
+
+def test_every_service_is_transcoded_routed_and_has_a_health_checked_h2_cluster(
+    hcm: dict[str, Any], routes: list[dict[str, Any]], config: dict[str, Any],
+    api_services: dict[str, list[Any]],
+) -> None:
+    assert sorted(_transcoder(hcm)["services"]) == sorted(api_services)
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+    for service, methods in api_services.items():
+        for method in methods:
+            route = _first_match(routes, f"/{service}/{method.name}")
+            cluster = clusters[route["route"]["cluster"]]
+            (check,) = cluster["health_checks"]
+            assert check["grpc_health_check"]["service_name"] == service
+        short = service.split(".")[1]
+        cluster = clusters[short]
+        assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"] == {"address": UPSTREAMS[short][0], "port_value": UPSTREAMS[short][1]}
+        options = cluster["typed_extension_protocol_options"][
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        assert "http2_protocol_options" in options["explicit_http_config"]
+        assert cluster["circuit_breakers"]["thresholds"]
+        assert cluster["outlier_detection"]["consecutive_gateway_failure"] > 0
+
+
+def test_streams_have_no_timeout_and_are_never_retried(
+    routes: list[dict[str, Any]], api_services: dict[str, list[Any]],
+) -> None:
+    streaming = 0
+    for service, methods in api_services.items():
+        for method in methods:
+            action = _first_match(routes, f"/{service}/{method.name}")["route"]
+            if method.server_streaming or method.client_streaming:
+                streaming += 1
+                assert action["timeout"] == "0s", method.name
+                assert "retry_policy" not in action, method.name
+            else:
+                assert action["timeout"] != "0s", method.name
+    assert streaming > 0
+
+
+def test_only_idempotent_unary_reads_are_retried_and_only_on_unavailable(
+    routes: list[dict[str, Any]], api_services: dict[str, list[Any]],
+) -> None:
+    for service, methods in api_services.items():
+        for method in methods:
+            action = _first_match(routes, f"/{service}/{method.name}")["route"]
+            read = method.name.startswith(("Get", "List")) and not (
+                method.server_streaming or method.client_streaming)
+            if read:
+                policy = action["retry_policy"]
+                assert "unavailable" in policy["retry_on"].split(",")
+                assert policy["num_retries"] == 2
+            else:
+                assert "retry_policy" not in action, method.name
+
+
+def test_reflection_and_health_go_to_monitoring_and_the_rest_is_404(routes: list[dict[str, Any]]) -> None:
+    for path in ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                 "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                 "/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"):
+        assert _first_match(routes, path)["route"]["cluster"] == "monitoring"
+    assert _first_match(routes, "/grpc.health.v1.Health/Watch")["route"]["timeout"] == "0s"
+    assert _first_match(routes, "/no.Such/Thing")["direct_response"]["status"] == 404
+
+
+def test_listener_and_admin_addresses(config: dict[str, Any]) -> None:
+    assert config["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 19901}
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 18080}
+    docker = yaml.safe_load(_render(listen_address="0.0.0.0"))
+    assert docker["static_resources"]["listeners"][0]["address"]["socket_address"]["address"] == "0.0.0.0"
+    assert docker["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def test_default_cors_origins_are_local_dev_servers(routes: list[dict[str, Any]], hcm: dict[str, Any]) -> None:
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
+    (origin,) = policy["allow_origin_string_match"]
+    regex = origin["safe_regex"]["regex"]
+    assert regex == DEFAULT_CORS_ALLOW_ORIGIN_REGEX
+    for ok in ("http://localhost:5173", "http://127.0.0.1:8080", "https://localhost"):
+        assert re.fullmatch(regex, ok)
+    for bad in ("http://evil.example", "http://localhost.evil.example", "http://127.0.0.1x:1"):
+        assert not re.fullmatch(regex, bad)
+    for header in ("x-grpc-web", "x-user-agent", "grpc-timeout", "authorization", "content-type"):
+        assert header in policy["allow_headers"]
+    for header in ("grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"):
+        assert header in policy["expose_headers"]
+
+
+def test_a_placeholder_without_a_value_fails_loudly() -> None:
+    template = default_template_path().read_text() + "\n# ${NEW_KNOB}\n"
+    with pytest.raises(TemplateError, match="NEW_KNOB"):
+        _render(template=template)
+
+
+def test_a_value_without_a_placeholder_fails_loudly() -> None:
+    with pytest.raises(TemplateError, match="EXTRA"):
+        render_template("port: ${PORT}", {"PORT": "1", "EXTRA": "2"})
+
+
+def test_upstreams_must_name_every_service_and_ports_must_be_real() -> None:
+    partial = {k: v for k, v in UPSTREAMS.items() if k != "forge"}
+    with pytest.raises(TemplateError, match="forge"):
+        _render(upstreams=partial)
+    with pytest.raises(TemplateError, match="EDGE_PORT"):
+        _render(listen_port=0)
+
+
+def test_cli_renders_the_same_config_from_the_environment(tmp_path: Path) -> None:
+    out = tmp_path / "envoy.yaml"
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen' / 'python'}",
+        "EDGE_PORT": "18080",
+        "ADMIN_PORT": "19901",
+        **{f"AF_{name.upper()}_ADDR": f"{host}:{port}" for name, (host, port) in UPSTREAMS.items()},
+    }
+    result = subprocess.run([sys.executable, "-m", "services.launcher.envoy_config", "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == _render()
+
+    del env["AF_FORGE_ADDR"]
+    result = subprocess.run([sys.executable, "-m", "services.launcher.envoy_config", "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "AF_FORGE_ADDR" in result.stderr
