@@ -271,7 +271,8 @@ class RunManager:
                 await self._compensate(run, S.PHASE_RUN_STATE_FAILED, "compensation resumed", run.error)
                 return
             await self._set_state(run, S.PHASE_RUN_STATE_RUNNING, "saga started")
-            params = dict(run.parameters.items())
+            # Struct numbers are doubles: resolve again to get ints back.
+            params = resolve_parameters(CATALOG[run.phase.split("/", 1)[1]], run.parameters)
             for index, step in enumerate(run.steps):
                 if step.state == pr.SAGA_STEP_STATE_SUCCEEDED:
                     continue

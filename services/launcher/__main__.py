@@ -1,0 +1,193 @@
+"""``python -m services.launcher up|run`` — the doors behind ``make up`` and ``make run``.
+
+``up``   start the mesh in the foreground, print the endpoints, stream every process's
+         output prefixed with its name; Ctrl-C or SIGTERM stops everything (exit 0).
+``run``  start the mesh, start a real Cognate phase through the edge and print its
+         progress until it ends, then stop the mesh (exit 0 if the run SUCCEEDED).
+
+Both keep their pid file and rendered Envoy config in ``--run-dir`` (``.run/``), logs
+in ``.run/logs/``, durable state in ``--data-dir`` (``var/``); ``REDIS_URL`` in the
+environment replaces the embedded Valkey.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from services.launcher.mesh import ALL_SERVICES, REPO_ROOT, Mesh, MeshConfig, MeshStartError
+from services.launcher.pidfile import MeshAlreadyRunning
+
+__all__ = ["main"]
+
+_PREFIX_WIDTH = max(len(n) for n in (*ALL_SERVICES, "envoy"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m services.launcher", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_ in (("up", "run the mesh in the foreground"), ("run", "run a Cognate phase on a fresh mesh")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--edge-port", type=int, default=int(os.environ.get("EDGE_PORT", "8080")),
+                       help="Envoy edge port (default $EDGE_PORT or 8080; 0 = free)")
+        p.add_argument("--admin-port", type=int, default=0, help="Envoy admin port (default: free)")
+        p.add_argument("--services", default=",".join(ALL_SERVICES), help="comma-separated subset to start")
+        p.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run", help="pid file, Envoy config, logs")
+        p.add_argument("--data-dir", type=Path, default=REPO_ROOT / "var", help="durable state (AF_DATA_DIR)")
+        p.add_argument("--log-format", choices=("json", "text"), default="text", help="services' log format")
+        p.add_argument("--training-workers", type=int, default=2)
+        p.add_argument("--startup-timeout", type=float, default=120.0)
+        if name == "run":
+            p.add_argument("--phase", default="phases/cognate")
+            p.add_argument("--max-steps", type=int, default=300, help="Cognate optimizer steps")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> MeshConfig:
+    services = tuple(s.strip() for s in args.services.split(",") if s.strip())
+    return MeshConfig(
+        edge_port=args.edge_port,
+        admin_port=args.admin_port,
+        redis_url=os.environ.get("REDIS_URL") or None,
+        data_dir=args.data_dir,
+        services=services,
+        training_workers=args.training_workers,
+        run_dir=args.run_dir,
+        log_format=args.log_format,
+        startup_timeout=args.startup_timeout,
+    )
+
+
+class _Console:
+    """Prefixed, line-atomic console output shared by the log threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        with self._lock:
+            print(text, flush=True)
+
+    def child(self, name: str, text: str) -> None:
+        self.line(f"{name:<{_PREFIX_WIDTH}} | {text}")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+def _print_endpoints(mesh: Mesh, console: _Console) -> None:
+    rows = mesh.endpoints()
+    width = max(len(k) for k in rows)
+    console.line("mesh is up:")
+    for key, value in rows.items():
+        console.line(f"  {key:<{width}}  {value}")
+
+
+def _start(mesh: Mesh, console: _Console) -> bool:
+    try:
+        mesh.start()
+    except (MeshStartError, MeshAlreadyRunning) as exc:
+        console.line(f"mesh failed to start: {exc}")
+        return False
+    for group in mesh.stale_cleaned:
+        console.line(f"stopped {group.name} (pid {group.pid}) left over from a crashed run")
+    return True
+
+
+def _stop(mesh: Mesh, console: _Console) -> None:
+    # A second Ctrl-C must not abort the cleanup.
+    signal.signal(signal.SIGINT, _ignore)
+    signal.signal(signal.SIGTERM, _ignore)
+    console.line("stopping the mesh ...")
+    mesh.stop()
+    console.line("stopped")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    console = _Console()
+    mesh = Mesh(_config(args), echo=console.child)
+    try:
+        if not _start(mesh, console):
+            return 1
+        _print_endpoints(mesh, console)
+        console.line("Ctrl-C stops everything")
+        reported: set[str] = set()
+        while True:
+            time.sleep(0.5)
+            for name in ("envoy", *mesh.config.services):
+                try:
+                    code = mesh.process(name).poll()
+                except KeyError:
+                    continue
+                if code is not None and name not in reported:
+                    reported.add(name)
+                    console.line(f"!! {name} exited with code {code}; log {mesh.log_path(name)}")
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(mesh, console)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from services.launcher.phase_runner import PhaseRunFailed, cancel_run, run_phase
+
+    console = _Console()
+    mesh = Mesh(_config(args))  # service logs go to files only; the console shows the run
+    started: list[str] = []
+    try:
+        console.line(f"starting the mesh (logs in {args.run_dir / 'logs'}) ...")
+        if not _start(mesh, console):
+            return 1
+        _print_endpoints(mesh, console)
+        try:
+            result = run_phase(
+                mesh.edge_addr,
+                phase=args.phase,
+                parameters={"max_steps": args.max_steps},
+                out=console.line,
+                on_started=started.append,
+            )
+        except PhaseRunFailed as exc:
+            console.line(f"run failed: {exc}")
+            return 2
+        console.line(f"{result.name} ended {result.state_name}")
+        outputs = result.run.outputs
+        if outputs.model_version:
+            console.line(f"  model version: {outputs.model_version}")
+        if outputs.training_job:
+            console.line(f"  training job:  {outputs.training_job}")
+        for key, value in sorted(outputs.metrics.items()):
+            console.line(f"  {key}: {value:.6g}")
+        if result.run.error.message:
+            console.line(f"  error: {result.run.error.message}")
+        return 0 if result.succeeded else 1
+    except KeyboardInterrupt:
+        if started and mesh.config.services:
+            console.line(f"cancelling {started[0]} ...")
+            cancel_run(mesh.edge_addr, started[0], "interrupted from the launcher")
+        return 130
+    finally:
+        _stop(mesh, console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    return cmd_up(args) if args.command == "up" else cmd_run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
