@@ -1,0 +1,1 @@
+"""Realtime service: retained, ordered topics with resumable subscriptions."""
