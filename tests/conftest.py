@@ -1,0 +1,44 @@
+"""Fixtures shared by the whole suite.
+
+- ``valkey``: one real embedded Valkey for the session (no persistence).
+- ``valkey_factory``: private Valkey servers for tests that stop or restart theirs.
+- ``stream_prefix``: a unique key prefix per test, so tests sharing ``valkey`` never
+  see each other's streams, groups or epochs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from services.shared.valkey import EmbeddedValkey
+
+
+@pytest.fixture(scope="session")
+def valkey() -> Iterator[EmbeddedValkey]:
+    """A running Valkey shared by the session. Don't stop it; use ``valkey_factory``."""
+    with EmbeddedValkey() as server:
+        yield server
+
+
+@pytest.fixture
+def valkey_factory() -> Iterator[Callable[[], EmbeddedValkey]]:
+    """Start private Valkey servers; all are stopped and removed after the test."""
+    servers: list[EmbeddedValkey] = []
+
+    def start() -> EmbeddedValkey:
+        server = EmbeddedValkey().start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def stream_prefix() -> str:
+    """A key prefix unique to this test (``t<hex>:``)."""
+    return f"t{uuid.uuid4().hex[:10]}:"
