@@ -1,0 +1,8 @@
+"""The monitoring service: real health of every component, method metrics, alerts.
+
+Modules: ``config`` (knobs), ``health`` / ``alerting`` / ``promtext`` (pure domain
+rules), ``probes`` / ``watcher`` / ``events`` / ``store`` (I/O adapters), ``alerts``
+(rules and alerts), ``servicer`` (proto ↔ domain), ``server`` (wiring, entry point).
+"""
+
+__all__: list[str] = []

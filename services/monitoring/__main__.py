@@ -1,0 +1,5 @@
+"""``python -m services.monitoring``."""
+
+from services.monitoring.server import main
+
+main()
