@@ -1,0 +1,120 @@
+"""Configuration of the training service (queue, workers, storage), read from the environment.
+
+Every knob is a field of :class:`TrainingConfig`, documented once below. The gRPC side
+(port, metrics, grace) is the shared :class:`services.shared.config.ServerConfig`.
+
+==============================  ===========================================================
+env                             field
+==============================  ===========================================================
+``AF_DATA_DIR``                 ``data_dir`` = ``$AF_DATA_DIR/training``
+``AF_TRAINING_DATABASE_URL``    ``database_url`` (``sqlite:///abs/path.db``)
+``REDIS_URL``                   ``redis_url``
+``AF_TRAINING_WORKERS``         ``workers``
+``AF_TRAINING_HEARTBEAT_INTERVAL_S`` / ``…_TIMEOUT_S``  heartbeat
+``AF_TRAINING_MAX_ATTEMPTS``    ``max_attempts``
+``AF_TRAINING_TORCH_THREADS``   ``torch_threads`` (0 = max(1, cpus // workers))
+``AF_TRAINING_KEY_PREFIX``      ``key_prefix`` (Redis key prefix, for tests)
+==============================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["TrainingConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """How the training service stores, queues and runs jobs. Picklable (sent to workers)."""
+
+    #: Root of the service's durable state: ``jobs.db`` and ``runs/<job>/checkpoints``.
+    data_dir: Path = Path("var/training")
+    #: Job database; empty means ``sqlite:///<data_dir>/jobs.db``. Only SQLite is supported.
+    database_url: str = ""
+    #: Redis (Valkey) holding the job queue, heartbeats, control and event streams.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Worker processes started with the service (``spawn``); 0 runs none.
+    workers: int = 2
+    #: Seconds between a worker's heartbeats.
+    heartbeat_interval_s: float = 1.0
+    #: A job whose worker has not heartbeaten for this long is claimed by another worker.
+    heartbeat_timeout_s: float = 10.0
+    #: Failed attempts (errors or lost workers) after which a job ends FAILED and its
+    #: queue entry is dead-lettered.
+    max_attempts: int = 3
+    #: ``torch.set_num_threads`` in each worker; 0 = max(1, cpu count // workers).
+    torch_threads: int = 0
+    #: Seconds an idle worker waits between queue polls.
+    poll_interval_s: float = 0.05
+    #: Prefix of every Redis key the service uses (isolates tests sharing one Redis).
+    key_prefix: str = ""
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError("workers must be >= 0")
+        if self.heartbeat_interval_s <= 0 or self.heartbeat_timeout_s <= self.heartbeat_interval_s:
+            raise ValueError("need 0 < heartbeat_interval_s < heartbeat_timeout_s")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.torch_threads < 0:
+            raise ValueError("torch_threads must be >= 0")
+        if self.database_url and not self.database_url.startswith("sqlite:///"):
+            raise ValueError("database_url must be sqlite:///<path> (only SQLite is supported)")
+
+    @property
+    def database_path(self) -> Path:
+        """File of the SQLite job database."""
+        if self.database_url:
+            return Path(self.database_url.removeprefix("sqlite:///"))
+        return self.data_dir / "jobs.db"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Directory holding one run directory (checkpoints) per job."""
+        return self.data_dir / "runs"
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.runs_dir / job_id
+
+    def threads_per_worker(self) -> int:
+        if self.torch_threads:
+            return self.torch_threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cpus // max(1, self.workers))
+
+    def replace(self, **changes: object) -> TrainingConfig:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrainingConfig:
+        environ = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            raw = environ.get(name, "").strip()
+            return raw or None
+
+        base = cls()
+        data_root = get("AF_DATA_DIR")
+        values: dict[str, object] = {
+            "data_dir": Path(data_root) / "training" if data_root else base.data_dir,
+            "database_url": get("AF_TRAINING_DATABASE_URL") or "",
+            "redis_url": get("REDIS_URL") or base.redis_url,
+            "key_prefix": get("AF_TRAINING_KEY_PREFIX") or "",
+        }
+        numeric: dict[str, type] = {
+            "workers": int, "heartbeat_interval_s": float, "heartbeat_timeout_s": float,
+            "max_attempts": int, "torch_threads": int, "poll_interval_s": float,
+        }
+        for name, kind in numeric.items():
+            raw = get(f"AF_TRAINING_{name.upper()}")
+            if raw is not None:
+                try:
+                    values[name] = kind(raw)
+                except ValueError:
+                    raise ValueError(f"AF_TRAINING_{name.upper()}={raw!r}: not a number") from None
+        return cls(**values)  # type: ignore[arg-type]

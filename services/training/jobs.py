@@ -1,0 +1,277 @@
+"""The training domain: what each RPC does, without gRPC.
+
+:class:`JobManager` validates, stores, enqueues, signals running jobs through their
+control stream and serves watches (store replay after the cursor, then live events from
+the job's bus stream, with the store as the source of truth for gaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from agentforge.training.v1 import training_job_event_pb2 as ev_pb
+from agentforge.training.v1 import training_job_pb2 as job_pb
+
+from services.shared.bus import EpochChanged, EventBus, Envelope
+from services.shared.errors import ForgeError, InvalidArgument, NotFound
+from services.training import mapping
+from services.training.config import TrainingConfig
+from services.training.cursor import MalformedCursor, WatchCursor
+from services.training.engine import list_checkpoints
+from services.training.queue import JobQueue, Keys
+from services.training.store import RUNNING, TERMINAL, JobRecord, Store, job_id_of
+
+__all__ = ["CursorExpired", "JobManager", "decode_page_token", "encode_page_token"]
+
+_log = logging.getLogger("services.training.jobs")
+
+_CONTROL_TTL_S = 24 * 3600
+_JOB_STREAM_TTL_S = 3600
+
+
+class CursorExpired(ForgeError):
+    """The cursor belongs to an event history that no longer exists."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+    default_reason = "CURSOR_EXPIRED"
+
+
+def encode_page_token(kind: str, position: int, fingerprint: str) -> str:
+    raw = json.dumps({"k": kind, "p": position, "f": fingerprint}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str, kind: str, fingerprint: str) -> int:
+    """The position a page token encodes; InvalidArgument naming ``page_token`` otherwise."""
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if doc["k"] != kind or not isinstance(doc["p"], int) or doc["p"] < 0:
+            raise ValueError
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise InvalidArgument("malformed page_token", [("page_token", "not a token from a previous page")]) from None
+    if doc["f"] != fingerprint:
+        raise InvalidArgument("page_token does not match the request",
+                              [("page_token", "filters changed since the token was issued")])
+    return doc["p"]
+
+
+def _fingerprint(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+def _is_terminal(event: ev_pb.TrainingJobEvent) -> bool:
+    return event.HasField("state_changed") and event.state_changed.to_state in TERMINAL
+
+
+class JobManager:
+    """Create, inspect, control and watch training jobs."""
+
+    def __init__(self, config: TrainingConfig, store: Store, bus: EventBus, queue: JobQueue, keys: Keys) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.queue = queue
+        self.keys = keys
+
+    # ---------------------------------------------------------------- helpers
+    async def _publish(self, events: Sequence[ev_pb.TrainingJobEvent]) -> None:
+        for event in events:
+            try:
+                await self.bus.publish(self.keys.job_events(job_id_of(event.training_job)), event,
+                                       subject=event.training_job)
+                if event.HasField("state_changed"):
+                    await self.bus.publish(self.keys.training_events, event, subject=event.training_job)
+                    if event.state_changed.to_state in TERMINAL:
+                        await self.bus.client.expire(self.keys.job_events(job_id_of(event.training_job)),
+                                                     _JOB_STREAM_TTL_S)
+            except Exception:  # noqa: BLE001 - the store has it; watchers poll the store too
+                _log.exception("publish failed", extra={"job": event.training_job})
+
+    async def _enqueue(self, rec: JobRecord) -> None:
+        cursor = await self.queue.enqueue(rec.job.name, rec.job.spec.priority or job_pb.PRIORITY_NORMAL,
+                                          rec.job.attempts + 1)
+        self.store.update(rec.id, lambda r: setattr(r, "queue_entry", cursor.entry_id))
+
+    async def _signal(self, rec: JobRecord, action: str, **values: float) -> None:
+        """Send a control request to the worker running the job's current attempt."""
+        stream = self.keys.control(rec.id, rec.job.attempts)
+        fields = {"action": action, **{k: repr(float(v)) for k, v in values.items()}}
+        async with self.bus.client.pipeline(transaction=True) as pipe:
+            pipe.xadd(stream, fields, maxlen=1000, approximate=True)
+            pipe.expire(stream, _CONTROL_TTL_S)
+            await pipe.execute()
+
+    async def recover_unqueued(self) -> int:
+        """Enqueue QUEUED jobs whose create/resume died before reaching the queue."""
+        records = self.store.queued_without_entry()
+        for rec in records:
+            await self._enqueue(rec)
+        return len(records)
+
+    # ---------------------------------------------------------------- RPCs
+    async def create(self, job: job_pb.TrainingJob, job_id: str, request_id: str) -> job_pb.TrainingJob:
+        mapping.validate_spec(job.spec)
+        clean = job_pb.TrainingJob(display_name=job.display_name, labels=dict(job.labels), spec=job.spec,
+                                   phase=job.phase, phase_run=job.phase_run)
+        rec, events, created = self.store.create(clean, job_id or uuid.uuid4().hex[:16], request_id)
+        if created:
+            await self._publish(events)
+        if not rec.queue_entry and rec.state == job_pb.TRAINING_JOB_STATE_QUEUED:
+            await self._enqueue(rec)
+        return self.store.get(rec.id).job
+
+    def get(self, name: str) -> job_pb.TrainingJob:
+        return self.store.get(job_id_of(name)).job
+
+    def list(self, *, page_size: int, page_token: str, states: Sequence[int], phase: str,
+             label_selector: str) -> tuple[list[job_pb.TrainingJob], str]:
+        labels: dict[str, str] = {}
+        for pair in filter(None, label_selector.split(",")):
+            key, _, value = pair.partition("=")
+            labels[key] = value
+        fingerprint = _fingerprint(sorted(states), phase, sorted(labels.items()))
+        before = decode_page_token(page_token, "jobs", fingerprint) if page_token else None
+        size = page_size or 50
+        records = self.store.list(states=list(states), phase=phase, labels=labels, before_seq=before,
+                                  limit=size + 1)
+        next_token = ""
+        if len(records) > size:
+            records = records[:size]
+            next_token = encode_page_token("jobs", records[-1].seq, fingerprint)
+        return [r.job for r in records], next_token
+
+    async def cancel(self, name: str) -> job_pb.TrainingJob:
+        rec, event = self.store.request_cancel(job_id_of(name))
+        if event is not None:
+            await self._publish([event])
+        else:
+            await self._signal(rec, "cancel")
+        return rec.job
+
+    async def pause(self, name: str) -> job_pb.TrainingJob:
+        rec = self.store.request_pause(job_id_of(name))
+        await self._signal(rec, "pause")
+        return rec.job
+
+    async def resume(self, name: str) -> job_pb.TrainingJob:
+        rec, event = self.store.resume(job_id_of(name))
+        await self._publish([event])
+        await self._enqueue(rec)
+        return self.store.get(rec.id).job
+
+    async def adjust(self, name: str, *, learning_rate: float | None, alpha: float | None,
+                     lamb: float | None) -> job_pb.TrainingJob:
+        values = {k: v for k, v in (("lr", learning_rate), ("alpha", alpha), ("lamb", lamb)) if v is not None}
+        if not values:
+            raise InvalidArgument("nothing to adjust", [("learning_rate", "set at least one of learning_rate, "
+                                                         "grokfast_alpha, grokfast_lamb")])
+        rec = self.store.request_adjust(job_id_of(name), values)
+        if rec.state == RUNNING:
+            await self._signal(rec, "adjust", **values)
+        return rec.job
+
+    async def checkpoint(self, name: str) -> job_pb.TrainingJob:
+        rec = self.store.require_state(job_id_of(name), (RUNNING,), "checkpointed")
+        await self._signal(rec, "checkpoint")
+        return rec.job
+
+    async def delete(self, name: str) -> None:
+        job_id = job_id_of(name)
+        self.store.delete(job_id)
+        await asyncio.to_thread(shutil.rmtree, self.config.run_dir(job_id), True)
+        try:
+            await self.bus.client.delete(self.keys.job_events(job_id))
+        except Exception:  # noqa: BLE001 - the stream expires anyway
+            _log.warning("could not delete the event stream of %s", name)
+
+    def list_checkpoints(self, parent: str, *, page_size: int, page_token: str) -> tuple[list[job_pb.Checkpoint], str]:
+        job_id = job_id_of(parent)
+        rec = self.store.get(job_id)
+        known = self.store.checkpoints(job_id)
+        found = []
+        for info in reversed(list_checkpoints(self.config.run_dir(job_id))):
+            ckpt = job_pb.Checkpoint()
+            if info.step in known:
+                ckpt.CopyFrom(known[info.step])
+            else:  # written but its event not recorded yet (or by an older attempt)
+                ckpt.name = f"{rec.job.name}/checkpoints/{info.step}"
+                ckpt.step = info.step
+                ckpt.uri = f"file://{info.path}"
+                ckpt.create_time.FromNanoseconds(int(info.mtime * 1e9))
+            ckpt.size_bytes = info.size_bytes
+            found.append(ckpt)
+        fingerprint = _fingerprint(job_id)
+        offset = decode_page_token(page_token, "ckpt", fingerprint) if page_token else 0
+        size = page_size or 50
+        page = found[offset:offset + size]
+        next_token = encode_page_token("ckpt", offset + size, fingerprint) if offset + size < len(found) else ""
+        return page, next_token
+
+    # ---------------------------------------------------------------- watch
+    def _start_after(self, job_id: str, cursor: str) -> int:
+        if not cursor:
+            return 0
+        try:
+            parsed = WatchCursor.decode(cursor)
+        except MalformedCursor as exc:
+            raise InvalidArgument("malformed cursor", [("cursor", str(exc))]) from None
+        if parsed.job_id != job_id:
+            raise InvalidArgument("cursor of another job", [("cursor", "the cursor belongs to another job")])
+        if parsed.epoch != self.store.epoch:
+            raise CursorExpired("the job's event history was reset; watch again without a cursor",
+                                metadata={"epoch": self.store.epoch})
+        return parsed.sequence
+
+    async def watch(self, name: str, cursor: str) -> AsyncIterator[ev_pb.TrainingJobEvent]:
+        """History after ``cursor``, then live events, until the terminal state event."""
+        job_id = job_id_of(name)
+        self.store.get(job_id)  # NotFound before the stream starts
+        after = self._start_after(job_id, cursor)
+        stream = self.keys.job_events(job_id)
+        live = await self.bus.latest_cursor(stream)  # before reading the store: no gap
+        while True:
+            for event in self.store.events_after(job_id, after):
+                yield event
+                after = event.sequence
+                if _is_terminal(event):
+                    return
+            if after > 0 and self._ended(job_id, after):
+                return
+            gap = False
+            while not gap:
+                items = await self.bus.read(stream, live, block_ms=1000, count=200)
+                if not items:  # idle: make sure nothing went past the bus (and the job exists)
+                    break
+                for item in items:
+                    live = item.cursor
+                    if isinstance(item, EpochChanged):
+                        gap = True
+                        continue
+                    assert isinstance(item, Envelope)
+                    event = item.unpack(ev_pb.TrainingJobEvent)
+                    if event.sequence <= after:
+                        continue
+                    if event.sequence != after + 1:
+                        gap = True
+                        break
+                    yield event
+                    after = event.sequence
+                    if _is_terminal(event):
+                        return
+
+    def _ended(self, job_id: str, after: int) -> bool:
+        """True when the job is terminal and the watcher has seen all its events."""
+        try:
+            rec = self.store.get(job_id)
+        except NotFound:
+            raise NotFound(f"trainingJobs/{job_id} was deleted") from None
+        return rec.state in TERMINAL and rec.last_sequence <= after

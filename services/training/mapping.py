@@ -1,0 +1,192 @@
+"""Protobuf ↔ engine: job specs, spec errors and trainer events.
+
+The contract's zero-means-default rules (see ``training_job.proto``) are applied here,
+once, so the engine always receives a complete :class:`TrainingSpec`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+from agentforge.training.v1 import training_job_event_pb2 as ev_pb
+from agentforge.training.v1 import training_job_pb2 as job_pb
+
+from services.shared.errors import InvalidArgument
+from services.training.engine import (BUILTIN_DATASET, CheckpointEvent, ControlAppliedEvent, EvalEvent,
+                                      GrokfastSpec, LogEvent, ModelSpec, OptimizerSpec, ProgressEvent,
+                                      SpecError, TaskSpec, TrainingEvent, TrainingSpec)
+
+__all__ = [
+    "SPEC_PREFIX",
+    "checkpoint_proto",
+    "event_proto",
+    "invalid_spec",
+    "proto_field_path",
+    "spec_from_proto",
+    "validate_spec",
+]
+
+#: Where the spec sits in a CreateTrainingJobRequest.
+SPEC_PREFIX = "training_job.spec"
+
+_TASKS = {job_pb.TASK_KIND_MODULAR_ARITHMETIC: "modular_arithmetic", job_pb.TASK_KIND_COGNATE: "cognate"}
+_OPTIMIZERS = {job_pb.OPTIMIZER_KIND_UNSPECIFIED: "adamw", job_pb.OPTIMIZER_KIND_ADAMW: "adamw",
+               job_pb.OPTIMIZER_KIND_ADAM: "adam"}
+_GROKFAST = {job_pb.GROKFAST_KIND_UNSPECIFIED: "none", job_pb.GROKFAST_KIND_NONE: "none",
+             job_pb.GROKFAST_KIND_EMA: "ema", job_pb.GROKFAST_KIND_MA: "ma"}
+_DEVICES = {job_pb.DEVICE_UNSPECIFIED: "auto", job_pb.DEVICE_AUTO: "auto", job_pb.DEVICE_CPU: "cpu",
+            job_pb.DEVICE_CUDA: "cuda"}
+_TRIGGERS = {"interval": job_pb.CHECKPOINT_TRIGGER_INTERVAL, "final": job_pb.CHECKPOINT_TRIGGER_FINAL,
+             "requested": job_pb.CHECKPOINT_TRIGGER_REQUESTED, "pause": job_pb.CHECKPOINT_TRIGGER_PAUSE}
+_SEVERITY = {"debug": ev_pb.LOG_SEVERITY_DEBUG, "info": ev_pb.LOG_SEVERITY_INFO,
+             "warning": ev_pb.LOG_SEVERITY_WARNING, "error": ev_pb.LOG_SEVERITY_ERROR}
+
+#: Engine field paths whose proto name differs (the rest keep their dotted name).
+_ENGINE_TO_PROTO = {
+    "optimizer.lr": "optimizer.learning_rate",
+    "device": "device",
+}
+
+
+def proto_field_path(engine_path: str, spec: job_pb.TrainingJobSpec | None = None) -> str:
+    """``model.heads`` → ``training_job.spec.model.heads``; ``task.dataset`` → ``…dataset.path``."""
+    path = _ENGINE_TO_PROTO.get(engine_path, engine_path)
+    if path == "task.dataset" and spec is not None:
+        source = spec.task.dataset.WhichOneof("source")
+        path = f"task.dataset.{source}" if source else "task.dataset"
+    return f"{SPEC_PREFIX}.{path}"
+
+
+def invalid_spec(error: SpecError, spec: job_pb.TrainingJobSpec | None = None) -> InvalidArgument:
+    violations = [(proto_field_path(v.field, spec), v.message) for v in error.violations]
+    return InvalidArgument("invalid training job spec: " + "; ".join(f"{f}: {m}" for f, m in violations),
+                           violations)
+
+
+def spec_from_proto(spec: job_pb.TrainingJobSpec) -> TrainingSpec:
+    """The engine spec for a (protovalidate-valid) proto spec, defaults applied.
+
+    Raises :class:`InvalidArgument` for what the engine cannot express (unknown task,
+    char tokenizer, cognate without a dataset).
+    """
+    t, m, o, g = spec.task, spec.model, spec.optimizer, spec.grokfast
+    kind = _TASKS.get(t.kind)
+    if kind is None:
+        raise InvalidArgument("unknown task", [(f"{SPEC_PREFIX}.task.kind", f"unknown task kind {t.kind}")])
+    dataset = BUILTIN_DATASET
+    if kind == "cognate":
+        source = t.dataset.WhichOneof("source")
+        if source is None:
+            raise InvalidArgument("cognate needs a dataset", [
+                (f"{SPEC_PREFIX}.task.dataset", "set builtin or path for TASK_KIND_COGNATE")])
+        if source == "path":
+            dataset = t.dataset.path
+        if t.dataset.tokenizer == job_pb.TOKENIZER_CHAR:
+            raise InvalidArgument("tokenizer not supported", [
+                (f"{SPEC_PREFIX}.task.dataset.tokenizer", "TOKENIZER_CHAR is not supported yet; use TOKENIZER_BYTE")])
+    train_fraction = t.train_fraction or (0.5 if kind == "modular_arithmetic" else 0.9)
+    max_steps = int(spec.max_steps)
+    return TrainingSpec(
+        task=TaskSpec(kind=kind, modulus=t.modulus or 97, dataset=dataset,  # type: ignore[arg-type]
+                      train_fraction=train_fraction),
+        model=ModelSpec(layers=m.layers, width=m.width, heads=m.heads, context_length=m.context_length,
+                        vocab_size=m.vocab_size, dropout=m.dropout),
+        optimizer=OptimizerSpec(kind=_OPTIMIZERS[o.kind], lr=o.learning_rate or 1e-3,  # type: ignore[arg-type]
+                                beta1=o.beta1 or 0.9, beta2=o.beta2 or 0.98, weight_decay=o.weight_decay,
+                                warmup_steps=int(o.warmup_steps)),
+        grokfast=GrokfastSpec(kind=_GROKFAST[g.kind], alpha=g.alpha or 0.98,  # type: ignore[arg-type]
+                              lamb=g.lamb or 2.0, window=g.window or 100, warmup=g.warmup),
+        batch_size=spec.batch_size,
+        max_steps=max_steps,
+        eval_interval=int(spec.eval_interval) or max(1, max_steps // 20),
+        checkpoint_interval=int(spec.checkpoint_interval) or max(1, max_steps // 10),
+        progress_interval=int(spec.progress_interval) or 1,
+        keep_checkpoints=spec.keep_checkpoints or 3,
+        seed=int(spec.seed),
+        device=_DEVICES[spec.device],  # type: ignore[arg-type]
+    )
+
+
+def validate_spec(spec: job_pb.TrainingJobSpec) -> TrainingSpec:
+    """Domain validation beyond protovalidate (files, vocab, engine rules) → InvalidArgument."""
+    engine_spec = spec_from_proto(spec)
+    try:
+        return engine_spec.validate(check_files=True)
+    except SpecError as exc:
+        raise invalid_spec(exc, spec) from None
+
+
+# ---------------------------------------------------------------------------- events
+def _finite(value: float | None) -> float:
+    return 0.0 if value is None or not math.isfinite(value) else float(value)
+
+
+def progress_proto(e: ProgressEvent) -> job_pb.TrainingProgress:
+    p = job_pb.TrainingProgress(
+        step=e.step, total_steps=e.total_steps, fraction_done=e.fraction, train_loss=_finite(e.train_loss),
+        train_accuracy=e.train_accuracy, learning_rate=e.lr, steps_per_second=_finite(e.steps_per_second),
+        examples_per_second=_finite(e.examples_per_second), eta_seconds=_finite(e.eta_seconds),
+        train_val_gap=_finite(e.train_val_gap),
+    )
+    if e.grokfast_alpha is not None:
+        p.grokfast.CopyFrom(job_pb.GrokfastStats(
+            slow_gradient_norm=_finite(e.slow_grad_norm), amplification_ratio=_finite(e.amplification_ratio),
+            alpha=e.grokfast_alpha, lamb=_finite(e.grokfast_lamb)))
+    if e.eval_step is not None:
+        p.eval.CopyFrom(job_pb.EvalMetrics(step=e.eval_step, loss=_finite(e.eval_loss),
+                                           accuracy=_finite(e.eval_accuracy)))
+    return p
+
+
+def checkpoint_proto(job_name: str, e: CheckpointEvent, metrics: dict[str, float], total_steps: int) -> job_pb.Checkpoint:
+    """The Checkpoint resource for a written file (hashes the file)."""
+    digest = hashlib.sha256()
+    path = Path(e.path)
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        sha = digest.hexdigest()
+    except FileNotFoundError:  # pruned already
+        sha = ""
+    ckpt = job_pb.Checkpoint(
+        name=f"{job_name}/checkpoints/{e.step}", step=e.step, size_bytes=e.size_bytes, sha256=sha,
+        metrics={k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)},
+        final=e.reason == "final" or e.step >= total_steps,
+        trigger=_TRIGGERS.get(e.reason, job_pb.CHECKPOINT_TRIGGER_UNSPECIFIED),
+        uri=path.resolve().as_uri(),
+    )
+    ckpt.create_time.FromNanoseconds(int(e.wall_time * 1e9))
+    return ckpt
+
+
+def event_proto(e: TrainingEvent) -> ev_pb.TrainingJobEvent | None:
+    """A TrainingJobEvent for an engine event (checkpoints: use :func:`checkpoint_proto`)."""
+    out = ev_pb.TrainingJobEvent()
+    wall = getattr(e, "wall_time", None)
+    if wall is not None:
+        out.time.FromNanoseconds(int(wall * 1e9))
+    if isinstance(e, ProgressEvent):
+        out.progress.CopyFrom(progress_proto(e))
+    elif isinstance(e, EvalEvent):
+        out.eval_completed.CopyFrom(job_pb.EvalMetrics(
+            step=e.step, loss=_finite(e.validation_loss), accuracy=e.validation_accuracy,
+            perplexity=_finite(e.validation_perplexity)))
+    elif isinstance(e, ControlAppliedEvent):
+        applied = ev_pb.ControlApplied(step=e.step)
+        if e.action == "set_lr":
+            applied.learning_rate = float(e.values["lr"])
+        elif e.action == "set_grokfast":
+            applied.grokfast_alpha = float(e.values["alpha"])
+            applied.grokfast_lamb = float(e.values["lamb"])
+        elif e.action == "checkpoint_now":
+            applied.checkpoint_requested = True
+        out.control_applied.CopyFrom(applied)
+    elif isinstance(e, LogEvent):
+        out.log.CopyFrom(ev_pb.LogLine(severity=_SEVERITY.get(e.level, ev_pb.LOG_SEVERITY_INFO),
+                                       message=e.message))
+    else:
+        return None
+    return out

@@ -1,0 +1,173 @@
+"""The job queue on Redis Streams, plus the other Redis keys of the training service.
+
+One stream per priority (``training.jobs.high|normal|low``), consumer group ``workers``;
+each entry is a bus envelope holding ``TrainingJobQueued``. A worker claims one entry at
+a time, highest priority first: first entries whose owner stopped heartbeating
+(XAUTOCLAIM with ``min_idle = heartbeat timeout``), then new ones (XREADGROUP ``>``).
+
+While it runs the job the worker *touches* the entry every heartbeat (XCLAIM to itself
+with JUSTID, which resets the idle time without counting a delivery, and only while it
+still owns the entry), so idle time > heartbeat timeout means exactly "its worker is
+gone". The entry is acked when the job is terminal or paused; a failed attempt
+*releases* it (idle set past the timeout) so any worker retries it at once; a job out of
+attempts goes to the bus's dead-letter stream ``<stream>:dlq``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentforge.events.v1 import event_pb2
+from agentforge.training.v1 import training_job_pb2 as job_pb
+
+from services.shared.bus import Cursor, Envelope, EventBus, dlq_stream
+
+__all__ = ["Claim", "JobQueue", "Keys", "GROUP", "PRIORITY_NAMES"]
+
+GROUP = "workers"
+PRIORITY_NAMES = {job_pb.PRIORITY_HIGH: "high", job_pb.PRIORITY_NORMAL: "normal", job_pb.PRIORITY_LOW: "low"}
+_ORDER = (job_pb.PRIORITY_HIGH, job_pb.PRIORITY_NORMAL, job_pb.PRIORITY_LOW)
+
+# Touch an entry only while this consumer still owns it. KEYS: stream. ARGV: group, consumer, id.
+_TOUCH_LUA = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+"""
+
+# Make an owned entry claimable now. ARGV: group, consumer, id, idle ms.
+_RELEASE_LUA = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[2] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'IDLE', ARGV[4], 'JUSTID')
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every Redis key name of the training service, under an optional prefix."""
+
+    prefix: str = ""
+
+    def queue(self, priority: int) -> str:
+        return f"{self.prefix}training.jobs.{PRIORITY_NAMES.get(priority, 'normal')}"
+
+    def queues(self) -> list[str]:
+        return [self.queue(p) for p in _ORDER]
+
+    def job_events(self, job_id: str) -> str:
+        """Per-job stream of TrainingJobEvent envelopes (what watchers follow live)."""
+        return f"{self.prefix}training.job_events.{job_id}"
+
+    @property
+    def training_events(self) -> str:
+        """``events.training``: state changes and TrainingJobCompleted, for other services."""
+        return f"{self.prefix}events.training"
+
+    def control(self, job_id: str, attempt: int) -> str:
+        """Control requests for one attempt of a job (read by the worker running it)."""
+        return f"{self.prefix}training.control.{job_id}.{attempt}"
+
+    def job_heartbeat(self, job_id: str) -> str:
+        return f"{self.prefix}training.heartbeat.job.{job_id}"
+
+    def worker_heartbeat(self, worker: str) -> str:
+        return f"{self.prefix}training.heartbeat.worker.{worker}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A queue entry this worker owns."""
+
+    stream: str
+    envelope: Envelope
+    message: event_pb2.TrainingJobQueued
+    #: Times the group has delivered the entry (1 = first delivery).
+    deliveries: int
+    #: True when taken over from a consumer whose heartbeat lapsed.
+    reclaimed: bool
+
+    @property
+    def entry_id(self) -> str:
+        return self.envelope.cursor.entry_id
+
+    @property
+    def job_id(self) -> str:
+        return self.message.training_job.rpartition("/")[2]
+
+
+class JobQueue:
+    """Enqueue, claim, touch, release, ack and dead-letter job entries."""
+
+    def __init__(self, bus: EventBus, keys: Keys, *, claim_idle_ms: int) -> None:
+        self.bus = bus
+        self.keys = keys
+        self.claim_idle_ms = claim_idle_ms
+        self._touch = bus.client.register_script(_TOUCH_LUA)
+        self._release = bus.client.register_script(_RELEASE_LUA)
+        self._groups_ready = False
+
+    async def ensure_groups(self) -> None:
+        for stream in self.keys.queues():
+            await self.bus.ensure_group(stream, GROUP)
+        self._groups_ready = True
+
+    async def enqueue(self, job_name: str, priority: int, attempt: int) -> Cursor:
+        message = event_pb2.TrainingJobQueued(training_job=job_name, priority=priority, attempt=attempt)
+        return await self.bus.publish(self.keys.queue(priority), message, subject=job_name)
+
+    async def claim(self, consumer: str) -> Claim | None:
+        """The next entry for ``consumer``: lapsed ones first, then new, high priority first."""
+        if not self._groups_ready:
+            await self.ensure_groups()
+        client = self.bus.client
+        for stream in self.keys.queues():
+            reply = await client.xautoclaim(stream, GROUP, consumer, min_idle_time=self.claim_idle_ms,
+                                            start_id="0-0", count=1)
+            entries = [(i, f) for i, f in reply[1] if f]
+            for deleted in reply[2] if len(reply) > 2 else []:
+                await client.xack(stream, GROUP, deleted)
+            if entries:
+                entry_id, fields = entries[0]
+                info = await client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+                deliveries = int(info[0]["times_delivered"]) if info else 1
+                return self._claim(stream, entry_id, fields, deliveries, reclaimed=True)
+        for stream in self.keys.queues():
+            reply = await client.xreadgroup(GROUP, consumer, {stream: ">"}, count=1)
+            for _name, entries in reply or []:
+                for entry_id, fields in entries:
+                    if fields:
+                        return self._claim(stream, entry_id, fields, 1, reclaimed=False)
+        return None
+
+    def _claim(self, stream: str, entry_id: bytes, fields: dict, deliveries: int, *, reclaimed: bool) -> Claim:
+        from services.shared.bus import _envelope  # the bus's own entry decoder
+
+        envelope = _envelope(stream, entry_id, fields, deliveries)
+        message = envelope.unpack(event_pb2.TrainingJobQueued)
+        return Claim(stream, envelope, message, deliveries, reclaimed)
+
+    async def touch(self, claim: Claim, consumer: str) -> bool:
+        """Reset the entry's idle time; False if another worker took it over."""
+        return bool(await self._touch(keys=[claim.stream], args=[GROUP, consumer, claim.entry_id]))
+
+    async def release(self, claim: Claim, consumer: str) -> None:
+        """Let any worker claim the entry right away (it stays pending, not acked)."""
+        idle = self.claim_idle_ms + 1000
+        await self._release(keys=[claim.stream], args=[GROUP, consumer, claim.entry_id, idle])
+
+    async def ack(self, claim: Claim) -> None:
+        await self.bus.client.xack(claim.stream, GROUP, claim.entry_id)
+
+    async def dead_letter(self, claim: Claim, consumer: str, error: str) -> None:
+        """Move the entry to ``<stream>:dlq`` (the bus's dead-letter format) and ack it."""
+        await self.bus._dead_letter(claim.stream, GROUP, consumer, claim.envelope, error)  # noqa: SLF001
+
+    async def dead_letters(self, priority: int) -> list:
+        return await self.bus.dead_letters(self.keys.queue(priority))
+
+    @staticmethod
+    def dlq_stream(stream: str) -> str:
+        return dlq_stream(stream)

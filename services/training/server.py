@@ -1,0 +1,88 @@
+"""Wiring of the training service: store, bus, queue, domain, servicer, worker pool.
+
+``create_server(config, server_config)`` builds everything on the shared runtime and
+returns the started :class:`~services.shared.server.Service` with its :class:`TrainingApp`;
+``main()`` is the process entry point (``python -m services.training``): it prints the
+ready line, serves until SIGTERM, then drains RPCs and stops the workers (each one
+checkpoints its job and puts it back on the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from services.shared.bus import BusConfig, EventBus
+from services.shared.config import ServerConfig
+from services.shared.logging import configure_logging
+from services.shared.server import Service, build_server, serve
+from services.training.config import TrainingConfig
+from services.training.jobs import JobManager
+from services.training.pool import WorkerPool
+from services.training.queue import JobQueue, Keys
+from services.training.servicer import TrainingServicer
+from services.training.store import Store
+
+__all__ = ["TrainingApp", "create_server", "main"]
+
+_log = logging.getLogger("services.training")
+
+
+class TrainingApp:
+    """Everything behind the gRPC server; ``start`` before serving, ``aclose`` after."""
+
+    def __init__(self, config: TrainingConfig, *, log_format: str = "json", log_level: str = "INFO") -> None:
+        self.config = config
+        self.keys = Keys(config.key_prefix)
+        self.store = Store(config.database_path)
+        self.bus = EventBus(BusConfig(url=config.redis_url))
+        self.queue = JobQueue(self.bus, self.keys, claim_idle_ms=int(config.heartbeat_timeout_s * 1000))
+        self.jobs = JobManager(config, self.store, self.bus, self.queue, self.keys)
+        self.servicer = TrainingServicer(self.jobs)
+        self.pool = WorkerPool(config, log_format=log_format, log_level=log_level)
+
+    async def start(self) -> None:
+        """Create the queue groups, enqueue orphaned jobs, start the workers."""
+        self.config.runs_dir.mkdir(parents=True, exist_ok=True)
+        await self.queue.ensure_groups()
+        recovered = await self.jobs.recover_unqueued()
+        if recovered:
+            _log.info("enqueued %d jobs that never reached the queue", recovered)
+        self.pool.start()
+
+    def register(self, server: grpc.aio.Server) -> list[str]:
+        return self.servicer.register(server)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+        await self.bus.aclose()
+        self.store.close()
+
+
+async def create_server(config: TrainingConfig, server_config: ServerConfig) -> tuple[Service, TrainingApp]:
+    """Start the app and a gRPC server for it (the caller shuts both down)."""
+    app = TrainingApp(config, log_format=server_config.log_format, log_level=server_config.log_level)
+    await app.start()
+    try:
+        service = await build_server(server_config, "training", app.register)
+    except BaseException:
+        await app.aclose()
+        raise
+    return service, app
+
+
+async def _serve(config: TrainingConfig, server_config: ServerConfig) -> None:
+    app = TrainingApp(config, log_format=server_config.log_format, log_level=server_config.log_level)
+    await app.start()
+    try:
+        await serve(server_config, "training", app.register)
+    finally:
+        await app.aclose()
+
+
+def main() -> None:
+    server_config = ServerConfig.from_env("training")
+    configure_logging("training", server_config.log_level, fmt=server_config.log_format)
+    asyncio.run(_serve(TrainingConfig.from_env(), server_config))

@@ -1,0 +1,450 @@
+"""Worker processes: claim jobs from the queue, run the engine, report, heartbeat.
+
+``worker_main(config, index)`` is the ``spawn`` target; everything that talks to Redis
+or SQLite is created inside the child. Each worker runs one asyncio loop (queue, store,
+bus, heartbeats, control) and the engine's :class:`Trainer` in a thread beside it:
+
+- the trainer's ``on_event`` callback only hands events to the loop
+  (``call_soon_threadsafe``), so the training thread never waits on I/O;
+- control requests arrive on the job attempt's control stream
+  (``training.control.<job>.<attempt>``), read with a blocking XREAD and applied through
+  the engine's thread-safe :class:`TrainingControl`, which the trainer checks every step;
+- every ``heartbeat_interval_s`` the worker touches its queue entry (see
+  :mod:`services.training.queue`) and refreshes ``training.heartbeat.job.<job>`` and
+  ``training.heartbeat.worker.<worker>`` (TTL = heartbeat timeout).
+
+SIGTERM/SIGINT: a running job is checkpointed (engine pause) and put back on the queue
+(RUNNING → QUEUED "worker shutting down; requeued"), then the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from agentforge.events.v1 import event_pb2
+from agentforge.training.v1 import training_job_event_pb2 as ev_pb
+from agentforge.training.v1 import training_job_pb2 as job_pb
+from google.rpc import code_pb2, status_pb2
+
+from services.shared.bus import BusConfig, EventBus
+from services.shared.errors import FailedPrecondition, NotFound
+from services.shared.logging import configure_logging
+from services.training import mapping
+from services.training.config import TrainingConfig
+from services.training.queue import Claim, JobQueue, Keys
+from services.training.store import (CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, TERMINAL,
+                                     JobRecord, Store, now_ts)
+
+__all__ = ["Worker", "worker_main"]
+
+_log = logging.getLogger("services.training.worker")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when the service process dies."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))
+
+
+def worker_main(config: TrainingConfig, index: int, log_format: str = "json", log_level: str = "INFO") -> None:
+    """Entry point of a spawned worker process."""
+    _die_with_parent()
+    configure_logging("training-worker", log_level, fmt=log_format)
+    import torch
+
+    torch.set_num_threads(config.threads_per_worker())
+    asyncio.run(Worker(config, index).run())
+
+
+class Worker:
+    """One worker process's loop: claim → run → report, until told to stop."""
+
+    def __init__(self, config: TrainingConfig, index: int) -> None:
+        self.config = config
+        self.name = f"worker-{index}-{os.getpid()}"
+        self.keys = Keys(config.key_prefix)
+        self.stopping = asyncio.Event()
+        self.current: JobRun | None = None
+        self.store: Store | None = None
+        self.bus: EventBus | None = None
+        self.queue: JobQueue | None = None
+
+    def _on_signal(self) -> None:
+        self.stopping.set()
+        if self.current is not None:
+            self.current.request_shutdown()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal)
+        cfg = self.config
+        self.store = Store(cfg.database_path)
+        self.bus = EventBus(BusConfig(url=cfg.redis_url))
+        self.queue = JobQueue(self.bus, self.keys, claim_idle_ms=int(cfg.heartbeat_timeout_s * 1000))
+        beat = asyncio.create_task(self._heartbeat())
+        _log.info("worker started", extra={"worker": self.name, "threads": cfg.threads_per_worker()})
+        try:
+            while not self.stopping.is_set():
+                try:
+                    claim = await self.queue.claim(self.name)
+                except Exception:  # noqa: BLE001 - Redis down: back off, keep the worker
+                    _log.exception("claim failed")
+                    claim = None
+                    await asyncio.sleep(1.0)
+                if claim is None:
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), cfg.poll_interval_s)
+                    continue
+                self.current = JobRun(self, claim)
+                try:
+                    await self.current.run()
+                except Exception:  # noqa: BLE001 - one job's bookkeeping failure must not kill the worker
+                    _log.exception("job run failed", extra={"job": claim.job_id})
+                finally:
+                    self.current = None
+        finally:
+            beat.cancel()
+            with contextlib.suppress(Exception):
+                await self.bus.client.delete(self.keys.worker_heartbeat(self.name))
+            await self.bus.aclose()
+            self.store.close()
+            _log.info("worker stopped", extra={"worker": self.name})
+
+    async def _heartbeat(self) -> None:
+        assert self.bus is not None
+        ttl_ms = int(self.config.heartbeat_timeout_s * 1000)
+        while True:
+            job = self.current.claim.job_id if self.current else ""
+            with contextlib.suppress(Exception):
+                await self.bus.client.set(self.keys.worker_heartbeat(self.name),
+                                          json.dumps({"pid": os.getpid(), "job": job}), px=ttl_ms)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    # ---------------------------------------------------------------- publishing
+    async def publish(self, event: ev_pb.TrainingJobEvent) -> None:
+        """Send a stored event to watchers (per-job stream) and, for state changes, to
+        ``events.training``. Failures are logged: the store holds the event anyway."""
+        assert self.bus is not None
+        try:
+            await self.bus.publish(self.keys.job_events(event.training_job.rpartition("/")[2]), event,
+                                   subject=event.training_job)
+            if event.HasField("state_changed"):
+                await self.bus.publish(self.keys.training_events, event, subject=event.training_job)
+        except Exception:  # noqa: BLE001
+            _log.exception("publish failed", extra={"job": event.training_job, "sequence": event.sequence})
+
+
+def _status(code: int, message: str) -> status_pb2.Status:
+    return status_pb2.Status(code=code, message=message[:2000])
+
+
+class JobRun:
+    """One attempt of one job on this worker."""
+
+    def __init__(self, worker: Worker, claim: Claim) -> None:
+        self.worker = worker
+        self.claim = claim
+        self.config = worker.config
+        assert worker.store is not None and worker.queue is not None and worker.bus is not None
+        self.store: Store = worker.store
+        self.queue: JobQueue = worker.queue
+        self.bus: EventBus = worker.bus
+        self.job_id = claim.job_id
+        self.control: Any = None
+        self.shutdown = False
+        self.user_pause = False
+        self.lost = False
+        self.attempt = 0
+        self._metrics: dict[str, float] = {}
+        self._done = False
+
+    def request_shutdown(self) -> None:
+        self.shutdown = True
+        if self.control is not None:
+            self.control.pause()
+
+    # ---------------------------------------------------------------- lifecycle
+    async def run(self) -> None:
+        name = self.worker.name
+        try:
+            rec = self.store.get(self.job_id)
+        except NotFound:  # deleted while queued
+            await self.queue.ack(self.claim)
+            return
+        if rec.state in TERMINAL or rec.state == PAUSED:
+            await self.queue.ack(self.claim)  # cancelled/paused while queued: stale entry
+            return
+        takeover = rec.state == RUNNING
+        if takeover and rec.failures + 1 >= self.config.max_attempts:
+            await self._give_up(rec, f"worker {rec.job.worker or '?'} stopped heartbeating; "
+                                     f"{rec.failures + 1} failed attempts")
+            return
+        pending: dict[str, float] = {}
+
+        def start(r: JobRecord) -> None:
+            nonlocal pending
+            r.job.attempts += 1
+            r.job.worker = name
+            if not r.job.HasField("start_time"):
+                r.job.start_time.CopyFrom(now_ts())
+            r.queue_entry = self.claim.entry_id
+            if takeover:
+                r.failures += 1
+            pending, r.pending_adjust = r.pending_adjust, {}
+
+        reason = (f"worker heartbeat lapsed; resumed on {name}" if takeover else f"started on {name}")
+        try:
+            rec, event = self.store.transition(self.job_id, RUNNING, reason, worker=name, mutate=start)
+        except FailedPrecondition:
+            await self.queue.ack(self.claim)
+            return
+        await self.worker.publish(event)
+        self.attempt = rec.job.attempts
+        await self._train(rec, pending)
+
+    async def _train(self, rec: JobRecord, pending: dict[str, float]) -> None:
+        from services.training.engine import Trainer, TrainingControl
+
+        control = self.control = TrainingControl()
+        if rec.cancel_requested:
+            control.cancel()
+        if rec.pause_requested:
+            self.user_pause = True
+            control.pause()
+        if self.shutdown:
+            control.pause()
+        if "lr" in pending:
+            control.set_lr(pending["lr"])
+        if "alpha" in pending or "lamb" in pending:
+            control.set_grokfast(pending.get("alpha"), pending.get("lamb"))
+
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Any] = asyncio.Queue()
+
+        def on_event(e: Any) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, e)
+
+        job = rec.job
+        run_dir = self.config.run_dir(self.job_id)
+        threads = self.config.threads_per_worker()
+
+        def train() -> Any:
+            spec = mapping.spec_from_proto(job.spec)
+            trainer = Trainer(spec, run_dir, control, on_event, num_threads=threads)
+            return trainer.run()
+
+        pump = asyncio.create_task(self._pump(events, job.name, int(job.spec.max_steps)))
+        beat = asyncio.create_task(self._heartbeat())
+        listen = asyncio.create_task(self._listen(control))
+        outcome, error = None, None
+        try:
+            outcome = await asyncio.to_thread(train)
+        except Exception as exc:  # noqa: BLE001 - any engine failure is a failed attempt
+            error = exc
+        finally:
+            events.put_nowait(None)
+            await pump
+            # Cancelling a task inside a redis-py call can be swallowed; the loops also
+            # check ``_done`` so they end at their next turn either way.
+            self._done = True
+            for task in (beat, listen):
+                task.cancel()
+            await asyncio.wait([beat, listen], timeout=5)
+            with contextlib.suppress(Exception):
+                await self.bus.client.delete(self.worker.keys.job_heartbeat(self.job_id))
+        if self.lost:
+            _log.warning("lost the job to another worker", extra={"job": self.job_id})
+            return
+        try:
+            await self._finish(outcome, error)
+        except FailedPrecondition as exc:  # fenced: another worker owns the job now
+            _log.warning("job finished elsewhere: %s", exc, extra={"job": self.job_id})
+
+    async def _finish(self, outcome: Any, error: BaseException | None) -> None:
+        name = self.worker.name
+        if error is not None:
+            from services.training.engine import SpecError
+
+            code = code_pb2.INVALID_ARGUMENT if isinstance(error, SpecError) else code_pb2.INTERNAL
+            status = _status(code, f"{type(error).__name__}: {error}")
+            _log.warning("attempt failed: %s", error, extra={"job": self.job_id, "attempt": self.attempt})
+            rec = self.store.get(self.job_id)
+            if rec.failures + 1 >= self.config.max_attempts:
+                await self._give_up(rec, status.message, status=status, expect_worker=name)
+                return
+
+            def failed(r: JobRecord) -> None:
+                r.failures += 1
+                r.job.worker = ""
+
+            _, event = self.store.transition(
+                self.job_id, QUEUED, f"attempt {self.attempt} failed: {status.message}; retrying",
+                worker=name, error=None, expect_worker=name, mutate=failed)
+            await self.worker.publish(event)
+            await self.queue.release(self.claim, name)
+            return
+        status_name = outcome.status
+        if status_name == "succeeded":
+            metrics = {k: float(v) for k, v in outcome.metrics.items() if v is not None}
+
+            def done(r: JobRecord) -> None:
+                r.job.final_metrics.clear()
+                r.job.final_metrics.update(metrics)
+
+            rec, event = self.store.transition(self.job_id, SUCCEEDED, "completed", worker=name,
+                                               expect_worker=name, mutate=done)
+            await self.worker.publish(event)
+            await self._announce(rec, outcome.step)
+            await self.queue.ack(self.claim)
+        elif status_name == "cancelled":
+            _, event = self.store.transition(self.job_id, CANCELLED, f"cancelled by request at step {outcome.step}",
+                                             worker=name, expect_worker=name)
+            await self.worker.publish(event)
+            await self.queue.ack(self.claim)
+        elif self.user_pause or not self.shutdown:
+            def paused(r: JobRecord) -> None:
+                r.pause_requested = False
+                r.job.worker = ""
+
+            _, event = self.store.transition(self.job_id, PAUSED, f"paused by request at step {outcome.step}",
+                                             worker=name, expect_worker=name, mutate=paused)
+            await self.worker.publish(event)
+            await self.queue.ack(self.claim)
+        else:
+            def requeued(r: JobRecord) -> None:
+                r.job.worker = ""
+
+            _, event = self.store.transition(self.job_id, QUEUED,
+                                             f"worker {name} shutting down at step {outcome.step}; requeued",
+                                             worker=name, expect_worker=name, mutate=requeued)
+            await self.worker.publish(event)
+            await self.queue.release(self.claim, name)
+
+    async def _give_up(self, rec: JobRecord, message: str, *, status: status_pb2.Status | None = None,
+                       expect_worker: str | None = None) -> None:
+        status = status or _status(code_pb2.ABORTED, message)
+
+        def failed(r: JobRecord) -> None:
+            r.failures += 1
+
+        _, event = self.store.transition(
+            self.job_id, FAILED, f"failed after {rec.failures + 1} attempts: {message}",
+            worker=self.worker.name, error=status, expect_worker=expect_worker, mutate=failed)
+        await self.worker.publish(event)
+        await self.queue.dead_letter(self.claim, self.worker.name, message)
+
+    async def _announce(self, rec: JobRecord, step: int) -> None:
+        """TrainingJobCompleted on ``events.training``: the registry's hand-off."""
+        ckpt = self.store.checkpoints(self.job_id).get(step, job_pb.Checkpoint())
+        message = event_pb2.TrainingJobCompleted(training_job=rec.job, checkpoint=ckpt)
+        try:
+            await self.bus.publish(self.worker.keys.training_events, message, subject=rec.job.name)
+        except Exception:  # noqa: BLE001
+            _log.exception("could not announce completion", extra={"job": self.job_id})
+
+    # ---------------------------------------------------------------- loops
+    async def _pump(self, events: asyncio.Queue[Any], job_name: str, total_steps: int) -> None:
+        """Engine events → store (sequence) → bus, in order."""
+        from services.training.engine import CheckpointEvent, EvalEvent, ProgressEvent
+
+        name = self.worker.name
+        while True:
+            item = await events.get()
+            if item is None:
+                return
+            try:
+                mutate = None
+                if isinstance(item, CheckpointEvent):
+                    ckpt = mapping.checkpoint_proto(job_name, item, self._metrics, total_steps)
+                    self.store.put_checkpoint(self.job_id, ckpt)
+                    event = ev_pb.TrainingJobEvent(checkpoint_written=ckpt)
+                    event.time.CopyFrom(ckpt.create_time)
+
+                    def mutate(r: JobRecord, _n: str = ckpt.name) -> None:
+                        r.job.latest_checkpoint = _n
+                else:
+                    event = mapping.event_proto(item)
+                    if event is None:
+                        continue
+                    if isinstance(item, ProgressEvent):
+                        self._metrics = {"train_loss": item.train_loss, "train_accuracy": item.train_accuracy}
+                        if item.eval_loss is not None:
+                            self._metrics.update(eval_loss=item.eval_loss, eval_accuracy=item.eval_accuracy or 0.0)
+                        progress = event.progress
+
+                        def mutate(r: JobRecord, _p: job_pb.TrainingProgress = progress) -> None:
+                            r.job.progress.CopyFrom(_p)
+                    elif isinstance(item, EvalEvent):
+                        self._metrics.update(eval_loss=item.validation_loss, eval_accuracy=item.validation_accuracy)
+                _, stored = self.store.append_event(self.job_id, event, expect_worker=name, mutate=mutate)
+                await self.worker.publish(stored)
+            except FailedPrecondition:
+                self.lost = True
+                if self.control is not None:
+                    self.control.cancel()
+            except Exception:  # noqa: BLE001
+                _log.exception("could not record an event", extra={"job": self.job_id})
+
+    async def _heartbeat(self) -> None:
+        name = self.worker.name
+        ttl_ms = int(self.config.heartbeat_timeout_s * 1000)
+        while not self._done:
+            try:
+                if not await self.queue.touch(self.claim, name):
+                    self.lost = True
+                    if self.control is not None:
+                        self.control.cancel()
+                    return
+                await self.bus.client.set(self.worker.keys.job_heartbeat(self.job_id), name, px=ttl_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis hiccup: try again next beat
+                _log.warning("heartbeat failed", exc_info=True)
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    async def _listen(self, control: Any) -> None:
+        """Apply requests from this attempt's control stream to the running trainer."""
+        stream = self.worker.keys.control(self.job_id, self.attempt)
+        last = "0-0"
+        client = self.bus.client
+        while not self._done:
+            try:
+                reply = await client.xread({stream: last}, count=100, block=1000)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001
+                await asyncio.sleep(0.5)
+                continue
+            for _name, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+                    self._apply(control, {k.decode(): v.decode() for k, v in fields.items()})
+
+    def _apply(self, control: Any, fields: dict[str, str]) -> None:
+        action = fields.get("action", "")
+        try:
+            if action == "cancel":
+                control.cancel()
+            elif action == "pause":
+                self.user_pause = True
+                control.pause()
+            elif action == "checkpoint":
+                control.checkpoint_now()
+            elif action == "adjust":
+                if "lr" in fields:
+                    control.set_lr(float(fields["lr"]))
+                if "alpha" in fields or "lamb" in fields:
+                    control.set_grokfast(float(fields["alpha"]) if "alpha" in fields else None,
+                                         float(fields["lamb"]) if "lamb" in fields else None)
+        except ValueError:
+            _log.warning("ignored bad control request %r", fields, extra={"job": self.job_id})

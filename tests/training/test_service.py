@@ -1,0 +1,361 @@
+"""TrainingService end to end in one process group: gRPC server, Valkey, spawned workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from agentforge.events.v1 import event_pb2
+from agentforge.training.v1 import request_response_pb2 as rr
+from agentforge.training.v1 import training_job_event_pb2 as ev_pb
+from agentforge.training.v1 import training_job_pb2 as job_pb
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from services.shared.bus import Cursor
+
+from .conftest import TERMINAL, Training, tiny_spec
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+S = job_pb.TrainingJobState
+
+
+def kinds(events: list[ev_pb.TrainingJobEvent]) -> list[str]:
+    return [e.WhichOneof("kind") or "" for e in events]
+
+
+def progress_steps(events: list[ev_pb.TrainingJobEvent]) -> list[int]:
+    return [e.progress.step for e in events if e.HasField("progress")]
+
+
+def states(events: list[ev_pb.TrainingJobEvent]) -> list[int]:
+    return [e.state_changed.to_state for e in events if e.HasField("state_changed")]
+
+
+def violations(err: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(err)
+    assert status is not None
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def step_reached(step: int):  # type: ignore[no-untyped-def]
+    return lambda e: e.HasField("progress") and e.progress.step >= step
+
+
+async def test_create_then_watch_streams_sequenced_progress_to_succeeded(training: Training) -> None:
+    job = await training.create(display_name="first", labels={"suite": "watch"})
+    assert job.state == S.TRAINING_JOB_STATE_QUEUED and job.name.startswith("trainingJobs/")
+    events = await training.watch(job.name)
+    assert training.stream_ends[-1].code == 0  # ended OK right after the terminal event
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert all(e.training_job == job.name and e.cursor and e.epoch for e in events)
+    assert states(events) == [S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_RUNNING,
+                              S.TRAINING_JOB_STATE_SUCCEEDED]
+    assert progress_steps(events) == list(range(1, 41))
+    assert events[-1].state_changed.to_state == S.TRAINING_JOB_STATE_SUCCEEDED
+    evals = [e.eval_completed.step for e in events if e.HasField("eval_completed")]
+    assert evals == [10, 20, 30, 40]
+    last = [e.progress for e in events if e.HasField("progress")][-1]
+    assert last.grokfast.alpha == pytest.approx(0.98) and last.grokfast.slow_gradient_norm > 0
+
+    done = await training.get(job.name)
+    assert done.state == S.TRAINING_JOB_STATE_SUCCEEDED and done.attempts == 1 and not done.worker
+    assert done.final_metrics["train_loss"] == pytest.approx(last.train_loss)
+    assert done.progress.step == 40 and done.latest_checkpoint == f"{job.name}/checkpoints/40"
+
+    listed = await training.stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=job.name))
+    assert [c.step for c in listed.checkpoints] == [40, 30, 20, 10]
+    final = listed.checkpoints[0]
+    assert final.final and final.trigger == job_pb.CHECKPOINT_TRIGGER_FINAL and len(final.sha256) == 64
+    assert Path(final.uri.removeprefix("file://")).stat().st_size == final.size_bytes
+
+    # The registry's hand-off: TrainingJobCompleted on events.training.
+    bus = training.app.bus
+    found = None
+    for item in await bus.read(training.app.keys.training_events, Cursor(await bus.epoch(training.app.keys.training_events), "0-0"), count=1000):
+        if item.type == event_pb2.TrainingJobCompleted.DESCRIPTOR.full_name and item.subject == job.name:
+            found = item.unpack(event_pb2.TrainingJobCompleted)
+    assert found is not None and found.checkpoint.step == 40 and found.training_job.final_metrics["train_loss"] > 0
+
+
+async def test_watch_resumed_from_a_cursor_gets_exactly_the_rest(training: Training) -> None:
+    job = await training.create()
+    head = await training.watch(job.name, until=step_reached(5))
+    rest = await training.watch(job.name, head[-1].cursor)
+    full = await training.watch(job.name)
+    assert [e.SerializeToString() for e in head + rest] == [e.SerializeToString() for e in full]
+    middle = full[20]
+    assert [e.sequence for e in await training.watch(job.name, middle.cursor)] == [e.sequence for e in full[21:]]
+    # A cursor at the terminal event: nothing left, the stream ends OK at once.
+    assert await training.watch(job.name, full[-1].cursor, timeout=5) == []
+
+
+async def test_retried_create_with_same_request_id_returns_the_same_job(training: Training) -> None:
+    request_id = uuid.uuid4().hex
+    first, second = await asyncio.gather(training.create(request_id=request_id),
+                                         training.create(request_id=request_id))
+    third = await training.create(request_id=request_id)
+    assert first.name == second.name == third.name and third.request_id == request_id
+    listed = await training.stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_size=1000))
+    assert [j.name for j in listed.training_jobs].count(first.name) == 1
+    await training.watch(first.name)
+
+
+async def test_cancel_stops_the_running_job_within_one_step(training: Training) -> None:
+    job = await training.create(tiny_spec(max_steps=100_000, checkpoint_interval=100_000))
+    await training.watch(job.name, until=step_reached(3))
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+    events = await training.watch(job.name)
+    assert events[-1].state_changed.to_state == S.TRAINING_JOB_STATE_CANCELLED
+    [applied] = [e for e in events if e.HasField("control_applied")]
+    stop_step = applied.control_applied.step
+    after = progress_steps(events[events.index(applied):])
+    assert after == [] and max(progress_steps(events)) == stop_step < 100_000
+    assert (await training.get(job.name)).state == S.TRAINING_JOB_STATE_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_pause_then_resume_continues_from_the_pause_checkpoint(training: Training) -> None:
+    job = await training.create(tiny_spec(max_steps=600, checkpoint_interval=1000, eval_interval=100))
+    await training.watch(job.name, until=step_reached(3))
+    await training.stub.PauseTrainingJob(rr.PauseTrainingJobRequest(name=job.name))
+    watched = await training.watch(job.name, until=lambda e: e.state_changed.to_state == S.TRAINING_JOB_STATE_PAUSED)
+    paused = await training.get(job.name)
+    assert paused.state == S.TRAINING_JOB_STATE_PAUSED and not paused.worker
+    [ckpt] = [e.checkpoint_written for e in watched if e.HasField("checkpoint_written")]
+    assert ckpt.trigger == job_pb.CHECKPOINT_TRIGGER_PAUSE and ckpt.step == paused.progress.step < 600
+
+    # A PAUSED job's watch stays open: it sees the resume and the rest of the run.
+    watcher = asyncio.create_task(training.watch(job.name, watched[-1].cursor))
+    await asyncio.sleep(0.3)
+    assert not watcher.done()
+    await training.stub.ResumeTrainingJob(rr.ResumeTrainingJobRequest(name=job.name))
+    rest = await watcher
+    assert states(rest) == [S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_RUNNING, S.TRAINING_JOB_STATE_SUCCEEDED]
+    assert progress_steps(rest) == list(range(ckpt.step + 1, 601))
+    assert any(e.HasField("log") and f"step {ckpt.step}" in e.log.message for e in rest)
+    assert (await training.get(job.name)).attempts == 2
+
+
+async def test_adjust_and_checkpoint_now_apply_live_and_are_recorded(training: Training) -> None:
+    job = await training.create(tiny_spec(max_steps=100_000, checkpoint_interval=100_000, eval_interval=100_000))
+    await training.watch(job.name, until=step_reached(5))
+    await training.stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=job.name, learning_rate=0.005))
+    await training.stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=job.name, grokfast_alpha=0.9,
+                                                                      grokfast_lamb=1.5))
+    await training.stub.CheckpointTrainingJob(rr.CheckpointTrainingJobRequest(name=job.name))
+    seen: dict[str, ev_pb.TrainingJobEvent] = {}
+
+    def applied(e: ev_pb.TrainingJobEvent) -> bool:
+        c = e.control_applied
+        if e.HasField("control_applied"):
+            if c.HasField("learning_rate"):
+                seen["lr"] = e
+            if c.HasField("grokfast_alpha"):
+                seen["gf"] = e
+            if c.checkpoint_requested:
+                seen["ckpt"] = e
+        if e.HasField("checkpoint_written") and e.checkpoint_written.trigger == job_pb.CHECKPOINT_TRIGGER_REQUESTED:
+            seen["written"] = e
+        return len(seen) == 4 and e.HasField("progress") and e.sequence > max(x.sequence for x in seen.values())
+
+    events = await training.watch(job.name, until=applied)
+    assert seen["lr"].control_applied.learning_rate == pytest.approx(0.005)
+    assert seen["gf"].control_applied.grokfast_alpha == pytest.approx(0.9)
+    assert seen["gf"].control_applied.grokfast_lamb == pytest.approx(1.5)
+    last = events[-1].progress
+    assert last.learning_rate == pytest.approx(0.005)
+    assert (last.grokfast.alpha, last.grokfast.lamb) == (pytest.approx(0.9), pytest.approx(1.5))
+    listed = await training.stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=job.name))
+    assert seen["written"].checkpoint_written.step in [c.step for c in listed.checkpoints]
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+    assert states(await training.watch(job.name))[-1] == S.TRAINING_JOB_STATE_CANCELLED
+
+
+async def test_killed_worker_job_resumes_elsewhere_with_the_same_result(training: Training) -> None:
+    spec = tiny_spec(max_steps=400, checkpoint_interval=20, eval_interval=50, seed=7)
+    reference = await training.create(spec)
+    await training.watch(reference.name)
+    expected = (await training.get(reference.name)).final_metrics
+
+    job = await training.create(spec)
+    await training.watch(job.name, until=lambda e: e.HasField("checkpoint_written") and e.checkpoint_written.step >= 40)
+    victim = (await training.get(job.name)).worker
+    pid = training.app.pool.pid_of(victim)
+    assert pid is not None and pid in [p.pid for p in training.app.pool.processes.values()]
+    os.kill(pid, signal.SIGKILL)
+    events = await training.watch(job.name)
+    done = await training.get(job.name)
+    assert done.state == S.TRAINING_JOB_STATE_SUCCEEDED and done.attempts == 2
+    takeovers = [e.state_changed for e in events if e.HasField("state_changed")
+                 and "heartbeat lapsed" in e.state_changed.reason]
+    assert len(takeovers) == 1 and takeovers[0].worker != victim
+    assert done.final_metrics["train_loss"] == expected["train_loss"]
+    assert done.final_metrics["eval_loss"] == expected["eval_loss"]
+
+
+async def test_repeatedly_failing_job_ends_failed_and_is_dead_lettered(training: Training, tmp_path: Path) -> None:
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"text": "fine"}\nthis is not json\n')
+    spec = tiny_spec(task=job_pb.TaskSpec(kind=job_pb.TASK_KIND_COGNATE,
+                                          dataset=job_pb.DatasetSpec(path=str(data))),
+                     model=job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=8))
+    job = await training.create(spec)
+    events = await training.watch(job.name)
+    assert states(events)[-1] == S.TRAINING_JOB_STATE_FAILED
+    assert sum(1 for e in events if e.HasField("state_changed") and "retrying" in e.state_changed.reason) == 1
+    failed = await training.get(job.name)
+    assert failed.state == S.TRAINING_JOB_STATE_FAILED and "invalid JSON" in failed.error.message
+    assert failed.attempts == training.config.max_attempts
+    letters = await training.app.queue.dead_letters(job_pb.PRIORITY_NORMAL)
+    assert [letter.envelope.subject for letter in letters].count(job.name) == 1
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"model": job_pb.ModelArchitecture(layers=1, width=32, heads=0, context_length=4)}, "training_job.spec.model.heads"),
+    ({"model": job_pb.ModelArchitecture(layers=1, width=30, heads=4, context_length=4)}, "training_job.spec.model"),
+    ({"optimizer": job_pb.OptimizerSpec(learning_rate=-0.1)}, "training_job.spec.optimizer.learning_rate"),
+    ({"task": job_pb.TaskSpec(kind=job_pb.TASK_KIND_UNSPECIFIED)}, "training_job.spec.task.kind"),
+    ({"task": job_pb.TaskSpec(kind=42)}, "training_job.spec.task.kind"),  # type: ignore[arg-type]
+    ({"task": job_pb.TaskSpec(kind=job_pb.TASK_KIND_COGNATE, dataset=job_pb.DatasetSpec(path="/nonexistent/x.txt"))},
+     "training_job.spec.task.dataset.path"),
+    ({"task": job_pb.TaskSpec(kind=job_pb.TASK_KIND_COGNATE)}, "training_job.spec.task.dataset"),
+    ({"model": job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=4, vocab_size=10)},
+     "training_job.spec.model.vocab_size"),
+    ({"model": job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=3)},
+     "training_job.spec.model.context_length"),
+    ({"batch_size": 0}, "training_job.spec.batch_size"),
+    ({"max_steps": 0}, "training_job.spec.max_steps"),
+])
+async def test_bad_spec_field_is_invalid_argument_naming_it(training: Training, change: dict, field: str) -> None:
+    spec = tiny_spec()
+    for key, value in change.items():
+        if isinstance(value, int):
+            setattr(spec, key, value)
+        else:
+            getattr(spec, key).CopyFrom(value)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await training.create(spec)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in violations(err.value)
+
+
+async def test_bad_input_for_every_rpc_is_invalid_argument(training: Training) -> None:
+    stub, bad = training.stub, "jobs/NOT-valid"
+    calls = [
+        (stub.GetTrainingJob(rr.GetTrainingJobRequest(name=bad)), "name"),
+        (stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=bad)), "name"),
+        (stub.PauseTrainingJob(rr.PauseTrainingJobRequest(name=bad)), "name"),
+        (stub.ResumeTrainingJob(rr.ResumeTrainingJobRequest(name=bad)), "name"),
+        (stub.DeleteTrainingJob(rr.DeleteTrainingJobRequest(name=bad)), "name"),
+        (stub.CheckpointTrainingJob(rr.CheckpointTrainingJobRequest(name=bad)), "name"),
+        (stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name="trainingJobs/x", learning_rate=-1)), "learning_rate"),
+        (stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=bad)), "parent"),
+        (stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_size=5000)), "page_size"),
+        (stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_token="garbage!")), "page_token"),
+        (stub.ListTrainingJobs(rr.ListTrainingJobsRequest(label_selector="BAD KEY")), "label_selector"),
+        (stub.CreateTrainingJob(rr.CreateTrainingJobRequest()), "training_job"),
+        (stub.CreateTrainingJob(rr.CreateTrainingJobRequest(training_job=job_pb.TrainingJob(spec=tiny_spec()),
+                                                            request_id="no spaces allowed")), "request_id"),
+    ]
+    for call, field in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, field
+        assert field in violations(err.value), (field, violations(err.value))
+    for request, field in [(rr.WatchTrainingJobRequest(name=bad), "name"),
+                           (rr.WatchTrainingJobRequest(name="trainingJobs/x", cursor="%%%"), "cursor")]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in stub.WatchTrainingJob(request):
+                pass
+        assert err.value.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+    job = await training.create()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.WatchTrainingJob(rr.WatchTrainingJobRequest(name=job.name, cursor="bm90LWEtY3Vyc29y")):
+            pass
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err.value) == ["cursor"]
+    await training.watch(job.name)
+
+
+async def test_adjust_with_nothing_to_change_is_invalid_argument(training: Training) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await training.stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name="trainingJobs/x"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unknown_job_is_not_found_for_every_rpc(training: Training) -> None:
+    stub, name = training.stub, "trainingJobs/does-not-exist"
+    calls = [
+        stub.GetTrainingJob(rr.GetTrainingJobRequest(name=name)),
+        stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=name)),
+        stub.PauseTrainingJob(rr.PauseTrainingJobRequest(name=name)),
+        stub.ResumeTrainingJob(rr.ResumeTrainingJobRequest(name=name)),
+        stub.DeleteTrainingJob(rr.DeleteTrainingJobRequest(name=name)),
+        stub.CheckpointTrainingJob(rr.CheckpointTrainingJobRequest(name=name)),
+        stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=name, learning_rate=0.1)),
+        stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=name)),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async for _ in stub.WatchTrainingJob(rr.WatchTrainingJobRequest(name=name)):
+            pass
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_state_preconditions_list_filters_paging_and_delete(training: Training) -> None:
+    suite = uuid.uuid4().hex[:8]
+    jobs = [await training.create(labels={"suite": suite, "n": str(i)}, phase="phases/cognate") for i in range(3)]
+    for job in jobs:
+        await training.watch(job.name)
+    stub = training.stub
+    for call in (stub.ResumeTrainingJob(rr.ResumeTrainingJobRequest(name=jobs[0].name)),
+                 stub.PauseTrainingJob(rr.PauseTrainingJobRequest(name=jobs[0].name)),
+                 stub.CheckpointTrainingJob(rr.CheckpointTrainingJobRequest(name=jobs[0].name)),
+                 stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=jobs[0].name, learning_rate=0.1))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    request = rr.ListTrainingJobsRequest(page_size=2, label_selector=f"suite={suite}", phase="phases/cognate",
+                                         states=[S.TRAINING_JOB_STATE_SUCCEEDED])
+    first = await stub.ListTrainingJobs(request)
+    assert [j.name for j in first.training_jobs] == [jobs[2].name, jobs[1].name] and first.next_page_token
+    request.page_token = first.next_page_token
+    second = await stub.ListTrainingJobs(request)
+    assert [j.name for j in second.training_jobs] == [jobs[0].name] and not second.next_page_token
+    one = await stub.ListTrainingJobs(rr.ListTrainingJobsRequest(label_selector=f"suite={suite},n=1"))
+    assert [j.name for j in one.training_jobs] == [jobs[1].name]
+    none = await stub.ListTrainingJobs(rr.ListTrainingJobsRequest(label_selector=f"suite={suite}",
+                                                                  states=[S.TRAINING_JOB_STATE_RUNNING]))
+    assert list(none.training_jobs) == []
+
+    await stub.DeleteTrainingJob(rr.DeleteTrainingJobRequest(name=jobs[0].name))
+    assert not training.config.run_dir(jobs[0].name.rpartition("/")[2]).exists()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await training.get(jobs[0].name)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    running = await training.create(tiny_spec(max_steps=100_000, checkpoint_interval=100_000))
+    await training.watch(running.name, until=step_reached(1))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.DeleteTrainingJob(rr.DeleteTrainingJobRequest(name=running.name))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    await stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=running.name))
+    assert states(await training.watch(running.name))[-1] in TERMINAL
