@@ -40,6 +40,7 @@ check-gen: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check --select F,E9 services tests tools benchmarks
 
 breaking: $(STAMP)
 	tools/breaking.sh

@@ -20,9 +20,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import ClassVar
 
-import grpc
 from google.protobuf import duration_pb2
 
 from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
@@ -32,7 +30,7 @@ from services.monitoring.events import EventPublisher
 from services.monitoring.health import Change, Status
 from services.monitoring.store import MonitoringStore
 from services.monitoring.watcher import HealthWatcher
-from services.shared.errors import AlreadyExists, FailedPrecondition, ForgeError, InvalidArgument, NotFound
+from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 
 __all__ = ["DEFAULT_RULE", "AlertManager", "Unimplemented"]
 
@@ -42,11 +40,6 @@ DEFAULT_RULE = "alertRules/component-not-serving"
 _MUTABLE = ("display_name", "description", "metric", "component_status", "severity", "enabled", "labels")
 
 
-class Unimplemented(ForgeError):
-    """A request the service cannot serve for real (mapped like every ForgeError)."""
-
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNIMPLEMENTED
-    default_reason: ClassVar[str] = "UNIMPLEMENTED"
 
 
 def _seconds(d: duration_pb2.Duration) -> float:

@@ -77,6 +77,7 @@ __all__ = [
     "Handler",
     "InvalidCursor",
     "TypeMismatch",
+    "decode_entry",
     "dlq_stream",
     "new_traceparent",
 ]
@@ -328,7 +329,8 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _envelope(stream: str, entry_id: bytes | str, fields: Mapping[bytes, bytes], deliveries: int = 1) -> Envelope:
+def decode_entry(stream: str, entry_id: bytes | str, fields: Mapping[bytes, bytes], deliveries: int = 1) -> Envelope:
+    """Decode a raw stream entry (as XREAD/XREADGROUP return it) into an :class:`Envelope`."""
     epoch = _text(fields.get(b"epoch"))
     return Envelope(
         stream=stream,
@@ -529,7 +531,7 @@ class EventBus:
         reply = await self._client.xread({stream: start}, count=count, block=block_ms)
         for _name, entries in reply or []:
             for entry_id, fields in entries:
-                envelope = _envelope(stream, entry_id, fields)
+                envelope = decode_entry(stream, entry_id, fields)
                 if envelope.epoch != current and await self.epoch(stream) == envelope.epoch:
                     # Redis restarted while we were blocked: the rest is a new history.
                     items.append(EpochChanged(stream, current, envelope.epoch))
@@ -621,7 +623,7 @@ class EventBus:
                 for _name, entries in reply or []:
                     for entry_id, fields in entries:
                         if fields:
-                            envelope = _envelope(stream, entry_id, fields)
+                            envelope = decode_entry(stream, entry_id, fields)
                             await self._deliver(stream, group, consumer, envelope, handler)
                 delays = self.config.backoff.delays()
             except redis_errors.ResponseError as exc:
@@ -654,20 +656,20 @@ class EventBus:
         claimed = []
         for (entry_id, fields), info in zip(entries, pending, strict=True):
             deliveries = int(info[0]["times_delivered"]) if info else 1
-            claimed.append(_envelope(stream, entry_id, fields, deliveries))
+            claimed.append(decode_entry(stream, entry_id, fields, deliveries))
         return claimed, next_start
 
     async def _deliver(self, stream: str, group: str, consumer: str, envelope: Envelope, handler: Handler) -> None:
         limit = self.config.max_deliveries
         if envelope.deliveries > limit:
             error = f"not acknowledged after {envelope.deliveries - 1} deliveries (consumer died?)"
-            await self._dead_letter(stream, group, consumer, envelope, error)
+            await self.dead_letter(stream, group, consumer, envelope, error)
             return
         try:
             await handler(envelope)
         except Exception as exc:  # noqa: BLE001 - any handler failure is a failed delivery
             if envelope.deliveries >= limit:
-                await self._dead_letter(stream, group, consumer, envelope, f"{type(exc).__name__}: {exc}")
+                await self.dead_letter(stream, group, consumer, envelope, f"{type(exc).__name__}: {exc}")
             else:
                 log.warning(
                     "bus: handler failed on %s %s (delivery %d/%d): %r",
@@ -676,7 +678,8 @@ class EventBus:
             return
         await self._client.xack(stream, group, envelope.cursor.entry_id)
 
-    async def _dead_letter(self, stream: str, group: str, consumer: str, envelope: Envelope, error: str) -> None:
+    async def dead_letter(self, stream: str, group: str, consumer: str, envelope: Envelope, error: str) -> None:
+        """Copy ``envelope`` to ``<stream>:dlq`` with ``error`` and ack it on ``stream``."""
         log.error("bus: dead-lettering %s %s after %d deliveries: %s",
                   stream, envelope.cursor.entry_id, envelope.deliveries, error)
         fields: dict[str, str | bytes | int] = {
@@ -710,7 +713,7 @@ class EventBus:
             deliveries = int(fields.get(b"dlq_deliveries") or 0)
             letters.append(
                 DeadLetter(
-                    envelope=_envelope(stream, source.entry_id, fields, deliveries),
+                    envelope=decode_entry(stream, source.entry_id, fields, deliveries),
                     error=_text(fields.get(b"dlq_error")),
                     deliveries=deliveries,
                     source_stream=_text(fields.get(b"dlq_source_stream")),

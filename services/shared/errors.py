@@ -13,6 +13,7 @@ status with rich details (``grpc-status-details-bin`` trailer)::
     ├── Unavailable                 UNAVAILABLE         UNAVAILABLE
     ├── PermissionDenied            PERMISSION_DENIED   PERMISSION_DENIED
     ├── Unauthenticated             UNAUTHENTICATED     UNAUTHENTICATED
+    ├── Unimplemented               UNIMPLEMENTED       UNIMPLEMENTED
     ├── OutOfRange                  OUT_OF_RANGE        OUT_OF_RANGE      (e.g. offset past the end)
     └── DataLoss                    DATA_LOSS           DATA_LOSS         (e.g. sha256 mismatch)
 
@@ -50,6 +51,7 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
+    "Unimplemented",
     "abort_with",
     "internal_status",
     "status_for_exception",
@@ -139,6 +141,13 @@ class PermissionDenied(ForgeError):
 class Unauthenticated(ForgeError):
     code = grpc.StatusCode.UNAUTHENTICATED
     default_reason = "UNAUTHENTICATED"
+
+
+class Unimplemented(ForgeError):
+    """The method exists in the contract but not in this deployment."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
 
 
 class OutOfRange(ForgeError):

@@ -7,28 +7,43 @@ three hooks: ``around`` (an async context manager around the whole call),
 ``on_response`` (each outgoing message). Handlers that use ``context.read()`` /
 ``context.write()`` instead of iterators are observed through a context proxy.
 
+:class:`StreamEndInterceptor` is the one that adds messages: it ends every server
+stream whose response message has a ``google.rpc.Status stream_end`` field with a last
+message carrying the call's final status (REST clients cannot read trailers), and ends
+open streams with UNAVAILABLE as soon as the server's stop event is set.
+
 Order used by the server (outermost first)::
 
     RequestIdInterceptor → LoggingInterceptor → MetricsInterceptor
-      → DeadlineInterceptor → ErrorInterceptor → ValidationInterceptor → handler
+      → DeadlineInterceptor → ErrorInterceptor → StreamEndInterceptor
+      → ValidationInterceptor → handler
+
+StreamEnd sits inside ErrorInterceptor, so the status it puts in ``stream_end`` and the
+status ErrorInterceptor gives the call come from the same exception; and outside
+ValidationInterceptor, so an invalid message mid-stream (bidi) also ends with a
+``stream_end``. Everything outside it sees the extra message like any other (metrics
+count it, the request id goes out with the first message).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
 import protovalidate
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf import message as pb_message
+from google.rpc import code_pb2, status_pb2
 
 from services.shared.context import (
     REQUEST_ID_KEY,
@@ -36,7 +51,15 @@ from services.shared.context import (
     method_var,
     request_id_var,
 )
-from services.shared.errors import InvalidArgument, abort_with
+from services.shared.errors import (
+    ForgeError,
+    InvalidArgument,
+    Unavailable,
+    Unimplemented,
+    abort_with,
+    internal_status,
+    to_rpc_status,
+)
 from services.shared.metrics import GrpcServerMetrics
 
 __all__ = [
@@ -47,6 +70,10 @@ __all__ = [
     "LoggingInterceptor",
     "MetricsInterceptor",
     "RequestIdInterceptor",
+    "SHUTDOWN_MESSAGE",
+    "STREAM_END_FIELD",
+    "StopEvent",
+    "StreamEndInterceptor",
     "ValidationInterceptor",
     "default_interceptors",
     "field_path",
@@ -54,7 +81,21 @@ __all__ = [
 ]
 
 _rpc_log = logging.getLogger("services.shared.rpc")
+_log = logging.getLogger(__name__)
 _MAX_REQUEST_ID = 128
+
+#: The response field that carries a stream's final status (see the contracts).
+STREAM_END_FIELD = "stream_end"
+#: Message of the UNAVAILABLE status that ends open streams when the server stops.
+SHUTDOWN_MESSAGE = "server shutting down"
+UNIMPLEMENTED_MESSAGE = "method not implemented"
+
+
+def _domain_error(exc: BaseException) -> BaseException:
+    """``NotImplementedError`` (generated base servicers) → UNIMPLEMENTED; others as is."""
+    if isinstance(exc, NotImplementedError):
+        return Unimplemented(UNIMPLEMENTED_MESSAGE)
+    return exc
 
 
 @dataclass
@@ -249,6 +290,9 @@ class LoggingInterceptor(CallInterceptor):
     @contextlib.asynccontextmanager
     async def around(self, call: CallInfo) -> AsyncIterator[None]:
         start = time.perf_counter()
+        # Read the peer now: context.peer() reads the core call, which a stopped server
+        # may already have freed by the time a cancelled handler finishes (segfault).
+        peer = call.context.peer()
         error: BaseException | None = None
         try:
             yield
@@ -268,7 +312,7 @@ class LoggingInterceptor(CallInterceptor):
                     "grpc_code": code.name,
                     "grpc_type": call.grpc_type,
                     "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                    "peer": call.context.peer(),
+                    "peer": peer,
                 },
             )
 
@@ -329,13 +373,334 @@ class ErrorInterceptor(CallInterceptor):
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001 - mapped, unknown ones logged in abort_with
-            await abort_with(call.context, exc, self._domain)
+            # A generated base servicer sets UNIMPLEMENTED and raises NotImplementedError.
+            await abort_with(call.context, _domain_error(exc), self._domain)
+
+
+class StopEvent(asyncio.Event):
+    """The server's stop event: an :class:`asyncio.Event` whose ``set()`` first runs
+    the callbacks added with :meth:`add_set_callback`, synchronously, in order.
+
+    ``build_server`` creates one as ``Service.stop_requested``; handlers use it like
+    any event (``await stop.wait()``), the stream interceptor through callbacks.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add_set_callback(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def remove_set_callback(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
+
+    def set(self) -> None:
+        if not self.is_set():
+            for callback in list(self._callbacks):
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - one bad callback must not stop the rest
+                    _log.exception("stop callback failed")
+        super().set()
+
+
+_NEXT_DONE = object()  # sentinel: the handler's iterator is exhausted
+
+
+async def _next_message(responses: AsyncIterator[Any]) -> Any:
+    try:
+        return await responses.__anext__()
+    except StopAsyncIteration:
+        return _NEXT_DONE
+
+
+class _CountingContext:
+    """Delegates to the call's context and counts ``write()`` calls."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+        self.written = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    async def write(self, message: Any) -> None:
+        await self._ctx.write(message)
+        self.written += 1
+
+
+class _Stopping(Exception):
+    """Internal: the server's stop event fired while the stream was open."""
+
+
+class StreamEndInterceptor(grpc.aio.ServerInterceptor):
+    """End server (and bidi) streams with their final status as a last message.
+
+    Applies to RPCs whose response message (looked up by method name in the default
+    descriptor pool) has a ``google.rpc.Status stream_end`` field; all other RPCs pass
+    through untouched. For those streams:
+
+    * the handler's iterator ends → one more message with ``stream_end`` = OK;
+    * the handler raises → a last message with ``stream_end`` = the status the
+      ErrorInterceptor will give the call (code, message, ErrorInfo/BadRequest), then
+      the exception goes on to it, so the call's status is the same;
+    * the server's ``stop`` event fires → the handler is cancelled and closed, a last
+      message with ``stream_end`` = UNAVAILABLE "server shutting down", and the call
+      ends with the same status (``errors.Unavailable``), without waiting for the grace
+      period to run out.
+
+    An error before the first message sends no ``stream_end``: the call stays
+    trailers-only (REST clients get the mapped HTTP status and a ``google.rpc.Status``
+    body; Envoy may retry an UNAVAILABLE). A client that went away (cancellation,
+    deadline) gets nothing more, and neither does a handler that called
+    ``context.abort()`` (its status is already sent): raise a ``ForgeError`` instead.
+    """
+
+    def __init__(
+        self,
+        domain: str,
+        stop: asyncio.Event | None = None,
+        pool: descriptor_pool.DescriptorPool | None = None,
+    ) -> None:
+        self._domain = domain
+        self._stop = stop
+        self._pool = pool or descriptor_pool.Default()
+        self._classes: dict[str, type[pb_message.Message] | None] = {}
+
+    def stream_end_class(self, method: str) -> type[pb_message.Message] | None:
+        """The response class of ``/pkg.Service/Method`` if it has ``stream_end``."""
+        if method not in self._classes:
+            self._classes[method] = self._resolve(method)
+        return self._classes[method]
+
+    def _resolve(self, method: str) -> type[pb_message.Message] | None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        try:
+            service_desc = self._pool.FindServiceByName(service)
+        except KeyError:
+            # The pb2_grpc module does not import the service's own file; the house
+            # layout puts `FooService` in `<package>/foo_service.proto`.
+            service_desc = self._import_service(service)
+            if service_desc is None:
+                return None
+        method_desc = service_desc.methods_by_name.get(name)
+        if method_desc is None:
+            return None
+        output = method_desc.output_type
+        field = output.fields_by_name.get(STREAM_END_FIELD)
+        if field is None or field.message_type is None or field.message_type.full_name != status_pb2.Status.DESCRIPTOR.full_name:
+            return None
+        return message_factory.GetMessageClass(output)
+
+    def _import_service(self, service: str) -> Any:
+        package, _, short = service.rpartition(".")
+        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in short).lstrip("_")
+        with contextlib.suppress(ImportError, ValueError):
+            __import__(f"{package}.{snake}_pb2")
+        with contextlib.suppress(KeyError):
+            return self._pool.FindServiceByName(service)
+        _log.debug("no descriptor for %s; its streams get no stream_end", service)
+        return None
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not (handler.unary_stream or handler.stream_stream):
+            return handler
+        end_class = self.stream_end_class(handler_call_details.method)
+        if end_class is None:
+            return handler
+        return self._wrap(handler, end_class)
+
+    # --- the wrapped handlers -----------------------------------------------------------
+
+    def _end_message(self, end_class: type[pb_message.Message], status: status_pb2.Status) -> Any:
+        message = end_class()
+        getattr(message, STREAM_END_FIELD).CopyFrom(status)
+        return message
+
+    def _status_for(self, exc: BaseException) -> status_pb2.Status:
+        mapped = _domain_error(exc)
+        if isinstance(mapped, ForgeError):
+            return to_rpc_status(mapped, self._domain)
+        return internal_status(self._domain)  # ErrorInterceptor logs the exception
+
+    def _stopping_error(self) -> Unavailable:
+        return Unavailable(SHUTDOWN_MESSAGE, reason="SERVER_SHUTTING_DOWN")
+
+    @contextlib.contextmanager
+    def _on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
+        """Run ``callback`` when the stop event is set, while the block runs.
+
+        With a :class:`StopEvent` the callback runs synchronously inside ``set()``,
+        before any task woken by the event runs: cancelling the handler there means a
+        handler that also watches the event never gets to act on it first.
+        """
+        stop = self._stop
+        if stop is None:
+            yield
+            return
+        if isinstance(stop, StopEvent):
+            stop.add_set_callback(callback)
+            try:
+                yield
+            finally:
+                stop.remove_set_callback(callback)
+            return
+        watcher = asyncio.ensure_future(stop.wait())
+        watcher.add_done_callback(lambda w: None if w.cancelled() else callback())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    def _stopped(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    @staticmethod
+    async def _cancel(task: asyncio.Future[Any] | None) -> None:
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+
+    @staticmethod
+    async def _close(responses: AsyncIterator[Any]) -> None:
+        aclose = getattr(responses, "aclose", None)
+        if aclose is None:
+            return
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - the stream's outcome is already decided
+            _log.warning("stream handler failed while closing", exc_info=True)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, end_class: type[pb_message.Message]) -> grpc.RpcMethodHandler:
+        serdes = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        inner = handler.stream_stream or handler.unary_stream
+        make = grpc.stream_stream_rpc_method_handler if handler.stream_stream else grpc.unary_stream_rpc_method_handler
+        if inspect.isasyncgenfunction(inner):
+            return make(self._gen_wrapper(inner, end_class), **serdes)
+        return make(self._co_wrapper(inner, end_class), **serdes)
+
+    def _gen_wrapper(self, inner: Any, end_class: type[pb_message.Message]) -> Any:
+        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            # Each step of the handler runs in its own task, so that stopping can cancel
+            # the handler alone; all steps share one context, so contextvars behave as
+            # in a single task.
+            ctx = contextvars.copy_context()
+            loop = asyncio.get_running_loop()
+            responses = inner(request, context)
+            pending: asyncio.Task[Any] | None = None
+            stopping = False
+            sent = 0
+            failure: BaseException | None = None
+
+            def on_stop() -> None:
+                nonlocal stopping
+                stopping = True
+                if pending is not None:
+                    pending.cancel()
+
+            try:
+                with self._on_stop(on_stop):
+                    while True:
+                        if self._stopped():
+                            raise _Stopping
+                        pending = loop.create_task(_next_message(responses), context=ctx)
+                        await asyncio.wait((pending,))
+                        task, pending = pending, None
+                        if stopping and (task.cancelled() or not isinstance(task.exception(), grpc.aio.AbortError)):
+                            raise _Stopping
+                        message = task.result()  # the handler's exception, if any
+                        if message is _NEXT_DONE:
+                            break
+                        yield message
+                        sent += 1
+            except _Stopping:
+                failure = self._stopping_error()
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
+                failure = exc
+            finally:
+                # Also when the client went away (CancelledError) or the caller closed
+                # this generator: stop the handler and let its finally blocks run.
+                await self._cancel(pending)
+                await self._close(responses)
+            if failure is None:
+                yield self._end_message(end_class, status_pb2.Status(code=code_pb2.OK))
+                return
+            if sent and not context.cancelled():
+                yield self._end_message(end_class, self._status_for(failure))
+            raise failure
+
+        return stream
+
+    def _co_wrapper(self, inner: Any, end_class: type[pb_message.Message]) -> Any:
+        async def run(request: Any, context: _CountingContext) -> None:
+            result = inner(request, context)
+            if inspect.isawaitable(result):
+                await result
+
+        async def stream(request: Any, context: Any) -> None:
+            # Handler in the read()/write() style: run it as a task that stopping cancels.
+            counting = _CountingContext(context)
+            loop = asyncio.get_running_loop()
+            failure: BaseException | None = None
+            work: asyncio.Task[None] | None = None
+            stopping = False
+
+            def on_stop() -> None:
+                nonlocal stopping
+                stopping = True
+                if work is not None:
+                    work.cancel()
+
+            try:
+                with self._on_stop(on_stop):
+                    if self._stopped():
+                        raise _Stopping
+                    work = loop.create_task(run(request, counting), context=contextvars.copy_context())
+                    await asyncio.wait((work,))
+                    if stopping and (work.cancelled() or not isinstance(work.exception(), grpc.aio.AbortError)):
+                        raise _Stopping
+                    work.result()
+            except _Stopping:
+                failure = self._stopping_error()
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
+                failure = exc
+            finally:
+                await self._cancel(work)
+            if failure is None:
+                await context.write(self._end_message(end_class, status_pb2.Status(code=code_pb2.OK)))
+                return
+            if counting.written and not context.cancelled():
+                await context.write(self._end_message(end_class, self._status_for(failure)))
+            raise failure
+
+        return stream
 
 
 def field_path(violation: protovalidate.Violation) -> str:
-    """Render a violation's field path like ``items[0].name`` / ``labels["k"]``."""
+    """Render a violation's field path like ``items[0].name`` / ``labels["k"]``.
+
+    A message-level rule of the request itself (a CEL rule on the request message) has
+    no field: the path is empty, meaning the request as a whole.
+    """
     parts: list[str] = []
-    for element in violation.proto.field.elements:
+    field = violation.proto.field
+    if field is None:
+        return ""
+    for element in field.elements:
         name = element.field_name or str(element.field_number)
         parts.append(f".{name}" if parts else name)
         sub = element.subscript
@@ -373,10 +738,23 @@ class ValidationInterceptor(CallInterceptor):
             )
 
 
-def default_interceptors(metrics: GrpcServerMetrics | None, domain: str) -> list[grpc.aio.ServerInterceptor]:
-    """The standard chain, outermost first (metrics omitted when None)."""
+def default_interceptors(
+    metrics: GrpcServerMetrics | None,
+    domain: str,
+    stop: asyncio.Event | None = None,
+) -> list[grpc.aio.ServerInterceptor]:
+    """The standard chain, outermost first (metrics omitted when None).
+
+    ``stop`` is the server's stop event (``Service.stop_requested``): once it is set,
+    open streams with a ``stream_end`` field end with UNAVAILABLE.
+    """
     chain: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(), LoggingInterceptor()]
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
-    chain += [DeadlineInterceptor(), ErrorInterceptor(domain), ValidationInterceptor()]
+    chain += [
+        DeadlineInterceptor(),
+        ErrorInterceptor(domain),
+        StreamEndInterceptor(domain, stop),
+        ValidationInterceptor(),
+    ]
     return chain

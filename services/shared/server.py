@@ -6,6 +6,13 @@ reflection (grpcurl needs no proto files) and the Prometheus endpoint. The retur
 :class:`Service` is started; ``serve_forever`` waits for SIGTERM/SIGINT, then marks
 every health status NOT_SERVING and drains open RPCs for ``grace_seconds``.
 
+Streams that never end by themselves (``Watch*``, ``Subscribe``) do not hold the server
+for the grace period: ``build_server`` creates the stop event
+(:attr:`Service.stop_requested`) before the interceptors, and the moment it is set the
+stream interceptor ends every open stream with a ``stream_end`` field with UNAVAILABLE
+"server shutting down" (see :class:`~services.shared.interceptors.StreamEndInterceptor`).
+Handlers may watch the same event to stop their own work.
+
 A service's entry point is typically::
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -35,7 +42,7 @@ from prometheus_client import CollectorRegistry
 
 from services.shared.config import ServerConfig
 from services.shared.health import HealthService
-from services.shared.interceptors import default_interceptors
+from services.shared.interceptors import StopEvent, default_interceptors
 from services.shared.logging import configure_logging
 from services.shared.metrics import GrpcServerMetrics, MetricsEndpoint, start_metrics_endpoint
 
@@ -60,8 +67,10 @@ class Service:
     service_names: list[str]
     registry: CollectorRegistry
     metrics: MetricsEndpoint | None = None
-    #: Set by SIGTERM/SIGINT or :meth:`request_stop`; ``serve_forever`` then shuts down.
-    stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set by SIGTERM/SIGINT, :meth:`request_stop` or :meth:`shutdown`, before the grace
+    #: period: ``serve_forever`` then shuts down, and open streams end with UNAVAILABLE
+    #: (``build_server`` hands this same event to the interceptors).
+    stop_requested: asyncio.Event = field(default_factory=StopEvent)
     _shutdown: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -137,12 +146,25 @@ class Service:
                 loop.remove_signal_handler(sig)
 
 
-async def build_server(config: ServerConfig, service_name: str, register: Register) -> Service:
-    """Create, wire and start the server; returns it with the ports actually bound."""
+async def build_server(
+    config: ServerConfig,
+    service_name: str,
+    register: Register,
+    *,
+    reflect_extra: Iterable[str] = (),
+) -> Service:
+    """Create, wire and start the server; returns it with the ports actually bound.
+
+    ``reflect_extra``: full names of services this server does not implement but lists
+    in reflection (their descriptors must be in the default pool, i.e. imported), so
+    grpcurl through the edge, which routes reflection to one service, sees the whole
+    API. Unlike the names ``register`` returns, they get no health status here.
+    """
     registry = CollectorRegistry(auto_describe=True)
     metrics = GrpcServerMetrics(registry) if config.metrics_enabled else None
+    stop = StopEvent()  # Service.stop_requested; the stream interceptor watches it
     server = grpc.aio.server(
-        interceptors=default_interceptors(metrics, domain=f"agentforge.{service_name}"),
+        interceptors=default_interceptors(metrics, domain=f"agentforge.{service_name}", stop=stop),
         options=config.grpc_options(),
     )
     added = register(server)
@@ -150,7 +172,8 @@ async def build_server(config: ServerConfig, service_name: str, register: Regist
     health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        [*names, *reflect_extra, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
         server,
     )
     port = server.add_insecure_port(f"{config.host}:{config.port}")
@@ -166,7 +189,8 @@ async def build_server(config: ServerConfig, service_name: str, register: Regist
             raise
     for name in names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    service = Service(service_name, config, server, health, port, names, registry, endpoint)
+    service = Service(service_name, config, server, health, port, names, registry, endpoint,
+                      stop_requested=stop)
     _log.info("ready", extra={"grpc_port": port, "metrics_port": service.metrics_port,
                               "services": names})
     return service

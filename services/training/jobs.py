@@ -17,12 +17,11 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
-import grpc
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
 from services.shared.bus import EpochChanged, EventBus, Envelope
-from services.shared.errors import ForgeError, InvalidArgument, NotFound
+from services.shared.errors import InvalidArgument, NotFound, OutOfRange
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.cursor import MalformedCursor, WatchCursor
@@ -38,10 +37,9 @@ _CONTROL_TTL_S = 24 * 3600
 _JOB_STREAM_TTL_S = 3600
 
 
-class CursorExpired(ForgeError):
+class CursorExpired(OutOfRange):
     """The cursor belongs to an event history that no longer exists."""
 
-    code = grpc.StatusCode.OUT_OF_RANGE
     default_reason = "CURSOR_EXPIRED"
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
-from services.shared.bus import Cursor, Envelope, EventBus, dlq_stream
+from services.shared.bus import Cursor, Envelope, EventBus, decode_entry, dlq_stream
 
 __all__ = ["Claim", "JobQueue", "Keys", "GROUP", "PRIORITY_NAMES"]
 
@@ -143,9 +143,8 @@ class JobQueue:
         return None
 
     def _claim(self, stream: str, entry_id: bytes, fields: dict, deliveries: int, *, reclaimed: bool) -> Claim:
-        from services.shared.bus import _envelope  # the bus's own entry decoder
 
-        envelope = _envelope(stream, entry_id, fields, deliveries)
+        envelope = decode_entry(stream, entry_id, fields, deliveries)
         message = envelope.unpack(event_pb2.TrainingJobQueued)
         return Claim(stream, envelope, message, deliveries, reclaimed)
 
@@ -163,7 +162,7 @@ class JobQueue:
 
     async def dead_letter(self, claim: Claim, consumer: str, error: str) -> None:
         """Move the entry to ``<stream>:dlq`` (the bus's dead-letter format) and ack it."""
-        await self.bus._dead_letter(claim.stream, GROUP, consumer, claim.envelope, error)  # noqa: SLF001
+        await self.bus.dead_letter(claim.stream, GROUP, consumer, claim.envelope, error)
 
     async def dead_letters(self, priority: int) -> list:
         return await self.bus.dead_letters(self.keys.queue(priority))

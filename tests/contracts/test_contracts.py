@@ -178,3 +178,19 @@ def test_rpc_kinds_are_all_used(services, kind):
         assert sum(m.server_streaming for m in methods) >= 5
     else:
         assert any(m.client_streaming for m in methods)
+
+
+def test_every_server_stream_can_carry_its_final_status(services):
+    """REST clients cannot read trailers, so every server stream's response type has an
+    output-only `google.rpc.Status stream_end` for the status the stream ends with."""
+    streams = [m for m in _methods(services) if m.server_streaming]
+    assert len(streams) >= 5
+    for m in streams:
+        field = m.output_type.fields_by_name.get("stream_end")
+        assert field is not None, f"{m.full_name}: {m.output_type.full_name} has no stream_end"
+        assert field.message_type is not None and field.message_type.full_name == "google.rpc.Status", m.full_name
+        assert not field.is_repeated, m.full_name
+        assert field_behavior_pb2.OUTPUT_ONLY in _behaviors(field), m.full_name
+        oneof = field.containing_oneof
+        if any(f.containing_oneof is not None and f.containing_oneof.name == "kind" for f in m.output_type.fields):
+            assert oneof is not None and oneof.name == "kind", f"{m.full_name}: stream_end belongs in oneof kind"

@@ -331,8 +331,12 @@ def test_sigterm_ends_an_open_rest_stream_cleanly_with_status_trailers(private_e
     assert resp.status_line.startswith("HTTP/1.1 200")
     assert resp.complete, "the chunked body must end with the last-chunk, not a reset"
     assert ended - signalled[0] < private_edge.grace_seconds
-    lines = resp.body.splitlines()
-    assert all(json.loads(line)["status"] for line in lines)  # only messages in the body
+    *messages, last = [json.loads(line) for line in resp.body.splitlines()]
+    assert messages and all(m["status"] for m in messages)
+    # The last NDJSON line is the final status (stream_end), for clients without trailers.
+    assert last["streamEnd"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0], last
+    assert last["streamEnd"]["message"] == "server shutting down"
+    assert any(d["@type"].endswith("google.rpc.ErrorInfo") for d in last["streamEnd"]["details"])
     assert resp.trailers["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
     assert resp.trailers["grpc-message"]
 

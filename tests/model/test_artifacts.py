@@ -112,11 +112,17 @@ async def test_download_from_an_offset_reassembles_byte_exact(registry: Registry
     got = bytearray()
     async for part in stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(
             name="models/dl/versions/prod", chunk_size=4096, read_limit=10_000)):
+        if part.HasField("stream_end"):  # the last message carries the final status only
+            assert part.stream_end.code == 0 and not part.data
+            continue
         assert part.model_version == v.name and part.offset == len(got)
         got += part.data
     assert len(got) == 10_000  # the stream "broke" here: resume from the offset
     async for part in stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(
             name=v.name, offset=len(got), chunk_size=65536)):
+        if part.HasField("stream_end"):
+            assert part.stream_end.code == 0
+            continue
         assert part.offset == len(got) and part.total_size_bytes == len(DATA)
         sha = part.sha256
         got += part.data

@@ -32,9 +32,14 @@ def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
 
 async def download(registry: Registry, name: str, fmt: int = 0) -> bytes:
     out = bytearray()
+    sha = ""
     async for part in registry.stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(name=name, format=fmt)):
+        if part.HasField("stream_end"):
+            assert part.stream_end.code == 0
+            continue
         out += part.data
-    assert hashlib.sha256(out).hexdigest() == part.sha256
+        sha = part.sha256
+    assert hashlib.sha256(out).hexdigest() == sha
     return bytes(out)
 
 

@@ -26,7 +26,7 @@ LOG_SEVERITY_WARNING: LogSeverity
 LOG_SEVERITY_ERROR: LogSeverity
 
 class PhaseRunEvent(_message.Message):
-    __slots__ = ("phase_run", "sequence", "cursor", "epoch", "time", "state_changed", "step_changed", "progress", "log")
+    __slots__ = ("phase_run", "sequence", "cursor", "epoch", "time", "state_changed", "step_changed", "progress", "log", "stream_end")
     PHASE_RUN_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class PhaseRunEvent(_message.Message):
     STEP_CHANGED_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
+    STREAM_END_FIELD_NUMBER: _ClassVar[int]
     phase_run: _phase_run_pb2.PhaseRun
     sequence: int
     cursor: str
@@ -45,7 +46,8 @@ class PhaseRunEvent(_message.Message):
     step_changed: SagaStepChanged
     progress: _phase_run_pb2.PhaseRunProgress
     log: PhaseRunLog
-    def __init__(self, phase_run: _Optional[_Union[_phase_run_pb2.PhaseRun, _Mapping]] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[PhaseRunStateChanged, _Mapping]] = ..., step_changed: _Optional[_Union[SagaStepChanged, _Mapping]] = ..., progress: _Optional[_Union[_phase_run_pb2.PhaseRunProgress, _Mapping]] = ..., log: _Optional[_Union[PhaseRunLog, _Mapping]] = ...) -> None: ...
+    stream_end: _status_pb2.Status
+    def __init__(self, phase_run: _Optional[_Union[_phase_run_pb2.PhaseRun, _Mapping]] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[PhaseRunStateChanged, _Mapping]] = ..., step_changed: _Optional[_Union[SagaStepChanged, _Mapping]] = ..., progress: _Optional[_Union[_phase_run_pb2.PhaseRunProgress, _Mapping]] = ..., log: _Optional[_Union[PhaseRunLog, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class PhaseRunStateChanged(_message.Message):
     __slots__ = ("from_state", "to_state", "reason", "error")

@@ -4,6 +4,7 @@ from agentforge.model.v1 import model_version_pb2 as _model_version_pb2
 from buf.validate import validate_pb2 as _validate_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -205,7 +206,7 @@ class DownloadModelArtifactRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., offset: _Optional[int] = ..., read_limit: _Optional[int] = ..., chunk_size: _Optional[int] = ..., format: _Optional[_Union[_model_version_pb2.ArtifactFormat, str]] = ...) -> None: ...
 
 class DownloadModelArtifactResponse(_message.Message):
-    __slots__ = ("model_version", "offset", "data", "total_size_bytes", "sha256", "content_type", "format")
+    __slots__ = ("model_version", "offset", "data", "total_size_bytes", "sha256", "content_type", "format", "stream_end")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +214,7 @@ class DownloadModelArtifactResponse(_message.Message):
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_END_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     offset: int
     data: bytes
@@ -220,7 +222,8 @@ class DownloadModelArtifactResponse(_message.Message):
     sha256: str
     content_type: str
     format: _model_version_pb2.ArtifactFormat
-    def __init__(self, model_version: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ..., format: _Optional[_Union[_model_version_pb2.ArtifactFormat, str]] = ...) -> None: ...
+    stream_end: _status_pb2.Status
+    def __init__(self, model_version: _Optional[str] = ..., offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., content_type: _Optional[str] = ..., format: _Optional[_Union[_model_version_pb2.ArtifactFormat, str]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class ExportModelVersionRequest(_message.Message):
     __slots__ = ("name", "format", "force")

@@ -26,9 +26,10 @@ from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior_
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%agentforge/monitoring/v1/health.proto\x12\x18\x61gentforge.monitoring.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa3\x04\n\x0f\x43omponentHealth\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12;\n\x04kind\x18\x02 \x01(\x0e\x32\'.agentforge.monitoring.v1.ComponentKindB\x04\xe2\x41\x01\x03\x12<\n\x06status\x18\x03 \x01(\x0e\x32&.agentforge.monitoring.v1.HealthStatusB\x04\xe2\x41\x01\x03\x12\x30\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_rate\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12/\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12:\n\x10last_change_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x0flast_check_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65ndpoint\x18\n \x01(\tB\x04\xe2\x41\x01\x03:^\xea\x41[\n\x1e\x61gentforge.dev/ComponentHealth\x12\x16\x63omponents/{component}*\x10\x63omponentHealths2\x0f\x63omponentHealth\"\xe9\x01\n\x0cSystemHealth\x12<\n\x06status\x18\x01 \x01(\x0e\x32&.agentforge.monitoring.v1.HealthStatusB\x04\xe2\x41\x01\x03\x12\x43\n\ncomponents\x18\x02 \x03(\x0b\x32).agentforge.monitoring.v1.ComponentHealthB\x04\xe2\x41\x01\x03\x12\x34\n\ncheck_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12 \n\x12\x63hanged_components\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03*\x9e\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_SERVING\x10\x01\x12\x1d\n\x19HEALTH_STATUS_NOT_SERVING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x03\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x04*\x83\x01\n\rComponentKind\x12\x1e\n\x1a\x43OMPONENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OMPONENT_KIND_SERVICE\x10\x01\x12\x1d\n\x19\x43OMPONENT_KIND_DEPENDENCY\x10\x02\x12\x17\n\x13\x43OMPONENT_KIND_EDGE\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%agentforge/monitoring/v1/health.proto\x12\x18\x61gentforge.monitoring.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xa3\x04\n\x0f\x43omponentHealth\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12;\n\x04kind\x18\x02 \x01(\x0e\x32\'.agentforge.monitoring.v1.ComponentKindB\x04\xe2\x41\x01\x03\x12<\n\x06status\x18\x03 \x01(\x0e\x32&.agentforge.monitoring.v1.HealthStatusB\x04\xe2\x41\x01\x03\x12\x30\n\x07latency\x18\x04 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12\x18\n\nerror_rate\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12/\n\x06uptime\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x04\xe2\x41\x01\x03\x12:\n\x10last_change_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x39\n\x0flast_check_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x65ndpoint\x18\n \x01(\tB\x04\xe2\x41\x01\x03:^\xea\x41[\n\x1e\x61gentforge.dev/ComponentHealth\x12\x16\x63omponents/{component}*\x10\x63omponentHealths2\x0f\x63omponentHealth\"\x97\x02\n\x0cSystemHealth\x12<\n\x06status\x18\x01 \x01(\x0e\x32&.agentforge.monitoring.v1.HealthStatusB\x04\xe2\x41\x01\x03\x12\x43\n\ncomponents\x18\x02 \x03(\x0b\x32).agentforge.monitoring.v1.ComponentHealthB\x04\xe2\x41\x01\x03\x12\x34\n\ncheck_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12 \n\x12\x63hanged_components\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12,\n\nstream_end\x18\x05 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03*\x9e\x01\n\x0cHealthStatus\x12\x1d\n\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15HEALTH_STATUS_SERVING\x10\x01\x12\x1d\n\x19HEALTH_STATUS_NOT_SERVING\x10\x02\x12\x1a\n\x16HEALTH_STATUS_DEGRADED\x10\x03\x12\x19\n\x15HEALTH_STATUS_UNKNOWN\x10\x04*\x83\x01\n\rComponentKind\x12\x1e\n\x1a\x43OMPONENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43OMPONENT_KIND_SERVICE\x10\x01\x12\x1d\n\x19\x43OMPONENT_KIND_DEPENDENCY\x10\x02\x12\x17\n\x13\x43OMPONENT_KIND_EDGE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -65,12 +66,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYSTEMHEALTH'].fields_by_name['check_time']._serialized_options = b'\342A\001\003'
   _globals['_SYSTEMHEALTH'].fields_by_name['changed_components']._loaded_options = None
   _globals['_SYSTEMHEALTH'].fields_by_name['changed_components']._serialized_options = b'\342A\001\003'
-  _globals['_HEALTHSTATUS']._serialized_start=979
-  _globals['_HEALTHSTATUS']._serialized_end=1137
-  _globals['_COMPONENTKIND']._serialized_start=1140
-  _globals['_COMPONENTKIND']._serialized_end=1271
-  _globals['_COMPONENTHEALTH']._serialized_start=193
-  _globals['_COMPONENTHEALTH']._serialized_end=740
-  _globals['_SYSTEMHEALTH']._serialized_start=743
-  _globals['_SYSTEMHEALTH']._serialized_end=976
+  _globals['_SYSTEMHEALTH'].fields_by_name['stream_end']._loaded_options = None
+  _globals['_SYSTEMHEALTH'].fields_by_name['stream_end']._serialized_options = b'\342A\001\003'
+  _globals['_HEALTHSTATUS']._serialized_start=1050
+  _globals['_HEALTHSTATUS']._serialized_end=1208
+  _globals['_COMPONENTKIND']._serialized_start=1211
+  _globals['_COMPONENTKIND']._serialized_end=1342
+  _globals['_COMPONENTHEALTH']._serialized_start=218
+  _globals['_COMPONENTHEALTH']._serialized_end=765
+  _globals['_SYSTEMHEALTH']._serialized_start=768
+  _globals['_SYSTEMHEALTH']._serialized_end=1047
 # @@protoc_insertion_point(module_scope)

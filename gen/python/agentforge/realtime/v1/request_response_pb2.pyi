@@ -8,6 +8,7 @@ from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -31,14 +32,16 @@ class SubscribeRequest(_message.Message):
     def __init__(self, topics: _Optional[_Iterable[str]] = ..., topic_patterns: _Optional[_Iterable[str]] = ..., cursor: _Optional[str] = ..., from_beginning: _Optional[bool] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SubscribeResponse(_message.Message):
-    __slots__ = ("message", "heartbeat", "history_lost")
+    __slots__ = ("message", "heartbeat", "history_lost", "stream_end")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     HISTORY_LOST_FIELD_NUMBER: _ClassVar[int]
+    STREAM_END_FIELD_NUMBER: _ClassVar[int]
     message: _message_pb2.Message
     heartbeat: _message_pb2.Heartbeat
     history_lost: _message_pb2.HistoryLost
-    def __init__(self, message: _Optional[_Union[_message_pb2.Message, _Mapping]] = ..., heartbeat: _Optional[_Union[_message_pb2.Heartbeat, _Mapping]] = ..., history_lost: _Optional[_Union[_message_pb2.HistoryLost, _Mapping]] = ...) -> None: ...
+    stream_end: _status_pb2.Status
+    def __init__(self, message: _Optional[_Union[_message_pb2.Message, _Mapping]] = ..., heartbeat: _Optional[_Union[_message_pb2.Heartbeat, _Mapping]] = ..., history_lost: _Optional[_Union[_message_pb2.HistoryLost, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class PublishRequest(_message.Message):
     __slots__ = ("topic", "payload", "data", "request_id")
