@@ -26,6 +26,7 @@ skipped and the others are idempotent.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -47,6 +48,7 @@ from services.forge.catalog import CATALOG, cognate_training_job, resolve_parame
 from services.forge.config import ForgeConfig
 from services.forge.store import RunStore
 from services.shared.bus import EventBus
+from services.shared.events import publish_event
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = ["RunManager", "StepFailed", "parse_cursor"]
@@ -217,7 +219,9 @@ class RunManager:
     # -- saga ---------------------------------------------------------------------
     def _launch(self, run: pr.PhaseRun) -> None:
         run_id = run.name.split("/", 1)[1]
-        task = asyncio.create_task(self._drive(run), name=f"saga {run.name}")
+        # A fresh context: the saga outlives the RPC that started it, so it must not
+        # inherit that call's deadline (propagated to outgoing calls) or request id.
+        task = asyncio.create_task(self._drive(run), name=f"saga {run.name}", context=contextvars.Context())
         self._tasks[run_id] = task
         task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
 
@@ -244,13 +248,9 @@ class RunManager:
         change = ev.PhaseRunStateChanged(from_state=before, to_state=state, reason=reason, error=error)
         await self._record(run, ev.PhaseRunEvent(state_changed=change))
         if self._bus is not None:
-            envelope = event_pb2.Event(
-                id=uuid.uuid4().hex, type="agentforge.events.v1.PhaseRunStateChanged", source="forge",
-                time=_now(), subject=run.name,
-                phase_run_state_changed=event_pb2.PhaseRunStateChanged(phase_run=run, previous_state=before),
-            )
+            payload = event_pb2.PhaseRunStateChanged(phase_run=run, previous_state=before)
             try:
-                await self._bus.publish(BUS_STREAM, envelope, subject=run.name, event_id=envelope.id)
+                await publish_event(self._bus, BUS_STREAM, payload, source="forge", subject=run.name)
             except Exception:  # the run's own history is durable; the bus is best effort here
                 log.exception("could not publish phase run state change", extra={"phase_run": run.name})
 

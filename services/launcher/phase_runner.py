@@ -75,6 +75,9 @@ def format_event(event: phase_run_event_pb2.PhaseRunEvent) -> str:
             line += f" [{step.resource}]"
         if step.error.message:
             line += f" error: {step.error.message}"
+        comp = phase_run_pb2.CompensationState.Name(step.compensation_state).removeprefix("COMPENSATION_STATE_")
+        if comp in ("RUNNING", "SUCCEEDED", "FAILED"):
+            line += f" (compensation {comp.lower()})"
         return line
     if kind == "progress":
         p = event.progress
@@ -85,6 +88,9 @@ def format_event(event: phase_run_event_pb2.PhaseRunEvent) -> str:
         sev = phase_run_event_pb2.LogSeverity.Name(event.log.severity).removeprefix("LOG_SEVERITY_")
         step = f" {event.log.step}:" if event.log.step else ""
         return f"[{sev}]{step} {event.log.message}"
+    if kind == "stream_end":
+        end = event.stream_end
+        return f"stream ended: {_code_name(end.code)}" + (f" {end.message}" if end.message else "")
     return f"event {event.sequence} ({_state(event.phase_run.state)})"
 
 

@@ -22,6 +22,7 @@ from agentforge.training.v1 import training_job_pb2 as job_pb
 
 from services.shared.bus import EpochChanged, EventBus, Envelope
 from services.shared.errors import InvalidArgument, NotFound, OutOfRange
+from services.shared.events import publish_event
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.cursor import MalformedCursor, WatchCursor
@@ -87,7 +88,8 @@ class JobManager:
                 await self.bus.publish(self.keys.job_events(job_id_of(event.training_job)), event,
                                        subject=event.training_job)
                 if event.HasField("state_changed"):
-                    await self.bus.publish(self.keys.training_events, event, subject=event.training_job)
+                    await publish_event(self.bus, self.keys.training_events, event, source="training",
+                                        subject=event.training_job)
                     if event.state_changed.to_state in TERMINAL:
                         await self.bus.client.expire(self.keys.job_events(job_id_of(event.training_job)),
                                                      _JOB_STREAM_TTL_S)

@@ -37,6 +37,7 @@ from google.rpc import code_pb2, status_pb2
 from services.shared.bus import BusConfig, EventBus
 from services.shared.errors import FailedPrecondition, NotFound
 from services.shared.logging import configure_logging
+from services.shared.events import publish_event
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.queue import Claim, JobQueue, Keys
@@ -139,7 +140,8 @@ class Worker:
             await self.bus.publish(self.keys.job_events(event.training_job.rpartition("/")[2]), event,
                                    subject=event.training_job)
             if event.HasField("state_changed"):
-                await self.bus.publish(self.keys.training_events, event, subject=event.training_job)
+                await publish_event(self.bus, self.keys.training_events, event, source="training",
+                                    subject=event.training_job)
         except Exception:  # noqa: BLE001
             _log.exception("publish failed", extra={"job": event.training_job, "sequence": event.sequence})
 
@@ -348,7 +350,8 @@ class JobRun:
         ckpt = self.store.checkpoints(self.job_id).get(step, job_pb.Checkpoint())
         message = event_pb2.TrainingJobCompleted(training_job=rec.job, checkpoint=ckpt)
         try:
-            await self.bus.publish(self.worker.keys.training_events, message, subject=rec.job.name)
+            await publish_event(self.bus, self.worker.keys.training_events, message, source="training",
+                                subject=rec.job.name)
         except Exception:  # noqa: BLE001
             _log.exception("could not announce completion", extra={"job": self.job_id})
 

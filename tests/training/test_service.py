@@ -85,8 +85,11 @@ async def test_create_then_watch_streams_sequenced_progress_to_succeeded(trainin
     bus = training.app.bus
     found = None
     for item in await bus.read(training.app.keys.training_events, Cursor(await bus.epoch(training.app.keys.training_events), "0-0"), count=1000):
-        if item.type == event_pb2.TrainingJobCompleted.DESCRIPTOR.full_name and item.subject == job.name:
-            found = item.unpack(event_pb2.TrainingJobCompleted)
+        # Cross-service streams carry agentforge.events.v1.Event envelopes only.
+        envelope = item.unpack(event_pb2.Event)
+        if envelope.WhichOneof("payload") == "training_job_completed" and envelope.subject == job.name:
+            assert envelope.type == event_pb2.TrainingJobCompleted.DESCRIPTOR.full_name and envelope.source == "training"
+            found = envelope.training_job_completed
     assert found is not None and found.checkpoint.step == 40 and found.training_job.final_metrics["train_loss"] > 0
 
 

@@ -1,0 +1,49 @@
+"""The bus envelope (``agentforge.events.v1.Event``), built and published one way.
+
+Cross-service streams (``events.training``, ``events.model``, ``events.health``,
+``events.alerts``, ``events.forge``) carry only ``Event`` envelopes, so any consumer can
+read any of them: ``type`` names the payload, ``subject`` the resource it is about.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+
+from agentforge.common.v1 import common_pb2
+from agentforge.events.v1 import event_pb2
+from services.shared.bus import Cursor, EventBus, new_traceparent
+
+__all__ = ["envelope", "publish_event"]
+
+_PAYLOAD_FIELDS = {
+    f.message_type.full_name: f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields
+}
+
+
+def envelope(payload: Message, *, source: str, subject: str, traceparent: str | None = None) -> event_pb2.Event:
+    """An ``Event`` carrying ``payload`` in its typed oneof field, with id, time and trace."""
+    field = _PAYLOAD_FIELDS.get(payload.DESCRIPTOR.full_name)
+    if field is None:
+        raise TypeError(f"{payload.DESCRIPTOR.full_name} is not an agentforge.events.v1.Event payload")
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    event = event_pb2.Event(
+        id=uuid.uuid4().hex,
+        type=payload.DESCRIPTOR.full_name,
+        source=source,
+        time=now,
+        subject=subject,
+        trace_context=common_pb2.TraceContext(traceparent=traceparent or new_traceparent()),
+    )
+    getattr(event, field).CopyFrom(payload)
+    return event
+
+
+async def publish_event(bus: EventBus, stream: str, payload: Message, *, source: str, subject: str) -> Cursor:
+    """Wrap ``payload`` in an envelope and publish it (the bus assigns the per-subject sequence)."""
+    event = envelope(payload, source=source, subject=subject)
+    return await bus.publish(stream, event, subject=subject, event_id=event.id,
+                             trace_context=event.trace_context.traceparent)
