@@ -7,7 +7,10 @@ reads the same values from the environment::
 
     EDGE_PORT                  listener port (required)
     EDGE_ADDRESS               listener address (default 127.0.0.1; 0.0.0.0 in a container)
-    ADMIN_PORT                 admin port, always bound on 127.0.0.1 (required)
+    ADMIN_PORT                 admin port (required)
+    ADMIN_ADDRESS              admin address (default 127.0.0.1; 0.0.0.0 in compose, where
+                               the monitoring container probes it over the private network;
+                               never publish the admin port to the host)
     AF_<SVC>_ADDR              host:port of each service's gRPC, SVC in TRAINING, MODEL,
                                REALTIME, MONITORING, FORGE (required; the mesh contract's
                                peer address variables)
@@ -116,6 +119,7 @@ def render_envoy_config(
     descriptor_path: str | os.PathLike[str],
     template: str | None = None,
     listen_address: str = "127.0.0.1",
+    admin_address: str = "127.0.0.1",
     cors_allow_origin_regex: str = DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
@@ -123,7 +127,9 @@ def render_envoy_config(
     ``upstreams`` maps each of :data:`SERVICES` to its gRPC ``(host, port)``;
     ``template`` is template *text* (default: the contents of envoy/envoy.yaml.tmpl).
     Envoy needs real ports, so 0 ("pick a free one") is rejected here: the caller
-    chooses free ports first.
+    chooses free ports first. ``admin_address`` stays loopback unless the admin must
+    be reachable from other containers of a private network (docker-compose): the
+    admin API can stop Envoy and change its state, so it is never published.
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -132,6 +138,7 @@ def render_envoy_config(
     values: dict[str, str] = {
         "EDGE_ADDRESS": _check_text("EDGE_ADDRESS", listen_address),
         "EDGE_PORT": _check_port("EDGE_PORT", listen_port),
+        "ADMIN_ADDRESS": _check_text("ADMIN_ADDRESS", admin_address),
         "ADMIN_PORT": _check_port("ADMIN_PORT", admin_port),
         "DESCRIPTOR_PATH": _check_text("DESCRIPTOR_PATH", os.fspath(descriptor_path)),
         "CORS_ALLOW_ORIGIN_REGEX": _yaml_quoted("CORS_ALLOW_ORIGIN_REGEX", cors_allow_origin_regex),
@@ -173,6 +180,7 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "listen_port": port("EDGE_PORT"),
         "admin_port": port("ADMIN_PORT"),
         "listen_address": env.get("EDGE_ADDRESS") or "127.0.0.1",
+        "admin_address": env.get("ADMIN_ADDRESS") or "127.0.0.1",
         "upstreams": upstreams,
         "descriptor_path": str(Path(descriptor).resolve()),
         "cors_allow_origin_regex": env.get("CORS_ALLOW_ORIGIN_REGEX") or DEFAULT_CORS_ALLOW_ORIGIN_REGEX,

@@ -199,6 +199,9 @@ def service_env(
 
     ``peer_hosts`` maps a process name (a service or ``envoy``) to the host its peers
     reach it at (127.0.0.1 for the launcher, the compose service name in compose).
+    Every service gets each peer's gRPC address (``AF_<PEER>_ADDR``) and, where the
+    peer's metrics endpoint is on, its Prometheus address (``AF_<PEER>_METRICS_ADDR``,
+    scraped by monitoring for error rates and ``ListMethodMetrics``).
     """
     svc = name.upper()
     hosts = dict(peer_hosts or {})
@@ -218,6 +221,9 @@ def service_env(
     }
     for peer, port in ports.grpc.items():
         env[f"AF_{peer.upper()}_ADDR"] = f"{hosts.get(peer, LOOPBACK)}:{port}"
+    for peer, port in ports.metrics.items():
+        if port > 0:  # -1 = metrics off
+            env[f"AF_{peer.upper()}_METRICS_ADDR"] = f"{hosts.get(peer, LOOPBACK)}:{port}"
     env.update(config.env)
     return env
 

@@ -3,6 +3,9 @@
 ``create_server`` builds everything on the shared runtime (``build_server``: health,
 reflection, interceptors, metrics) and starts the probes once the port is bound, so the
 monitoring service can watch itself through the network like any other service.
+
+The edge routes reflection and grpc.health.v1 here, so reflection also lists the other
+services and their health names follow the watcher (:mod:`services.monitoring.mesh_api`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from agentforge.monitoring.v1 import monitoring_service_pb2, monitoring_service_
 from services.monitoring.alerts import AlertManager
 from services.monitoring.config import MonitoringConfig, Target
 from services.monitoring.events import EventPublisher
+from services.monitoring.mesh_api import API_SERVICES, HealthMirror
 from services.monitoring.servicer import MonitoringServicer
 from services.monitoring.store import MonitoringStore
-from services.monitoring.watcher import HealthWatcher
+from services.monitoring.watcher import HealthWatcher, component_name
 from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
@@ -41,6 +45,7 @@ class MonitoringServer:
     alerts: AlertManager
     store: MonitoringStore
     bus: EventBus | None
+    mirror: HealthMirror | None = None
 
     @property
     def port(self) -> int:
@@ -54,6 +59,8 @@ class MonitoringServer:
         """Stop probes and evaluation, close the bus and the database (after the server)."""
         await self.alerts.stop()
         await self.watcher.stop()
+        if self.mirror is not None:
+            await self.mirror.drain()
         if self.bus is not None:
             await self.bus.aclose()
         self.store.close()
@@ -82,16 +89,21 @@ async def create_server(config: MonitoringConfig, server_config: ServerConfig) -
         monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(servicer, server)
         return [_FULL_NAME]
 
-    service = await build_server(server_config, SERVICE_NAME, register)
+    others = {name: full for name, full in API_SERVICES.items() if name != SERVICE_NAME}
+    service = await build_server(server_config, SERVICE_NAME, register, reflect_extra=others.values())
     own_metrics = f"127.0.0.1:{service.metrics_port}" if service.metrics_port else None
     own = config.target(SERVICE_NAME)
     if own is None:
         watcher.add_target(Target(SERVICE_NAME, f"127.0.0.1:{service.port}", own_metrics))
     elif own.metrics_address is None and own_metrics is not None:
         watcher.add_target(Target(own.name, own.address, own_metrics, own.health_service))
+    # Health/Check for a peer's service name (through the edge) answers what we observe.
+    mirror = HealthMirror(service.health, {component_name(t.name): others[t.name]
+                                           for t in watcher.config.targets if t.name in others})
+    watcher.add_listener(mirror)
     watcher.start()
     alerts.start()
-    return MonitoringServer(service, watcher, alerts, store, bus)
+    return MonitoringServer(service, watcher, alerts, store, bus, mirror)
 
 
 async def serve(config: MonitoringConfig, server_config: ServerConfig) -> None:

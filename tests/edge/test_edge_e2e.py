@@ -341,6 +341,26 @@ def test_sigterm_ends_an_open_rest_stream_cleanly_with_status_trailers(private_e
     assert resp.trailers["grpc-message"]
 
 
+def test_sigkilled_upstream_leaves_a_rest_stream_without_stream_end_or_last_chunk(
+    private_edge: EdgeTarget,
+) -> None:
+    killed: list[float] = []
+
+    def after_two(resp: ChunkedResponse) -> None:
+        if not killed and resp.body.count(b"\n") >= 2:
+            killed.append(time.monotonic())
+            private_edge.signal_monitoring(signal.SIGKILL)
+
+    with socket.create_connection(("127.0.0.1", private_edge.port), timeout=10) as sock:
+        sock.sendall(b"GET /v1/systemHealth:watch HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\n\r\n")
+        resp = read_chunked(sock, after_two)
+    assert killed and resp.status_line.startswith("HTTP/1.1 200")
+    assert not resp.complete, "a killed upstream must not look like a clean end"
+    assert not resp.trailers
+    lines = [json.loads(line) for line in resp.body.splitlines() if line.strip()]
+    assert len(lines) >= 2 and all("streamEnd" not in line for line in lines), lines
+
+
 def test_rest_gets_a_json_status_when_the_upstream_is_gone(private_edge: EdgeTarget) -> None:
     private_edge.signal_monitoring(signal.SIGTERM)
     deadline = time.monotonic() + 10

@@ -205,6 +205,13 @@ def test_listener_and_admin_addresses(config: dict[str, Any]) -> None:
     assert docker["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
 
 
+def test_admin_address_is_loopback_unless_asked_for_a_private_network_address() -> None:
+    compose = yaml.safe_load(_render(listen_address="0.0.0.0", admin_address="0.0.0.0"))
+    assert compose["admin"]["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 19901}
+    with pytest.raises(TemplateError, match="ADMIN_ADDRESS"):
+        _render(admin_address="")
+
+
 def test_default_cors_origins_are_local_dev_servers(routes: list[dict[str, Any]], hcm: dict[str, Any]) -> None:
     (vhost,) = hcm["route_config"]["virtual_hosts"]
     policy = vhost["typed_per_filter_config"]["envoy.filters.http.cors"]
@@ -249,10 +256,17 @@ def test_cli_renders_the_same_config_from_the_environment(tmp_path: Path) -> Non
         "ADMIN_PORT": "19901",
         **{f"AF_{name.upper()}_ADDR": f"{host}:{port}" for name, (host, port) in UPSTREAMS.items()},
     }
+    env.pop("ADMIN_ADDRESS", None)
     result = subprocess.run([sys.executable, "-m", "services.launcher.envoy_config", "--out", str(out)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert out.read_text() == _render()
+
+    env["ADMIN_ADDRESS"] = "0.0.0.0"
+    result = subprocess.run([sys.executable, "-m", "services.launcher.envoy_config", "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == _render(admin_address="0.0.0.0")
 
     del env["AF_FORGE_ADDR"]
     result = subprocess.run([sys.executable, "-m", "services.launcher.envoy_config", "--out", str(out)],

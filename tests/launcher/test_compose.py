@@ -26,7 +26,7 @@ from services.launcher.mesh import (
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 #: Variables whose values name hosts, ports or paths, so they differ between the two.
-PLACEMENT = re.compile(r"^(AF_[A-Z]+_(HOST|PORT|ADDR|METRICS_HOST|METRICS_PORT)|AF_ENVOY_(ADMIN|EDGE)_ADDR|REDIS_URL|AF_DATA_DIR|PYTHONPATH)$")
+PLACEMENT = re.compile(r"^(AF_[A-Z]+_(HOST|PORT|ADDR|METRICS_HOST|METRICS_PORT|METRICS_ADDR)|AF_ENVOY_(ADMIN|EDGE)_ADDR|REDIS_URL|AF_DATA_DIR|PYTHONPATH)$")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +95,31 @@ def test_ports_agree_between_services_peers_and_envoy(compose: dict[str, Any]) -
     assert _port_of(_env(services["forge"])["AF_ENVOY_ADMIN_ADDR"]) == int(envoy_env["ADMIN_PORT"])
     published = [str(p) for p in services["envoy"]["ports"]]
     assert any(p.endswith(f":{envoy_env['EDGE_PORT']}") for p in published), published
+
+
+def test_metrics_addresses_name_each_services_host_and_metrics_port(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    metrics_ports = {n: int(_env(services[n])[f"AF_{n.upper()}_METRICS_PORT"]) for n in ALL_SERVICES}
+    for name in ALL_SERVICES:
+        env = _env(services[name])
+        assert env[f"AF_{name.upper()}_METRICS_HOST"] == "0.0.0.0"
+        for peer in ALL_SERVICES:
+            host, _, port = env[f"AF_{peer.upper()}_METRICS_ADDR"].rpartition(":")
+            assert (host, int(port)) == (peer, metrics_ports[peer]), f"{name} scrapes {peer} elsewhere"
+
+
+def test_envoy_admin_is_reachable_on_the_compose_network_but_not_published(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    envoy_env = _env(services["envoy"])
+    kwargs = values_from_env(envoy_env)
+    assert kwargs["admin_address"] == "0.0.0.0"
+    admin = yaml.safe_load(render_envoy_config(**kwargs))["admin"]["address"]["socket_address"]  # type: ignore[arg-type]
+    assert admin == {"address": "0.0.0.0", "port_value": int(envoy_env["ADMIN_PORT"])}
+    assert _env(services["monitoring"])["AF_ENVOY_ADMIN_ADDR"] == f"envoy:{envoy_env['ADMIN_PORT']}"
+    for name, service in services.items():
+        published = [str(p) for p in service.get("ports", [])]
+        assert not [p for p in published if p.rsplit(":", 1)[-1] == envoy_env["ADMIN_PORT"]], (name, published)
+        assert name == "envoy" or not published, f"{name} publishes {published}"
 
 
 def test_envoy_renders_the_same_template_from_the_compose_environment(

@@ -80,8 +80,10 @@ class RealtimeServiceServicer:
         End: the stream never ends on its own. The server ends it with UNAVAILABLE when it
         shuts down and with RESOURCE_EXHAUSTED when the client falls too far behind; in both
         cases reconnect with the last cursor seen. A malformed cursor fails with
-        INVALID_ARGUMENT. Over REST the stream is a chunked JSON array (or the framing the
-        edge configures) that ends without a final status on errors.
+        INVALID_ARGUMENT. Every stream that ends after its first message ends with a last
+        message setting only `stream_end` (the same status as the call's); over REST (NDJSON,
+        one message per line) that is the last line, `{"streamEnd": {...}}`. A stream with no
+        `stream_end` message was cut off (the server died): reconnect with the last cursor.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
