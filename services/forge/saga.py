@@ -40,7 +40,7 @@ from google.rpc import code_pb2, status_pb2
 from agentforge.events.v1 import event_pb2
 from agentforge.forge.v1 import phase_run_event_pb2 as ev
 from agentforge.forge.v1 import phase_run_pb2 as pr
-from agentforge.model.v1 import model_service_pb2_grpc, request_response_pb2 as mreq
+from agentforge.model.v1 import model_service_pb2_grpc, model_version_pb2 as mv, request_response_pb2 as mreq
 from agentforge.training.v1 import request_response_pb2 as treq
 from agentforge.training.v1 import training_job_pb2 as tj
 from agentforge.training.v1 import training_service_pb2_grpc
@@ -410,7 +410,12 @@ class RunManager:
                 page = await self._model.ListModelVersions(
                     mreq.ListModelVersionsRequest(parent=parent, page_size=100), timeout=10)
                 for version in page.model_versions:
-                    if version.lineage.training_job == job_name:
+                    if version.lineage.training_job != job_name:
+                        continue
+                    if version.state == mv.MODEL_VERSION_STATE_FAILED:
+                        raise StepFailed(status_pb2.Status(
+                            code=code_pb2.ABORTED, message=f"the registry failed to register {version.name}"))
+                    if version.state == mv.MODEL_VERSION_STATE_READY:
                         run.outputs.model_version = version.name
                         await self._log(run, f"registered {version.name}", "register_model_version")
                         return version.name
