@@ -1,0 +1,562 @@
+"""Unary RPC cost of the shared runtime and the Envoy edge, against a bare grpc.aio server.
+
+One run starts, on 127.0.0.1 only, each in its own process:
+
+(a) ``bare``: a plain ``grpc.aio.server()`` (no interceptors, no health, no metrics)
+    serving ``agentforge.monitoring.v1.MonitoringService/GetComponentHealth`` with a
+    trivial handler (it echoes the requested name with status SERVING);
+(b) ``runtime``: the same servicer behind ``services.shared.server.build_server``
+    (request id, JSON logging, Prometheus metrics, deadline, error mapping and
+    protovalidate interceptors; health; reflection; metrics endpoint), logging one
+    JSON line per RPC to a file like a real service;
+(c) Envoy in front of (b), its config rendered from ``envoy/envoy.yaml.tmpl`` by
+    ``services.launcher.envoy_config.render_envoy_config`` with every upstream
+    cluster pointed at (b).
+
+Then a bounded closed loop (``--concurrency`` client tasks, each sending its next
+request when the previous one answered, for ``--seconds`` after ``--warmup``) for:
+bare gRPC direct, runtime gRPC direct, gRPC through Envoy, and REST (HTTP/1.1 JSON,
+httpx, keep-alive, one connection per task) through Envoy. Prints qps, p50 and p99
+and their ratios against the bare server measured in the same run.
+
+The client is one asyncio process sharing the machine's cores with the servers and
+Envoy, so the figures measure the whole box, not one component; the CPU% columns
+say who used the cores.
+
+Run::
+
+    PYTHONPATH=.:gen/python .venv/bin/python benchmarks/edge_unary.py --seconds 5 --concurrency 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (str(ROOT / "gen" / "python"), str(ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+import grpc
+import grpc.aio
+import httpx
+import psutil
+from agentforge.monitoring.v1 import (
+    health_pb2,
+    monitoring_service_pb2,
+    monitoring_service_pb2_grpc,
+    request_response_pb2,
+)
+
+__all__ = ["Result", "main"]
+
+SERVICE_FULL_NAME = monitoring_service_pb2.DESCRIPTOR.services_by_name["MonitoringService"].full_name
+COMPONENT = "components/bench"
+REST_PATH = f"/v1/{COMPONENT}"
+STARTUP_TIMEOUT_S = 30.0
+
+
+# -- the servers (run in child processes: ``--serve bare|runtime``) ---------------------
+
+
+class EchoMonitoring(monitoring_service_pb2_grpc.MonitoringServiceServicer):
+    """GetComponentHealth answers at once; nothing else is implemented."""
+
+    async def GetComponentHealth(
+        self, request: request_response_pb2.GetComponentHealthRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.ComponentHealth:
+        return health_pb2.ComponentHealth(
+            name=request.name,
+            kind=health_pb2.COMPONENT_KIND_SERVICE,
+            status=health_pb2.HEALTH_STATUS_SERVING,
+        )
+
+
+def _print_ready(port: int) -> None:
+    print(json.dumps({"event": "ready", "grpc_port": port}), flush=True)
+
+
+async def _serve_bare() -> None:
+    server = grpc.aio.server()
+    monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(EchoMonitoring(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _print_ready(port)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+async def _serve_runtime() -> None:
+    from services.launcher.envoy_config import SERVICES
+    from services.shared.config import ServerConfig
+    from services.shared.logging import configure_logging
+    from services.shared.server import build_server
+
+    configure_logging("monitoring", "INFO", fmt="json")  # stderr -> a log file, as a service
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(EchoMonitoring(), server)
+        return [SERVICE_FULL_NAME]
+
+    service = await build_server(ServerConfig(host="127.0.0.1", port=0, metrics_port=0), "monitoring", register)
+    # Envoy health-checks each cluster with its own service name; all point here.
+    for name in SERVICES:
+        await service.set_serving(f"agentforge.{name}.v1.{name.capitalize()}Service", True)
+    await service.serve_forever(on_ready=lambda: _print_ready(service.port))
+
+
+# -- child processes -----------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    """A started process (own process group) and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+class Children:
+    """Every process this run starts; :meth:`stop_all` ends them in reverse order."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[Child] = []
+
+    def spawn(self, name: str, argv: Sequence[str], *, ready_line: bool) -> Child:
+        log_path = self.workdir / f"{name}.log"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")]))
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if ready_line else log, stderr=log, start_new_session=True,
+            )
+        child = Child(name, proc, log_path)
+        self.started.append(child)
+        return child
+
+    def stop_all(self) -> None:
+        for child in reversed(self.started):
+            child.stop()
+        self.started.clear()
+
+
+def _read_ready_port(child: Child) -> int:
+    """Wait for the child's ready JSON line on stdout; return its gRPC port."""
+    assert child.proc.stdout is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    stdout: IO[bytes] = child.proc.stdout
+    os.set_blocking(stdout.fileno(), False)
+    buf = b""
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited ({child.proc.returncode}):\n{child.log_tail()}")
+        chunk = stdout.read()
+        if chunk:
+            buf += chunk
+            for line in buf.splitlines():
+                with contextlib.suppress(ValueError):
+                    msg = json.loads(line)
+                    if isinstance(msg, dict) and msg.get("event") == "ready":
+                        return int(msg["grpc_port"])
+        time.sleep(0.05)
+    raise RuntimeError(f"{child.name} not ready within {STARTUP_TIMEOUT_S:.0f}s:\n{child.log_tail()}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read().decode(errors="replace")
+    except OSError:
+        return 0, ""
+
+
+def start_envoy(children: Children, upstream_port: int) -> tuple[Child, int, int]:
+    """Render the edge config with every cluster at the runtime server; wait until ready."""
+    from services.launcher.envoy_config import (
+        SERVICES,
+        default_descriptor_path,
+        render_envoy_config,
+    )
+    from services.launcher.mesh import envoy_argv, find_envoy, unhealthy_upstreams
+
+    edge_port, admin_port = _free_port(), _free_port()
+    config = render_envoy_config(
+        listen_port=edge_port,
+        admin_port=admin_port,
+        upstreams={name: ("127.0.0.1", upstream_port) for name in SERVICES},
+        descriptor_path=default_descriptor_path(),
+    )
+    config_path = children.workdir / "envoy.yaml"
+    config_path.write_text(config)
+    child = children.spawn("envoy", envoy_argv(find_envoy(), config_path, "warning"), ready_line=False)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    admin = f"http://127.0.0.1:{admin_port}"
+    while True:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"envoy exited ({child.proc.returncode}):\n{child.log_tail()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"envoy not ready within {STARTUP_TIMEOUT_S:.0f}s:\n{child.log_tail()}")
+        status, body = _http_get(f"{admin}/ready")
+        if status == 200 and body.strip() == "LIVE":
+            _, clusters = _http_get(f"{admin}/clusters")
+            if not unhealthy_upstreams(clusters, {"monitoring": upstream_port}):
+                return child, edge_port, admin_port
+        time.sleep(0.1)
+
+
+# -- the load --------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One scenario's figures (latencies in ms; CPU in % of one core)."""
+
+    scenario: str
+    requests: int
+    errors: int
+    seconds: float
+    qps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    first_error: str = ""
+
+
+def percentile(sorted_samples: Sequence[float], q: float) -> float:
+    if not sorted_samples:
+        return float("nan")
+    return sorted_samples[min(len(sorted_samples) - 1, int(q * len(sorted_samples)))]
+
+
+class CpuMeter:
+    """CPU seconds used by named processes between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._before: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        """The process's own CPU seconds (all its threads; not its children)."""
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            return t.user + t.system
+        return float("nan")
+
+    def start(self) -> None:
+        self._before = {name: self._cpu(p) for name, p in self._procs.items()}
+
+    def stop(self, seconds: float) -> dict[str, float]:
+        return {name: round(100 * (self._cpu(p) - self._before[name]) / seconds, 1)
+                for name, p in self._procs.items()}
+
+
+async def closed_loop(
+    name: str,
+    call: Callable[[], Awaitable[None]],
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    meter: CpuMeter,
+) -> Result:
+    """``concurrency`` tasks call back to back; measure those started after the warm-up."""
+    latencies: list[float] = []
+    completed = 0
+    errors = 0
+    first_error = ""
+    begin = time.perf_counter()
+    window_start = begin + warmup
+    window_end = window_start + seconds
+    started_meter = False
+
+    async def worker() -> None:
+        nonlocal completed, errors, first_error, started_meter
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= window_end:
+                return
+            if t0 >= window_start and not started_meter:
+                started_meter = True
+                meter.start()
+            try:
+                await call()
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                errors += 1
+                first_error = first_error or f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            t1 = time.perf_counter()
+            if t0 >= window_start:
+                latencies.append(t1 - t0)
+            if window_start <= t1 <= window_end:
+                completed += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu = meter.stop(seconds) if started_meter else {}
+    latencies.sort()
+    ms = [x * 1e3 for x in latencies]
+    return Result(
+        scenario=name,
+        requests=completed,
+        errors=errors,
+        seconds=seconds,
+        qps=completed / seconds,
+        p50_ms=percentile(ms, 0.50),
+        p99_ms=percentile(ms, 0.99),
+        mean_ms=sum(ms) / len(ms) if ms else float("nan"),
+        cpu_percent=cpu,
+        first_error=first_error,
+    )
+
+
+def _grpc_caller(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
+    stub = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
+    request = request_response_pb2.GetComponentHealthRequest(name=COMPONENT)
+
+    async def call() -> None:
+        await stub.GetComponentHealth(request, timeout=10)
+
+    return call
+
+
+def _rest_caller(client: httpx.AsyncClient) -> Callable[[], Awaitable[None]]:
+    async def call() -> None:
+        resp = await client.get(REST_PATH)
+        if resp.status_code != 200:
+            raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        resp.json()
+
+    return call
+
+
+async def sanity_checks(bare: grpc.aio.Channel, runtime: grpc.aio.Channel, edge: grpc.aio.Channel,
+                        rest: httpx.AsyncClient) -> None:
+    """Each path answers correctly, and (b) really runs the shared runtime (validation, request id)."""
+    request = request_response_pb2.GetComponentHealthRequest(name=COMPONENT)
+    for label, channel in (("bare", bare), ("runtime", runtime), ("envoy grpc", edge)):
+        reply = await monitoring_service_pb2_grpc.MonitoringServiceStub(channel).GetComponentHealth(
+            request, timeout=10)
+        if reply.name != COMPONENT:
+            raise RuntimeError(f"{label}: unexpected reply {reply}")
+    call = monitoring_service_pb2_grpc.MonitoringServiceStub(runtime).GetComponentHealth(
+        request_response_pb2.GetComponentHealthRequest(name="not a component name"), timeout=10)
+    try:
+        await call
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+            raise RuntimeError(f"runtime: invalid request gave {exc.code()}, not INVALID_ARGUMENT") from exc
+    else:
+        raise RuntimeError("runtime: an invalid request was accepted (no validation interceptor?)")
+    ok = await monitoring_service_pb2_grpc.MonitoringServiceStub(runtime).GetComponentHealth(
+        request, timeout=10).initial_metadata()
+    if not any(k == "x-request-id" for k, _ in ok):
+        raise RuntimeError("runtime: no x-request-id in the reply headers (no interceptors?)")
+    resp = await rest.get(REST_PATH)
+    if resp.status_code != 200 or resp.json().get("name") != COMPONENT:
+        raise RuntimeError(f"envoy rest: {resp.status_code} {resp.text[:200]}")
+    bad = await rest.get("/v1/components/NOT_VALID")
+    if bad.status_code != 400:
+        raise RuntimeError(f"envoy rest: an invalid name gave HTTP {bad.status_code}, not 400")
+
+
+async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int]) -> list[Result]:
+    options = [("grpc.max_concurrent_streams", 1000)]
+    bare = grpc.aio.insecure_channel(f"127.0.0.1:{ports['bare']}", options=options)
+    runtime = grpc.aio.insecure_channel(f"127.0.0.1:{ports['runtime']}", options=options)
+    edge = grpc.aio.insecure_channel(f"127.0.0.1:{ports['edge']}", options=options)
+    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    rest = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['edge']}", limits=limits,
+                             timeout=10, http1=True, http2=False, trust_env=False)
+    try:
+        await sanity_checks(bare, runtime, edge, rest)
+        scenarios: list[tuple[str, Callable[[], Awaitable[None]], list[str]]] = [
+            ("bare gRPC direct", _grpc_caller(bare), ["client", "bare"]),
+            ("runtime gRPC direct", _grpc_caller(runtime), ["client", "runtime"]),
+            ("gRPC via Envoy", _grpc_caller(edge), ["client", "runtime", "envoy"]),
+            ("REST via Envoy", _rest_caller(rest), ["client", "runtime", "envoy"]),
+        ]
+        rounds: dict[str, list[Result]] = {name: [] for name, _, _ in scenarios}
+        for r in range(args.rounds):
+            for name, call, who in scenarios:
+                meter = CpuMeter({k: pids[k] for k in who})
+                result = await closed_loop(name, call, concurrency=args.concurrency, seconds=args.seconds,
+                                           warmup=args.warmup, meter=meter)
+                rounds[name].append(result)
+                print(f"  round {r + 1}/{args.rounds} {name:<20} {result.qps:>8.0f} qps  "
+                      f"p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  errors {result.errors}",
+                      file=sys.stderr, flush=True)
+        # Several rounds: report the round with the median qps of each scenario.
+        return [sorted(rs, key=lambda x: x.qps)[len(rs) // 2] for rs in rounds.values()]
+    finally:
+        await rest.aclose()
+        for channel in (bare, runtime, edge):
+            await channel.close()
+
+
+# -- report ----------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_model": model or platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "httpx": httpx.__version__,
+    }
+
+
+def _ratio(x: float, base: float) -> str:
+    return f"{x / base:.2f}x" if base and math.isfinite(base) and math.isfinite(x) else "n/a"
+
+
+def format_table(results: Sequence[Result]) -> str:
+    base = results[0]
+    head = ["scenario", "qps", "p50 ms", "p99 ms", "qps/bare", "p50/bare", "p99/bare", "errors",
+            "CPU% client/server/envoy"]
+    rows = []
+    for r in results:
+        cpu = r.cpu_percent
+        server = cpu.get("bare", cpu.get("runtime", float("nan")))
+        envoy = f"{cpu['envoy']:.0f}" if "envoy" in cpu else "-"
+        rows.append([r.scenario, f"{r.qps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                     _ratio(r.qps, base.qps), _ratio(r.p50_ms, base.p50_ms), _ratio(r.p99_ms, base.p99_ms),
+                     str(r.errors), f"{cpu.get('client', float('nan')):.0f}/{server:.0f}/{envoy}"])
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit() -> Iterator[None]:
+    """SIGTERM ends the run through the ``finally`` blocks, so children are cleaned up."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per scenario and round")
+    ap.add_argument("--concurrency", type=int, default=16, help="closed-loop client tasks")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each scenario")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat the four scenarios, interleaved; report each one's median-qps round")
+    ap.add_argument("--json", metavar="OUT", help="also write the results here")
+    ap.add_argument("--serve", choices=["bare", "runtime"], help=argparse.SUPPRESS)  # child mode
+    args = ap.parse_args(argv)
+
+    if args.serve:
+        asyncio.run(_serve_bare() if args.serve == "bare" else _serve_runtime())
+        return 0
+    if args.seconds <= 0 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0:
+        ap.error("--seconds > 0, --concurrency >= 1, --rounds >= 1, --warmup >= 0")
+
+    info = machine_info()
+    print(f"edge_unary: {args.concurrency} concurrent client tasks, {args.seconds:g}s measured "
+          f"(+{args.warmup:g}s warm-up) per scenario, {args.rounds} round(s); 127.0.0.1 only")
+    print(f"machine: {info['nproc']} CPUs ({info['cpu_model']}); client, servers and Envoy share them, "
+          f"so these are whole-box figures; python {info['python']}, grpcio {info['grpcio']}")
+
+    with _sigterm_as_exit(), tempfile.TemporaryDirectory(prefix="edge_unary-") as tmp:
+        children = Children(Path(tmp))
+        try:
+            me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+            bare = children.spawn("bare", [*me, "bare"], ready_line=True)
+            runtime = children.spawn("runtime", [*me, "runtime"], ready_line=True)
+            ports = {"bare": _read_ready_port(bare), "runtime": _read_ready_port(runtime)}
+            envoy, ports["edge"], _admin = start_envoy(children, ports["runtime"])
+            pids = {"client": os.getpid(), "bare": bare.proc.pid, "runtime": runtime.proc.pid,
+                    "envoy": envoy.proc.pid}
+            results = asyncio.run(run_load(args, ports, pids))
+        except BaseException:
+            for child in children.started:
+                tail = child.log_tail(10)
+                if tail:
+                    print(f"--- {child.name} log tail ---\n{tail}", file=sys.stderr)
+            raise
+        finally:
+            children.stop_all()
+
+    print()
+    print(format_table(results))
+    print("\nratios are against the bare grpc.aio server measured in this run; CPU% is of one core "
+          f"(the machine has {info['nproc']})")
+    failed = [r for r in results if r.errors]
+    for r in failed:
+        print(f"{r.scenario}: {r.errors} errors, first: {r.first_error}", file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"benchmark": "edge_unary", "machine": info,
+             "params": {"seconds": args.seconds, "concurrency": args.concurrency, "warmup": args.warmup,
+                        "rounds": args.rounds, "rpc": f"{SERVICE_FULL_NAME}/GetComponentHealth",
+                        "rest": f"GET {REST_PATH}"},
+             "results": [asdict(r) for r in results]}, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
