@@ -19,7 +19,11 @@ fi
 
 base=$(grep -v '^#' .ci/contracts-baseline | head -n1 | tr -d '[:space:]')
 if ! git cat-file -e "${base}^{commit}" 2>/dev/null; then
-  echo "breaking: baseline commit $base is not in this clone (shallow clone?)" >&2
+  # A shallow clone lacks the history: try to fetch it before giving up.
+  git fetch --quiet --unshallow 2>/dev/null || true
+fi
+if ! git cat-file -e "${base}^{commit}" 2>/dev/null; then
+  echo "breaking: baseline commit $base is not in this clone; clone with full history" >&2
   exit 2
 fi
 
