@@ -27,7 +27,8 @@ DEFAULT_BRIDGE_ROUTES = (
     "events.training={subject},"
     "events.health=health,"
     "events.alerts=alerts,"
-    "events.forge={subject}"
+    "events.forge={subject},"
+    "events.model={subject}"
 )
 
 
