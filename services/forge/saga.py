@@ -110,7 +110,6 @@ class RunManager:
         self._bus = bus
         self._config = config
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._cancel_reasons: dict[str, str] = {}
         self._changed = asyncio.Condition()
 
     # -- public API ---------------------------------------------------------------
@@ -168,19 +167,32 @@ class RunManager:
         return run
 
     async def cancel(self, name: str, reason: str) -> pr.PhaseRun:
+        """Stop driving the run, then compensate its completed steps; ends CANCELLED.
+
+        The saga task is cancelled first and left to end (a cancelled task cannot be
+        trusted to await anything else); compensation runs as a task of its own, so it
+        completes even if the caller of CancelPhaseRun goes away.
+        """
         run = await self.get(name)
         if run.state in TERMINAL:
             raise FailedPrecondition(f"{name} already ended ({S.Name(run.state)})")
         run_id = name.split("/", 1)[1]
-        self._cancel_reasons[run_id] = reason or "cancelled by request"
+        reason = reason or "cancelled by request"
+        data = await asyncio.to_thread(self._store.saga_data, run_id)
+        data["cancel_reason"] = reason
+        await asyncio.to_thread(self._store.set_saga_data, run_id, data)
         task = self._tasks.get(run_id)
-        if task is not None:
+        if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=30)
         run = await self.get(name)
-        if run.state not in TERMINAL and self._cancel_reasons.pop(run_id, None) is not None:
-            # The saga had not started running (or was not driving it): undo here.
-            await self._compensate(run, S.PHASE_RUN_STATE_CANCELLED, reason or "cancelled by request", None)
+        if run.state not in TERMINAL:
+            undo = asyncio.create_task(
+                self._compensate(run, S.PHASE_RUN_STATE_CANCELLED, reason, None),
+                name=f"compensate {name}", context=contextvars.Context())
+            self._tasks[run_id] = undo
+            undo.add_done_callback(lambda t: self._forget(run_id, t))
+            await asyncio.wait({undo}, timeout=60)
         return await self.get(name)
 
     async def watch(self, name: str, cursor: str) -> AsyncIterator[ev.PhaseRunEvent]:
@@ -223,7 +235,11 @@ class RunManager:
         # inherit that call's deadline (propagated to outgoing calls) or request id.
         task = asyncio.create_task(self._drive(run), name=f"saga {run.name}", context=contextvars.Context())
         self._tasks[run_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(run_id, None))
+        task.add_done_callback(lambda t: self._forget(run_id, t))
+
+    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(run_id) is task:
+            del self._tasks[run_id]
 
     async def _record(self, run: pr.PhaseRun, event: ev.PhaseRunEvent | None = None) -> None:
         run.update_time.CopyFrom(_now())
@@ -267,6 +283,10 @@ class RunManager:
             "set_alias": self._set_alias,
         }
         try:
+            data = await asyncio.to_thread(self._store.saga_data, run_id)
+            if "cancel_reason" in data:  # cancelled before the service stopped
+                await self._compensate(run, S.PHASE_RUN_STATE_CANCELLED, data["cancel_reason"], None)
+                return
             if run.state == S.PHASE_RUN_STATE_COMPENSATING:
                 await self._compensate(run, S.PHASE_RUN_STATE_FAILED, "compensation resumed", run.error)
                 return
@@ -279,10 +299,7 @@ class RunManager:
                 await self._run_step(run, index, steps[step.name], params)
             await self._finish(run)
         except asyncio.CancelledError:
-            reason = self._cancel_reasons.pop(run_id, None)
-            if reason is None:
-                raise  # service shutdown: leave the run for recover()
-            await self._compensate(run, S.PHASE_RUN_STATE_CANCELLED, reason, None)
+            raise  # cancel() compensates; at shutdown recover() resumes the run later
         except StepFailed as exc:
             await self._compensate(run, S.PHASE_RUN_STATE_FAILED, exc.status.message, exc.status)
         except Exception as exc:  # a bug or an unexpected peer answer: fail the run, keep the service
