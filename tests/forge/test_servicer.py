@@ -1,0 +1,120 @@
+"""ForgeService over a real grpc.aio server: bad input, missing runs, unavailable phases.
+
+The saga itself runs against the real training and model services in
+tests/e2e/test_forge_e2e.py; here the peers are never reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import grpc.aio
+import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from agentforge.forge.v1 import forge_service_pb2_grpc
+from agentforge.forge.v1 import request_response_pb2 as req
+from services.forge.config import ForgeConfig
+from services.forge.server import Forge
+from services.shared.config import ServerConfig
+from services.shared.server import build_server
+from services.shared.valkey import free_port
+
+
+@pytest.fixture
+async def forge(tmp_path, valkey, monkeypatch) -> AsyncIterator[forge_service_pb2_grpc.ForgeServiceStub]:
+    monkeypatch.setenv("REDIS_URL", valkey.url)
+    dead = f"127.0.0.1:{free_port()}"  # peers are not needed for these calls
+    app = Forge(ForgeConfig(data_dir=tmp_path, training_addr=dead, model_addr=dead))
+    service = await build_server(ServerConfig(grace_seconds=0.2, metrics_port=-1), "forge", app.register)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield forge_service_pb2_grpc.ForgeServiceStub(channel)
+    finally:
+        await channel.close()
+        await service.shutdown(0.2)
+        await app.close()
+
+
+def _violations(err: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(err)
+    fields = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def _params(**kw) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(kw)
+    return s
+
+
+async def _call(stub, method: str, request):
+    rpc = getattr(stub, method)
+    if method == "WatchPhaseRun":
+        return [e async for e in rpc(request)]
+    return await rpc(request)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("ListPhases", req.ListPhasesRequest(page_size=-1), "page_size"),
+        ("GetPhase", req.GetPhaseRequest(name="phases/Cognate"), "name"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="cognate"), "phase"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/cognate", parameters=_params(max_steps=0)),
+         "parameters.max_steps"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/cognate", parameters=_params(width=66, heads=4)),
+         "parameters.width"),
+        ("GetPhaseRun", req.GetPhaseRunRequest(name="runs/x"), "name"),
+        ("ListPhaseRuns", req.ListPhaseRunsRequest(page_size=5000), "page_size"),
+        ("ListPhaseRuns", req.ListPhaseRunsRequest(page_token="not-a-token"), "page_token"),
+        ("CancelPhaseRun", req.CancelPhaseRunRequest(name=""), "name"),
+        ("WatchPhaseRun", req.WatchPhaseRunRequest(name="phaseRuns/x", cursor="c" * 300), "cursor"),
+    ],
+)
+async def test_bad_input_is_invalid_argument_naming_the_field(forge, method, request_, field):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(forge, method, request_)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in _violations(err.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "request_"),
+    [
+        ("GetPhase", req.GetPhaseRequest(name="phases/nope")),
+        ("GetPhaseRun", req.GetPhaseRunRequest(name="phaseRuns/missing")),
+        ("CancelPhaseRun", req.CancelPhaseRunRequest(name="phaseRuns/missing")),
+        ("WatchPhaseRun", req.WatchPhaseRunRequest(name="phaseRuns/missing")),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/nope")),
+    ],
+)
+async def test_missing_things_are_not_found(forge, method, request_):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await _call(forge, method, request_)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_phase_not_implemented_here_is_failed_precondition_not_a_pretend_run(forge):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await forge.StartPhaseRun(req.StartPhaseRunRequest(phase="phases/evomerge"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = await forge.ListPhaseRuns(req.ListPhaseRunsRequest())
+    assert list(listed.phase_runs) == []
+
+
+async def test_catalog_pages(forge):
+    first = await forge.ListPhases(req.ListPhasesRequest(page_size=3))
+    assert [p.name for p in first.phases] == ["phases/cognate", "phases/evomerge", "phases/quietstar"]
+    rest = await forge.ListPhases(req.ListPhasesRequest(page_size=10, page_token=first.next_page_token))
+    assert len(rest.phases) == 5 and rest.next_page_token == ""
+    cognate = await forge.GetPhase(req.GetPhaseRequest(name="phases/cognate"))
+    assert cognate.available and {p.name for p in cognate.parameters} >= {"max_steps", "batch_size"}
