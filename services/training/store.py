@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
@@ -37,7 +38,7 @@ from google.rpc import status_pb2
 from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.training.cursor import WatchCursor
 
-__all__ = ["JobRecord", "Store", "TERMINAL", "TRANSITIONS", "job_id_of", "now_ts"]
+__all__ = ["Appended", "JobRecord", "Store", "TERMINAL", "TRANSITIONS", "job_id_of", "now_ts"]
 
 S = job_pb.TrainingJobState
 QUEUED, RUNNING, PAUSED = S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_RUNNING, S.TRAINING_JOB_STATE_PAUSED
@@ -123,6 +124,15 @@ class JobRecord:
 Mutator = Callable[[JobRecord], None]
 
 
+class Appended(NamedTuple):
+    """What :meth:`Store.append_events` stored: the job after it, the events (now with
+    sequence, cursor, epoch and time) and each event's serialized bytes."""
+
+    record: JobRecord
+    events: list[ev_pb.TrainingJobEvent]
+    data: list[bytes]
+
+
 class Store:
     """The job database. Thread-safe within a process; many processes may share the file."""
 
@@ -188,7 +198,8 @@ class Store:
              rec.queue_entry, rec.id),
         )
 
-    def _append(self, db: sqlite3.Connection, rec: JobRecord, event: ev_pb.TrainingJobEvent) -> ev_pb.TrainingJobEvent:
+    def _stamp(self, rec: JobRecord, event: ev_pb.TrainingJobEvent) -> bytes:
+        """Give ``event`` the job's next sequence (and cursor, epoch, time); its bytes."""
         rec.last_sequence += 1
         event.training_job = rec.job.name
         event.sequence = rec.last_sequence
@@ -196,8 +207,11 @@ class Store:
         event.cursor = WatchCursor(self.epoch, rec.id, rec.last_sequence).encode()
         if not event.HasField("time"):
             event.time.CopyFrom(now_ts())
-        db.execute("INSERT INTO events(job_id, sequence, data) VALUES(?,?,?)",
-                   (rec.id, rec.last_sequence, event.SerializeToString()))
+        return event.SerializeToString()
+
+    def _append(self, db: sqlite3.Connection, rec: JobRecord, event: ev_pb.TrainingJobEvent) -> ev_pb.TrainingJobEvent:
+        data = self._stamp(rec, event)
+        db.execute("INSERT INTO events(job_id, sequence, data) VALUES(?,?,?)", (rec.id, rec.last_sequence, data))
         return event
 
     # ------------------------------------------------------------------ jobs
@@ -386,6 +400,33 @@ class Store:
             stored = self._append(db, rec, event)
             self._save(db, rec)
             return rec, stored
+
+    def append_events(self, job_id: str, events: Sequence[ev_pb.TrainingJobEvent], *,
+                      checkpoints: Sequence[job_pb.Checkpoint] = (), expect_worker: str | None = None,
+                      mutate: Mutator | None = None) -> Appended:
+        """Append non-state events with consecutive sequences, in order, in ONE transaction.
+
+        Also records ``checkpoints`` and applies ``mutate`` to the job, in the same
+        transaction: either all of it is stored or none (FailedPrecondition ``NOT_OWNER``
+        when ``expect_worker`` no longer owns the job). The result carries each stored
+        event's serialized bytes, so publishers need not serialize it again.
+        """
+        with self._tx() as db:
+            rec = self._load(db, job_id)
+            if expect_worker is not None and rec.job.worker != expect_worker:
+                raise FailedPrecondition(f"{rec.job.name} is owned by {rec.job.worker or 'nobody'}",
+                                         reason="NOT_OWNER")
+            if mutate is not None:
+                mutate(rec)
+            if checkpoints:
+                db.executemany("INSERT OR REPLACE INTO checkpoints(job_id, step, data) VALUES(?,?,?)",
+                               [(job_id, c.step, c.SerializeToString()) for c in checkpoints])
+            blobs = [self._stamp(rec, event) for event in events]
+            first = rec.last_sequence - len(blobs) + 1
+            db.executemany("INSERT INTO events(job_id, sequence, data) VALUES(?,?,?)",
+                           [(rec.id, first + i, blob) for i, blob in enumerate(blobs)])
+            self._save(db, rec)
+            return Appended(rec, list(events), blobs)
 
     def events_after(self, job_id: str, sequence: int, limit: int = 500) -> list[ev_pb.TrainingJobEvent]:
         with self._lock:

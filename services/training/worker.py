@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from agentforge.events.v1 import event_pb2
@@ -135,15 +136,25 @@ class Worker:
     async def publish(self, event: ev_pb.TrainingJobEvent) -> None:
         """Send a stored event to watchers (per-job stream) and, for state changes, to
         ``events.training``. Failures are logged: the store holds the event anyway."""
+        await self.publish_many([event])
+
+    async def publish_many(self, events: Sequence[ev_pb.TrainingJobEvent],
+                           serialized: Sequence[bytes] | None = None) -> None:
+        """:meth:`publish` for stored events of ONE job, in order: one bus call (one
+        round trip) for the per-job stream; ``serialized`` are their bytes if known."""
         assert self.bus is not None
+        if not events:
+            return
+        job = events[0].training_job
         try:
-            await self.bus.publish(self.keys.job_events(event.training_job.rpartition("/")[2]), event,
-                                   subject=event.training_job)
-            if event.HasField("state_changed"):
-                await publish_event(self.bus, self.keys.training_events, event, source="training",
-                                    subject=event.training_job)
+            await self.bus.publish_many(self.keys.job_events(job.rpartition("/")[2]), events, subject=job,
+                                        serialized=serialized)
+            for event in events:
+                if event.HasField("state_changed"):
+                    await publish_event(self.bus, self.keys.training_events, event, source="training",
+                                        subject=job)
         except Exception:  # noqa: BLE001
-            _log.exception("publish failed", extra={"job": event.training_job, "sequence": event.sequence})
+            _log.exception("publish failed", extra={"job": job, "sequence": events[0].sequence})
 
 
 def _status(code: int, message: str) -> status_pb2.Status:
@@ -357,24 +368,37 @@ class JobRun:
 
     # ---------------------------------------------------------------- loops
     async def _pump(self, events: asyncio.Queue[Any], job_name: str, total_steps: int) -> None:
-        """Engine events → store (sequence) → bus, in order."""
+        """Engine events → store (sequence) → bus, in order, in batches.
+
+        Each turn takes every event queued by then (up to ``None``, the end), stores them
+        in one transaction and publishes them in one bus call, so a burst costs one
+        commit and one round trip, not one per event.
+        """
+        while True:
+            batch = [await events.get()]
+            while not events.empty():
+                batch.append(events.get_nowait())
+            end = None in batch
+            items = batch[:batch.index(None)] if end else batch
+            if items:
+                await self._record(items, job_name, total_steps)
+            if end:
+                return
+
+    async def _record(self, items: list[Any], job_name: str, total_steps: int) -> None:
+        """Map engine events to TrainingJobEvents, store them as one batch, publish them."""
         from services.training.engine import CheckpointEvent, EvalEvent, ProgressEvent
 
-        name = self.worker.name
-        while True:
-            item = await events.get()
-            if item is None:
-                return
+        out: list[ev_pb.TrainingJobEvent] = []
+        checkpoints: list[job_pb.Checkpoint] = []
+        progress: job_pb.TrainingProgress | None = None
+        for item in items:
             try:
-                mutate = None
                 if isinstance(item, CheckpointEvent):
                     ckpt = mapping.checkpoint_proto(job_name, item, self._metrics, total_steps)
-                    self.store.put_checkpoint(self.job_id, ckpt)
+                    checkpoints.append(ckpt)
                     event = ev_pb.TrainingJobEvent(checkpoint_written=ckpt)
                     event.time.CopyFrom(ckpt.create_time)
-
-                    def mutate(r: JobRecord, _n: str = ckpt.name) -> None:
-                        r.job.latest_checkpoint = _n
                 else:
                     event = mapping.event_proto(item)
                     if event is None:
@@ -384,19 +408,33 @@ class JobRun:
                         if item.eval_loss is not None:
                             self._metrics.update(eval_loss=item.eval_loss, eval_accuracy=item.eval_accuracy or 0.0)
                         progress = event.progress
-
-                        def mutate(r: JobRecord, _p: job_pb.TrainingProgress = progress) -> None:
-                            r.job.progress.CopyFrom(_p)
                     elif isinstance(item, EvalEvent):
                         self._metrics.update(eval_loss=item.validation_loss, eval_accuracy=item.validation_accuracy)
-                _, stored = self.store.append_event(self.job_id, event, expect_worker=name, mutate=mutate)
-                await self.worker.publish(stored)
-            except FailedPrecondition:
-                self.lost = True
-                if self.control is not None:
-                    self.control.cancel()
-            except Exception:  # noqa: BLE001
-                _log.exception("could not record an event", extra={"job": self.job_id})
+            except Exception:  # noqa: BLE001 - one unmappable event must not lose the others
+                _log.exception("could not map an event", extra={"job": self.job_id})
+                continue
+            out.append(event)
+        if not out:
+            return
+
+        def mutate(r: JobRecord) -> None:
+            if progress is not None:
+                r.job.progress.CopyFrom(progress)
+            if checkpoints:
+                r.job.latest_checkpoint = checkpoints[-1].name
+
+        try:
+            stored = self.store.append_events(self.job_id, out, checkpoints=checkpoints,
+                                              expect_worker=self.worker.name, mutate=mutate)
+        except FailedPrecondition:
+            self.lost = True
+            if self.control is not None:
+                self.control.cancel()
+            return
+        except Exception:  # noqa: BLE001
+            _log.exception("could not record %d events", len(out), extra={"job": self.job_id})
+            return
+        await self.worker.publish_many(stored.events, stored.data)
 
     async def _heartbeat(self) -> None:
         name = self.worker.name

@@ -486,3 +486,56 @@ async def test_cancelled_follow_and_consume_tasks_end_within_block_ms(bus: Event
         done, pending = await asyncio.wait(tasks, timeout=1.0)
         assert pending == set()
         assert all(task.cancelled() for task in done)
+
+
+# ----------------------------------------------------------------- publish_many
+async def test_publish_many_appends_in_order_with_contiguous_per_subject_seq(
+    valkey: EmbeddedValkey, stream_prefix: str
+) -> None:
+    stream = stream_prefix + "events"
+    async with EventBus(make_config(valkey.url)) as a, EventBus(make_config(valkey.url)) as b:
+        await a.publish(stream, status(0), subject="jobs/1")
+        messages = [status(i) for i in range(1, 601)]  # more than one script call's chunk
+        serialized = [m.SerializeToString() for m in messages]
+        ids = [f"batch-{i}" for i in range(1, 601)]
+
+        async def interleave() -> None:  # another publisher on the same subject meanwhile
+            for i in range(20):
+                await b.publish(stream, status(10_000 + i), subject="jobs/1")
+
+        cursors, _ = await asyncio.gather(
+            a.publish_many(stream, messages, subject="jobs/1", serialized=serialized, event_ids=ids),
+            interleave())
+        items = await a.read(stream, count=2000)
+    envelopes = [i for i in items if isinstance(i, Envelope)]
+    assert len(envelopes) == len(items) == 621
+    # Per-subject seq allocated atomically in stream order: 1..621, no gaps, no repeats.
+    assert [e.seq for e in envelopes] == list(range(1, 622))
+    ours = [e for e in envelopes if e.id.startswith("batch-")]
+    assert [e.unpack(Status).code for e in ours] == list(range(1, 601))
+    assert [e.id for e in ours] == ids and [e.cursor for e in ours] == cursors
+    assert all(e.subject == "jobs/1" and e.epoch == cursors[0].epoch and e.traceparent for e in ours)
+    # Within one chunk nothing else lands between the batch's entries.
+    positions = [envelopes.index(e) for e in ours[:256]]
+    assert positions == list(range(positions[0], positions[0] + 256))
+
+
+async def test_publish_many_of_nothing_writes_nothing_and_rejects_mismatched_bytes(
+    bus: EventBus, stream_prefix: str
+) -> None:
+    stream = stream_prefix + "events"
+    assert await bus.publish_many(stream, []) == []
+    assert await bus.client.exists(stream) == 0
+    with pytest.raises(ValueError):
+        await bus.publish_many(stream, [status(1)], serialized=[])
+
+
+async def test_publish_many_gives_up_after_its_budget(
+    valkey_factory: Callable[[], EmbeddedValkey], stream_prefix: str
+) -> None:
+    server = valkey_factory()
+    url = server.url
+    server.stop()
+    async with EventBus(make_config(url, publish_timeout_s=0.3)) as event_bus:
+        with pytest.raises(BusUnavailable):
+            await event_bus.publish_many(stream_prefix + "events", [Struct(), Struct()])

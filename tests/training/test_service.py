@@ -224,7 +224,14 @@ async def test_repeatedly_failing_job_ends_failed_and_is_dead_lettered(training:
     failed = await training.get(job.name)
     assert failed.state == S.TRAINING_JOB_STATE_FAILED and "invalid JSON" in failed.error.message
     assert failed.attempts == training.config.max_attempts
-    letters = await training.app.queue.dead_letters(job_pb.PRIORITY_NORMAL)
+    # The worker stores (and publishes) FAILED, then dead-letters the queue entry: a
+    # watcher can see FAILED a moment before the dead letter exists.
+    async with asyncio.timeout(5):
+        while True:
+            letters = await training.app.queue.dead_letters(job_pb.PRIORITY_NORMAL)
+            if job.name in [letter.envelope.subject for letter in letters]:
+                break
+            await asyncio.sleep(0.05)
     assert [letter.envelope.subject for letter in letters].count(job.name) == 1
 
 
@@ -362,3 +369,63 @@ async def test_state_preconditions_list_filters_paging_and_delete(training: Trai
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     await stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=running.name))
     assert states(await training.watch(running.name))[-1] in TERMINAL
+
+
+# ---------------------------------------------------------------- the worker's event pump
+async def test_pump_stores_and_publishes_a_queued_burst_in_order_or_not_at_all_when_fenced(
+        valkey, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from services.shared.bus import BusConfig, EventBus, Envelope
+    from services.shared.errors import FailedPrecondition
+    from services.training.config import TrainingConfig
+    from services.training.engine import CheckpointEvent, LogEvent, ProgressEvent
+    from services.training.queue import Claim, JobQueue
+    from services.training.store import RUNNING, Store
+    from services.training.worker import JobRun, Worker
+
+    config = TrainingConfig(data_dir=tmp_path, redis_url=valkey.url, key_prefix=f"p{uuid.uuid4().hex[:8]}:")
+    worker = Worker(config, 0)
+    worker.store, worker.bus = Store(config.database_path), EventBus(BusConfig(url=valkey.url))
+    worker.queue = JobQueue(worker.bus, worker.keys, claim_idle_ms=1000)
+    try:
+        store = worker.store
+        rec, _, _ = store.create(job_pb.TrainingJob(spec=tiny_spec()), "burst", "")
+        store.transition("burst", RUNNING, "test", worker=worker.name,
+                         mutate=lambda r: setattr(r.job, "worker", worker.name))
+        claim = Claim("q", None, event_pb2.TrainingJobQueued(training_job=rec.job.name), 1, False)  # type: ignore[arg-type]
+        run = JobRun(worker, claim)
+        ckpt_file = tmp_path / "step-3.pt"
+        ckpt_file.write_bytes(b"weights")
+
+        def progress(step: int) -> ProgressEvent:
+            return ProgressEvent(step, 40, step / 40, 1.0 / step, 0.5, 1e-3, 100.0, 6400.0, 1.0, 0.01 * step)
+
+        burst = [progress(1), progress(2), progress(3), CheckpointEvent(3, str(ckpt_file), "interval", 7),
+                 LogEvent("info", "hello", 3), progress(4)]
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        for item in [*burst, None]:  # all queued before the pump's first turn: one batch
+            queue.put_nowait(item)
+        await asyncio.wait_for(run._pump(queue, rec.job.name, 40), 10)
+
+        stored = store.events_after("burst", 0)
+        assert [e.sequence for e in stored] == list(range(1, 9))
+        assert kinds(stored)[2:] == ["progress"] * 3 + ["checkpoint_written", "log", "progress"]
+        published = [i for i in await worker.bus.read(worker.keys.job_events("burst")) if isinstance(i, Envelope)]
+        # Watchers get the very bytes the store holds (same sequences and cursors), in order.
+        assert [p.data for p in published] == [e.SerializeToString() for e in stored[2:]]
+        assert [p.seq for p in published] == list(range(1, 7))
+        job = store.get("burst").job
+        assert job.progress.step == 4 and job.latest_checkpoint == f"{rec.job.name}/checkpoints/3"
+        assert store.checkpoints("burst")[3].metrics["train_loss"] == pytest.approx(1 / 3)
+
+        # Fenced: another worker owns the job now. Nothing of the batch is stored.
+        store.update("burst", lambda r: setattr(r.job, "worker", "someone-else"))
+        queue.put_nowait(progress(5))
+        queue.put_nowait(CheckpointEvent(5, str(ckpt_file), "interval", 7))
+        queue.put_nowait(None)
+        await asyncio.wait_for(run._pump(queue, rec.job.name, 40), 10)
+        assert run.lost and len(store.events_after("burst", 0)) == 8 and 5 not in store.checkpoints("burst")
+        with pytest.raises(FailedPrecondition):
+            store.append_events("burst", [ev_pb.TrainingJobEvent()], expect_worker=worker.name)
+    finally:
+        await worker.bus.aclose()
+        worker.store.close()
