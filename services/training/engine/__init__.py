@@ -14,19 +14,21 @@ from .control import ControlRequests, TrainingControl
 from .events import (CheckpointEvent, ControlAppliedEvent, EvalEvent, LogEvent, ProgressEvent,
                      TrainingEvent, TrainingOutcome)
 from .grokfast import GrokfastFilter, GrokfastStats
-from .model import DecoderTransformer, build_model
+from .model import Block, DecoderTransformer, PaperBlock, build_model
+from .setup import RunComponents, build_components
 from .spec import (BUILTIN_DATASET, FieldViolation, GrokfastSpec, ModelSpec, OptimizerSpec,
                    SpecError, TaskSpec, TrainingSpec, default_spec)
-from .tasks import (ByteTokenizer, CognateTask, EpochSampler, ModularArithmeticTask, Task,
-                    build_task, epoch_seed)
+from .tasks import (ByteTokenizer, CognateTask, EpochSampler, ModularArithmeticTask, Sampler,
+                    StreamSampler, Task, build_task, epoch_seed)
 from .trainer import Trainer, build_optimizer, resolve_device, warmup_factor
 
 __all__ = [
-    "BUILTIN_DATASET", "ByteTokenizer", "CheckpointEvent", "CheckpointInfo", "CognateTask",
+    "BUILTIN_DATASET", "Block", "ByteTokenizer", "CheckpointEvent", "CheckpointInfo", "CognateTask",
     "ControlAppliedEvent", "ControlRequests", "DecoderTransformer", "EpochSampler", "EvalEvent",
     "FieldViolation", "GrokfastFilter", "GrokfastSpec", "GrokfastStats", "LogEvent", "ModelSpec",
-    "ModularArithmeticTask", "OptimizerSpec", "ProgressEvent", "SpecError", "Task", "TaskSpec",
+    "ModularArithmeticTask", "OptimizerSpec", "PaperBlock", "ProgressEvent", "RunComponents",
+    "Sampler", "SpecError", "StreamSampler", "Task", "TaskSpec",
     "Trainer", "TrainingControl", "TrainingEvent", "TrainingOutcome", "TrainingSpec",
-    "build_model", "build_optimizer", "build_task", "default_spec", "epoch_seed",
+    "build_components", "build_model", "build_optimizer", "build_task", "default_spec", "epoch_seed",
     "latest_checkpoint", "list_checkpoints", "load_checkpoint", "resolve_device", "warmup_factor",
 ]

@@ -34,6 +34,8 @@ BUILTIN_DATASET = "arithmetic_word_problems"
 TASK_KINDS = ("modular_arithmetic", "cognate")
 OPTIMIZER_KINDS = ("adamw", "adam")
 GROKFAST_KINDS = ("none", "ema", "ma")
+BLOCK_STYLES = ("auto", "pre_ln", "grokfast_paper")
+DATA_ORDERS = ("auto", "paper", "seeded")
 DEVICES = ("auto", "cpu", "cuda")
 DATASET_SUFFIXES = (".txt", ".jsonl")
 MODULAR_SEQUENCE_LENGTH = 4  # tokens [x, op, y, =]
@@ -82,17 +84,39 @@ class TaskSpec:
     dataset: for ``cognate``: ``arithmetic_word_problems`` (built in) or a path to a local
         ``.txt`` (one document per non-empty line) or ``.jsonl`` (field ``text``) file.
     train_fraction: share of examples (modular) or documents (cognate) used for training.
+    data_order: where the split and the batch order come from.
+        ``paper`` (modular only): as the GrokFast reference code: after ``manual_seed(seed)``
+        and the model's initialisation, the same torch RNG stream draws the split permutation
+        and then one permutation per epoch, each applied to the previous epoch's order.
+        ``seeded``: the split from a generator seeded by ``seed``, epoch ``e`` shuffled by a
+        generator seeded from ``(seed, e)`` (independent of the model).
+        ``auto``: ``paper`` for ``modular_arithmetic``, ``seeded`` for ``cognate``.
     """
 
     kind: Literal["modular_arithmetic", "cognate"] = "modular_arithmetic"
     modulus: int = 97
     dataset: str = BUILTIN_DATASET
     train_fraction: float = 0.5
+    data_order: Literal["auto", "paper", "seeded"] = "auto"
+
+    def resolved_data_order(self) -> Literal["paper", "seeded"]:
+        """``data_order`` with ``auto`` resolved for this task kind."""
+        if self.data_order == "auto":
+            return "paper" if self.kind == "modular_arithmetic" else "seeded"
+        return self.data_order  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Decoder-only transformer size. ``vocab_size`` 0 = derived from the task/tokenizer."""
+    """Decoder-only transformer size. ``vocab_size`` 0 = derived from the task/tokenizer.
+
+    block_style: ``pre_ln`` — standard pre-LN blocks (``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))``).
+        ``grokfast_paper`` — the block of the GrokFast reference code, where ``ln_1``
+        normalises the residual stream itself (``x = ln_1(x); x = x + attn(x);
+        x = x + mlp(ln_2(x))``), with packed q/k/v projections initialised like
+        ``nn.MultiheadAttention``. ``auto``: ``grokfast_paper`` for ``modular_arithmetic``,
+        ``pre_ln`` for ``cognate``.
+    """
 
     layers: int = 2
     width: int = 128
@@ -100,6 +124,13 @@ class ModelSpec:
     context_length: int = 4
     vocab_size: int = 0
     dropout: float = 0.0
+    block_style: Literal["auto", "pre_ln", "grokfast_paper"] = "auto"
+
+    def resolved_block_style(self, task_kind: str) -> Literal["pre_ln", "grokfast_paper"]:
+        """``block_style`` with ``auto`` resolved for ``task_kind``."""
+        if self.block_style == "auto":
+            return "grokfast_paper" if task_kind == "modular_arithmetic" else "pre_ln"
+        return self.block_style  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -203,6 +234,10 @@ class TrainingSpec:
             bad("task.kind", f"unknown task {t.kind!r}; expected one of {', '.join(TASK_KINDS)}")
         if t.kind == "modular_arithmetic" and not (isinstance(t.modulus, int) and t.modulus >= 2):
             bad("task.modulus", "must be an integer >= 2")
+        if t.data_order not in DATA_ORDERS:
+            bad("task.data_order", f"unknown data order {t.data_order!r}; expected one of {', '.join(DATA_ORDERS)}")
+        elif t.data_order == "paper" and t.kind == "cognate":
+            bad("task.data_order", "'paper' applies to modular_arithmetic only")
         if not 0.0 < t.train_fraction < 1.0:
             bad("task.train_fraction", "must be in (0, 1)")
         if t.kind == "cognate":
@@ -232,6 +267,8 @@ class TrainingSpec:
             bad("model.vocab_size", f"must be 0 or >= {required_vocab_size(t)} for this task")
         if not 0.0 <= m.dropout < 1.0:
             bad("model.dropout", "must be in [0, 1)")
+        if m.block_style not in BLOCK_STYLES:
+            bad("model.block_style", f"unknown block style {m.block_style!r}; expected one of {', '.join(BLOCK_STYLES)}")
 
         if o.kind not in OPTIMIZER_KINDS:
             bad("optimizer.kind", f"unknown optimizer {o.kind!r}; expected one of {', '.join(OPTIMIZER_KINDS)}")
@@ -278,17 +315,20 @@ def required_vocab_size(task: TaskSpec) -> int:
 def default_spec(kind: str = "modular_arithmetic") -> TrainingSpec:
     """Defaults per task.
 
-    ``modular_arithmetic``: the GrokFast paper's Grokfast-EMA setup (2x128x4 decoder, Adam
-    lr 1e-3, betas 0.9/0.98, weight decay 0.005, batch 512, alpha 0.98, lamb 2.0).
+    ``modular_arithmetic``: the GrokFast paper's Grokfast-EMA setup (2x128x4 decoder with the
+    paper's block, Adam lr 1e-3, betas 0.9/0.98, weight decay 0.005, batch 512, alpha 0.98,
+    lamb 2.0, the paper's split and batch order). ``context_length`` 5 as the paper's model
+    (its position table has a row for the answer token, which is never input): it only
+    matters for which random numbers the initialisation draws.
     ``cognate``: a ~0.4M-parameter byte-level LM on the built-in word problems that visibly
     trains in a few minutes on 2 CPU cores.
     """
     if kind == "modular_arithmetic":
-        return TrainingSpec()
+        return TrainingSpec(model=ModelSpec(context_length=5))
     if kind == "cognate":
         return TrainingSpec(
             task=TaskSpec(kind="cognate", dataset=BUILTIN_DATASET, train_fraction=0.9),
-            model=ModelSpec(layers=2, width=128, heads=4, context_length=64),
+            model=ModelSpec(layers=2, width=128, heads=4, context_length=64, block_style="pre_ln"),
             optimizer=OptimizerSpec(kind="adamw", lr=3e-3, weight_decay=0.01, warmup_steps=50),
             grokfast=GrokfastSpec(kind="none"),
             batch_size=32,

@@ -9,10 +9,17 @@ Everything is generated or read locally; nothing is downloaded.
 - :class:`CognateTask` — next-byte language modelling on the built-in arithmetic word
   problems or a local ``.txt``/``.jsonl`` file, in windows of ``context_length`` tokens.
 
-Training batches come from :class:`EpochSampler`: each epoch is a permutation of the
-training examples drawn from a ``torch.Generator`` seeded by ``(seed, epoch)``, cut into
-batches (the last one may be short, as in the paper's loop). The batch at a step is thus a
-pure function of ``(seed, step)`` and needs no RNG state to resume exactly.
+Training batches come from a sampler; both cut each epoch's order into batches (the last
+one may be short, as in the paper's loop) and make the batch at a step a pure function of
+their construction arguments and the step, so resuming needs no RNG state:
+
+- :class:`EpochSampler` (``data_order="seeded"``): epoch ``e`` is a permutation drawn from a
+  ``torch.Generator`` seeded by ``(seed, e)``.
+- :class:`StreamSampler` (``data_order="paper"``): the GrokFast reference loop's order. One
+  generator stream (the global torch RNG right after the model's initialisation, which also
+  drew the split) draws a permutation per epoch, and each is applied to the previous epoch's
+  order (``train = train[randperm(n)]``). Reaching epoch ``e`` replays the stream from its
+  start state, ``e + 1`` small ``randperm`` calls.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ __all__ = [
     "CognateTask",
     "ByteTokenizer",
     "EpochSampler",
+    "StreamSampler",
+    "Sampler",
     "epoch_seed",
     "build_task",
     "generate_word_problems",
@@ -74,6 +83,45 @@ class EpochSampler:
     def state_dict(self) -> dict[str, int]:
         """Identity of the sampling scheme (the position is the step itself)."""
         return {"num_examples": self.num_examples, "batch_size": self.batch_size, "seed": self.seed}
+
+
+class StreamSampler:
+    """The reference loop's batches: epoch orders composed from one generator stream.
+
+    ``generator_state`` is the state of a CPU ``torch.Generator`` (e.g. ``get_state()``) at
+    the point the first epoch's permutation is drawn; it is copied, not consumed.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, generator_state: torch.Tensor) -> None:
+        if num_examples < 1:
+            raise ValueError("no training examples")
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.steps_per_epoch = math.ceil(num_examples / batch_size)
+        self._start_state = generator_state.clone()
+        self._restart()
+
+    def _restart(self) -> None:
+        self._gen = torch.Generator().set_state(self._start_state)
+        self._epoch = -1
+        self._order = torch.arange(self.num_examples)
+
+    def indices(self, step: int) -> torch.Tensor:
+        """Indices (CPU, int64) of the batch used by optimizer step ``step`` (0-based)."""
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if epoch < self._epoch:
+            self._restart()
+        while self._epoch < epoch:
+            self._order = self._order[torch.randperm(self.num_examples, generator=self._gen)]
+            self._epoch += 1
+        return self._order[b * self.batch_size:(b + 1) * self.batch_size]
+
+    def state_dict(self) -> dict[str, int]:
+        """Identity of the sampling scheme (the position is the step itself)."""
+        return {"num_examples": self.num_examples, "batch_size": self.batch_size}
+
+
+Sampler = EpochSampler | StreamSampler
 
 
 class Task(ABC):
@@ -135,12 +183,18 @@ class Task(ABC):
 
 
 class ModularArithmeticTask(Task):
-    """x * y mod p, exactly the GrokFast paper's multiplication task."""
+    """x * y mod p, exactly the GrokFast paper's multiplication task.
+
+    The split permutation comes from ``generator`` when given (the paper's order: the stream
+    that initialised the model), else from a generator seeded by ``seed``. Examples are in
+    ``cartesian_prod`` order (x major) before the permutation, as in the reference.
+    """
 
     kind = "modular_arithmetic"
     sequence_length = 4
 
-    def __init__(self, modulus: int = 97, train_fraction: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, modulus: int = 97, train_fraction: float = 0.5, seed: int = 0,
+                 generator: torch.Generator | None = None) -> None:
         p = modulus
         self.modulus = p
         self.eq_token = p
@@ -151,7 +205,8 @@ class ModularArithmeticTask(Task):
         op = torch.full_like(x, self.op_token)
         inputs = torch.stack([x, op, y, eq], dim=1)
         targets = (x * y) % p
-        perm = torch.randperm(inputs.shape[0], generator=torch.Generator().manual_seed(seed))
+        gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+        perm = torch.randperm(inputs.shape[0], generator=gen)
         n_train = int(inputs.shape[0] * train_fraction)
         train_idx, eval_idx = perm[:n_train], perm[n_train:]
         self.train_inputs, self.train_targets = inputs[train_idx], targets[train_idx]
@@ -295,10 +350,15 @@ class CognateTask(Task):
         return (logits.argmax(-1) == targets).sum(), int(targets.numel())
 
 
-def build_task(spec: TaskSpec, context_length: int, seed: int) -> Task:
-    """The task a spec names (CPU tensors; call :meth:`Task.to` to move it)."""
+def build_task(spec: TaskSpec, context_length: int, seed: int,
+               generator: torch.Generator | None = None) -> Task:
+    """The task a spec names (CPU tensors; call :meth:`Task.to` to move it).
+
+    ``generator``: for ``modular_arithmetic``, the stream the split is drawn from (the
+    ``paper`` data order); ``None`` = a generator seeded by ``seed``.
+    """
     if spec.kind == "modular_arithmetic":
-        return ModularArithmeticTask(spec.modulus, spec.train_fraction, seed)
+        return ModularArithmeticTask(spec.modulus, spec.train_fraction, seed, generator)
     if spec.kind == "cognate":
         return CognateTask(spec.dataset, context_length, spec.train_fraction, seed)
     raise SpecError("task.kind", f"unknown task {spec.kind!r}")

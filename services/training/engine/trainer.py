@@ -6,11 +6,12 @@ trains to ``spec.max_steps`` unless the :class:`TrainingControl` cancels or paus
 
 Each optimizer step ``k`` (0-based, ``k`` updates done so far) does, in order: apply pending
 control requests; set ``lr = base_lr * min(1, k / warmup_steps)``; forward the batch
-``EpochSampler.indices(k)``; ``zero_grad``; ``backward``; GrokFast filter; ``optimizer.step``.
+``sampler.indices(k)``; ``zero_grad``; ``backward``; GrokFast filter; ``optimizer.step``. The model, split and sampler
+come from :func:`setup.build_components` (seed, model init, then the data stream).
 This is the paper's loop, so a bare PyTorch loop with the same pieces gives the same losses.
 
 Resume is exact: model, optimizer, filter, base lr, python/torch(/CUDA) RNG states and the
-step are checkpointed, batches are a function of (seed, step), and deterministic algorithms
+step are checkpointed, batches are a function of (spec, step), and deterministic algorithms
 are enabled, so an interrupted-and-resumed run ends with the same weights as a straight one.
 """
 
@@ -31,9 +32,10 @@ from .control import ControlRequests, TrainingControl
 from .events import (CheckpointEvent, ControlAppliedEvent, EvalEvent, LogEvent, ProgressEvent,
                      TrainingEvent, TrainingOutcome)
 from .grokfast import GrokfastFilter, GrokfastStats
-from .model import DecoderTransformer, build_model
+from .model import DecoderTransformer
+from .setup import build_components
 from .spec import OptimizerSpec, SpecError, TrainingSpec
-from .tasks import EpochSampler, Task, build_task
+from .tasks import Sampler, Task
 
 __all__ = ["Trainer", "EventSink", "resolve_device", "build_optimizer", "warmup_factor",
            "CHECKPOINT_FORMAT"]
@@ -99,6 +101,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.grokfast: GrokfastFilter | None = None
         self.task: Task | None = None
+        self.sampler: Sampler | None = None
         self.step = 0
         self.base_lr = spec.optimizer.lr
         self._latest_eval: dict[str, float] | None = None
@@ -117,10 +120,10 @@ class Trainer:
             torch.set_num_threads(self.num_threads)
         if self.deterministic:
             _configure_determinism(self.device)
-        self.task = build_task(spec.task, spec.model.context_length, spec.seed).to(self.device)
-        random.seed(spec.seed)
-        torch.manual_seed(spec.seed)
-        self.model = build_model(spec.model, self.task.vocab_size).to(self.device)
+        parts = build_components(spec)
+        self.task = parts.task.to(self.device)
+        self.sampler = parts.sampler
+        self.model = parts.model.to(self.device)
         self.optimizer = build_optimizer(spec.optimizer, self.model)
         self.grokfast = GrokfastFilter(spec.grokfast) if spec.grokfast.kind != "none" else None
         latest = latest_checkpoint(self.run_dir)
@@ -224,8 +227,8 @@ class Trainer:
         resumed_from = self._setup()
         spec = self.spec
         model, optimizer, task, gf = self.model, self.optimizer, self.task, self.grokfast
-        assert model is not None and optimizer is not None and task is not None
-        sampler = EpochSampler(task.num_train_examples, spec.batch_size, spec.seed)
+        sampler = self.sampler
+        assert model is not None and optimizer is not None and task is not None and sampler is not None
         control = self.control
         total = spec.max_steps
         warmup = spec.optimizer.warmup_steps

@@ -27,6 +27,9 @@ def _with(section: str | None, **changes: object) -> TrainingSpec:
         ("model", {"context_length": 3}, "model.context_length"),
         ("model", {"vocab_size": 50}, "model.vocab_size"),
         ("model", {"dropout": 1.0}, "model.dropout"),
+        ("model", {"block_style": "post_ln"}, "model.block_style"),
+        ("task", {"data_order": "sorted"}, "task.data_order"),
+        ("task", {"kind": "cognate", "data_order": "paper"}, "task.data_order"),
         ("optimizer", {"lr": -1e-3}, "optimizer.lr"),
         ("optimizer", {"lr": 0.0}, "optimizer.lr"),
         ("optimizer", {"kind": "sgd"}, "optimizer.kind"),
@@ -79,3 +82,13 @@ def test_from_dict_rejects_unknown_fields_and_wrong_types() -> None:
     with pytest.raises(SpecError) as info:
         TrainingSpec.from_dict({"model": {"depth": 3, "width": "wide"}, "colour": 1})
     assert set(info.value.fields) == {"model.depth", "model.width", "colour"}
+
+
+def test_auto_styles_resolve_per_task_kind() -> None:
+    modular, cognate = default_spec("modular_arithmetic"), default_spec("cognate")
+    assert modular.model.resolved_block_style(modular.task.kind) == "grokfast_paper"
+    assert modular.task.resolved_data_order() == "paper"
+    assert cognate.model.resolved_block_style(cognate.task.kind) == "pre_ln"
+    assert cognate.task.resolved_data_order() == "seeded"
+    explicit = replace(modular.model, block_style="pre_ln")
+    assert explicit.resolved_block_style("modular_arithmetic") == "pre_ln"

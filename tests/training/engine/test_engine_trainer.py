@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from engine_specs import tiny_modular_spec
 from services.training.engine import (CheckpointEvent, ControlAppliedEvent, EvalEvent,
                                       GrokfastSpec, ModelSpec, ProgressEvent, Trainer,
-                                      TrainingControl, TrainingEvent, build_model, epoch_seed,
+                                      TrainingControl, TrainingEvent, TrainingSpec, build_model,
+                                      epoch_seed,
                                       list_checkpoints, load_checkpoint)
 from services.training.engine.checkpoint import save_checkpoint
 from services.training.engine.tasks import ModularArithmeticTask
@@ -43,34 +45,73 @@ def _gradfilter_ema(m, grads=None, alpha=0.98, lamb=2.0):  # the paper's code, v
     return grads
 
 
-def test_trainer_loss_per_step_equals_a_bare_pytorch_loop(tmp_path: Path) -> None:
-    spec = tiny_modular_spec(max_steps=12)
-    rec = Recorder()
-    Trainer(spec, tmp_path, on_event=rec).run()
-
-    # The paper's loop: Adam (L2 weight decay), LambdaLR warmup, per-epoch shuffles from the seed.
-    task = ModularArithmeticTask(23, 0.5, spec.seed)
+def _bare_paper_loop(spec: TrainingSpec) -> list[float]:
+    """The reference loop (data_order="paper"): one global RNG stream for init, split, shuffles."""
     torch.manual_seed(spec.seed)
-    model = build_model(spec.model, task.vocab_size)
+    model = build_model(spec.model, spec.task.modulus + 2, spec.task.kind)
+    p = spec.task.modulus
+    x, y = torch.cartesian_prod(torch.arange(p), torch.arange(1, p)).T
+    inputs = torch.stack([x, torch.full_like(x, p + 1), y, torch.full_like(x, p)], dim=1)
+    targets = x * y % p
+    train_idx, _ = torch.randperm(len(inputs)).split(len(inputs) // 2)
+    train_x, train_y = inputs[train_idx], targets[train_idx]
+    o = spec.optimizer
+    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1 if u > o.warmup_steps else u / o.warmup_steps)
+    grads, losses = None, []
+    while len(losses) < spec.max_steps:
+        shuffle = torch.randperm(len(train_x))
+        train_x, train_y = train_x[shuffle], train_y[shuffle]
+        for x, y in zip(train_x.split(spec.batch_size), train_y.split(spec.batch_size)):
+            if len(losses) == spec.max_steps:
+                break
+            loss = F.cross_entropy(model(x)[:, -1], y)
+            model.zero_grad()
+            loss.backward()
+            grads = _gradfilter_ema(model, grads, alpha=spec.grokfast.alpha, lamb=spec.grokfast.lamb)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    return losses
+
+
+def _bare_seeded_loop(spec: TrainingSpec) -> list[float]:
+    """data_order="seeded": split and per-epoch shuffles from generators seeded by the seed."""
+    task = ModularArithmeticTask(spec.task.modulus, spec.task.train_fraction, spec.seed)
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.model, task.vocab_size, spec.task.kind)
     o = spec.optimizer
     opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda u: 1 if u > o.warmup_steps else u / o.warmup_steps)
     n, bs = task.train_inputs.shape[0], spec.batch_size
     per_epoch = -(-n // bs)
-    grads, bare = None, []
+    grads, losses = None, []
     for step in range(spec.max_steps):
         epoch, b = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(spec.seed, epoch)))
         idx = perm[b * bs:(b + 1) * bs]
-        logits = model(task.train_inputs[idx])
-        loss = F.cross_entropy(logits[:, -1], task.train_targets[idx])
+        loss = F.cross_entropy(model(task.train_inputs[idx])[:, -1], task.train_targets[idx])
         model.zero_grad()
         loss.backward()
         grads = _gradfilter_ema(model, grads, alpha=spec.grokfast.alpha, lamb=spec.grokfast.lamb)
         opt.step()
         sched.step()
-        bare.append(loss.item())
+        losses.append(loss.item())
+    return losses
 
+
+@pytest.mark.parametrize(("block_style", "data_order"),
+                         [("auto", "auto"), ("grokfast_paper", "paper"), ("pre_ln", "seeded")])
+def test_trainer_loss_per_step_equals_a_bare_pytorch_loop(tmp_path: Path, block_style: str,
+                                                          data_order: str) -> None:
+    base = tiny_modular_spec(max_steps=12)
+    spec = base.replace(task=replace(base.task, data_order=data_order),
+                        model=replace(base.model, block_style=block_style))
+    rec = Recorder()
+    Trainer(spec, tmp_path, on_event=rec).run()
+
+    bare = (_bare_paper_loop(spec) if spec.task.resolved_data_order() == "paper"
+            else _bare_seeded_loop(spec))
     ours = rec.losses()
     assert sorted(ours) == list(range(1, spec.max_steps + 1))
     assert bare[0] > bare[-1]  # it learns
@@ -82,10 +123,17 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("grokfast", [GrokfastSpec(kind="ema"), GrokfastSpec(kind="ma", window=4)])
-def test_paused_and_resumed_run_ends_identical_to_a_straight_run(tmp_path: Path, grokfast: GrokfastSpec) -> None:
-    spec = tiny_modular_spec(max_steps=16, grokfast=grokfast,
-                             model=ModelSpec(layers=1, width=32, heads=2, context_length=4, dropout=0.1))
+@pytest.mark.parametrize(("grokfast", "block_style", "data_order"), [
+    (GrokfastSpec(kind="ema"), "grokfast_paper", "paper"),
+    (GrokfastSpec(kind="ma", window=4), "grokfast_paper", "paper"),
+    (GrokfastSpec(kind="ema"), "pre_ln", "seeded"),
+])
+def test_paused_and_resumed_run_ends_identical_to_a_straight_run(
+        tmp_path: Path, grokfast: GrokfastSpec, block_style: str, data_order: str) -> None:
+    base = tiny_modular_spec(max_steps=16, grokfast=grokfast,
+                             model=ModelSpec(layers=1, width=32, heads=2, context_length=4, dropout=0.1,
+                                             block_style=block_style))  # type: ignore[arg-type]
+    spec = base.replace(task=replace(base.task, data_order=data_order))
     straight = Recorder()
     full = Trainer(spec, tmp_path / "straight", on_event=straight).run()
 
