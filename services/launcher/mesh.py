@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import ctypes
 import json
 import os
 import shutil
@@ -53,6 +52,7 @@ from services.launcher.pidfile import (
     describe_port_holder,
     group_members,
 )
+from services.shared.process import parent_death_signal_hook
 from services.shared.valkey import EmbeddedValkey
 
 __all__ = [
@@ -87,7 +87,6 @@ DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
 START_ORDER: tuple[tuple[str, ...], ...] = (("training", "model", "realtime"), ("forge",), ("monitoring",))
 DESCRIPTOR_PATH = Path("gen/descriptor/agentforge.binpb")
 LOOPBACK = "127.0.0.1"
-_PR_SET_PDEATHSIG = 1
 
 
 class MeshStartError(RuntimeError):
@@ -303,22 +302,6 @@ def check_port_free(port: int, what: str) -> None:
 # -- processes ----------------------------------------------------------------------
 
 
-def _death_signal_hook() -> Callable[[], None] | None:
-    """SIGTERM the child when the launcher dies (Linux; only from the main thread, since
-    the signal fires when the *thread* that forked exits)."""
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-    return hook
-
-
 Echo = Callable[[str, str], None]
 
 
@@ -355,7 +338,7 @@ class _Child:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_death_signal_hook(),
+                preexec_fn=parent_death_signal_hook(),
             )
         except OSError as exc:
             log.close()

@@ -15,20 +15,20 @@ so start it from the main thread or a thread that lives as long as the server.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import importlib.util
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+
+from services.shared.process import parent_death_signal_hook
 
 __all__ = [
     "EmbeddedValkey",
@@ -38,7 +38,6 @@ __all__ = [
     "redis_url_from_env_or_embedded",
 ]
 
-_PR_SET_PDEATHSIG = 1
 _LIVE: weakref.WeakSet[EmbeddedValkey] = weakref.WeakSet()
 
 
@@ -67,24 +66,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def _parent_death_signal_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that asks Linux to SIGTERM the child when its parent dies.
-
-    ``prctl`` is resolved here, in the parent, so the child only makes the call.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-    return hook
 
 
 def _ping(host: str, port: int, timeout: float) -> bool:
@@ -192,7 +173,7 @@ class EmbeddedValkey:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_parent_death_signal_hook(),
+            preexec_fn=parent_death_signal_hook(),
         )
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:

@@ -25,7 +25,7 @@ from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_service_pb2_grpc
 from services.launcher.mesh import Mesh
 
-from .conftest import job_id, ndjson, step_of, tiny_job, wait_job
+from .conftest import ndjson, step_of, tiny_job, wait_job
 
 pytestmark = pytest.mark.e2e
 
