@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.shared.config import env_overrides
+
 __all__ = ["ForgeConfig"]
 
 
@@ -25,20 +27,22 @@ class ForgeConfig:
     #: Seconds the register step waits for the model registry to announce the version
     #: (env ``AF_FORGE_REGISTER_TIMEOUT_S``).
     register_timeout_s: float = 120.0
-    #: Emit a progress event at most this often while a training job runs (s).
+    #: Emit a progress event at most this often while a training job runs, in seconds
+    #: (env ``AF_FORGE_PROGRESS_EVERY_S``).
     progress_every_s: float = 0.5
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ForgeConfig:
         e = os.environ if env is None else env
-        base = cls()
-        return cls(
-            data_dir=Path(e.get("AF_DATA_DIR") or base.data_dir),
-            training_addr=e.get("AF_TRAINING_ADDR") or base.training_addr,
-            model_addr=e.get("AF_MODEL_ADDR") or base.model_addr,
-            redis_url=e.get("REDIS_URL") or base.redis_url,
-            register_timeout_s=float(e.get("AF_FORGE_REGISTER_TIMEOUT_S") or base.register_timeout_s),
-        )
+        shared = {"data_dir": "AF_DATA_DIR", "training_addr": "AF_TRAINING_ADDR",
+                  "model_addr": "AF_MODEL_ADDR", "redis_url": "REDIS_URL"}
+        values = env_overrides(cls, "forge", e, skip=tuple(shared))
+        for field, var in shared.items():
+            if e.get(var, "").strip():
+                values[field] = e[var].strip()
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
 
     @property
     def db_path(self) -> Path:

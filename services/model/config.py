@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.shared.config import env_overrides
+
 __all__ = ["ModelConfig"]
 
 _GIB = 1024**3
@@ -33,7 +35,7 @@ class ModelConfig:
     training_stream: str = "events.training"
     #: Consumer group of the hand-off consumer. Env ``AF_MODEL_CONSUMER_GROUP``.
     consumer_group: str = "model-registry"
-    #: Register versions from training hand-offs. Env ``AF_MODEL_HANDOFF`` (1/0).
+    #: Register versions from training hand-offs. Env ``AF_MODEL_HANDOFF_ENABLED`` (1/0).
     handoff_enabled: bool = True
     #: Model id used for a hand-off whose job has neither ``labels["model"]`` nor a phase.
     #: Env ``AF_MODEL_DEFAULT_MODEL``.
@@ -53,23 +55,11 @@ class ModelConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ModelConfig:
         environ = os.environ if env is None else env
-        base = cls()
-
-        def get(name: str) -> str:
-            return environ.get(name, "").strip()
-
-        root = get("AF_DATA_DIR")
-        handoff = get("AF_MODEL_HANDOFF").lower()
-        config = cls(
-            data_dir=Path(root) / "model" if root else base.data_dir,
-            max_artifact_bytes=int(get("AF_MODEL_MAX_ARTIFACT_BYTES") or base.max_artifact_bytes),
-            events_stream=get("AF_MODEL_EVENTS_STREAM") or base.events_stream,
-            training_stream=get("AF_MODEL_TRAINING_STREAM") or base.training_stream,
-            consumer_group=get("AF_MODEL_CONSUMER_GROUP") or base.consumer_group,
-            handoff_enabled=base.handoff_enabled if not handoff else handoff in ("1", "true", "yes", "on"),
-            default_model=get("AF_MODEL_DEFAULT_MODEL") or base.default_model,
-            outbox_poll_s=float(get("AF_MODEL_OUTBOX_POLL_S") or base.outbox_poll_s),
-        )
+        values = env_overrides(cls, "model", environ, skip=("data_dir",))
+        root = environ.get("AF_DATA_DIR", "").strip()
+        if root:
+            values["data_dir"] = Path(root) / "model"
+        config = cls(**values)
         if config.max_artifact_bytes < 1:
             raise ValueError("AF_MODEL_MAX_ARTIFACT_BYTES must be >= 1")
         return config

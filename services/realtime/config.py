@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from services.shared.bus import BusConfig
-from services.shared.config import ServerConfig
+from services.shared.config import ServerConfig, env_overrides
 
 __all__ = ["DEFAULT_BRIDGE_ROUTES", "BridgeRoute", "RealtimeConfig", "parse_routes"]
 
@@ -106,31 +106,12 @@ class RealtimeConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RealtimeConfig:
         environ = os.environ if env is None else env
-        base = cls()
-
-        def get(name: str) -> str | None:
-            raw = environ.get(f"AF_REALTIME_{name}", "").strip()
-            return raw or None
-
-        def num(name: str, default: float, kind: type = int) -> object:
-            raw = get(name)
-            return kind(raw) if raw is not None else default
-
+        values = env_overrides(cls, SERVICE_NAME, environ)
         routes_raw = environ.get("AF_REALTIME_BRIDGE_ROUTES")
+        if routes_raw is not None:
+            values["bridge_routes"] = parse_routes(routes_raw)
         return cls(
             server=ServerConfig.from_env(SERVICE_NAME, environ),
             bus=BusConfig.from_env(environ),
-            key_prefix=get("KEY_PREFIX") or base.key_prefix,
-            topic_maxlen=num("TOPIC_MAXLEN", base.topic_maxlen),  # type: ignore[arg-type]
-            max_message_bytes=num("MAX_MESSAGE_BYTES", base.max_message_bytes),  # type: ignore[arg-type]
-            queue_size=num("QUEUE_SIZE", base.queue_size),  # type: ignore[arg-type]
-            default_heartbeat_s=num("DEFAULT_HEARTBEAT_S", base.default_heartbeat_s, float),  # type: ignore[arg-type]
-            block_ms=num("BLOCK_MS", base.block_ms),  # type: ignore[arg-type]
-            rescan_interval_s=num("RESCAN_INTERVAL_S", base.rescan_interval_s, float),  # type: ignore[arg-type]
-            epoch_check_interval_s=num("EPOCH_CHECK_INTERVAL_S", base.epoch_check_interval_s, float),  # type: ignore[arg-type]
-            presence_ttl_s=num("PRESENCE_TTL_S", base.presence_ttl_s, float),  # type: ignore[arg-type]
-            idempotency_ttl_s=num("IDEMPOTENCY_TTL_S", base.idempotency_ttl_s),  # type: ignore[arg-type]
-            instance_id=get("INSTANCE_ID") or base.instance_id,
-            bridge_routes=base.bridge_routes if routes_raw is None else parse_routes(routes_raw),
-            bridge_group=get("BRIDGE_GROUP") or base.bridge_group,
+            **values,
         )

@@ -12,9 +12,10 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_type_hints
 
-__all__ = ["ServerConfig", "env_names"]
+__all__ = ["ServerConfig", "env_names", "env_overrides"]
 
 _MIB = 1024 * 1024
 _TRUE = {"1", "true", "yes", "on"}
@@ -111,6 +112,28 @@ def env_names(service: str, field_name: str) -> tuple[str, str]:
     svc = service.upper().replace("-", "_")
     knob = field_name.upper()
     return (f"AF_{svc}_{knob}", f"AF_{knob}")
+
+
+def env_overrides(
+    cls: type, service: str, environ: Mapping[str, str] | None = None, *, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Values for the scalar fields (str, int, float, bool, Path) of dataclass ``cls`` that
+    ``AF_<SERVICE>_<FIELD>`` sets, parsed and named in errors; for a service's
+    ``from_env``, which adds what comes from shared variables (``AF_DATA_DIR``, ``REDIS_URL``).
+    """
+    env = os.environ if environ is None else environ
+    hints = get_type_hints(cls)
+    prefix = f"AF_{service.upper().replace('-', '_')}_"
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if f.name in skip or typ not in (str, int, float, bool, Path):
+            continue
+        name = prefix + f.name.upper()
+        raw = env.get(name, "").strip()
+        if raw:
+            values[f.name] = Path(raw) if typ is Path else _parse(name, raw, typ)
+    return values
 
 
 def _parse(name: str, raw: str, typ: Any) -> Any:
