@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ from services.training.queue import Claim, JobQueue, Keys
 from services.training.store import (CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, TERMINAL,
                                      JobRecord, Store, now_ts)
 
-__all__ = ["Worker", "worker_main"]
+__all__ = ["Worker", "engine_fingerprint", "worker_main"]
 
 _log = logging.getLogger("services.training.worker")
 
@@ -55,6 +56,23 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))
+
+
+def engine_fingerprint() -> str:
+    """Short sha256 of the engine's source files as this process imported them.
+
+    Logged when a worker starts: workers spawned at different times run different engine
+    code if it was edited in between, and then "same spec, same seed" no longer means the
+    same losses. Different fingerprints in the ``worker started`` lines show it at once.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(n for n in sys.modules if n == "services.training.engine"
+                       or n.startswith("services.training.engine.")):
+        path = getattr(sys.modules[name], "__file__", None)
+        if path:
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def worker_main(config: TrainingConfig, index: int, log_format: str = "json", log_level: str = "INFO") -> None:
@@ -73,6 +91,8 @@ class Worker:
     def __init__(self, config: TrainingConfig, index: int) -> None:
         self.config = config
         self.name = f"worker-{index}-{os.getpid()}"
+        #: The engine code this process runs (see :func:`engine_fingerprint`).
+        self.engine = engine_fingerprint()
         self.keys = Keys(config.key_prefix)
         self.stopping = asyncio.Event()
         self.current: JobRun | None = None
@@ -94,7 +114,8 @@ class Worker:
         self.bus = EventBus(BusConfig(url=cfg.redis_url))
         self.queue = JobQueue(self.bus, self.keys, claim_idle_ms=int(cfg.heartbeat_timeout_s * 1000))
         beat = asyncio.create_task(self._heartbeat())
-        _log.info("worker started", extra={"worker": self.name, "threads": cfg.threads_per_worker()})
+        _log.info("worker started", extra={"worker": self.name, "threads": cfg.threads_per_worker(),
+                                           "engine": self.engine})
         try:
             while not self.stopping.is_set():
                 try:

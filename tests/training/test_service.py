@@ -10,14 +10,20 @@ from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import request_response_pb2 as rr
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
+from agentforge.training.v1 import training_service_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.shared.bus import Cursor
+from services.shared.config import ServerConfig
+from services.training import mapping
+from services.training.engine import Trainer
+from services.training.server import create_server
 
 from .conftest import TERMINAL, Training, tiny_spec
 
@@ -369,6 +375,79 @@ async def test_state_preconditions_list_filters_paging_and_delete(training: Trai
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     await stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=running.name))
     assert states(await training.watch(running.name))[-1] in TERMINAL
+
+
+# ---------------------------------------------------------------- one worker, many jobs
+async def _fresh_engine_losses(spec: job_pb.TrainingJobSpec, run_dir: Path) -> dict[int, float]:
+    """Per-step train loss of ``spec`` run by the engine alone (1 torch thread, like the workers)."""
+    losses: dict[int, float] = {}
+
+    def on_event(e: object) -> None:
+        if getattr(e, "kind", "") == "progress":
+            losses[e.step] = e.train_loss  # type: ignore[attr-defined]
+
+    threads = torch.get_num_threads()
+    try:
+        await asyncio.to_thread(
+            lambda: Trainer(mapping.spec_from_proto(spec), run_dir, on_event=on_event, num_threads=1).run())
+    finally:
+        torch.set_num_threads(threads)
+    return losses
+
+
+async def test_jobs_a_worker_ran_before_leave_no_trace_in_the_next_jobs_losses(
+        training: Training, tmp_path: Path) -> None:
+    """A live adjust, a cancel and a pause/resume on ONE worker, then the reference spec:
+    its per-step losses are exactly a fresh engine run's (no RNG, control or run-dir state
+    leaks from one job into the next)."""
+    config = training.config.replace(data_dir=tmp_path / "one-worker", workers=1,
+                                     key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    service, app = await create_server(config, ServerConfig(grace_seconds=0.5, metrics_port=-1, log_format="text",
+                                                            log_level="WARNING"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    one = Training(service, app, channel, training_service_pb2_grpc.TrainingServiceStub(channel), config,
+                  training.drains, training.stream_ends)
+    long = {"max_steps": 100_000, "checkpoint_interval": 100_000, "eval_interval": 100_000}
+    try:
+        adjusted = await one.create(tiny_spec(**long, seed=3))
+        await one.watch(adjusted.name, until=step_reached(3))
+        await one.stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=adjusted.name, learning_rate=0.01,
+                                                                     grokfast_alpha=0.5, grokfast_lamb=5.0))
+        await one.watch(adjusted.name, until=lambda e: e.HasField("control_applied"))
+        await one.watch(adjusted.name, until=step_reached(
+            (await one.get(adjusted.name)).progress.step + 3))
+        await one.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=adjusted.name))
+        assert states(await one.watch(adjusted.name))[-1] == S.TRAINING_JOB_STATE_CANCELLED
+
+        paused = await one.create(tiny_spec(max_steps=60, checkpoint_interval=1000, seed=5))
+        await one.watch(paused.name, until=step_reached(3))
+        await one.stub.PauseTrainingJob(rr.PauseTrainingJobRequest(name=paused.name))
+        await one.watch(paused.name, until=lambda e: e.state_changed.to_state == S.TRAINING_JOB_STATE_PAUSED)
+        await one.stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=paused.name, learning_rate=0.02))
+        await one.stub.ResumeTrainingJob(rr.ResumeTrainingJobRequest(name=paused.name))
+        assert states(await one.watch(paused.name))[-1] == S.TRAINING_JOB_STATE_SUCCEEDED
+
+        cancelled = await one.create(tiny_spec(**long, seed=9))
+        await one.watch(cancelled.name, until=step_reached(1))
+        await one.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=cancelled.name))
+        assert states(await one.watch(cancelled.name))[-1] == S.TRAINING_JOB_STATE_CANCELLED
+
+        spec = tiny_spec(max_steps=30, checkpoint_interval=10, eval_interval=10, seed=11)
+        reference = await one.create(spec)
+        events = await one.watch(reference.name)
+        ran_on = {e.state_changed.worker for e in events if e.HasField("state_changed") and e.state_changed.worker}
+        workers = set()
+        for earlier in (adjusted, paused, cancelled):
+            workers |= {e.state_changed.worker for e in await one.watch(earlier.name)
+                        if e.HasField("state_changed") and e.state_changed.worker}
+        assert len(ran_on) == 1 and ran_on == workers  # one long-lived worker ran all four
+        served = {e.progress.step: e.progress.train_loss for e in events if e.HasField("progress")}
+        assert sorted(served) == list(range(1, 31))
+        assert served == await _fresh_engine_losses(spec, tmp_path / "fresh")
+    finally:
+        await channel.close()
+        await service.shutdown(0.5)
+        await app.aclose()
 
 
 # ---------------------------------------------------------------- the worker's event pump
