@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.shared.config import env_overrides
+
 __all__ = ["TrainingConfig"]
 
 
@@ -93,28 +95,10 @@ class TrainingConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrainingConfig:
         environ = os.environ if env is None else env
-
-        def get(name: str) -> str | None:
-            raw = environ.get(name, "").strip()
-            return raw or None
-
-        base = cls()
-        data_root = get("AF_DATA_DIR")
-        values: dict[str, object] = {
-            "data_dir": Path(data_root) / "training" if data_root else base.data_dir,
-            "database_url": get("AF_TRAINING_DATABASE_URL") or "",
-            "redis_url": get("REDIS_URL") or base.redis_url,
-            "key_prefix": get("AF_TRAINING_KEY_PREFIX") or "",
-        }
-        numeric: dict[str, type] = {
-            "workers": int, "heartbeat_interval_s": float, "heartbeat_timeout_s": float,
-            "max_attempts": int, "torch_threads": int, "poll_interval_s": float,
-        }
-        for name, kind in numeric.items():
-            raw = get(f"AF_TRAINING_{name.upper()}")
-            if raw is not None:
-                try:
-                    values[name] = kind(raw)
-                except ValueError:
-                    raise ValueError(f"AF_TRAINING_{name.upper()}={raw!r}: not a number") from None
-        return cls(**values)  # type: ignore[arg-type]
+        values = env_overrides(cls, "training", environ, skip=("data_dir", "redis_url"))
+        data_root = environ.get("AF_DATA_DIR", "").strip()
+        if data_root:
+            values["data_dir"] = Path(data_root) / "training"
+        if environ.get("REDIS_URL", "").strip():
+            values["redis_url"] = environ["REDIS_URL"].strip()
+        return cls(**values)
