@@ -14,6 +14,12 @@ Outputs:
   gen/descriptor/agentforge.binpb
                     A FileDescriptorSet with imports and source info, including
                     google/rpc/error_details.proto, loaded by Envoy's gRPC-JSON transcoder.
+  gen/envoy/rest_schema.lua
+                    For every RPC whose google.api.http rule has a body: the HTTP method,
+                    the path template as a Lua pattern, and the JSON field names the body
+                    message (and every message nested in it) defines. Envoy's Lua filter
+                    (envoy/rest_strict_body.lua) rejects a REST body with any other field,
+                    which the transcoder would drop silently (envoy/README.md).
 
 Generated code is never edited by hand; CI runs `--check`.
 """
@@ -22,18 +28,20 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import re
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 GEN = ROOT / "gen"
 
-__all__ = ["generate", "main"]
+__all__ = ["generate", "main", "render_rest_schema"]
 
 
 def _wkt_include() -> Path:
@@ -85,10 +93,150 @@ def generate(out: Path) -> None:
     from api_docs import render  # tools/ is on sys.path when run as a script
 
     (docs / "api-reference.md").write_text(render(desc / "agentforge.binpb"))
+    lua = out / "envoy"
+    lua.mkdir(parents=True, exist_ok=True)
+    (lua / "rest_schema.lua").write_text(render_rest_schema(desc / "agentforge.binpb"))
     (out / "README.md").write_text(
         "# gen/\n\nGenerated from `proto/` by `make gen` (`python tools/gen.py`). "
         "Do not edit; CI fails when this tree is stale.\n"
     )
+
+
+# --- gen/envoy/rest_schema.lua ----------------------------------------------------------
+
+#: Messages whose JSON form is not "one key per field" (Any carries "@type", Struct and
+#: Value hold arbitrary JSON, the rest are strings or bare values): not checked inside.
+_OPAQUE_PACKAGE = ".google.protobuf."
+_TYPE_MESSAGE = 11  # FieldDescriptorProto.TYPE_MESSAGE
+_LABEL_REPEATED = 3
+
+
+def _lua_str(text: str) -> str:
+    """A double-quoted Lua string literal for printable ASCII."""
+    if not all(" " <= c <= "~" for c in text):
+        raise ValueError(f"unexpected character in {text!r}")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _template_pattern(template: str) -> str:
+    """A google.api.http path template as an anchored Lua pattern.
+
+    ``{var=sub}`` becomes ``sub``, ``{var}`` and ``*`` one segment (``[^/]+``), ``**``
+    any rest (``.*``, also swallowing the ``/`` before it, since ``**`` may match zero
+    segments); literals (segments and the ``:verb``) are escaped.
+    """
+    template = re.sub(r"\{[^}=]+\}", "*", template)
+    template = re.sub(r"\{[^}=]+=([^}]+)\}", r"\1", template)
+    out: list[str] = []
+    i = 0
+    while i < len(template):
+        if template.startswith("/**", i):
+            out.append(".*")
+            i += 3
+        elif template.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif template[i] == "*":
+            out.append("[^/]+")
+            i += 1
+        else:
+            c = template[i]
+            out.append("%" + c if c in "^$()%.[]*+-?" else c)
+            i += 1
+    return "^" + "".join(out) + "$"
+
+
+def render_rest_schema(descriptor_set: Path) -> str:
+    """The Lua table loaded by envoy/rest_strict_body.lua (see gen/envoy/rest_schema.lua)."""
+    from google.api import annotations_pb2
+    from google.protobuf import descriptor_pb2
+
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_set.read_bytes())
+    messages: dict[str, descriptor_pb2.DescriptorProto] = {}
+
+    def collect(prefix: str, msgs: Any) -> None:
+        for m in msgs:
+            messages[f"{prefix}.{m.name}"] = m
+            collect(f"{prefix}.{m.name}", m.nested_type)
+
+    for file in fds.file:
+        collect(f".{file.package}" if file.package else "", file.message_type)
+
+    routes: list[tuple[int, str]] = []
+    wanted: list[str] = []
+    for file in fds.file:
+        for service in file.service:
+            for method in service.method:
+                rule = method.options.Extensions[annotations_pb2.http]
+                for binding in [rule, *rule.additional_bindings]:
+                    verb = binding.WhichOneof("pattern")
+                    if not binding.body or verb is None or verb == "custom":
+                        continue
+                    template = getattr(binding, verb)
+                    root, prefix = method.input_type, ""
+                    if binding.body != "*":
+                        field = next(f for f in messages[root].field if f.name == binding.body)
+                        if field.type != _TYPE_MESSAGE or field.label == _LABEL_REPEATED:
+                            continue  # a scalar or list body: nothing keyed to check
+                        root, prefix = field.type_name, field.json_name
+                    if root.startswith(_OPAQUE_PACKAGE):
+                        continue
+                    wanted.append(root)
+                    rpc = f"{file.package}.{service.name}/{method.name}"
+                    # A template with a ``:verb`` is tried before one without, so
+                    # ``[^/]+$`` never claims ``x:cancel``; then longer (more literal) first.
+                    order = (0 if re.search(r":[A-Za-z]+$", template) else 1, -len(template))
+                    routes.append((order, (
+                        f"    {{method = {_lua_str(verb.upper())}, pattern = {_lua_str(_template_pattern(template))},\n"
+                        f"     template = {_lua_str(template)}, rpc = {_lua_str(rpc)},\n"
+                        f"     message = {_lua_str(root[1:])}, prefix = {_lua_str(prefix)},\n"
+                        f"     stream = {'true' if method.client_streaming else 'false'}}},"
+                    )))
+
+    # Every message reachable from a body, once (recursive types refer by name).
+    seen: dict[str, list[str]] = {}
+    while wanted:
+        name = wanted.pop()
+        if name in seen:
+            continue
+        lines: list[str] = []
+        for f in messages[name].field:
+            entry = "true"
+            if f.type == _TYPE_MESSAGE and not f.type_name.startswith(_OPAQUE_PACKAGE):
+                target = messages[f.type_name]
+                if target.options.map_entry:
+                    (value,) = [v for v in target.field if v.name == "value"]
+                    if value.type == _TYPE_MESSAGE and not value.type_name.startswith(_OPAQUE_PACKAGE):
+                        entry = f"{{map_of = {_lua_str(value.type_name[1:])}}}"
+                        wanted.append(value.type_name)
+                elif f.label == _LABEL_REPEATED:
+                    entry = f"{{list_of = {_lua_str(f.type_name[1:])}}}"
+                    wanted.append(f.type_name)
+                else:
+                    entry = f"{{message = {_lua_str(f.type_name[1:])}}}"
+                    wanted.append(f.type_name)
+            for key in dict.fromkeys((f.json_name, f.name)):
+                lines.append(f"    [{_lua_str(key)}] = {entry},")
+        seen[name] = lines
+
+    out = [
+        "-- GENERATED by tools/gen.py from gen/descriptor/agentforge.binpb: do not edit.",
+        "-- The REST bodies Envoy's Lua filter checks (envoy/rest_strict_body.lua).",
+        "-- routes: one per google.api.http binding with a body; `pattern` matches the path",
+        "--   (no query), `message` is the body's message, `prefix` the body field's JSON name",
+        "--   (\"\" for body \"*\"), `stream` a client stream (a JSON array of messages).",
+        "-- messages: JSON name and proto name of every field -> true (not checked inside),",
+        "--   {message = M}, {list_of = M} (each element) or {map_of = M} (each value).",
+        "return {",
+        "  routes = {",
+        *[text for _, text in sorted(routes, key=lambda r: r[0])],
+        "  },",
+        "  messages = {",
+    ]
+    for name in sorted(seen):
+        out += [f"    [{_lua_str(name[1:])}] = {{", *["  " + line for line in seen[name]], "    },"]
+    out += ["  },", "}", ""]
+    return "\n".join(out)
 
 
 def _diff(a: Path, b: Path) -> list[str]:

@@ -19,6 +19,9 @@ reads the same values from the environment::
     CORS_ALLOW_ORIGIN_REGEX    allowed browser origins (default: localhost / 127.0.0.1,
                                http or https, any port)
     ENVOY_TEMPLATE             template path (default envoy/envoy.yaml.tmpl)
+    ENVOY_REST_STRICT_BODY_LUA the Lua script rejecting unknown REST body fields (default
+                               envoy/rest_strict_body.lua, made absolute)
+    ENVOY_REST_SCHEMA_LUA      its schema (default gen/envoy/rest_schema.lua, made absolute)
 
 Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
 A placeholder without a value, or a value without a placeholder, raises
@@ -39,6 +42,8 @@ __all__ = [
     "SERVICES",
     "TemplateError",
     "default_descriptor_path",
+    "default_rest_schema_path",
+    "default_rest_strict_body_path",
     "default_template_path",
     "main",
     "render_envoy_config",
@@ -67,6 +72,14 @@ def default_template_path() -> Path:
 
 def default_descriptor_path() -> Path:
     return _ROOT / "gen" / "descriptor" / "agentforge.binpb"
+
+
+def default_rest_strict_body_path() -> Path:
+    return _ROOT / "envoy" / "rest_strict_body.lua"
+
+
+def default_rest_schema_path() -> Path:
+    return _ROOT / "gen" / "envoy" / "rest_schema.lua"
 
 
 def render_template(template: str, values: Mapping[str, str]) -> str:
@@ -121,6 +134,8 @@ def render_envoy_config(
     listen_address: str = "127.0.0.1",
     admin_address: str = "127.0.0.1",
     cors_allow_origin_regex: str = DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
+    rest_strict_body_path: str | os.PathLike[str] | None = None,
+    rest_schema_path: str | os.PathLike[str] | None = None,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
@@ -130,6 +145,9 @@ def render_envoy_config(
     chooses free ports first. ``admin_address`` stays loopback unless the admin must
     be reachable from other containers of a private network (docker-compose): the
     admin API can stop Envoy and change its state, so it is never published.
+    ``rest_strict_body_path`` and ``rest_schema_path`` are the Lua script and its
+    generated schema that reject unknown REST body fields (default: this checkout's
+    envoy/rest_strict_body.lua and gen/envoy/rest_schema.lua); Envoy loads them at start.
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -142,6 +160,10 @@ def render_envoy_config(
         "ADMIN_PORT": _check_port("ADMIN_PORT", admin_port),
         "DESCRIPTOR_PATH": _check_text("DESCRIPTOR_PATH", os.fspath(descriptor_path)),
         "CORS_ALLOW_ORIGIN_REGEX": _yaml_quoted("CORS_ALLOW_ORIGIN_REGEX", cors_allow_origin_regex),
+        "REST_STRICT_BODY_LUA": _check_text("REST_STRICT_BODY_LUA", os.fspath(
+            default_rest_strict_body_path() if rest_strict_body_path is None else rest_strict_body_path)),
+        "REST_SCHEMA_LUA": _check_text("REST_SCHEMA_LUA", os.fspath(
+            default_rest_schema_path() if rest_schema_path is None else rest_schema_path)),
     }
     for service, (host, port) in upstreams.items():
         key = service.upper()
@@ -176,6 +198,8 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
 
     upstreams = {s: _split_addr(f"AF_{s.upper()}_ADDR", required(f"AF_{s.upper()}_ADDR")) for s in SERVICES}
     descriptor = env.get("ENVOY_DESCRIPTOR_PATH") or str(default_descriptor_path())
+    strict_body = env.get("ENVOY_REST_STRICT_BODY_LUA") or str(default_rest_strict_body_path())
+    schema = env.get("ENVOY_REST_SCHEMA_LUA") or str(default_rest_schema_path())
     return {
         "listen_port": port("EDGE_PORT"),
         "admin_port": port("ADMIN_PORT"),
@@ -184,6 +208,8 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "upstreams": upstreams,
         "descriptor_path": str(Path(descriptor).resolve()),
         "cors_allow_origin_regex": env.get("CORS_ALLOW_ORIGIN_REGEX") or DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
+        "rest_strict_body_path": str(Path(strict_body).resolve()),
+        "rest_schema_path": str(Path(schema).resolve()),
     }
 
 

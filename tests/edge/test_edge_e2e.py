@@ -95,14 +95,53 @@ def test_rest_body_field_of_the_wrong_type_is_400(rest: httpx.Client) -> None:
     assert_status_body(rest.post("/v1/alertRules", json={"severity": {"not": "an enum"}}), 400, 3)
 
 
-def test_rest_unknown_body_field_is_dropped_by_envoy_not_rejected(rest: httpx.Client) -> None:
-    """Envoy's transcoder has no option to reject unknown JSON body fields: it drops
-    them (envoy/README.md). The request is then judged without the field: here it
-    fails validation exactly as it does without the unknown field, a 4xx, not a 5xx."""
-    without = rest.post("/v1/alertRules", json={"displayName": "x"})
-    with_unknown = rest.post("/v1/alertRules", json={"displayName": "x", "noSuchField": 1})
-    assert_status_body(with_unknown, 400, 3)
-    assert with_unknown.json()["details"] == without.json()["details"]
+def assert_unknown_field(resp: httpx.Response, field: str) -> None:
+    """The edge's own 400 (envoy/rest_strict_body.lua): a BadRequest naming ``field``."""
+    body = assert_status_body(resp, 400, 3)
+    assert field in body["message"]
+    by_type = {d["@type"].rpartition("/")[2]: d for d in body["details"]}
+    (violation,) = by_type["google.rpc.BadRequest"]["fieldViolations"]
+    assert violation["field"] == field
+    assert by_type["google.rpc.ErrorInfo"]["reason"] == "UNKNOWN_FIELD"
+    # the message is a real google.rpc.Status, details included
+    json_format.ParseDict(body, status_pb2.Status())
+
+
+def assert_reached_the_service(resp: httpx.Response) -> None:
+    """Answered by the upstream (validation or UNIMPLEMENTED), not by the edge's check."""
+    assert resp.status_code in (400, 501), resp.text
+    reasons = [d.get("reason") for d in resp.json().get("details", [])]
+    assert "UNKNOWN_FIELD" not in reasons, resp.text
+    assert resp.json()["code"] in (3, 12), resp.text
+
+
+def test_rest_unknown_body_field_is_400_naming_the_field(rest: httpx.Client) -> None:
+    """Envoy's transcoder drops unknown JSON body fields; the Lua filter before it
+    rejects them instead (envoy/README.md)."""
+    resp = rest.post("/v1/alertRules", json={"displayName": "x", "noSuchField": 1})
+    assert_unknown_field(resp, "alertRule.noSuchField")
+
+
+def test_rest_unknown_nested_body_field_is_400_naming_its_path(rest: httpx.Client) -> None:
+    job = {"displayName": "j", "spec": {"model": {"layers": 2, "bogus": {"x": [1]}}}}
+    assert_unknown_field(rest.post("/v1/trainingJobs", json=job), "trainingJob.spec.model.bogus")
+    # body "*": the request message's own fields
+    assert_unknown_field(rest.post("/v1/trainingJobs/j1:cancel", json={"nope": None}), "nope")
+    # a client stream over REST is a JSON array of messages
+    assert_unknown_field(rest.post("/v1/modelArtifacts:upload", json=[{"bogus": 1}]), "[0].bogus")
+
+
+def test_rest_known_body_fields_still_reach_the_service(rest: httpx.Client) -> None:
+    # lowerCamelCase and proto names are both accepted, nested ones included
+    job = {"displayName": "j", "spec": {"model": {"layers": 2}, "batch_size": 4}}
+    assert_reached_the_service(rest.post("/v1/trainingJobs", json=job))
+    assert_reached_the_service(rest.post("/v1/alertRules", json={"display_name": "x"}))
+    # google.protobuf.Struct holds arbitrary JSON: not checked inside
+    run = {"parameters": {"anything": {"goes": [1, {"here": True}]}}}
+    assert_reached_the_service(rest.post("/v1/phases/p1:start", json=run))
+    # escapes in keys are decoded before the check
+    assert_reached_the_service(rest.post("/v1/alertRules", content=rb'{"display\u004eame":"x"}',
+                                         headers={"content-type": "application/json"}))
 
 
 def test_rest_unknown_path_is_404(rest: httpx.Client) -> None:

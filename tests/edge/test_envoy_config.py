@@ -105,7 +105,7 @@ def test_rendered_config_passes_envoy_validate(tmp_path: Path) -> None:
 
 def test_http_filters_run_grpc_web_cors_transcoder_router(hcm: dict[str, Any]) -> None:
     names = [f["name"] for f in hcm["http_filters"]]
-    core = [n for n in names if n != "envoy.filters.http.buffer"]
+    core = [n for n in names if n not in ("envoy.filters.http.buffer", "envoy.filters.http.lua")]
     assert core == [
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
@@ -116,6 +116,10 @@ def test_http_filters_run_grpc_web_cors_transcoder_router(hcm: dict[str, Any]) -
     buffer = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.buffer")
     assert names.index("envoy.filters.http.buffer") < names.index("envoy.filters.http.grpc_json_transcoder")
     assert buffer["disabled"] is True
+    # the strict REST body check (Lua) sits before the transcoder, off unless a route enables it
+    lua = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.lua")
+    assert names.index("envoy.filters.http.lua") < names.index("envoy.filters.http.grpc_json_transcoder")
+    assert lua["disabled"] is True
 
 
 def test_transcoder_is_strict_and_converts_status(hcm: dict[str, Any]) -> None:
