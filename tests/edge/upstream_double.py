@@ -8,8 +8,8 @@ reflection, graceful shutdown).
 
 - ``MonitoringService.GetSystemHealth`` returns a fixed snapshot (one component).
 - ``MonitoringService.WatchSystemHealth`` streams a fresh snapshot every
-  ``AF_EDGE_DOUBLE_PERIOD`` seconds (default 0.25) until the process gets SIGTERM,
-  then ends the stream with UNAVAILABLE, as the API contract says the real one must.
+  ``AF_EDGE_DOUBLE_PERIOD`` seconds (default 0.25); on SIGTERM the shared runtime ends
+  it with UNAVAILABLE and a final ``stream_end`` message, as for every real stream.
 - The other four services are registered with their generated base servicers
   (every method UNIMPLEMENTED) so their health status and reflection exist.
 
@@ -76,8 +76,6 @@ class EdgeTestMonitoringDouble(monitoring_service_pb2_grpc.MonitoringServiceServ
 
     def __init__(self, period: float) -> None:
         self.period = period
-        #: Set by the runtime on SIGTERM (``Service.stop_requested``).
-        self.stopping = asyncio.Event()
 
     async def GetSystemHealth(
         self, request: request_response_pb2.GetSystemHealthRequest, context: grpc.aio.ServicerContext
@@ -87,13 +85,11 @@ class EdgeTestMonitoringDouble(monitoring_service_pb2_grpc.MonitoringServiceServ
     async def WatchSystemHealth(
         self, request: request_response_pb2.WatchSystemHealthRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.SystemHealth]:
-        while not self.stopping.is_set():
+        # Streams until cancelled: on SIGTERM the shared runtime ends it with a stream_end
+        # UNAVAILABLE message and status, as it does for every real service's stream.
+        while True:
             yield fixed_system_health()
-            try:
-                await asyncio.wait_for(self.stopping.wait(), self.period)
-            except TimeoutError:
-                pass
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down; reconnect")
+            await asyncio.sleep(self.period)
 
 
 async def _serve() -> None:
@@ -123,7 +119,6 @@ async def _serve() -> None:
         ]
 
     service = await build_server(config, "monitoring", register)
-    double.stopping = service.stop_requested
     await service.serve_forever(on_ready=lambda: print(service.ready_line(), flush=True))
 
 
