@@ -50,6 +50,7 @@ from services.forge.store import RunStore
 from services.shared.bus import EventBus
 from services.shared.events import publish_event
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.shared.tasks import cancel_and_wait
 
 __all__ = ["RunManager", "StepFailed", "parse_cursor"]
 
@@ -224,9 +225,7 @@ class RunManager:
     async def aclose(self) -> None:
         """Stop driving runs (service shutdown); they resume at the next start."""
         tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
     # -- saga ---------------------------------------------------------------------
     def _launch(self, run: pr.PhaseRun) -> None:

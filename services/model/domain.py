@@ -24,6 +24,7 @@ from services.shared.errors import DataLoss, OutOfRange
 from services.model.artifacts import ArtifactFiles, sha256_file
 from services.model.store import ArtifactRecord, ExportRecord, Lineage, Registry, VersionRecord, now_us
 from services.shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from services.shared.tasks import cancel_and_wait
 
 __all__ = ["Chunk", "Handoff", "ModelRegistry", "UploadHeader", "UploadSession", "register_handoff"]
 
@@ -254,9 +255,7 @@ class ModelRegistry:
             await self.store.update_export(record)
 
     async def close(self) -> None:
-        for task in list(self._export_tasks):
-            task.cancel()
-        await asyncio.gather(*self._export_tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._export_tasks))
 
 
 # --------------------------------------------------------------------------- hand-off

@@ -28,6 +28,7 @@ from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server
+from services.shared.tasks import cancel_and_wait
 
 __all__ = ["ModelApp", "SERVICE_NAME", "create_server", "main"]
 
@@ -58,9 +59,7 @@ class ModelApp:
         """Stop the server (graceful), the loops, then close the bus and the database."""
         await self.service.shutdown()
         self._stop.set()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await cancel_and_wait(self.tasks)
         with contextlib.suppress(Exception):
             await self.relay.drain()  # last chance for events of the final RPCs
         await self.registry.close()

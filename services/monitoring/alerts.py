@@ -31,6 +31,7 @@ from services.monitoring.health import Change, Status
 from services.monitoring.store import MonitoringStore
 from services.monitoring.watcher import HealthWatcher
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from services.shared.tasks import cancel_and_wait
 
 __all__ = ["DEFAULT_RULE", "AlertManager", "Unimplemented"]
 
@@ -107,9 +108,7 @@ class AlertManager:
 
     async def stop(self) -> None:
         tasks, self._tasks = [*self._tasks, *self._pending], []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
     def _on_change(self, change: Change) -> None:
         task = asyncio.ensure_future(self.evaluate())

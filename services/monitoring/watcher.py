@@ -39,6 +39,7 @@ from services.monitoring.health import (
 )
 from services.monitoring.probes import EnvoyProbe, MetricsScraper, Report, ServiceProbe, ValkeyProbe
 from services.monitoring.promtext import error_rate, pick_baseline
+from services.shared.tasks import cancel_and_wait
 
 __all__ = ["ENVOY", "VALKEY", "HealthWatcher", "component_name"]
 
@@ -116,9 +117,7 @@ class HealthWatcher:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         for scraper in self.scrapers.values():
             await scraper.aclose()
 
