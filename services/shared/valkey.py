@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from services.shared.process import parent_death_signal_hook
+from services.shared.process import parent_death_argv
 
 __all__ = [
     "EmbeddedValkey",
@@ -167,13 +167,12 @@ class EmbeddedValkey:
         for name, value in self._extra_args.items():
             args += [f"--{name.lstrip('-')}", value]
         self._proc = subprocess.Popen(
-            args,
+            [*parent_death_argv(), *args],
             cwd=self._dir.name,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=parent_death_signal_hook(),
         )
         deadline = time.monotonic() + self._start_timeout
         while time.monotonic() < deadline:
