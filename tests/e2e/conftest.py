@@ -22,7 +22,6 @@ batch 64) so the suite runs in a few minutes on 2 cores.
 from __future__ import annotations
 
 import json
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +35,7 @@ import pytest
 import pytest_asyncio
 
 from services.launcher.mesh import Mesh, MeshConfig, MeshStartError
+from tests.support import grpc_web_frame, grpc_web_frames
 
 __all__ = [
     "GRPCURL",
@@ -180,28 +180,9 @@ def grpc_web_call(client: httpx.Client, path: str, message: bytes) -> httpx.Resp
     """POST one binary grpc-web request (``application/grpc-web+proto``) to ``/pkg.Svc/Method``."""
     return client.post(
         path,
-        content=struct.pack(">BI", 0, len(message)) + message,
+        content=grpc_web_frame(message),
         headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
                  "x-user-agent": "grpc-web-javascript/0.1", "origin": ORIGIN},
     )
 
 
-def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    """Split a grpc-web response body into its messages and the trailer frame's fields."""
-    messages: list[bytes] = []
-    trailers: dict[str, str] = {}
-    pos = 0
-    while pos < len(body):
-        flag, length = struct.unpack(">BI", body[pos:pos + 5])
-        payload = body[pos + 5:pos + 5 + length]
-        assert len(payload) == length, "truncated grpc-web frame"
-        pos += 5 + length
-        if flag & 0x80:
-            for line in payload.decode().split("\r\n"):
-                if line:
-                    key, _, value = line.partition(":")
-                    trailers[key.strip().lower()] = value.strip()
-        else:
-            assert flag == 0, "compressed frames were not asked for"
-            messages.append(payload)
-    return messages, trailers

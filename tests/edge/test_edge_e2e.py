@@ -11,7 +11,6 @@ import base64
 import json
 import signal
 import socket
-import struct
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 from agentforge.monitoring.v1 import health_pb2, monitoring_service_pb2_grpc, request_response_pb2
 
 from .conftest import GRPCURL, EdgeTarget
+from tests.support import grpc_web_frame, grpc_web_frames
 
 pytestmark = pytest.mark.e2e
 
@@ -163,31 +163,10 @@ def test_rest_oversized_body_is_413(rest: httpx.Client) -> None:
 # --- grpc-web and CORS ----------------------------------------------------------------
 
 
-def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
-    """Split a grpc-web response body into messages and the trailer frame's fields."""
-    messages: list[bytes] = []
-    trailers: dict[str, str] = {}
-    pos = 0
-    while pos < len(body):
-        flag, length = struct.unpack(">BI", body[pos:pos + 5])
-        payload = body[pos + 5:pos + 5 + length]
-        assert len(payload) == length, "truncated grpc-web frame"
-        pos += 5 + length
-        if flag & 0x80:
-            for line in payload.decode().split("\r\n"):
-                if line:
-                    key, _, value = line.partition(":")
-                    trailers[key.strip().lower()] = value.strip()
-        else:
-            assert flag == 0, "compressed frames were not asked for"
-            messages.append(payload)
-    return messages, trailers
-
-
 def grpc_web_post(rest: httpx.Client, method: str, message: bytes) -> httpx.Response:
     return rest.post(
         f"/{MONITORING}/{method}",
-        content=struct.pack(">BI", 0, len(message)) + message,
+        content=grpc_web_frame(message),
         headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
                  "x-user-agent": "grpc-web-javascript/0.1", "origin": ORIGIN},
     )

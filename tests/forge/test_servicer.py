@@ -12,8 +12,6 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from agentforge.forge.v1 import forge_service_pb2_grpc
 from agentforge.forge.v1 import request_response_pb2 as req
@@ -22,6 +20,7 @@ from services.forge.server import Forge
 from services.shared.config import ServerConfig
 from services.shared.server import build_server
 from services.shared.valkey import free_port
+from tests.support import field_violations as _violations
 
 
 @pytest.fixture
@@ -37,17 +36,6 @@ async def forge(tmp_path, valkey, monkeypatch) -> AsyncIterator[forge_service_pb
         await channel.close()
         await service.shutdown(0.2)
         await app.close()
-
-
-def _violations(err: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
 
 
 def _params(**kw) -> struct_pb2.Struct:

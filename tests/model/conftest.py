@@ -12,7 +12,6 @@ import grpc
 import grpc.aio
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from agentforge.model.v1 import model_pb2, model_service_pb2_grpc, model_version_pb2
 from agentforge.model.v1 import request_response_pb2 as rr
@@ -21,6 +20,7 @@ from services.model.server import ModelApp, create_server
 from services.shared.bus import Backoff, BusConfig, EventBus
 from services.shared.config import ServerConfig
 from services.shared.valkey import EmbeddedValkey
+from tests.support import error_details, violation_map
 
 
 @dataclass
@@ -63,17 +63,8 @@ async def registry(tmp_path: Path, valkey: EmbeddedValkey, stream_prefix: str) -
 
 def details(exc: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, list[tuple[str, str]]]:
     """The ErrorInfo and the (field, description) violations of a rich error."""
-    status = rpc_status.from_call(exc)
-    assert status is not None, "rich status details expected"
-    info, violations = error_details_pb2.ErrorInfo(), []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations += [(v.field, v.description) for v in bad.field_violations]
-    return info, violations
+    info, _ = error_details(exc)
+    return info or error_details_pb2.ErrorInfo(), list(violation_map(exc).items())
 
 
 async def make_model(stub: model_service_pb2_grpc.ModelServiceStub, model_id: str, **fields: object) -> model_pb2.Model:

@@ -11,7 +11,6 @@ import grpc
 import grpc.aio
 import pytest
 from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from agentforge.events.v1 import event_pb2
@@ -24,6 +23,7 @@ from services.shared.server import Service
 from services.shared.valkey import EmbeddedValkey
 
 from .conftest import PeerProcess, start_peer
+from tests.support import error_details, field_violations
 
 SERVING = health_pb2.HEALTH_STATUS_SERVING
 NOT_SERVING = health_pb2.HEALTH_STATUS_NOT_SERVING
@@ -196,17 +196,8 @@ async def test_status_changes_are_published_as_health_changed_events(
 
 
 def violations(status: Any) -> tuple[list[str], list[str]]:
-    reasons, fields = [], []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reasons.append(info.reason)
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return reasons, fields
+    info, _ = error_details(status)
+    return ([info.reason] if info else []), field_violations(status)
 
 
 BAD_REQUESTS = [

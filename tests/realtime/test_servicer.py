@@ -10,8 +10,6 @@ import grpc.aio
 import pytest
 from google.protobuf import struct_pb2
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from agentforge.realtime.v1 import message_pb2, request_response_pb2 as rr
 from agentforge.training.v1 import training_job_event_pb2
@@ -20,6 +18,7 @@ from services.shared.bus import EventBus
 from services.shared.valkey import EmbeddedValkey, ValkeyStartError
 
 from .conftest import Realtime, StartRealtime
+from tests.support import violation_map as violations
 
 Reason = message_pb2.HistoryLossReason
 
@@ -69,18 +68,6 @@ class Stream:
 
     def cancel(self) -> None:
         self.call.cancel()
-
-
-def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
-    status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    assert status is not None
-    out: dict[str, str] = {}
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            out.update({v.field: v.description for v in bad.field_violations})
-    return out
 
 
 def restart_valkey(server: EmbeddedValkey) -> None:

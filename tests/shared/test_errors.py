@@ -12,19 +12,13 @@ from grpc_status import rpc_status
 from services.shared import errors
 
 from .conftest import rpc
+from tests.support import error_details
 
 S = wrappers_pb2.StringValue
 
 
 def _details(status: status_pb2.Status) -> tuple[error_details_pb2.ErrorInfo, error_details_pb2.BadRequest | None]:
-    info, bad = None, None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
+    info, bad = error_details(status)
     assert info is not None, "every error status carries an ErrorInfo"
     return info, bad
 

@@ -11,13 +11,13 @@ import protovalidate
 import pytest
 from agentforge.training.v1 import request_response_pb2 as rr
 from google.protobuf import empty_pb2, wrappers_pb2
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from services.shared.interceptors import field_path
 from services.shared.logging import JsonFormatter
 
 from .conftest import EchoServer, rpc
+from tests.support import error_details, violation_map
 
 S = wrappers_pb2.StringValue
 
@@ -64,18 +64,9 @@ async def test_read_write_style_bidi_handler_is_observed(echo_server: EchoServer
 
 
 def _bad_request(status) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    reasons, violations = [], []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reasons.append(info.reason)
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations += [(v.field, v.description) for v in bad.field_violations]
-    assert reasons == ["INVALID_ARGUMENT"]
-    return violations
+    info, _ = error_details(status)
+    assert info is not None and info.reason == "INVALID_ARGUMENT"
+    return list(violation_map(status).items())
 
 
 async def test_invalid_unary_request_never_reaches_handler(echo_server: EchoServer, channel: grpc.aio.Channel) -> None:

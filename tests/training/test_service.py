@@ -16,8 +16,6 @@ from agentforge.training.v1 import request_response_pb2 as rr
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 from agentforge.training.v1 import training_service_pb2_grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from services.shared.bus import Cursor
 from services.shared.config import ServerConfig
@@ -26,6 +24,7 @@ from services.training.engine import Trainer
 from services.training.server import create_server
 
 from .conftest import TERMINAL, Training, tiny_spec
+from tests.support import field_violations as violations
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -42,18 +41,6 @@ def progress_steps(events: list[ev_pb.TrainingJobEvent]) -> list[int]:
 
 def states(events: list[ev_pb.TrainingJobEvent]) -> list[int]:
     return [e.state_changed.to_state for e in events if e.HasField("state_changed")]
-
-
-def violations(err: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(err)
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
 
 
 def step_reached(step: int):  # type: ignore[no-untyped-def]
