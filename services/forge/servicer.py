@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 
 import grpc
 
@@ -14,29 +12,9 @@ from services.forge.catalog import CATALOG, phase_proto
 from services.forge.saga import RunManager
 from services.forge.store import RunStore
 from services.shared.errors import InvalidArgument, NotFound
+from services.shared.paging import decode_page_token, encode_page_token, page_size, query_fingerprint
 
 __all__ = ["ForgeServicer"]
-
-DEFAULT_PAGE = 50
-
-
-def _page(size: int) -> int:
-    return size or DEFAULT_PAGE
-
-
-def _encode_token(data: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode()
-
-
-def _decode_token(token: str, keys: tuple[str, ...]) -> dict:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if not isinstance(data, dict) or any(k not in data for k in keys):
-            raise ValueError
-        return data
-    except ValueError:
-        raise InvalidArgument("bad page token", violations=[("page_token", "not a token from a previous page")]) from None
-
 
 def _labels(selector: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in selector.split(",")) if selector else {}
@@ -49,11 +27,11 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
 
     async def ListPhases(self, request: req.ListPhasesRequest, context) -> req.ListPhasesResponse:
         ids = list(CATALOG)
-        start = int(_decode_token(request.page_token, ("i",))["i"]) if request.page_token else 0
-        end = start + _page(request.page_size)
+        start = decode_page_token(request.page_token, "phases", expect=int) or 0
+        end = start + page_size(request.page_size)
         phases = [phase_proto(CATALOG[i], await asyncio.to_thread(self._store.latest_run, f"phases/{i}"))
                   for i in ids[start:end]]
-        return req.ListPhasesResponse(phases=phases, next_page_token=_encode_token({"i": end}) if end < len(ids) else "")
+        return req.ListPhasesResponse(phases=phases, next_page_token=encode_page_token(end, "phases") if end < len(ids) else "")
 
     async def GetPhase(self, request: req.GetPhaseRequest, context) -> phase_pb2.Phase:
         phase_id = request.name.split("/", 1)[1]
@@ -72,11 +50,13 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
         return await self._runs.get(request.name)
 
     async def ListPhaseRuns(self, request: req.ListPhaseRunsRequest, context) -> req.ListPhaseRunsResponse:
-        after = None
-        if request.page_token:
-            tok = _decode_token(request.page_token, ("t", "id"))
-            after = (int(tok["t"]), str(tok["id"]))
-        size = _page(request.page_size)
+        fingerprint = query_fingerprint(request.phase, sorted(request.states), request.label_selector)
+        position = decode_page_token(request.page_token, fingerprint, expect=list)
+        if position is not None and not (len(position) == 2 and isinstance(position[0], int)
+                                         and isinstance(position[1], str)):
+            raise InvalidArgument("bad page token", violations=[("page_token", "not a token from a previous page")])
+        after = tuple(position) if position is not None else None
+        size = page_size(request.page_size)
         runs = await asyncio.to_thread(
             self._store.list, phase=request.phase, states=list(request.states),
             labels=_labels(request.label_selector), after=after, limit=size + 1)
@@ -84,8 +64,8 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
         if len(runs) > size:
             runs = runs[:size]
             last = runs[-1]
-            token = _encode_token({"t": last.create_time.seconds * 1_000_000 + last.create_time.nanos // 1000,
-                                   "id": last.name.split("/", 1)[1]})
+            token = encode_page_token([last.create_time.seconds * 1_000_000 + last.create_time.nanos // 1000,
+                                       last.name.split("/", 1)[1]], fingerprint)
         return req.ListPhaseRunsResponse(phase_runs=runs, next_page_token=token)
 
     async def CancelPhaseRun(self, request: req.CancelPhaseRunRequest, context) -> phase_run_pb2.PhaseRun:

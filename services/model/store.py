@@ -14,9 +14,7 @@ FailedPrecondition, InvalidArgument (bad page token).
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import hashlib
 import json
 import re
 import sqlite3
@@ -35,6 +33,8 @@ from services.shared.errors import (
     InvalidArgument,
     NotFound,
 )
+from services.shared.paging import decode_page_token, encode_page_token, query_fingerprint
+from services.shared.paging import page_size as resolve_page_size
 
 __all__ = [
     "ArtifactRecord",
@@ -118,7 +118,6 @@ _MIGRATIONS: dict[int, str] = {
     """,
 }
 
-_DEFAULT_PAGE = 50
 
 
 def now_us() -> int:
@@ -238,39 +237,6 @@ class OutboxEntry:
 
 
 # --------------------------------------------------------------------------- paging
-class _Pages:
-    """Opaque page tokens: base64url JSON of a position plus a fingerprint of the query."""
-
-    @staticmethod
-    def fingerprint(*parts: object) -> str:
-        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    @staticmethod
-    def encode(fingerprint: str, position: Any) -> str:
-        raw = json.dumps({"f": fingerprint, "p": position}, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @staticmethod
-    def decode(token: str, fingerprint: str) -> Any:
-        if not token:
-            return None
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            data = json.loads(raw)
-            if data["f"] != fingerprint:
-                raise ValueError("query changed")
-            return data["p"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgument(
-                "invalid page_token", [("page_token", f"not a page token of this query ({exc})")],
-                reason="INVALID_PAGE_TOKEN",
-            ) from None
-
-
-def _page_size(size: int) -> int:
-    return size if size > 0 else _DEFAULT_PAGE
-
-
 def _json_key(key: str) -> str:
     """A JSON path selecting ``key`` of an object (keys are pattern-checked, no quotes)."""
     return '$."' + key.replace('"', "") + '"'
@@ -439,9 +405,9 @@ class Registry:
     ) -> tuple[list[ModelRecord], str]:
         """Newest first; only models with all ``tags`` and all ``labels``."""
         tags, labels = sorted(tags), dict(sorted((labels or {}).items()))
-        fp = _Pages.fingerprint("models", tags, labels)
-        after = _Pages.decode(page_token, fp)
-        size = _page_size(page_size)
+        fp = query_fingerprint("models", tags, labels)
+        after = decode_page_token(page_token, fp)
+        size = resolve_page_size(page_size)
 
         def tx(conn: sqlite3.Connection) -> tuple[list[ModelRecord], str]:
             where, args = ["1=1"], []
@@ -457,7 +423,7 @@ class Registry:
             rows = conn.execute(
                 f"SELECT * FROM models WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
                 (*args, size + 1)).fetchall()
-            token = _Pages.encode(fp, rows[size - 1]["seq"]) if len(rows) > size else ""
+            token = encode_page_token(rows[size - 1]["seq"], fp) if len(rows) > size else ""
             return [self._to_model(conn, r) for r in rows[:size]], token
 
         return await self._run(tx, write=False)
@@ -578,9 +544,9 @@ class Registry:
         order_by = order_by.strip() or "create_time desc"
         key, _, direction = order_by.partition(" ")
         desc = direction == "desc"
-        fp = _Pages.fingerprint("versions", model_id, tags, alias, states, order_by)
-        position = _Pages.decode(page_token, fp)
-        size = _page_size(page_size)
+        fp = query_fingerprint("versions", model_id, tags, alias, states, order_by)
+        position = decode_page_token(page_token, fp)
+        size = resolve_page_size(page_size)
 
         def tx(conn: sqlite3.Connection) -> tuple[list[VersionRecord], str]:
             self._model_row(conn, model_id)
@@ -612,7 +578,7 @@ class Registry:
                 (*args, size + 1, offset)).fetchall()
             token = ""
             if len(rows) > size:
-                token = _Pages.encode(fp, rows[size - 1]["version"] if key == "create_time" else offset + size)
+                token = encode_page_token(rows[size - 1]["version"] if key == "create_time" else offset + size, fp)
             return [self._to_version(conn, r) for r in rows[:size]], token
 
         return await self._run(tx, write=False)
@@ -788,16 +754,16 @@ class Registry:
     async def list_exports(
         self, model_id: str, version: int, *, page_size: int = 0, page_token: str = "",
     ) -> tuple[list[ExportRecord], str]:
-        fp = _Pages.fingerprint("exports", model_id, version)
-        offset = int(_Pages.decode(page_token, fp) or 0)
-        size = _page_size(page_size)
+        fp = query_fingerprint("exports", model_id, version)
+        offset = int(decode_page_token(page_token, fp) or 0)
+        size = resolve_page_size(page_size)
 
         def tx(conn: sqlite3.Connection) -> tuple[list[ExportRecord], str]:
             self._version_row(conn, model_id, version)
             rows = conn.execute(
                 "SELECT * FROM exports WHERE model_id = ? AND version = ? ORDER BY create_time DESC, format"
                 " LIMIT ? OFFSET ?", (model_id, version, size + 1, offset)).fetchall()
-            token = _Pages.encode(fp, offset + size) if len(rows) > size else ""
+            token = encode_page_token(offset + size, fp) if len(rows) > size else ""
             return [self._to_export(r) for r in rows[:size]], token
 
         return await self._run(tx, write=False)

@@ -8,10 +8,6 @@ the job's bus stream, with the store as the source of truth for gaps).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import json
 import logging
 import shutil
 import uuid
@@ -29,8 +25,9 @@ from services.training.cursor import MalformedCursor, WatchCursor
 from services.training.engine import list_checkpoints
 from services.training.queue import JobQueue, Keys
 from services.training.store import RUNNING, TERMINAL, JobRecord, Store, job_id_of
+from services.shared.paging import decode_page_token, encode_page_token, query_fingerprint
 
-__all__ = ["CursorExpired", "JobManager", "decode_page_token", "encode_page_token"]
+__all__ = ["CursorExpired", "JobManager"]
 
 _log = logging.getLogger("services.training.jobs")
 
@@ -42,29 +39,6 @@ class CursorExpired(OutOfRange):
     """The cursor belongs to an event history that no longer exists."""
 
     default_reason = "CURSOR_EXPIRED"
-
-
-def encode_page_token(kind: str, position: int, fingerprint: str) -> str:
-    raw = json.dumps({"k": kind, "p": position, "f": fingerprint}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str, kind: str, fingerprint: str) -> int:
-    """The position a page token encodes; InvalidArgument naming ``page_token`` otherwise."""
-    try:
-        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if doc["k"] != kind or not isinstance(doc["p"], int) or doc["p"] < 0:
-            raise ValueError
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise InvalidArgument("malformed page_token", [("page_token", "not a token from a previous page")]) from None
-    if doc["f"] != fingerprint:
-        raise InvalidArgument("page_token does not match the request",
-                              [("page_token", "filters changed since the token was issued")])
-    return doc["p"]
-
-
-def _fingerprint(*parts: object) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 def _is_terminal(event: ev_pb.TrainingJobEvent) -> bool:
@@ -138,15 +112,15 @@ class JobManager:
         for pair in filter(None, label_selector.split(",")):
             key, _, value = pair.partition("=")
             labels[key] = value
-        fingerprint = _fingerprint(sorted(states), phase, sorted(labels.items()))
-        before = decode_page_token(page_token, "jobs", fingerprint) if page_token else None
+        fingerprint = query_fingerprint("jobs", sorted(states), phase, sorted(labels.items()))
+        before = decode_page_token(page_token, fingerprint, expect=int)
         size = page_size or 50
         records = self.store.list(states=list(states), phase=phase, labels=labels, before_seq=before,
                                   limit=size + 1)
         next_token = ""
         if len(records) > size:
             records = records[:size]
-            next_token = encode_page_token("jobs", records[-1].seq, fingerprint)
+            next_token = encode_page_token(records[-1].seq, fingerprint)
         return [r.job for r in records], next_token
 
     async def cancel(self, name: str) -> job_pb.TrainingJob:
@@ -209,11 +183,11 @@ class JobManager:
                 ckpt.create_time.FromNanoseconds(int(info.mtime * 1e9))
             ckpt.size_bytes = info.size_bytes
             found.append(ckpt)
-        fingerprint = _fingerprint(job_id)
-        offset = decode_page_token(page_token, "ckpt", fingerprint) if page_token else 0
+        fingerprint = query_fingerprint("checkpoints", job_id)
+        offset = decode_page_token(page_token, fingerprint, expect=int) or 0
         size = page_size or 50
         page = found[offset:offset + size]
-        next_token = encode_page_token("ckpt", offset + size, fingerprint) if offset + size < len(found) else ""
+        next_token = encode_page_token(offset + size, fingerprint) if offset + size < len(found) else ""
         return page, next_token
 
     # ---------------------------------------------------------------- watch
