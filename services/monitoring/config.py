@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from services.shared.config import env_overrides
+
 __all__ = ["SERVICE_NAMES", "MonitoringConfig", "Target"]
 
 #: The mesh's services, in the order they are listed.
@@ -105,21 +107,7 @@ class MonitoringConfig:
                 continue
             targets.append(Target(svc, addr, _metrics_address(env, svc, addr)))
         base = cls()
-        knobs: dict[str, float | int | str] = {}
-        for name in ("probe_interval_s", "probe_timeout_s", "reconnect_initial_s", "reconnect_max_s",
-                     "error_window_s", "degraded_error_rate", "degraded_latency_s",
-                     "alert_eval_interval_s", "default_rule_for_s", "publish_timeout_s"):
-            raw = get(f"AF_MONITORING_{name.upper()}")
-            if raw is not None:
-                knobs[name] = float(raw)
-        for name in ("min_calls_for_error_rate", "alert_history"):
-            raw = get(f"AF_MONITORING_{name.upper()}")
-            if raw is not None:
-                knobs[name] = int(raw)
-        for name in ("events_stream", "alerts_stream"):
-            raw = get(f"AF_MONITORING_{name.upper()}")
-            if raw is not None:
-                knobs[name] = raw
+        knobs = env_overrides(cls, "monitoring", env)
         data_root = get("AF_DATA_DIR")
         config = replace(
             base,
@@ -127,7 +115,7 @@ class MonitoringConfig:
             redis_url=get("REDIS_URL"),
             envoy_admin_addr=get("AF_ENVOY_ADMIN_ADDR"),
             data_dir=Path(data_root) / "monitoring" if data_root else None,
-            **knobs,  # type: ignore[arg-type]
+            **knobs,
         )
         config.validate()
         return config
