@@ -19,8 +19,15 @@ status with rich details (``grpc-status-details-bin`` trailer)::
 
 Every status carries one ``ErrorInfo{reason, domain, metadata}``; ``reason`` defaults
 to the class's and may be refined per raise (``NotFound(..., reason="JOB_NOT_FOUND")``).
-Any other exception becomes INTERNAL with a generic message; the exception itself is
-only logged, never sent to the client.
+
+A dependency that is away is not a bug: :func:`as_domain_error` turns Redis being
+unreachable (redis-py ``ConnectionError``/``TimeoutError``, ``BusyLoadingError``, the
+bus's ``BusUnavailable``, the transient replies ``NOGROUP``/``LOADING``/``MASTERDOWN``/
+``READONLY``/``TRYAGAIN`` of a Redis that just restarted, and builtin socket
+``ConnectionError``) into :class:`Unavailable` with reason ``DEPENDENCY_UNAVAILABLE``, so
+every RPC and every stream of every service answers UNAVAILABLE (retryable), never
+INTERNAL, while Redis is down. Any other exception becomes INTERNAL with a generic
+message; the exception itself is only logged, never sent to the client.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import ClassVar
 import grpc
 import grpc.aio
 from google.protobuf import any_pb2
+from redis import exceptions as redis_errors
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -53,6 +61,7 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "abort_with",
+    "as_domain_error",
     "internal_status",
     "status_for_exception",
     "to_rpc_status",
@@ -194,9 +203,44 @@ def internal_status(domain: str) -> status_pb2.Status:
     return status
 
 
+#: Error replies of a Redis that is restarting or just restarted (retrying helps).
+_TRANSIENT_REPLIES = ("NOGROUP", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _dependency_errors() -> tuple[type[BaseException], ...]:
+    from services.shared.bus import BusUnavailable  # bus does not import this module
+
+    return (redis_errors.ConnectionError, redis_errors.TimeoutError, BusUnavailable, ConnectionError)
+
+
+def as_domain_error(exc: BaseException) -> BaseException:
+    """``exc`` as a domain error when it means a dependency is away; otherwise ``exc``.
+
+    Redis unreachable or restarting → :class:`Unavailable` (reason
+    ``DEPENDENCY_UNAVAILABLE``, metadata ``dependency=redis``). The original exception
+    is kept as ``__cause__`` for the logs; its text is not sent to clients beyond its
+    class name.
+    """
+    if isinstance(exc, ForgeError):
+        return exc
+    transient_reply = isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+    if transient_reply or isinstance(exc, _dependency_errors()):
+        mapped = Unavailable(
+            f"redis is unavailable ({type(exc).__name__}); retry with backoff",
+            reason="DEPENDENCY_UNAVAILABLE",
+            metadata={"dependency": "redis"},
+        )
+        mapped.__cause__ = exc
+        return mapped
+    return exc
+
+
 def status_for_exception(exc: BaseException, domain: str) -> status_pb2.Status:
     """Map any exception; non-domain ones are logged and hidden behind INTERNAL."""
+    exc = as_domain_error(exc)
     if isinstance(exc, ForgeError):
+        if isinstance(exc, Unavailable) and exc.__cause__ is not None:
+            _log.warning("dependency unavailable: %r", exc.__cause__)
         return to_rpc_status(exc, domain)
     _log.error("unhandled exception in handler", exc_info=exc)
     return internal_status(domain)

@@ -57,6 +57,7 @@ from services.shared.errors import (
     Unavailable,
     Unimplemented,
     abort_with,
+    as_domain_error,
     internal_status,
     to_rpc_status,
 )
@@ -92,10 +93,11 @@ UNIMPLEMENTED_MESSAGE = "method not implemented"
 
 
 def _domain_error(exc: BaseException) -> BaseException:
-    """``NotImplementedError`` (generated base servicers) → UNIMPLEMENTED; others as is."""
+    """``NotImplementedError`` (generated base servicers) → UNIMPLEMENTED; a dependency
+    that is away → UNAVAILABLE (:func:`~services.shared.errors.as_domain_error`); others as is."""
     if isinstance(exc, NotImplementedError):
         return Unimplemented(UNIMPLEMENTED_MESSAGE)
-    return exc
+    return as_domain_error(exc)
 
 
 @dataclass
