@@ -5,6 +5,7 @@
 #   make up      the mesh in the foreground (Envoy's edge on 127.0.0.1:$(EDGE_PORT)); Ctrl-C stops it
 #   make gen     regenerate gen/ from proto/
 #   make bench   run the benchmarks (figures go to docs/benchmarks.md by hand)
+#   make token   ROLE=viewer|trainer|operator|admin [TTL=1h] [SUB=name]: a signed token on stdout
 #
 # Every target sets up what it needs, idempotently.
 
@@ -17,7 +18,7 @@ EDGE_PORT ?= 8080
 export EDGE_PORT
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: setup gen check-gen lint breaking test test-fast up run bench clean
+.PHONY: setup gen check-gen lint breaking test test-fast up run bench token secrets clean
 
 setup: $(STAMP)
 
@@ -51,10 +52,24 @@ test: $(STAMP) check-gen lint breaking
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
 
-up: $(STAMP)
+# Development keys, mesh secret, Valkey password and edge certificate, in .secrets/
+# (gitignored; AF_SECRETS_DIR overrides). Created once; never replaced.
+secrets: $(STAMP)
+	@$(PY) -m services.shared.auth init >/dev/null
+
+ROLE ?=
+TTL ?= 1h
+SUB ?=
+# Only the token goes to stdout (TOKEN=$$(make token ROLE=viewer)): setup talks on stderr.
+token:
+	@test -n "$(ROLE)" || { echo "usage: make token ROLE=viewer|trainer|operator|admin [TTL=1h] [SUB=name]" >&2; exit 2; }
+	@$(MAKE) --no-print-directory setup >&2
+	@$(PY) -m services.shared.auth token --role "$(ROLE)" --ttl "$(TTL)" $(if $(SUB),--sub "$(SUB)")
+
+up: $(STAMP) secrets
 	$(PY) -m services.launcher up --edge-port $(EDGE_PORT)
 
-run: $(STAMP)
+run: $(STAMP) secrets
 	$(PY) -m services.launcher run --edge-port $(EDGE_PORT)
 
 bench: $(STAMP)

@@ -4,6 +4,10 @@
 - ``valkey_factory``: private Valkey servers for tests that stop or restart theirs.
 - ``stream_prefix``: a unique key prefix per test, so tests sharing ``valkey`` never
   see each other's streams, groups or epochs.
+
+Auth is on for every test: :func:`tests.auth.install` (run before collection) makes the
+channels and HTTP clients tests create carry real tokens and Envoy's identity; see
+:mod:`tests.auth` for acting as another role or as nobody.
 """
 
 from __future__ import annotations
@@ -14,6 +18,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from services.shared.valkey import EmbeddedValkey
+from tests import auth
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    auth.install()
 
 
 @pytest.fixture(scope="session")
