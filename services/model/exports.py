@@ -124,8 +124,14 @@ def _torchscript(state: Mapping[str, Any], params: Mapping[str, str], out: Binar
         from services.training.engine.model import DecoderTransformer
     except ImportError as exc:
         raise ConversionError(f"the decoder_transformer definition is not available: {exc}") from exc
+    # The weights say which block they belong to (packed q/k/v: the GrokFast paper's) and
+    # how many position rows were built (the paper's model has one more than it reads).
+    paper = any(k.endswith("attn.in_proj_weight") for k in state)
+    positions = state.get("position_embeddings.weight")
+    rows = int(positions.shape[0]) if positions is not None else context
     model = DecoderTransformer(vocab_size=int(embedding.shape[0]), width=width, layers=layers, heads=heads,
-                               context_length=context, dropout=0.0)
+                               context_length=max(rows, context), dropout=0.0,
+                               block_style="grokfast_paper" if paper else "pre_ln")
     try:
         model.load_state_dict(dict(state), strict=True)
     except RuntimeError as exc:

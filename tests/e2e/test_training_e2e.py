@@ -321,3 +321,35 @@ async def test_grpc_watch_of_an_unknown_job_is_not_found(channel: grpc.aio.Chann
             pass
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     await asyncio.sleep(0)
+
+
+# --- the GrokFast paper through the API (issue 11) -------------------------------------
+
+
+def test_paper_settings_over_rest_train_exactly_like_the_papers_loop(rest: httpx.Client) -> None:
+    """The paper's job created by REST runs the reference code's model, data order and filter:
+    its per-step training losses equal the paper's loop's (benchmarks/_paper_reference.py,
+    which shares no code with the engine). The full run to 95 % is ``make bench``."""
+    import torch
+
+    from benchmarks._paper_reference import reference_run
+    from benchmarks.grokfast_paper import paper_job
+
+    steps = 12  # crosses an epoch boundary (10 steps per epoch) and the 10-step warmup
+    body = paper_job(0, steps)
+    body["spec"].update(progressInterval="1", evalInterval="10")
+    job = create(rest, body)
+    status, lines = ndjson(rest, f"/v1/{job['name']}:watch", timeout=120)
+    assert status == 200 and lines[-1].get("streamEnd", {}).get("code", 0) == 0, lines[-1]
+    api = {int(e["progress"]["step"]): e["progress"]["trainLoss"] for e in lines if "progress" in e}
+    assert sorted(api) == list(range(1, steps + 1)), sorted(api)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the mesh's workers
+    try:
+        ref = reference_run(seed=0, max_steps=steps, target=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert [api[s] for s in range(1, steps + 1)] == pytest.approx(ref.losses, rel=1e-5, abs=1e-6)
+    evals = [e["evalCompleted"] for e in lines if "evalCompleted" in e]
+    assert evals and evals[0]["accuracy"] == pytest.approx(ref.curve[0][1], abs=1e-6)

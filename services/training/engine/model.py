@@ -159,13 +159,14 @@ class DecoderTransformer(nn.Module):
 def build_model(spec: ModelSpec, task_vocab_size: int,
                 task_kind: str = "modular_arithmetic") -> DecoderTransformer:
     """Model for ``spec``; ``vocab_size`` 0 takes the task's; ``block_style`` ``auto`` is
-    resolved for ``task_kind``. Initialised from the global torch RNG."""
+    resolved for ``task_kind``; the position table has :meth:`ModelSpec.position_rows` rows
+    (the paper's 5 for modular arithmetic). Initialised from the global torch RNG."""
     return DecoderTransformer(
         vocab_size=spec.vocab_size or task_vocab_size,
         width=spec.width,
         layers=spec.layers,
         heads=spec.heads,
-        context_length=spec.context_length,
+        context_length=spec.position_rows(task_kind),
         dropout=spec.dropout,
         block_style=spec.resolved_block_style(task_kind),
     )

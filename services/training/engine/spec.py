@@ -132,6 +132,19 @@ class ModelSpec:
             return "grokfast_paper" if task_kind == "modular_arithmetic" else "pre_ln"
         return self.block_style  # type: ignore[return-value]
 
+    def position_rows(self, task_kind: str) -> int:
+        """Rows of the position-embedding table the model is built with.
+
+        ``context_length``, except for the paper's model on ``modular_arithmetic``: the
+        reference code builds its table for the whole equation ``[x, op, y, =, answer]``
+        (5 rows) although only 4 tokens are ever input. The fifth row is never used, but
+        drawing it moves every later weight's random numbers, so a job asking for the
+        task's 4 tokens gets the paper's 5-row table (and the paper's initialisation).
+        """
+        if task_kind == "modular_arithmetic" and self.resolved_block_style(task_kind) == "grokfast_paper":
+            return max(self.context_length, MODULAR_SEQUENCE_LENGTH + 1)
+        return self.context_length
+
 
 @dataclass(frozen=True)
 class OptimizerSpec:

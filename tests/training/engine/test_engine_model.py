@@ -117,3 +117,20 @@ def test_paper_order_draws_split_after_the_model_init() -> None:
     assert torch.equal(parts.sampler.indices(0), torch.randperm(55)[:spec.batch_size])
     again = build_components(spec)
     assert torch.equal(again.task.train_inputs, parts.task.train_inputs)
+
+
+def test_paper_model_for_the_modular_task_has_the_references_five_position_rows() -> None:
+    """A job asking for the task's 4 tokens gets the paper's 5-row table and initialisation."""
+    models = {}
+    for context in (4, 5):
+        torch.manual_seed(0)
+        models[context] = build_model(ModelSpec(layers=1, width=16, heads=2, context_length=context), 99,
+                                      "modular_arithmetic")
+    assert models[4].position_embeddings.weight.shape[0] == 5
+    a, b = models[4].state_dict(), models[5].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # only the paper's model on the modular task: the pre-LN block and Cognate keep their length
+    assert build_model(ModelSpec(layers=1, width=16, heads=2, context_length=4, block_style="pre_ln"), 99,
+                       "modular_arithmetic").position_embeddings.weight.shape[0] == 4
+    assert build_model(ModelSpec(layers=1, width=16, heads=2, context_length=8), 259,
+                       "cognate").position_embeddings.weight.shape[0] == 8
