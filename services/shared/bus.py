@@ -79,6 +79,7 @@ __all__ = [
     "TypeMismatch",
     "decode_entry",
     "dlq_stream",
+    "is_nogroup",
     "new_traceparent",
 ]
 
@@ -310,6 +311,13 @@ def new_traceparent() -> str:
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
+def is_nogroup(exc: BaseException) -> bool:
+    """True for the ``NOGROUP`` reply: the group (or its stream) is gone, typically
+    because Redis restarted without persistence. Recreate it with
+    :meth:`EventBus.ensure_group` (or let :meth:`EventBus.with_group` do it)."""
+    return isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("NOGROUP")
+
+
 def dlq_stream(stream: str) -> str:
     """Name of the dead-letter stream of ``stream``."""
     return f"{stream}:dlq"
@@ -479,12 +487,14 @@ class EventBus:
         subject: str = "",
         event_id: str | None = None,
         trace_context: str | None = None,
+        budget_s: float | None = None,
     ) -> Cursor:
         """Append ``message`` to ``stream``; return the new entry's cursor.
 
         ``trace_context`` is a W3C ``traceparent``; a new one is generated when absent.
         While Redis is unreachable the call retries with backoff, keeping the same event
-        id, for up to ``publish_timeout_s``, then raises :class:`BusUnavailable`.
+        id, for up to ``budget_s`` seconds (default ``publish_timeout_s``; callers inside
+        an RPC pass what is left of its deadline), then raises :class:`BusUnavailable`.
         """
         if trace_context is None:
             trace_context = new_traceparent()
@@ -503,7 +513,7 @@ class EventBus:
         ]
         entry_id, epoch, _seq = await self._retrying(
             lambda: self._publish_script(keys=keys, args=args),
-            budget_s=self.config.publish_timeout_s,
+            budget_s=self.config.publish_timeout_s if budget_s is None else budget_s,
             what=f"publish to {stream}",
         )
         return Cursor(_text(epoch), _text(entry_id))
@@ -668,6 +678,29 @@ class EventBus:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def with_group(
+        self,
+        stream: str,
+        group: str,
+        call: Callable[[], Awaitable[Any]],
+        *,
+        start_id: str = "0",
+    ) -> Any:
+        """``await call()``; on ``NOGROUP`` recreate ``group`` on ``stream`` and call once more.
+
+        The one recovery path for consumer groups that a restarted Redis forgot
+        (:meth:`consume` and the training queue both use it). Connection errors pass
+        through to the caller, who owns the retry policy.
+        """
+        try:
+            return await call()
+        except redis_errors.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+            log.warning("bus: group %s on %s is gone (Redis restarted?); recreating", group, stream)
+            await self.ensure_group(stream, group, start_id=start_id)
+            return await call()
+
     async def consume(
         self,
         stream: str,
@@ -710,7 +743,7 @@ class EventBus:
                             await self._deliver(stream, group, consumer, envelope, handler)
                 delays = self.config.backoff.delays()
             except redis_errors.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not is_nogroup(exc):
                     raise
                 log.warning("bus: group %s on %s is gone (Redis restarted?); recreating", group, stream)
                 group_ready = False

@@ -42,8 +42,12 @@ def envelope(payload: Message, *, source: str, subject: str, traceparent: str | 
     return event
 
 
-async def publish_event(bus: EventBus, stream: str, payload: Message, *, source: str, subject: str) -> Cursor:
-    """Wrap ``payload`` in an envelope and publish it (the bus assigns the per-subject sequence)."""
+async def publish_event(bus: EventBus, stream: str, payload: Message, *, source: str, subject: str,
+                        budget_s: float | None = None) -> Cursor:
+    """Wrap ``payload`` in an envelope and publish it (the bus assigns the per-subject sequence).
+
+    ``budget_s``: how long to retry while Redis is unreachable (see :meth:`EventBus.publish`).
+    """
     event = envelope(payload, source=source, subject=subject)
     return await bus.publish(stream, event, subject=subject, event_id=event.id,
-                             trace_context=event.trace_context.traceparent)
+                             trace_context=event.trace_context.traceparent, budget_s=budget_s)

@@ -14,6 +14,8 @@ env                             field
 ``AF_TRAINING_MAX_ATTEMPTS``    ``max_attempts``
 ``AF_TRAINING_TORCH_THREADS``   ``torch_threads`` (0 = max(1, cpus // workers))
 ``AF_TRAINING_KEY_PREFIX``      ``key_prefix`` (Redis key prefix, for tests)
+``AF_TRAINING_RECONCILE_INTERVAL_S``  ``reconcile_interval_s``
+``AF_TRAINING_ENQUEUE_BUDGET_S``  ``enqueue_budget_s``
 ==============================  ===========================================================
 """
 
@@ -55,6 +57,14 @@ class TrainingConfig:
     poll_interval_s: float = 0.05
     #: Prefix of every Redis key the service uses (isolates tests sharing one Redis).
     key_prefix: str = ""
+    #: Seconds between reconciler passes (database vs queue: re-enqueue QUEUED jobs whose
+    #: entry is gone, reclaim RUNNING jobs nobody runs). A job must be found out of step
+    #: on two passes this far apart before it is touched.
+    reconcile_interval_s: float = 2.0
+    #: Longest time (s) a Create/Resume waits for Redis to take the queue entry (and the
+    #: watchers' event) before answering anyway: the job is stored, and the reconciler
+    #: enqueues it once Redis is back. The call's own deadline shortens it.
+    enqueue_budget_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -63,6 +73,8 @@ class TrainingConfig:
             raise ValueError("need 0 < heartbeat_interval_s < heartbeat_timeout_s")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if self.reconcile_interval_s <= 0 or self.enqueue_budget_s < 0:
+            raise ValueError("need reconcile_interval_s > 0 and enqueue_budget_s >= 0")
         if self.torch_threads < 0:
             raise ValueError("torch_threads must be >= 0")
         if self.database_url and not self.database_url.startswith("sqlite:///"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
@@ -17,14 +18,15 @@ from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
 from services.shared.bus import EpochChanged, EventBus, Envelope
-from services.shared.errors import InvalidArgument, NotFound, OutOfRange
+from services.shared.context import remaining_seconds
+from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, Unavailable, as_domain_error
 from services.shared.events import publish_event
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.cursor import MalformedCursor, WatchCursor
 from services.training.engine import list_checkpoints
 from services.training.queue import JobQueue, Keys
-from services.training.store import RUNNING, TERMINAL, JobRecord, Store, job_id_of
+from services.training.store import CANCELLED, RUNNING, TERMINAL, JobRecord, Store, job_id_of
 from services.shared.paging import decode_page_token, encode_page_token, query_fingerprint
 
 __all__ = ["CursorExpired", "JobManager"]
@@ -56,24 +58,63 @@ class JobManager:
         self.keys = keys
 
     # ---------------------------------------------------------------- helpers
-    async def _publish(self, events: Sequence[ev_pb.TrainingJobEvent]) -> None:
+    def _budget(self) -> float:
+        """Seconds a call may spend waiting for Redis: ``enqueue_budget_s``, less if the
+        RPC's deadline is nearer (keeping a quarter second to answer)."""
+        budget = self.config.enqueue_budget_s
+        left = remaining_seconds()
+        if left is not None:
+            budget = min(budget, max(0.0, left - 0.25))
+        return budget
+
+    async def _publish(self, events: Sequence[ev_pb.TrainingJobEvent], *, budget_s: float | None = None) -> None:
+        """Send stored events to watchers and ``events.training``; best effort within
+        ``budget_s`` overall (None: the bus's own budget per call). The store has them."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+
+        def left() -> float | None:
+            return None if deadline is None else max(0.0, deadline - time.monotonic())
+
         for event in events:
             try:
                 await self.bus.publish(self.keys.job_events(job_id_of(event.training_job)), event,
-                                       subject=event.training_job)
+                                       subject=event.training_job, budget_s=left())
                 if event.HasField("state_changed"):
                     await publish_event(self.bus, self.keys.training_events, event, source="training",
-                                        subject=event.training_job)
+                                        subject=event.training_job, budget_s=left())
                     if event.state_changed.to_state in TERMINAL:
                         await self.bus.client.expire(self.keys.job_events(job_id_of(event.training_job)),
                                                      _JOB_STREAM_TTL_S)
-            except Exception:  # noqa: BLE001 - the store has it; watchers poll the store too
+            except Exception as exc:  # noqa: BLE001 - the store has it; watchers poll the store too
+                if isinstance(as_domain_error(exc), Unavailable):
+                    _log.warning("publish skipped, Redis unavailable: %r", exc, extra={"job": event.training_job})
+                    return
                 _log.exception("publish failed", extra={"job": event.training_job})
 
+    async def publish_events(self, events: Sequence[ev_pb.TrainingJobEvent]) -> None:
+        """Best-effort publish of stored events (within ``enqueue_budget_s``)."""
+        await self._publish(events, budget_s=self.config.enqueue_budget_s)
+
+    async def enqueue(self, rec: JobRecord, *, budget_s: float | None = None) -> bool:
+        """Put a QUEUED job on the queue and record its entry as the current one.
+
+        Compare-and-set on the recorded entry: if someone else recorded another entry in
+        the meantime, this one is stale and the worker that reads it drops it. False
+        (logged) when Redis stayed unreachable for ``budget_s``: the job stays QUEUED in
+        the database and the reconciler enqueues it later.
+        """
+        try:
+            cursor = await self.queue.enqueue(rec.job.name, rec.job.spec.priority or job_pb.PRIORITY_NORMAL,
+                                              rec.job.attempts + 1, budget_s=budget_s)
+        except Exception as exc:  # noqa: BLE001 - only "Redis away" is expected here
+            if not isinstance(as_domain_error(exc), Unavailable):
+                raise
+            _log.warning("could not enqueue %s now (%r); the reconciler will", rec.job.name, exc)
+            return False
+        return self.store.set_queue_entry(rec.id, cursor.entry_id, expect_entry=rec.queue_entry)
+
     async def _enqueue(self, rec: JobRecord) -> None:
-        cursor = await self.queue.enqueue(rec.job.name, rec.job.spec.priority or job_pb.PRIORITY_NORMAL,
-                                          rec.job.attempts + 1)
-        self.store.update(rec.id, lambda r: setattr(r, "queue_entry", cursor.entry_id))
+        await self.enqueue(rec, budget_s=self._budget())
 
     async def _signal(self, rec: JobRecord, action: str, **values: float) -> None:
         """Send a control request to the worker running the job's current attempt."""
@@ -87,9 +128,10 @@ class JobManager:
     async def recover_unqueued(self) -> int:
         """Enqueue QUEUED jobs whose create/resume died before reaching the queue."""
         records = self.store.queued_without_entry()
+        done = 0
         for rec in records:
-            await self._enqueue(rec)
-        return len(records)
+            done += await self.enqueue(rec)
+        return done
 
     # ---------------------------------------------------------------- RPCs
     async def create(self, job: job_pb.TrainingJob, job_id: str, request_id: str) -> job_pb.TrainingJob:
@@ -97,8 +139,11 @@ class JobManager:
         clean = job_pb.TrainingJob(display_name=job.display_name, labels=dict(job.labels), spec=job.spec,
                                    phase=job.phase, phase_run=job.phase_run)
         rec, events, created = self.store.create(clean, job_id or uuid.uuid4().hex[:16], request_id)
+        # The job is durable now: Redis being away delays it (the reconciler enqueues it
+        # later) but never fails or hangs the create, and a retry with the same
+        # request_id returns this same job.
         if created:
-            await self._publish(events)
+            await self._publish(events, budget_s=self._budget())
         if not rec.queue_entry and rec.state == job_pb.TRAINING_JOB_STATE_QUEUED:
             await self._enqueue(rec)
         return self.store.get(rec.id).job
@@ -123,22 +168,57 @@ class JobManager:
             next_token = encode_page_token(records[-1].seq, fingerprint)
         return [r.job for r in records], next_token
 
+    async def worker_alive(self, rec: JobRecord) -> bool | None:
+        """Whether the worker the database names for a RUNNING job still runs it: its
+        job heartbeat key (refreshed every heartbeat, TTL = heartbeat timeout) names it.
+        None when Redis cannot tell (unreachable)."""
+        try:
+            holder = await self.bus.client.get(self.keys.job_heartbeat(rec.id))
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(as_domain_error(exc), Unavailable):
+                return None
+            raise
+        holder_name = holder.decode() if isinstance(holder, bytes) else holder
+        return bool(rec.job.worker) and holder_name == rec.job.worker
+
     async def cancel(self, name: str) -> job_pb.TrainingJob:
+        """QUEUED/PAUSED: CANCELLED now. RUNNING: the flag is stored (the worker reads it
+        from the database every heartbeat, and gets a control request at once); a RUNNING
+        job that no live worker holds is CANCELLED here and now."""
         rec, event = self.store.request_cancel(job_id_of(name))
         if event is not None:
-            await self._publish([event])
-        else:
-            await self._signal(rec, "cancel")
+            await self._publish([event], budget_s=self._budget())
+            return rec.job
+        alive = await self.worker_alive(rec)
+        if alive is False:
+            try:
+                rec, event = self.store.transition(rec.id, CANCELLED, "cancelled by request; no worker held the job",
+                                                   expect_worker=rec.job.worker)
+            except FailedPrecondition:  # a worker took it over meanwhile: it sees the flag
+                return self.store.get(rec.id).job
+            await self._publish([event], budget_s=self._budget())
+            return rec.job
+        await self._signal_best_effort(rec, "cancel")
         return rec.job
+
+    async def _signal_best_effort(self, rec: JobRecord, action: str) -> None:
+        """A control request the worker would also find as a flag in the database."""
+        try:
+            await self._signal(rec, action)
+        except Exception as exc:  # noqa: BLE001
+            if not isinstance(as_domain_error(exc), Unavailable):
+                raise
+            _log.warning("control request %s for %s not sent (%r); the worker reads the flag", action,
+                         rec.job.name, exc)
 
     async def pause(self, name: str) -> job_pb.TrainingJob:
         rec = self.store.request_pause(job_id_of(name))
-        await self._signal(rec, "pause")
+        await self._signal_best_effort(rec, "pause")
         return rec.job
 
     async def resume(self, name: str) -> job_pb.TrainingJob:
         rec, event = self.store.resume(job_id_of(name))
-        await self._publish([event])
+        await self._publish([event], budget_s=self._budget())
         await self._enqueue(rec)
         return self.store.get(rec.id).job
 

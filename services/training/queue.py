@@ -11,18 +11,39 @@ still owns the entry), so idle time > heartbeat timeout means exactly "its worke
 gone". The entry is acked when the job is terminal or paused; a failed attempt
 *releases* it (idle set past the timeout) so any worker retries it at once; a job out of
 attempts goes to the bus's dead-letter stream ``<stream>:dlq``.
+
+The queue is a fast path that may forget (a Redis restart without persistence loses
+streams and groups; an operator may XDEL or trim an entry). The job database is the
+truth: each job records the id of its one current entry (``queue_entry``), workers drop
+entries that are not it, and the reconciler (:mod:`services.training.reconciler`) puts
+a job whose entry is gone back on the queue. ``NOGROUP`` recreates the group through the
+bus's one recovery path (:meth:`EventBus.with_group`); acking or releasing an entry that
+is gone is a no-op.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
-from services.shared.bus import Cursor, Envelope, EventBus, decode_entry, dlq_stream
+from redis import exceptions as redis_errors
 
-__all__ = ["Claim", "JobQueue", "Keys", "GROUP", "PRIORITY_NAMES"]
+from services.shared.bus import Cursor, Envelope, EventBus, decode_entry, dlq_stream, is_nogroup
+
+__all__ = ["Claim", "EntryState", "JobQueue", "Keys", "GROUP", "PRIORITY_NAMES", "entry_key"]
+
+#: Where a job's queue entry is: delivered and not acked (``pending``), not delivered yet
+#: (``waiting``), or neither (``gone``: acked, trimmed, deleted, or Redis restarted).
+EntryState = Literal["pending", "waiting", "gone"]
+
+
+def entry_key(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` → ``(1700000000000, 3)``, for ordering stream ids."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 GROUP = "workers"
 PRIORITY_NAMES = {job_pb.PRIORITY_HIGH: "high", job_pb.PRIORITY_NORMAL: "normal", job_pb.PRIORITY_LOW: "low"}
@@ -114,18 +135,23 @@ class JobQueue:
             await self.bus.ensure_group(stream, GROUP)
         self._groups_ready = True
 
-    async def enqueue(self, job_name: str, priority: int, attempt: int) -> Cursor:
+    async def enqueue(self, job_name: str, priority: int, attempt: int, *, budget_s: float | None = None) -> Cursor:
+        """Append a TrainingJobQueued entry; ``budget_s`` bounds retries while Redis is away."""
         message = event_pb2.TrainingJobQueued(training_job=job_name, priority=priority, attempt=attempt)
-        return await self.bus.publish(self.keys.queue(priority), message, subject=job_name)
+        return await self.bus.publish(self.keys.queue(priority), message, subject=job_name, budget_s=budget_s)
 
     async def claim(self, consumer: str) -> Claim | None:
-        """The next entry for ``consumer``: lapsed ones first, then new, high priority first."""
+        """The next entry for ``consumer``: lapsed ones first, then new, high priority first.
+
+        A group that Redis forgot (``NOGROUP``) is recreated and the read repeated.
+        """
         if not self._groups_ready:
             await self.ensure_groups()
         client = self.bus.client
         for stream in self.keys.queues():
-            reply = await client.xautoclaim(stream, GROUP, consumer, min_idle_time=self.claim_idle_ms,
-                                            start_id="0-0", count=1)
+            reply = await self.bus.with_group(
+                stream, GROUP, lambda stream=stream: client.xautoclaim(
+                    stream, GROUP, consumer, min_idle_time=self.claim_idle_ms, start_id="0-0", count=1))
             entries = [(i, f) for i, f in reply[1] if f]
             for deleted in reply[2] if len(reply) > 2 else []:
                 await client.xack(stream, GROUP, deleted)
@@ -135,7 +161,8 @@ class JobQueue:
                 deliveries = int(info[0]["times_delivered"]) if info else 1
                 return self._claim(stream, entry_id, fields, deliveries, reclaimed=True)
         for stream in self.keys.queues():
-            reply = await client.xreadgroup(GROUP, consumer, {stream: ">"}, count=1)
+            reply = await self.bus.with_group(
+                stream, GROUP, lambda stream=stream: client.xreadgroup(GROUP, consumer, {stream: ">"}, count=1))
             for _name, entries in reply or []:
                 for entry_id, fields in entries:
                     if fields:
@@ -149,20 +176,69 @@ class JobQueue:
         return Claim(stream, envelope, message, deliveries, reclaimed)
 
     async def touch(self, claim: Claim, consumer: str) -> bool:
-        """Reset the entry's idle time; False if another worker took it over."""
-        return bool(await self._touch(keys=[claim.stream], args=[GROUP, consumer, claim.entry_id]))
+        """Reset the entry's idle time; False if ``consumer`` no longer holds it (another
+        worker took it over, or the entry or its group is gone)."""
+        try:
+            return bool(await self._touch(keys=[claim.stream], args=[GROUP, consumer, claim.entry_id]))
+        except redis_errors.ResponseError as exc:
+            if is_nogroup(exc):
+                return False
+            raise
 
-    async def release(self, claim: Claim, consumer: str) -> None:
-        """Let any worker claim the entry right away (it stays pending, not acked)."""
+    async def release(self, claim: Claim, consumer: str) -> bool:
+        """Let any worker claim the entry right away (it stays pending, not acked).
+
+        False when ``consumer`` does not hold the entry any more (gone, or taken over):
+        the caller must put the job back on the queue another way (:meth:`enqueue`).
+        """
         idle = self.claim_idle_ms + 1000
-        await self._release(keys=[claim.stream], args=[GROUP, consumer, claim.entry_id, idle])
+        try:
+            return bool(await self._release(keys=[claim.stream], args=[GROUP, consumer, claim.entry_id, idle]))
+        except redis_errors.ResponseError as exc:
+            if is_nogroup(exc):
+                return False
+            raise
 
     async def ack(self, claim: Claim) -> None:
-        await self.bus.client.xack(claim.stream, GROUP, claim.entry_id)
+        """Ack the entry; nothing to do when it or its group is gone."""
+        try:
+            await self.bus.client.xack(claim.stream, GROUP, claim.entry_id)
+        except redis_errors.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
 
     async def dead_letter(self, claim: Claim, consumer: str, error: str) -> None:
         """Move the entry to ``<stream>:dlq`` (the bus's dead-letter format) and ack it."""
-        await self.bus.dead_letter(claim.stream, GROUP, consumer, claim.envelope, error)
+        try:
+            await self.bus.dead_letter(claim.stream, GROUP, consumer, claim.envelope, error)
+        except redis_errors.ResponseError as exc:
+            if not is_nogroup(exc):
+                raise
+
+    async def entry_state(self, priority: int, entry_id: str) -> EntryState:
+        """Where the entry ``entry_id`` of the ``priority`` queue is (see :data:`EntryState`)."""
+        if not entry_id:
+            return "gone"
+        stream = self.queue_stream(priority)
+        client = self.bus.client
+        try:
+            pending = await client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
+            if pending:
+                return "pending"
+            groups = await client.xinfo_groups(stream)
+        except redis_errors.ResponseError as exc:
+            if is_nogroup(exc) or "no such key" in str(exc).lower():
+                return "gone"
+            raise
+        delivered = next((g.get("last-delivered-id") for g in groups if _str(g.get("name")) == GROUP), None)
+        if delivered is None:
+            return "gone"
+        if entry_key(entry_id) <= entry_key(_str(delivered)):
+            return "gone"  # delivered and no longer pending: acked
+        return "waiting" if await client.xrange(stream, min=entry_id, max=entry_id, count=1) else "gone"
+
+    def queue_stream(self, priority: int) -> str:
+        return self.keys.queue(priority or job_pb.PRIORITY_NORMAL)
 
     async def dead_letters(self, priority: int) -> list:
         return await self.bus.dead_letters(self.keys.queue(priority))
@@ -170,3 +246,9 @@ class JobQueue:
     @staticmethod
     def dlq_stream(stream: str) -> str:
         return dlq_stream(stream)
+
+
+def _str(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode() if isinstance(value, bytes) else value

@@ -16,12 +16,15 @@ import grpc
 
 from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
+from services.shared.errors import Unavailable, as_domain_error
+from services.shared.tasks import cancel_and_wait
 from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server, serve
 from services.training.config import TrainingConfig
 from services.training.jobs import JobManager
 from services.training.pool import WorkerPool
 from services.training.queue import JobQueue, Keys
+from services.training.reconciler import Reconciler
 from services.training.servicer import TrainingServicer
 from services.training.store import Store
 
@@ -42,20 +45,32 @@ class TrainingApp:
         self.jobs = JobManager(config, self.store, self.bus, self.queue, self.keys)
         self.servicer = TrainingServicer(self.jobs)
         self.pool = WorkerPool(config, log_format=log_format, log_level=log_level)
+        self.reconciler = Reconciler(self.jobs)
+        self._reconciling: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Create the queue groups, enqueue orphaned jobs, start the workers."""
+        """Create the queue groups, enqueue orphaned jobs, start the workers and the
+        reconciler. Redis being away does not stop the service from starting: the jobs
+        are in the database, and the reconciler and workers catch up once it is back."""
         self.config.runs_dir.mkdir(parents=True, exist_ok=True)
-        await self.queue.ensure_groups()
-        recovered = await self.jobs.recover_unqueued()
-        if recovered:
-            _log.info("enqueued %d jobs that never reached the queue", recovered)
+        try:
+            await self.queue.ensure_groups()
+            recovered = await self.jobs.recover_unqueued()
+            if recovered:
+                _log.info("enqueued %d jobs that never reached the queue", recovered)
+        except Exception as exc:  # noqa: BLE001
+            if not isinstance(as_domain_error(exc), Unavailable):
+                raise
+            _log.warning("Redis unavailable at start (%r); the reconciler will enqueue jobs once it is back", exc)
         self.pool.start()
+        self._reconciling = asyncio.get_running_loop().create_task(self.reconciler.run())
 
     def register(self, server: grpc.aio.Server) -> list[str]:
         return self.servicer.register(server)
 
     async def aclose(self) -> None:
+        if self._reconciling is not None:
+            await cancel_and_wait([self._reconciling])
         await self.pool.aclose()
         await self.bus.aclose()
         self.store.close()

@@ -294,6 +294,30 @@ class Store:
                                     (QUEUED,)).fetchall()
         return [self._record(r) for r in rows]
 
+    def in_states(self, states: Sequence[int]) -> list[JobRecord]:
+        """Every job in one of ``states``, oldest first (the reconciler's scan)."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {self._COLS} FROM jobs WHERE state IN ({','.join('?' * len(states))}) ORDER BY seq",
+                list(states)).fetchall()
+        return [self._record(r) for r in rows]
+
+    def set_queue_entry(self, job_id: str, entry: str, *, expect_entry: str, states: Sequence[int] = (QUEUED,)) -> bool:
+        """Record ``entry`` as the job's one current queue entry, only if the job is still
+        in ``states`` with ``expect_entry`` recorded (compare-and-set). False otherwise:
+        someone else recorded another entry (or the job moved on), so ``entry`` is stale
+        and workers will drop it."""
+        with self._tx() as db:
+            try:
+                rec = self._load(db, job_id)
+            except NotFound:
+                return False
+            if rec.state not in states or rec.queue_entry != expect_entry:
+                return False
+            rec.queue_entry = entry
+            self._save(db, rec)
+            return True
+
     # ------------------------------------------------------------------ state machine
     def _transition(self, db: sqlite3.Connection, rec: JobRecord, to: int, reason: str, *,
                     worker: str | None = None, error: status_pb2.Status | None = None) -> ev_pb.TrainingJobEvent:

@@ -15,6 +15,17 @@ bus, heartbeats, control) and the engine's :class:`Trainer` in a thread beside i
 
 SIGTERM/SIGINT: a running job is checkpointed (engine pause) and put back on the queue
 (RUNNING → QUEUED "worker shutting down; requeued"), then the process exits.
+
+The database, not the queue, says who runs a job (``job.worker``, fenced on every write):
+
+- an entry that is not the job's recorded ``queue_entry`` is stale (a duplicate
+  enqueue, a superseded entry) and is acked without running anything;
+- a worker whose entry touch fails (entry deleted or trimmed, or Redis restarted and
+  forgot the group) asks the database who holds the job: if it still does, it goes on
+  running the job without a queue entry (its job heartbeat key keeps it visibly alive
+  for the reconciler); if another worker does, it stops;
+- every heartbeat the worker also reads the job's cancel/pause flags from the database,
+  so a cancel or pause reaches it even when its control request was lost with Redis.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from agentforge.training.v1 import training_job_pb2 as job_pb
 from google.rpc import code_pb2, status_pb2
 
 from services.shared.bus import BusConfig, EventBus
-from services.shared.errors import FailedPrecondition, NotFound
+from services.shared.errors import FailedPrecondition, NotFound, Unavailable, as_domain_error
 from services.shared.logging import configure_logging
 from services.shared.events import publish_event
 from services.training import mapping
@@ -120,10 +131,14 @@ class Worker:
             while not self.stopping.is_set():
                 try:
                     claim = await self.queue.claim(self.name)
-                except Exception:  # noqa: BLE001 - Redis down: back off, keep the worker
-                    _log.exception("claim failed")
+                except Exception as exc:  # noqa: BLE001 - Redis down: back off, keep the worker
+                    if isinstance(as_domain_error(exc), Unavailable):
+                        _log.warning("claim failed, Redis unavailable: %r", exc)
+                    else:
+                        _log.exception("claim failed")
                     claim = None
-                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.stopping.wait(), 1.0)
                 if claim is None:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self.stopping.wait(), cfg.poll_interval_s)
@@ -198,6 +213,8 @@ class JobRun:
         self.shutdown = False
         self.user_pause = False
         self.lost = False
+        #: The queue entry is gone but the database says this worker holds the job.
+        self.detached = False
         self.attempt = 0
         self._metrics: dict[str, float] = {}
         self._done = False
@@ -217,6 +234,12 @@ class JobRun:
             return
         if rec.state in TERMINAL or rec.state == PAUSED:
             await self.queue.ack(self.claim)  # cancelled/paused while queued: stale entry
+            return
+        if rec.queue_entry and rec.queue_entry != self.claim.entry_id:
+            # Not the job's current entry (enqueued twice, or superseded by the reconciler).
+            _log.info("dropping a stale queue entry", extra={"job": self.job_id, "entry": self.claim.entry_id,
+                                                              "current": rec.queue_entry})
+            await self.queue.ack(self.claim)
             return
         takeover = rec.state == RUNNING
         if takeover and rec.failures + 1 >= self.config.max_attempts:
@@ -297,7 +320,7 @@ class JobRun:
             with contextlib.suppress(Exception):
                 await self.bus.client.delete(self.worker.keys.job_heartbeat(self.job_id))
         if self.lost:
-            _log.warning("lost the job to another worker", extra={"job": self.job_id})
+            _log.warning("stopped a job this worker no longer holds", extra={"job": self.job_id})
             return
         try:
             await self._finish(outcome, error)
@@ -325,7 +348,7 @@ class JobRun:
                 self.job_id, QUEUED, f"attempt {self.attempt} failed: {status.message}; retrying",
                 worker=name, error=None, expect_worker=name, mutate=failed)
             await self.worker.publish(event)
-            await self.queue.release(self.claim, name)
+            await self._requeue()
             return
         status_name = outcome.status
         if status_name == "succeeded":
@@ -362,7 +385,21 @@ class JobRun:
                                              f"worker {name} shutting down at step {outcome.step}; requeued",
                                              worker=name, expect_worker=name, mutate=requeued)
             await self.worker.publish(event)
-            await self.queue.release(self.claim, name)
+            await self._requeue()
+
+    async def _requeue(self) -> None:
+        """Make the (now QUEUED) job claimable again: release the entry this worker holds,
+        or, when that entry is gone, enqueue a new one and record it. If Redis is away
+        the job stays QUEUED in the database and the reconciler enqueues it."""
+        try:
+            if await self.queue.release(self.claim, self.worker.name):
+                return
+            rec = self.store.get(self.job_id)
+            cursor = await self.queue.enqueue(rec.job.name, rec.job.spec.priority or job_pb.PRIORITY_NORMAL,
+                                              rec.job.attempts + 1)
+            self.store.set_queue_entry(self.job_id, cursor.entry_id, expect_entry=self.claim.entry_id)
+        except Exception:  # noqa: BLE001
+            _log.warning("could not requeue; the reconciler will", exc_info=True, extra={"job": self.job_id})
 
     async def _give_up(self, rec: JobRecord, message: str, *, status: status_pb2.Status | None = None,
                        expect_worker: str | None = None) -> None:
@@ -461,18 +498,52 @@ class JobRun:
         name = self.worker.name
         ttl_ms = int(self.config.heartbeat_timeout_s * 1000)
         while not self._done:
+            if not self._check_store():
+                return
             try:
-                if not await self.queue.touch(self.claim, name):
-                    self.lost = True
-                    if self.control is not None:
-                        self.control.cancel()
-                    return
+                if not self.detached and not await self.queue.touch(self.claim, name):
+                    if not self._check_store():
+                        return
+                    # Nobody else holds it (the database still names this worker): the
+                    # entry was deleted, trimmed or forgotten by a restarted Redis.
+                    self.detached = True
+                    _log.warning("the job's queue entry is gone; the database says this worker holds the "
+                                 "job, so it goes on running it", extra={"job": self.job_id})
                 await self.bus.client.set(self.worker.keys.job_heartbeat(self.job_id), name, px=ttl_ms)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - Redis hiccup: try again next beat
-                _log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - Redis hiccup: try again next beat
+                if isinstance(as_domain_error(exc), Unavailable):
+                    _log.warning("heartbeat failed, Redis unavailable: %r", exc, extra={"job": self.job_id})
+                else:
+                    _log.warning("heartbeat failed", exc_info=True)
             await asyncio.sleep(self.config.heartbeat_interval_s)
+
+    def _check_store(self) -> bool:
+        """Apply the job's stored cancel/pause flags; False (and stop) when this worker
+        no longer holds the job (taken over, reclaimed, or cancelled as an orphan)."""
+        try:
+            rec = self.store.get(self.job_id)
+        except NotFound:
+            rec = None
+        except Exception:  # noqa: BLE001 - a busy database: try again next beat
+            _log.warning("could not read the job", exc_info=True, extra={"job": self.job_id})
+            return True
+        if rec is None or rec.state != RUNNING or rec.job.worker != self.worker.name:
+            _log.warning("the job is no longer held by this worker (%s, worker %r); stopping it",
+                         "deleted" if rec is None else job_pb.TrainingJobState.Name(rec.state),
+                         rec.job.worker if rec else "", extra={"job": self.job_id})
+            self.lost = True
+            if self.control is not None:
+                self.control.cancel()
+            return False
+        if self.control is not None:
+            if rec.cancel_requested:
+                self.control.cancel()
+            if rec.pause_requested and not self.user_pause:
+                self.user_pause = True
+                self.control.pause()
+        return True
 
     async def _listen(self, control: Any) -> None:
         """Apply requests from this attempt's control stream to the running trainer."""
