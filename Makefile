@@ -23,7 +23,7 @@ export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 setup: $(STAMP)
 
 # torch==2.13.0 exactly: that spec takes the CPU wheel on disk here; anything else pulls CUDA.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements/client.txt requirements/server.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -41,7 +41,7 @@ check-gen: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check --select F,E9 services tests tools benchmarks
+	$(VENV)/bin/ruff check --select F,E9 agentforge services tests tools benchmarks
 
 breaking: $(STAMP)
 	tools/breaking.sh

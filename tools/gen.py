@@ -4,10 +4,17 @@
     python tools/gen.py --check   # exit 1 if gen/ differs from what proto/ produces
 
 Outputs:
-  gen/python/       Python messages (`_pb2.py`), type stubs (`_pb2.pyi`) and grpc.aio-compatible
-                    stubs (`_pb2_grpc.py`) for agentforge/* and the vendored buf/validate.
+  gen/python/       Python messages (`_pb2.py`), type stubs (`_pb2.pyi`), grpc.aio-compatible
+                    stubs (`_pb2_grpc.py`) and their type stubs (`_pb2_grpc.pyi`, mypy-protobuf's
+                    protoc-gen-mypy_grpc: sync and `grpc.aio` stub classes) for agentforge/*
+                    and the vendored buf/validate. `agentforge/` itself has no `__init__.py`:
+                    it is a namespace package shared with the hand-written client
+                    (`agentforge/client`, `agentforge/cli` at the repository root).
                     googleapis' own modules come from the googleapis-common-protos wheel, which
                     is the very source of the vendored google/*.proto files.
+  gen/python/agentforge/<pkg>/v1/*_service_client.py
+                    Typed client facades, one async and one blocking class per service
+                    (tools/gen_client.py) over the hand-written agentforge.client runtime.
   gen/docs/api-reference.md
                     The API reference for people, rendered from the descriptor's comments
                     (tools/api_docs.py).
@@ -52,7 +59,24 @@ def _wkt_include() -> Path:
 
 def _protoc(args: list[str]) -> None:
     cmd = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO}", f"-I{_wkt_include()}", *args]
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    # protoc-gen-mypy_grpc reports each file it writes on stderr; keep only real errors.
+    done = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("Writing mypy to ")]
+    if noise:
+        print("\n".join(noise), file=sys.stderr)
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, cmd)
+
+
+def _mypy_grpc_plugin() -> str:
+    """protoc-gen-mypy_grpc from mypy-protobuf, installed next to this interpreter."""
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+    if not plugin.exists():
+        found = shutil.which("protoc-gen-mypy_grpc")
+        if found is None:
+            raise SystemExit("protoc-gen-mypy_grpc not found: pip install -r requirements.txt (mypy-protobuf)")
+        plugin = Path(found)
+    return str(plugin)
 
 
 def _sources(sub: str) -> list[str]:
@@ -71,6 +95,8 @@ def generate(out: Path) -> None:
             f"--python_out={py}",
             f"--pyi_out={py}",
             f"--grpc_python_out={py}",
+            f"--plugin=protoc-gen-mypy_grpc={_mypy_grpc_plugin()}",
+            f"--mypy_grpc_out={py}",
             *ours,
             *_sources("buf"),
         ]
@@ -85,9 +111,15 @@ def generate(out: Path) -> None:
         ]
     )
     # Make every generated directory a regular package so tools and type checkers
-    # resolve `agentforge.training.v1` the same way the interpreter does.
+    # resolve `agentforge.training.v1` the same way the interpreter does -- except the
+    # top-level `agentforge/`, a namespace package (PEP 420) that the hand-written
+    # `agentforge.client` and `agentforge.cli` (repository root) share with gen/python.
     for d in sorted(p for p in py.rglob("*") if p.is_dir()):
-        (d / "__init__.py").touch()
+        if d != py / "agentforge":
+            (d / "__init__.py").touch()
+    from gen_client import render_all  # tools/ is on sys.path when run as a script
+
+    render_all(desc / "agentforge.binpb", py)
     docs = out / "docs"
     docs.mkdir(parents=True, exist_ok=True)
     from api_docs import render  # tools/ is on sys.path when run as a script

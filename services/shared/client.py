@@ -2,7 +2,8 @@
 
 ``make_channel`` returns a ``grpc.aio.Channel`` whose service config retries a call
 only when it failed with UNAVAILABLE *and* its method was declared idempotent by the
-caller; every other method is attempted once. Its interceptor
+caller; every other method is attempted once. The policy is the public client's
+(:mod:`agentforge.client.retry`), so in-mesh and user clients retry alike. Its interceptor
 
 * bounds each call's timeout by the time left on the RPC being handled
   (``min(own timeout, remaining)``, see :mod:`services.shared.context`), so a
@@ -16,12 +17,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
+from agentforge.client.retry import RetryPolicy, service_config
 from services.shared.context import REQUEST_ID_KEY, remaining_seconds, request_id_var
 
 __all__ = [
@@ -34,44 +35,6 @@ __all__ = [
 ]
 
 StubT = TypeVar("StubT")
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """gRPC retryPolicy applied to idempotent methods (codes: UNAVAILABLE only)."""
-
-    #: Attempts including the first one (gRPC caps this at 5).
-    max_attempts: int = 4
-    #: First backoff; later ones grow by ``backoff_multiplier`` up to ``max_backoff``
-    #: (each actual wait is random in [0, backoff]).
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 2.0
-    backoff_multiplier: float = 2.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "maxAttempts": self.max_attempts,
-            "initialBackoff": f"{self.initial_backoff_s:.3f}s",
-            "maxBackoff": f"{self.max_backoff_s:.3f}s",
-            "backoffMultiplier": self.backoff_multiplier,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        }
-
-
-def _method_name(method: str) -> dict[str, str]:
-    """``/pkg.Svc/M`` or ``pkg.Svc/M`` → one method; ``pkg.Svc`` → all its methods."""
-    service, _, name = method.strip("/").partition("/")
-    if not service:
-        raise ValueError(f"bad method name {method!r}")
-    return {"service": service, "method": name} if name else {"service": service}
-
-
-def service_config(idempotent_methods: Iterable[str], retry: RetryPolicy | None) -> dict[str, Any]:
-    """The gRPC service config (JSON object) for these idempotent methods."""
-    names = [_method_name(m) for m in idempotent_methods]
-    if retry is None or not names:
-        return {"methodConfig": []}
-    return {"methodConfig": [{"name": names, "retryPolicy": retry.to_json()}]}
 
 
 def effective_timeout(own: float | None) -> float | None:

@@ -1,0 +1,1 @@
+"""The ``forge`` command line (:mod:`agentforge.cli.main`); docs/cli.md."""

@@ -1,0 +1,5 @@
+"""``python -m agentforge.cli`` = ``forge``."""
+
+from agentforge.cli.main import main
+
+main()
