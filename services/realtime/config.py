@@ -70,16 +70,24 @@ class RealtimeConfig:
     topic_maxlen: int = 1000
     #: Largest serialized ``payload``/``data`` accepted by Publish, in bytes.
     max_message_bytes: int = 1024 * 1024
-    #: Items buffered per subscriber; a subscriber this far behind is ended with
-    #: RESOURCE_EXHAUSTED (``AF_REALTIME_QUEUE_SIZE``).
+    #: Entries buffered per subscriber by the fan-out; a subscriber this far behind is
+    #: ended with RESOURCE_EXHAUSTED (``AF_REALTIME_QUEUE_SIZE``).
     queue_size: int = 1000
+    #: Fan-out reader connections, each following its share of the subscribed topic
+    #: streams with one XREAD BLOCK (``AF_REALTIME_FANOUT_READERS``).
+    fanout_readers: int = 2
+    #: Pooled connections for the subscriptions' short catch-up reads
+    #: (``AF_REALTIME_WATCH_CONNECTIONS``); unary calls have the bus's own pool.
+    watch_connections: int = 8
     #: Heartbeat interval when the request sets none (s).
     default_heartbeat_s: float = 15.0
-    #: XREAD block per subscriber read (ms); bounds how late new pattern topics join.
+    #: Unused since subscriptions are fed by the fan-out (its readers block for the
+    #: bus's ``block_ms``); kept so existing ``AF_REALTIME_BLOCK_MS`` settings still parse.
     block_ms: int = 500
     #: How often pattern subscriptions re-scan the topic registry (s).
     rescan_interval_s: float = 1.0
-    #: How often each subscription compares its topics' epochs with the store (s).
+    #: How often the fan-out compares the followed topics' epochs with the store (s;
+    #: one MGET per reader), to notice a restarted store on idle topics.
     epoch_check_interval_s: float = 1.0
     #: Per-instance subscriber counts expire this long after the instance stops (s).
     presence_ttl_s: float = 30.0

@@ -16,6 +16,7 @@ from services.realtime.servicer import RealtimeServicer
 from services.realtime.store import TopicStore
 from services.realtime.subscription import Hub
 from services.shared.bus import EventBus
+from services.shared.fanout import BusFanout
 from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server
 
@@ -60,7 +61,15 @@ async def create_server(config: RealtimeConfig) -> RealtimeServer:
     """Build and start the realtime service on ``config.server.port`` (0 = free)."""
     bus = EventBus(config.topic_bus)
     store = TopicStore(bus, prefix=config.key_prefix, idempotency_ttl_s=config.idempotency_ttl_s)
-    hub = Hub(store, config)
+    # Subscriptions are fed by one fan-out (its own reader and catch-up connections), so
+    # unary calls on ``bus`` never wait behind streams for a Redis connection.
+    fanout = BusFanout(
+        "realtime", config.topic_bus, readers=config.fanout_readers,
+        catchup_connections=config.watch_connections, capacity=config.queue_size,
+        epoch_check_interval_s=config.epoch_check_interval_s, key_prefix=config.key_prefix,
+    )
+    watch_store = TopicStore(fanout.bus, prefix=config.key_prefix, idempotency_ttl_s=config.idempotency_ttl_s)
+    hub = Hub(watch_store, config, fanout)
     servicer = RealtimeServicer(store, hub, config)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -71,7 +80,9 @@ async def create_server(config: RealtimeConfig) -> RealtimeServer:
         service = await build_server(config.server, SERVICE_NAME, register)
     except BaseException:
         await bus.aclose()
+        await fanout.aclose()
         raise
+    fanout.bind_metrics(service.registry)
     await hub.start()
     bridge = Bridge(store, config.bridge_routes, group=config.bridge_group, consumer=config.instance_id)
     bridge.start()

@@ -1,16 +1,24 @@
-"""Subscriptions: per-subscriber readers over topic streams, and the hub that owns them.
+"""Subscriptions: watchers of the service's one fan-out, and the hub that owns them.
 
-A :class:`Subscription` has one reader task that XREADs all its topic streams at once
-(one Redis connection per subscription), checks each entry against the subscription's
-position in that topic (epoch and sequence) and queues ``SubscribeResponse`` items on a
-bounded queue. When the queue is full the subscriber is too slow: the subscription
-ends with :class:`ResourceExhausted`. When the :class:`Hub` closes (server shutdown)
-every subscription ends with :class:`Unavailable`.
+The realtime service reads its topic streams once: a
+:class:`~services.shared.fanout.BusFanout` (a fixed number of reader connections, each
+following many topic streams with one ``XREAD BLOCK``) hands every entry to the bounded
+buffer of each :class:`Subscription` of its topic. A subscription never reads Redis with
+a blocking call; it catches up from the retained history (short, non-blocking reads on
+the fan-out's own small pool) when it starts, resumes, or after a gap, and otherwise
+takes its entries from the buffer, checking each against its position in that topic
+(epoch and sequence, so nothing is delivered twice).
+
+Slow consumers: a subscriber whose buffer (``queue_size`` entries) overflows is ended
+with RESOURCE_EXHAUSTED / ``SLOW_CONSUMER`` (the contract of ``Subscribe``): it
+resubscribes with its last cursor and replays from the retained history. Other
+subscribers of the topic never wait for it. When the :class:`Hub` closes (server
+shutdown) every subscription ends with :class:`Unavailable`.
 
 History loss is reported with a ``HistoryLost`` item in place of the missing messages:
 
 * EPOCH_CHANGED — the topic's epoch differs from the position's (seen on an entry, at
-  resume, or by the periodic epoch check that also catches an idle restarted store);
+  resume, or when the fan-out reports that Redis restarted or an epoch changed);
   delivery continues with the new epoch's retained history.
 * RETENTION_EXCEEDED — the next retained entry's sequence is beyond position + 1.
 * UNKNOWN_CURSOR — a resumed position lies beyond the newest message of its epoch;
@@ -25,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,8 +44,9 @@ from services.realtime.config import RealtimeConfig
 from services.realtime.cursor import Position, encode_cursor
 from services.realtime.store import Entry, TopicStore
 from services.realtime.topics import TopicPattern
-from services.shared.bus import Backoff
+from services.shared.bus import Backoff, Envelope
 from services.shared.errors import ForgeError, ResourceExhausted, Unavailable
+from services.shared.fanout import GAP_OVERFLOW, BusFanout, Gap, Watcher
 
 __all__ = ["Hub", "Subscription", "SubscriptionSpec"]
 
@@ -67,8 +76,13 @@ class SubscriptionSpec:
     from_beginning: bool
 
 
-class _Stop(Exception):
-    """The reader must stop (the subscription already failed)."""
+#: Entries per topic and catch-up read.
+_CATCH_UP_COUNT = 100
+
+
+def _entry_of(topic: str, envelope: Envelope) -> Entry:
+    return Entry(topic=topic, entry_id=envelope.cursor.entry_id, epoch=envelope.epoch, seq=envelope.seq,
+                 type=envelope.type, time_ms=envelope.time, data=envelope.data)
 
 
 def message_item(entry: Entry, cursor: str) -> request_response_pb2.SubscribeResponse:
@@ -98,16 +112,21 @@ class Subscription:
         self._spec = spec
         self.positions: dict[str, Position] = {}
         self._resumed: set[str] = set()
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=self._config.queue_size)
+        #: Topics to read from the retained history before taking live entries again.
+        self._need: set[str] = set()
+        #: Topics whose epoch must be compared with the store (after a gap).
+        self._recheck: set[str] = set()
+        self._ready: deque[_Item] = deque()
+        self._watcher: Watcher[str, Envelope] | None = None
         self._error: ForgeError | None = None
-        self._ended = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._delays = Backoff().delays()
+        self._next_scan = 0.0
         #: Resume point after the last item handed out by :meth:`next`.
         self.cursor = ""
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
-        """Resolve start positions, register the topics, start reading."""
+        """Resolve start positions, register the topics, join the fan-out."""
         spec = self._spec
         await self._store.register(spec.topics)
         topics = list(spec.topics)
@@ -127,13 +146,16 @@ class Subscription:
         for topic in self.positions:
             self._hub.attach(topic)
         self.cursor = encode_cursor(self.positions)
-        self._task = asyncio.create_task(self._run(), name="realtime-subscription")
+        # Registered before the first catch-up read: nothing falls between the two.
+        self._watcher = await self._hub.fanout.watch(
+            [self._store.stream(t) for t in self.positions], capacity=self._config.queue_size)
+        self._need = set(self.positions)
+        self._next_scan = asyncio.get_running_loop().time() + self._config.rescan_interval_s
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        if self._watcher is not None:
+            await self._watcher.close()
+            self._watcher = None
         for topic in self.positions:
             self._hub.detach(topic)
         self.positions = {}
@@ -142,49 +164,93 @@ class Subscription:
         """End the subscription with ``error`` (raised by the next :meth:`next`)."""
         if self._error is None:
             self._error = error
-        self._ended.set()
+        if self._watcher is not None:
+            self._watcher.fail(error)
 
     # -- consumer side ----------------------------------------------------------
     async def next(self, timeout: float) -> request_response_pb2.SubscribeResponse | None:
         """The next item, or None after ``timeout`` seconds without one."""
-        if self._error is not None:
-            raise self._error
-        if self._queue.empty():
-            getter = asyncio.ensure_future(self._queue.get())
-            ender = asyncio.ensure_future(self._ended.wait())
-            try:
-                await asyncio.wait({getter, ender}, timeout=max(0.0, timeout),
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ender.cancel()
-                if not getter.done():
-                    getter.cancel()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        while not self._ready:
             if self._error is not None:
                 raise self._error
-            if not getter.done() or getter.cancelled():
+            try:
+                if await self._step(deadline):
+                    continue
+            except _CONNECTION_ERRORS as exc:
+                # Redis away: keep the stream (heartbeats), retry, then re-check everything.
+                delay = next(self._delays)
+                log.warning("realtime: subscription lost Redis (%s); retrying in %.2fs", exc, delay)
+                self._need |= set(self.positions)
+                self._recheck |= set(self.positions)
+                await asyncio.sleep(max(0.0, min(delay, deadline - loop.time())))
+            if loop.time() >= deadline and not self._ready:
                 return None
-            item, cursor = getter.result()
-        else:
-            item, cursor = self._queue.get_nowait()
+        item, cursor = self._ready.popleft()
         self.cursor = cursor
         return item
 
-    # -- reader side ------------------------------------------------------------
-    def _emit(self, item: request_response_pb2.SubscribeResponse) -> None:
-        try:
-            self._queue.put_nowait((item, encode_cursor(self.positions)))
-        except asyncio.QueueFull:
+    async def _step(self, deadline: float) -> bool:
+        """One unit of work; True when it may have produced items (loop again at once)."""
+        loop = asyncio.get_running_loop()
+        assert self._watcher is not None
+        if self._resumed:
+            await self._check_resumed()
+            return True
+        if self._recheck:
+            topics, self._recheck = self._recheck, set()
+            await self._check_epochs(topics)
+            return True
+        if self._spec.patterns and loop.time() >= self._next_scan:
+            await self._rescan()
+            self._next_scan = loop.time() + self._config.rescan_interval_s
+            return True
+        if self._need:
+            await self._catch_up()
+            self._delays = Backoff().delays()
+            return True
+        wait_until = min(deadline, self._next_scan) if self._spec.patterns else deadline
+        got = await self._watcher.get(wait_until - loop.time())
+        if got is None:
+            return False
+        if isinstance(got, Gap):
+            self._on_gap(got)
+            return True
+        entries = [_entry_of(self._store.topic_of(stream), envelope) for stream, envelope in got]
+        await self._deliver(entries, live=True)
+        return True
+
+    def _on_gap(self, gap: Gap) -> None:
+        if gap.reason == GAP_OVERFLOW:
             self.fail(ResourceExhausted(
                 f"subscriber is more than {self._config.queue_size} messages behind; "
                 "resubscribe with the last cursor",
                 reason="SLOW_CONSUMER",
             ))
-            raise _Stop from None
+            return
+        topics = {self._store.topic_of(str(k)) for k in gap.keys} & set(self.positions)
+        self._recheck |= topics
+        self._need |= topics
+
+    async def _catch_up(self) -> None:
+        """Read the retained history after the positions of the topics in ``_need``."""
+        count = _CATCH_UP_COUNT
+        topics = sorted(self._need)
+        entries = await self._store.read({t: self.positions[t] for t in topics}, block_ms=None, count=count)
+        per_topic = Counter(e.topic for e in entries)
+        self._need -= {t for t in topics if per_topic[t] < count}
+        await self._deliver(entries, live=False)
+
+    # -- producing items ----------------------------------------------------------
+    def _emit(self, item: request_response_pb2.SubscribeResponse) -> None:
+        self._ready.append((item, encode_cursor(self.positions)))
 
     async def _lost(self, topic: str, reason: int, previous: Position, *, epoch: str | None = None) -> None:
         """Report lost history of ``topic`` and continue from its retained start."""
         current = epoch or await self._store.epoch(topic)
         self.positions[topic] = Position(current, "0-0", -1)
+        self._need.add(topic)
         first = await self._store.first_retained_seq(topic)
         lost = message_pb2.HistoryLost(
             topic=topic, reason=reason, previous_epoch=previous.epoch, epoch=current,
@@ -209,27 +275,39 @@ class Subscription:
                 await self._lost(topic, _Reason.HISTORY_LOSS_REASON_UNKNOWN_CURSOR, position, epoch=current)
         self._resumed.clear()
 
-    async def _check_epochs(self) -> None:
-        topics = list(self.positions)
-        epochs = await asyncio.gather(*(self._store.epoch(t) for t in topics))
-        for topic, current in zip(topics, epochs, strict=True):
+    async def _check_epochs(self, topics: set[str]) -> None:
+        topics_list = [t for t in topics if t in self.positions]
+        epochs = await asyncio.gather(*(self._store.epoch(t) for t in topics_list))
+        for topic, current in zip(topics_list, epochs, strict=True):
             position = self.positions[topic]
             if position.epoch != current:
                 await self._lost(topic, _Reason.HISTORY_LOSS_REASON_EPOCH_CHANGED, position, epoch=current)
 
     async def _rescan(self) -> None:
+        added = []
         for pattern in self._spec.patterns:
             for topic in await self._store.matching(pattern):
                 if topic not in self.positions:
                     # Created after the subscription started: deliver it from its start.
                     self.positions[topic] = await self._store.head(topic)
                     self._hub.attach(topic)
+                    added.append(topic)
+        if added and self._watcher is not None:
+            await self._hub.fanout.add_keys(self._watcher, [self._store.stream(t) for t in added])
+            self._need |= set(added)
 
-    async def _deliver(self, entries: Sequence[Entry]) -> None:
+    async def _deliver(self, entries: Sequence[Entry], *, live: bool) -> None:
+        """Turn entries into items; ``live`` entries come from the fan-out buffer.
+
+        A live entry that does not directly follow the position (its predecessor came
+        before this subscription joined, or was dropped) is not delivered: the topic is
+        caught up from the retained history instead, which tells real loss
+        (RETENTION_EXCEEDED) from entries this subscription has not read yet.
+        """
         skip: set[str] = set()
         for entry in entries:
             position = self.positions.get(entry.topic)
-            if position is None or entry.topic in skip:
+            if position is None or entry.topic in skip or (live and entry.topic in self._need):
                 continue
             if entry.epoch != position.epoch:
                 current = await self._store.epoch(entry.topic)
@@ -241,6 +319,10 @@ class Subscription:
             if entry.seq <= position.seq:
                 continue
             if position.seq >= 0 and entry.seq > position.seq + 1:
+                if live:
+                    self._need.add(entry.topic)
+                    skip.add(entry.topic)
+                    continue
                 self.positions[entry.topic] = Position(position.epoch, position.entry_id, entry.seq - 1)
                 self._emit_lost(message_pb2.HistoryLost(
                     topic=entry.topic,
@@ -255,54 +337,19 @@ class Subscription:
                 continue
             cursor = encode_cursor(self.positions)
             item.message.cursor = cursor
-            try:
-                self._queue.put_nowait((item, cursor))
-            except asyncio.QueueFull:
-                self._emit(item)  # raises after failing the subscription
-
-    async def _run(self) -> None:
-        config = self._config
-        delays = Backoff().delays()
-        loop = asyncio.get_running_loop()
-        next_scan = loop.time() + config.rescan_interval_s
-        next_epoch_check = loop.time() + config.epoch_check_interval_s
-        try:
-            await self._check_resumed()
-            while True:
-                try:
-                    now = loop.time()
-                    if self._spec.patterns and now >= next_scan:
-                        await self._rescan()
-                        next_scan = now + config.rescan_interval_s
-                    if now >= next_epoch_check:
-                        await self._check_epochs()
-                        next_epoch_check = now + config.epoch_check_interval_s
-                    deadline = min(next_epoch_check, next_scan if self._spec.patterns else next_epoch_check)
-                    block = max(1, min(config.block_ms, int((deadline - loop.time()) * 1000)))
-                    entries = await self._store.read(self.positions, block_ms=block, count=100)
-                    delays = Backoff().delays()
-                except _CONNECTION_ERRORS as exc:
-                    delay = next(delays)
-                    log.warning("realtime: subscription lost Redis (%s); retrying in %.2fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    next_epoch_check = 0.0  # the store may have restarted: compare epochs
-                    continue
-                await self._deliver(entries)
-        except _Stop:
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported to the client, logged here
-            log.exception("realtime: subscription reader failed")
-            self.fail(Unavailable(f"subscription failed: {type(exc).__name__}"))
+            self._ready.append((item, cursor))
 
 
 class Hub:
-    """Owns the live subscriptions of this process and their subscriber counts."""
+    """Owns the live subscriptions of this process, its fan-out and subscriber counts.
 
-    def __init__(self, store: TopicStore, config: RealtimeConfig) -> None:
+    ``store`` is the store subscriptions read through (on the fan-out's own pool).
+    """
+
+    def __init__(self, store: TopicStore, config: RealtimeConfig, fanout: BusFanout) -> None:
         self.store = store
         self.config = config
+        self.fanout = fanout
         self._subscriptions: set[Subscription] = set()
         self._counts: Counter[str] = Counter()
         self._dirty = asyncio.Event()
@@ -317,6 +364,7 @@ class Hub:
         return {t: n for t, n in self._counts.items() if n > 0}
 
     async def start(self) -> None:
+        self.fanout.start()
         self._flusher = asyncio.create_task(self._flush_presence(), name="realtime-presence")
 
     async def close(self) -> None:
@@ -324,8 +372,10 @@ class Hub:
         if self._closed:
             return
         self._closed = True
+        error = Unavailable("the realtime server is shutting down; resubscribe with the last cursor")
         for subscription in list(self._subscriptions):
-            subscription.fail(Unavailable("the realtime server is shutting down; resubscribe with the last cursor"))
+            subscription.fail(error)
+        await self.fanout.aclose(error)
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

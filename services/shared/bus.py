@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -159,18 +159,29 @@ class BusConfig:
     connect_timeout_s: float = 2.0
     #: Socket read timeout (s); must exceed ``block_ms``.
     socket_timeout_s: float = 30.0
+    #: Most connections the bus's client opens (a blocking pool: a command waits for a
+    #: free connection instead of opening one more; env ``AF_BUS_MAX_CONNECTIONS``).
+    #: Server streams do not hold these: they are fed by a
+    #: :class:`~services.shared.fanout.BusFanout` with connections of its own.
+    max_connections: int = 64
+    #: How long a command waits for a free pooled connection before failing with a
+    #: connection error (mapped to UNAVAILABLE), in seconds.
+    pool_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if self.max_deliveries < 1:
             raise ValueError("max_deliveries must be >= 1")
         if self.block_ms >= self.socket_timeout_s * 1000:
             raise ValueError("block_ms must be shorter than socket_timeout_s")
+        if self.max_connections < 1:
+            raise ValueError("max_connections must be >= 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BusConfig:
         """``REDIS_URL``, ``AF_BUS_MAXLEN``, ``AF_BUS_CLAIM_IDLE_MS``,
         ``AF_BUS_MAX_DELIVERIES``, ``AF_BUS_BLOCK_MS``, ``AF_BUS_BACKOFF_INITIAL_MS``,
-        ``AF_BUS_BACKOFF_MAX_MS``, ``AF_BUS_PUBLISH_TIMEOUT_S``; unset means default."""
+        ``AF_BUS_BACKOFF_MAX_MS``, ``AF_BUS_PUBLISH_TIMEOUT_S``, ``AF_BUS_MAX_CONNECTIONS``; unset
+        means default."""
         environ = os.environ if env is None else env
         base = cls()
 
@@ -190,6 +201,7 @@ class BusConfig:
             block_ms=num("AF_BUS_BLOCK_MS", base.block_ms),
             backoff=backoff,
             publish_timeout_s=num("AF_BUS_PUBLISH_TIMEOUT_S", base.publish_timeout_s, float),
+            max_connections=num("AF_BUS_MAX_CONNECTIONS", base.max_connections),
         )
 
 
@@ -444,14 +456,18 @@ class EventBus:
 
     def __init__(self, config: BusConfig, *, client: Redis | None = None) -> None:
         self.config = config
-        self._client = client or Redis.from_url(
-            config.url,
-            decode_responses=False,
-            socket_connect_timeout=config.connect_timeout_s,
-            socket_timeout=config.socket_timeout_s,
-            # Reconnection is the bus's job (backoff, NOGROUP, epochs); the client
-            # must not replay commands behind its back.
-            retry=Retry(NoBackoff(), 0),
+        self._client = client or Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                config.url,
+                max_connections=config.max_connections,
+                timeout=config.pool_timeout_s,
+                decode_responses=False,
+                socket_connect_timeout=config.connect_timeout_s,
+                socket_timeout=config.socket_timeout_s,
+                # Reconnection is the bus's job (backoff, NOGROUP, epochs); the client
+                # must not replay commands behind its back.
+                retry=Retry(NoBackoff(), 0),
+            ),
         )
         self._owns_client = client is None
         self._publish_script = self._client.register_script(_PUBLISH_LUA)
@@ -465,7 +481,7 @@ class EventBus:
 
     async def aclose(self) -> None:
         if self._owns_client:
-            await self._client.aclose()
+            await self._client.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> EventBus:
         return self

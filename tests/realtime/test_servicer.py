@@ -420,3 +420,55 @@ async def test_slow_consumer_is_ended_with_resource_exhausted(
             while True:
                 await stream.next()
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+# ------------------------------------------------------------------ one fan-out
+async def test_300_subscribers_share_a_bounded_number_of_redis_connections(
+    valkey_factory: object, start_realtime: StartRealtime
+) -> None:
+    """The issue's example: ~110 subscribers used to exhaust the connection pool and
+    Publish failed while they were open. Now every stream gets every message and the
+    service's Redis connections stay bounded, whatever the number of subscribers."""
+    from redis.asyncio import Redis
+
+    server: EmbeddedValkey = valkey_factory()  # type: ignore[operator]
+    rt = await start_realtime(server.url)
+    streams = [Stream(rt, topics=[f"fan/{i % 3}"]) for i in range(300)]
+    await asyncio.gather(*(s.next_kind("heartbeat", timeout=30) for s in streams))
+    published = await asyncio.gather(*(publish(rt, f"fan/{i % 3}", i) for i in range(30)))
+    assert len(published) == 30
+    expected = {t: sorted(p.sequence for p in published if p.topic == t) for t in ("fan/0", "fan/1", "fan/2")}
+    for i, stream in enumerate(streams):
+        got = await stream.messages(10)
+        assert [m.sequence for m in got] == expected[f"fan/{i % 3}"]
+    async with Redis.from_url(server.url) as probe:
+        clients = int((await probe.info("clients"))["connected_clients"]) - 1
+    config = rt.config
+    bound = config.fanout_readers + config.watch_connections + config.bus.max_connections
+    assert clients <= bound and clients < 60, clients
+    for stream in streams:
+        stream.cancel()
+
+
+async def test_a_slow_subscriber_never_stalls_the_others(
+    valkey: EmbeddedValkey, start_realtime: StartRealtime
+) -> None:
+    rt = await start_realtime(valkey.url, queue_size=4)
+    slow = Stream(rt, topics=["stall"])
+    fast = Stream(rt, topics=["stall"])
+    await slow.next_kind("heartbeat")
+    await fast.next_kind("heartbeat")
+    blob = "x" * 200_000
+    received = 0
+    for i in range(40):
+        await rt.stub.Publish(rr.PublishRequest(topic="stall", data=data(i=i, blob=blob)))
+        [message] = await fast.messages(1)
+        assert message.data["i"] == i
+        received += 1
+    assert received == 40
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        async with asyncio.timeout(20):
+            while True:
+                await slow.next()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    fast.cancel()
