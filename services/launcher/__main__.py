@@ -1,13 +1,23 @@
-"""``python -m services.launcher up|run`` — the doors behind ``make up`` and ``make run``.
+"""``python -m services.launcher up|run|restart|status`` — the doors behind ``make up`` and ``make run``.
 
-``up``   start the mesh in the foreground, print the endpoints, stream every process's
-         output prefixed with its name; Ctrl-C or SIGTERM stops everything (exit 0).
-``run``  start the mesh, start a real Cognate phase through the edge and print its
-         progress until it ends, then stop the mesh (exit 0 if the run SUCCEEDED).
+``up``       start the mesh in the foreground, print the endpoints, stream every process's
+             output prefixed with its name; Ctrl-C or SIGTERM stops everything (exit 0).
+             A crashed service, Envoy or embedded Valkey is restarted after a growing
+             delay; after too many crashes in a short window the launcher gives up, stops
+             everything and exits 1 (``AF_RESTART_BURST``, ``AF_RESTART_INTERVAL_S``,
+             ``AF_RESTART_DELAY_S``, ``AF_RESTART_MAX_DELAY_S``: see
+             :mod:`services.shared.supervision`).
+``run``      start the mesh, start a real Cognate phase through the edge and print its
+             progress until it ends, then stop the mesh (exit 0 if the run SUCCEEDED).
+``restart``  ``restart NAME``: ask the running ``up`` (same ``--run-dir``) to restart one
+             process (a service, ``envoy`` or ``valkey``) on the same ports; prints the
+             new pid once it is healthy (exit 0), or the error (exit 1).
+``status``   print the running mesh's processes: pid, running, restarts.
 
-Both keep their pid file and rendered Envoy config in ``--run-dir`` (``.run/``), logs
-in ``.run/logs/``, durable state in ``--data-dir`` (``var/``); ``REDIS_URL`` in the
-environment replaces the embedded Valkey.
+All keep their pid file, control socket and rendered Envoy config in ``--run-dir``
+(``.run/``), logs in ``.run/logs/`` (the launcher's own in ``launcher.log``), durable
+state in ``--data-dir`` (``var/``); ``REDIS_URL`` in the environment replaces the
+embedded Valkey.
 """
 
 from __future__ import annotations
@@ -17,17 +27,17 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from services.launcher.mesh import ALL_SERVICES, REPO_ROOT, Mesh, MeshConfig, MeshStartError
 from services.launcher.pidfile import MeshAlreadyRunning
+from services.shared.supervision import RestartPolicy
 
 __all__ = ["main"]
 
-_PREFIX_WIDTH = max(len(n) for n in (*ALL_SERVICES, "envoy"))
+_PREFIX_WIDTH = max(len(n) for n in (*ALL_SERVICES, "envoy", "launcher"))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--phase", default="phases/cognate")
             p.add_argument("--max-steps", type=int, default=300, help="Cognate optimizer steps")
+    p = sub.add_parser("restart", help="restart one process of the running mesh")
+    p.add_argument("name", help="a service, envoy or valkey")
+    p.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run", help="the running mesh's run dir")
+    p = sub.add_parser("status", help="the running mesh's processes")
+    p.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run", help="the running mesh's run dir")
     return parser
 
 
@@ -62,6 +77,7 @@ def _config(args: argparse.Namespace) -> MeshConfig:
         run_dir=args.run_dir,
         log_format=args.log_format,
         startup_timeout=args.startup_timeout,
+        restart=RestartPolicy.from_env(),
     )
 
 
@@ -122,18 +138,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         if not _start(mesh, console):
             return 1
         _print_endpoints(mesh, console)
-        console.line("Ctrl-C stops everything")
-        reported: set[str] = set()
-        while True:
-            time.sleep(0.5)
-            for name in ("envoy", *mesh.config.services):
-                try:
-                    code = mesh.process(name).poll()
-                except KeyError:
-                    continue
-                if code is not None and name not in reported:
-                    reported.add(name)
-                    console.line(f"!! {name} exited with code {code}; log {mesh.log_path(name)}")
+        console.line(f"Ctrl-C stops everything; `python -m services.launcher restart NAME --run-dir {args.run_dir}`"
+                     " restarts one process")
+        while (failure := mesh.wait_failure(0.5)) is None:
+            pass
+        console.line(f"!! {failure}")
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -182,8 +192,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         _stop(mesh, console)
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    from services.launcher.control import ControlError, request
+
+    try:
+        if args.command == "restart":
+            reply = request(args.run_dir, {"command": "restart", "name": args.name})
+            print(f"{args.name} restarted (pid {reply['pid']})")
+        else:
+            reply = request(args.run_dir, {"command": "status"}, timeout=10)
+            for name, row in reply["status"].items():
+                state = "running" if row["running"] else ("held" if row["held"] else "down")
+                print(f"{name:<{_PREFIX_WIDTH}}  pid {row['pid']}  {state}  restarts {row['restarts']}")
+            if reply.get("failure"):
+                print(f"!! {reply['failure']}")
+    except ControlError as exc:
+        print(f"{args.command}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("restart", "status"):
+        return cmd_control(args)
+    try:
+        RestartPolicy.from_env()
+    except ValueError as exc:
+        print(f"launcher: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     return cmd_up(args) if args.command == "up" else cmd_run(args)

@@ -16,6 +16,25 @@ Every child's stdout and stderr go to ``<log_dir>/<name>.log`` (and to ``echo`` 
 given, e.g. the console in ``make up``). A failure at any point stops what was started
 and raises :class:`MeshStartError` with the failing process's log tail.
 
+Supervision (once started). A supervisor thread restarts a service, Envoy or the
+embedded Valkey that exits without being asked to, after a growing delay, and gives up
+after too many crashes in a short window (:class:`~services.shared.supervision.RestartPolicy`,
+systemd's ``RestartSec``/``StartLimitBurst``/``StartLimitIntervalSec``; ``AF_RESTART_*``).
+Before a restart it ends what is left of the crashed process group (a dead service's
+workers), and a process holding the service's port that was started by hand with the
+service's command line; Valkey comes back on the same port, so the services' clients
+reconnect to the same ``REDIS_URL``. Every (re)start rewrites the pid file. Giving up
+sets :attr:`Mesh.failure` (``make up`` then stops everything and exits 1).
+:meth:`Mesh.restart_service` restarts one process on request; the launcher's control
+socket (``<run_dir>/control.sock``, see :mod:`services.launcher.control`) lets
+``python -m services.launcher restart NAME`` ask a running ``make up`` to do it.
+
+Stop. The services first (SIGTERM: each ends its open streams with a final
+``stream_end`` status, which Envoy still delivers to REST and gRPC clients), then Envoy,
+then Valkey; SIGKILL after ``stop_grace``. Then whatever is left of every process group
+the mesh ever started (restarts included), and any process listening on one of the
+mesh's ports with a mesh command line (a service restarted by hand).
+
 :func:`process_specs` is the single description of the processes and their
 environment; the launcher runs it and ``tests/launcher/test_compose.py`` checks that
 ``docker-compose.yml`` agrees with it.
@@ -25,8 +44,10 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -44,6 +65,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import psutil
+
+from services.launcher.control import ControlServer
 from services.launcher.healthcheck import check
 from services.launcher.pidfile import (
     GroupRecord,
@@ -51,9 +75,11 @@ from services.launcher.pidfile import (
     clean_stale,
     describe_port_holder,
     group_members,
+    terminate_groups,
 )
-from services.shared.process import parent_death_signal_hook
-from services.shared.valkey import EmbeddedValkey
+from services.shared.process import mark_long_lived, parent_death_signal_hook, unmark_long_lived
+from services.shared.supervision import RestartBudget, RestartPolicy
+from services.shared.valkey import EmbeddedValkey, ValkeyStartError
 
 __all__ = [
     "ALL_SERVICES",
@@ -133,6 +159,10 @@ class MeshConfig:
     envoy_log_level: str = "warning"
     #: Start Envoy (False: Valkey and the services only, e.g. while debugging a service).
     with_envoy: bool = True
+    #: Restart crashed processes (False: nothing watches them once started).
+    supervise: bool = True
+    #: Restart delays and the start limit (``AF_RESTART_*`` in the launcher's environment).
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
 
     def __post_init__(self) -> None:
         unknown = set(self.services) - set(ALL_SERVICES)
@@ -465,6 +495,20 @@ class Mesh:
         self._pid_file: PidFile | None = None
         self._started = False
         self.stale_cleaned: list[GroupRecord] = []
+        # Supervision (see the module docstring).
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._requests: queue.Queue[tuple[str, concurrent.futures.Future[int]]] = queue.Queue()
+        self._held: set[str] = set()
+        self._budgets: dict[str, RestartBudget] = {}
+        self._groups_started: list[tuple[str, int]] = []
+        self._control: ControlServer | None = None
+        #: Restarts done by the supervisor or on request, per process name.
+        self.restarts: collections.Counter[str] = collections.Counter()
+        #: Why supervision gave up (None while all is well); see :meth:`wait_failure`.
+        self.failure: str | None = None
+        self._failed = threading.Event()
 
     # -- properties -------------------------------------------------------------
     def _need_ports(self) -> MeshPorts:
@@ -566,14 +610,25 @@ class Mesh:
         self.stop()
 
     def start(self) -> Mesh:
-        """Start everything and wait until all is healthy; on failure stop it all and raise."""
+        """Start everything and wait until all is healthy; on failure stop it all and raise.
+
+        Then (``config.supervise``) start supervising, and serve the control socket.
+        """
         with self._lock:
             if self._started:
                 return self
             self._started = True
+            self._stopping.clear()
+            self._stopped.clear()
+            self._failed.clear()
+            self.failure = None
             atexit.register(self.stop)
             try:
                 self._start()
+                if self.config.supervise:
+                    self._supervisor = threading.Thread(target=self._supervise, name="mesh-supervisor", daemon=True)
+                    self._supervisor.start()
+                self._control = ControlServer(self, self.run_dir / "control.sock").start()
             except BaseException:
                 self.stop()
                 raise
@@ -639,32 +694,48 @@ class Mesh:
         if self.config.redis_url:
             return self.config.redis_url
         self._valkey = EmbeddedValkey().start()
+        if self._valkey.pid is not None:
+            self._groups_started.append(("valkey", self._valkey.pid))
         self._record_pids()
         return self._valkey.url
 
     def _record_pids(self) -> None:
+        """Rewrite the pid file: the live children, and leftovers of earlier groups."""
         if self._pid_file is None:
             return
         groups = []
-        if self._valkey is not None and self._valkey.pid is not None:
+        current: set[int] = set()
+        if self._valkey is not None and self._valkey.running and self._valkey.pid is not None:
             groups.append(GroupRecord.of("valkey", self._valkey.pid))
+            current.add(self._valkey.pid)
         for child in self._children.values():
             if child.popen is not None and child.popen.poll() is None:
                 groups.append(GroupRecord.of(child.name, child.popen.pid))
+                current.add(child.popen.pid)
+        for name, pgid in self._groups_started:
+            if pgid not in current and group_members(pgid):
+                groups.append(GroupRecord(f"{name} (leftover)", pgid, 0.0, []))
         self._pid_file.write(groups)
 
     def _spawn(self, name: str) -> None:
-        self._children[name].start(REPO_ROOT)
+        child = self._children[name]
+        child.start(REPO_ROOT)
+        assert child.popen is not None
+        self._groups_started.append((name, child.popen.pid))
         self._record_pids()
 
     def _wait_service(self, child: _Child, deadline: float) -> None:
         while not child.ready.wait(0.05):
+            if self._stopping.is_set():
+                raise MeshStartError(f"{child.name}: the mesh is stopping")
             if not child.running():
                 raise child.failure("exited before it was ready")
             if time.monotonic() > deadline:
                 raise child.failure(f"was not ready within {self.config.startup_timeout:.0f}s")
         services = [str(s) for s in child.ready_info.get("services", []) or []]
         while not _health_serving(self._need_ports().grpc[child.name], services, timeout=1.0):
+            if self._stopping.is_set():
+                raise MeshStartError(f"{child.name}: the mesh is stopping")
             if not child.running():
                 raise child.failure("exited before it was SERVING")
             if time.monotonic() > deadline:
@@ -694,6 +765,8 @@ class Mesh:
         ports = self._need_ports()
         last = "admin not answering"
         while True:
+            if self._stopping.is_set():
+                raise MeshStartError(f"{child.name}: the mesh is stopping")
             if not child.running():
                 raise child.failure("exited before it was ready")
             if time.monotonic() > deadline:
@@ -710,14 +783,23 @@ class Mesh:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        """SIGTERM every process group in reverse start order, SIGKILL after the grace; idempotent."""
+        """Stop everything the mesh ever started; idempotent.
+
+        SIGTERM the services together (SIGKILL after ``stop_grace``) while Envoy still
+        runs, so the services' last stream messages reach the clients; then Envoy; then
+        Valkey; then every leftover of a process group started earlier (restarts
+        included) and any hand-started process on one of the mesh's ports.
+        """
+        self._stopping.set()
+        control, self._control = self._control, None
+        if control is not None:
+            control.close()
         with self._lock:
             children = list(self._children.values())
             if not children and self._valkey is None and not self._started:
                 return
             grace = self.config.stop_grace
-            # The edge first, so no new traffic arrives while the services drain.
-            for group in (["envoy"], [n for n in reversed(ordered_services(self.config.services))]):
+            for group in ([n for n in reversed(ordered_services(self.config.services))], ["envoy"]):
                 stopping = [c for c in children if c.name in group and c.popen is not None]
                 for child in stopping:
                     child.signal(signal.SIGTERM)
@@ -729,43 +811,328 @@ class Mesh:
                     child.wait_exit(time.monotonic() + 5.0)
                     child.signal(signal.SIGKILL)  # stragglers of an exited leader's group
                     child.reap()
-            self._children.clear()
             if self._valkey is not None:
                 self._valkey.close()
                 self._valkey = None
+            leftovers = [pgid for _, pgid in self._groups_started if group_members(pgid)]
+            if leftovers:
+                terminate_groups(leftovers, grace)
+            self._groups_started.clear()
+            if self._ports is not None:
+                strays = self._strays()
+                if strays:
+                    _terminate_processes(strays, grace)
+            self._children.clear()
             if self._pid_file is not None:
                 self._pid_file.remove()
                 self._pid_file = None
+            self._stopped.set()
+            supervisor, self._supervisor = self._supervisor, None
             self._cleanup.close()
             self._started = False
             atexit.unregister(self.stop)
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout=5.0)
+
+    # -- supervision ------------------------------------------------------------
+    def _say(self, text: str) -> None:
+        """A launcher message: to ``<log_dir>/launcher.log`` and ``echo``."""
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}"
+        if self._log_dir is not None:
+            with (self._log_dir / "launcher.log").open("a") as log:
+                log.write(line + "\n")
+        if self._echo is not None:
+            self._echo("launcher", text)
+
+    def _names(self) -> list[str]:
+        """Supervised processes: Valkey (embedded only), the services, Envoy."""
+        names = ["valkey"] if self._valkey is not None else []
+        names += [n for n in ordered_services(self.config.services)]
+        if "envoy" in self._children and self._children["envoy"].popen is not None:
+            names.append("envoy")
+        return names
+
+    def _alive(self, name: str) -> bool:
+        if name == "valkey":
+            valkey = self._valkey
+            return valkey is None or valkey.running  # None: stopped on purpose
+        child = self._children.get(name)
+        return child is None or child.running()
+
+    def _exit_code(self, name: str) -> int | None:
+        if name == "valkey":
+            proc = self._valkey._proc if self._valkey is not None else None  # noqa: SLF001
+            return proc.poll() if proc is not None else None
+        popen = self._children[name].popen
+        return popen.poll() if popen is not None else None
+
+    def _supervise(self) -> None:
+        """The supervisor thread: restart requests first, then crashed processes."""
+        mark_long_lived()  # it lives until stop() has ended the children it (re)starts
+        try:
+            while not self._stopping.is_set():
+                try:
+                    name, done = self._requests.get(timeout=0.2)
+                except queue.Empty:
+                    pass
+                else:
+                    self._serve_request(name, done)
+                    continue
+                for name in self._names():
+                    if self._stopping.is_set():
+                        break
+                    if name not in self._held and not self._alive(name):
+                        self._on_crash(name)
+        except Exception as exc:  # noqa: BLE001 - say why supervision ended, never die silently
+            if not self._stopping.is_set():  # (stop() clears what the loop reads)
+                self.failure = f"the supervisor failed: {exc!r}"
+                self._say(self.failure)
+                self._failed.set()
+        finally:
+            self._stopped.wait()
+            unmark_long_lived()
+
+    def _serve_request(self, name: str, done: concurrent.futures.Future[int]) -> None:
+        if not done.set_running_or_notify_cancel():
+            return
+        try:
+            self._held.discard(name)
+            self._say(f"restarting {name} on request")
+            self._stop_one(name)
+            done.set_result(self._restart_one(name))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done.set_exception(exc)
+
+    def _on_crash(self, name: str) -> None:
+        code = self._exit_code(name)
+        budget = self._budgets.setdefault(name, RestartBudget(self.config.restart))
+        delay = budget.crashed()
+        self._end_leftovers(name)
+        if delay is None:
+            self._held.add(name)
+            self.failure = (
+                f"{name} exited (code {code}) and crashed too often: {budget.describe()}; "
+                f"giving up (AF_RESTART_BURST / AF_RESTART_INTERVAL_S); log {self.log_path(name)}"
+            )
+            self._say(self.failure)
+            self._record_pids()
+            self._failed.set()
+            return
+        self._say(f"{name} exited (code {code}); restarting in {delay:.1f} s ({budget.describe()})")
+        if self._stopping.wait(delay):
+            return
+        try:
+            pid = self._restart_one(name)
+        except (MeshStartError, ValkeyStartError) as exc:
+            self._say(f"restart of {name} failed: {exc}")
+            self._stop_one(name)  # a hung start counts as the next crash
+            return
+        self._say(f"{name} restarted (pid {pid})")
+
+    def _end_leftovers(self, name: str) -> None:
+        """End what remains of the dead process's group (e.g. a killed service's workers)."""
+        if name == "valkey":
+            return
+        popen = self._children[name].popen
+        if popen is not None and group_members(popen.pid):
+            terminate_groups([popen.pid], self.config.stop_grace)
+        self._children[name].reap()
+
+    def _stop_one(self, name: str) -> None:
+        """SIGTERM one process (group), SIGKILL after the grace; waits until it is gone."""
+        if name == "valkey":
+            if self._valkey is not None:
+                self._valkey.stop()
+            return
+        child = self._children[name]
+        if child.popen is None:
+            return
+        child.signal(signal.SIGTERM)
+        if not child.wait_exit(time.monotonic() + self.config.stop_grace):
+            child.signal(signal.SIGKILL)
+            child.wait_exit(time.monotonic() + 5)
+        child.reap()
+
+    def _restart_one(self, name: str) -> int:
+        """Start ``name`` again on its ports and wait until it is healthy; its new pid."""
+        deadline = time.monotonic() + self.config.startup_timeout
+        if name == "valkey":
+            assert self._valkey is not None
+            with self._lock:
+                if self._stopping.is_set():
+                    raise MeshStartError("valkey: the mesh is stopping")
+                self._valkey.start()  # the same port: the services' REDIS_URL stays right
+                pid = self._valkey.pid
+                assert pid is not None
+                self._groups_started.append(("valkey", pid))
+                self._record_pids()
+            self.restarts[name] += 1
+            return pid
+        child = self._children[name]
+        for proc in self._strays({name}):
+            self._say(f"stopping {name} pid {proc.pid}, started outside the launcher on its port")
+            _terminate_processes([proc], self.config.stop_grace)
+        with self._lock:
+            if self._stopping.is_set():
+                raise MeshStartError(f"{name}: the mesh is stopping")
+            self._spawn(name)
+        if name == "envoy":
+            self._wait_envoy(child, deadline)
+        else:
+            self._wait_service(child, deadline)
+        self.restarts[name] += 1
+        assert child.popen is not None
+        return child.popen.pid
+
+    def _ports_of(self, name: str) -> list[int]:
+        ports = self._need_ports()
+        if name == "envoy":
+            return [ports.edge, ports.admin]
+        if name in ports.grpc:
+            return [p for p in (ports.grpc[name], ports.metrics[name]) if p > 0]
+        return []
+
+    def _strays(self, names: set[str] | None = None) -> list[psutil.Process]:
+        """Processes listening on a mesh port with that process's command line, not ours."""
+        wanted = names if names is not None else {*self._children, *self.config.services}
+        ours = {child.popen.pid for child in self._children.values() if child.popen is not None and child.running()}
+        by_port = {port: name for name in wanted for port in self._ports_of(name)}
+        try:
+            conns = psutil.net_connections(kind="tcp")
+        except (psutil.Error, OSError):
+            return []
+        found: dict[int, psutil.Process] = {}
+        for conn in conns:
+            if conn.status != psutil.CONN_LISTEN or not conn.laddr or not conn.pid:
+                continue
+            name = by_port.get(conn.laddr.port)
+            if name is None or conn.pid in ours or conn.pid == os.getpid():
+                continue
+            try:
+                proc = psutil.Process(conn.pid)
+                if os.getpgid(conn.pid) in ours:
+                    continue  # a member of one of our groups (stopped with it)
+                if _same_program(proc.cmdline(), self._children[name].spec.argv if name in self._children else []):
+                    found[conn.pid] = proc
+            except (psutil.Error, ProcessLookupError, KeyError):
+                continue
+        return list(found.values())
+
+    # -- control ----------------------------------------------------------------
+    def restart_service(self, name: str, timeout: float | None = None) -> int:
+        """Restart one process (a service, ``envoy`` or ``valkey``) on the same ports.
+
+        Stops it (SIGTERM, SIGKILL after ``stop_grace``), starts it again and waits until
+        it is healthy; returns the new pid. Goes through the supervisor when it runs, so
+        restarts never race. Raises KeyError for an unknown name, MeshStartError when the
+        new process does not become healthy.
+        """
+        if name != "valkey" and name not in self._children or name == "valkey" and self._valkey is None:
+            raise KeyError(f"no process {name!r} in this mesh; known: {', '.join(self._names())}")
+        supervisor = self._supervisor
+        if supervisor is None or not supervisor.is_alive():
+            with self._lock:
+                self._held.discard(name)
+                self._stop_one(name)
+                return self._restart_one(name)
+        done: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._requests.put((name, done))
+        limit = timeout or (self.config.stop_grace + self.config.startup_timeout + 15)
+        return done.result(timeout=limit)
+
+    def wait_failure(self, timeout: float | None = None) -> str | None:
+        """Block until supervision gives up (its reason) or ``timeout`` passes (None)."""
+        self._failed.wait(timeout)
+        return self.failure
+
+    def status(self) -> dict[str, dict[str, object]]:
+        """Per process: ``{"pid": int | None, "running": bool, "restarts": int, "held": bool}``."""
+        rows: dict[str, dict[str, object]] = {}
+        for name in self._names():
+            if name == "valkey":
+                pid = self._valkey.pid if self._valkey is not None else None
+            else:
+                popen = self._children[name].popen
+                pid = popen.pid if popen is not None else None
+            rows[name] = {"pid": pid, "running": self._alive(name), "restarts": self.restarts[name],
+                          "held": name in self._held}
+        return rows
 
     # -- chaos / test helpers ---------------------------------------------------
-    def kill_service(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to a service's process group and, for SIGKILL/SIGTERM, wait for it."""
+    def kill_service(self, name: str, sig: int = signal.SIGKILL, *, restart: bool = True) -> None:
+        """Send ``sig`` to a process (a service, ``envoy`` or ``valkey``), as a crash would.
+
+        For SIGKILL/SIGTERM, waits until it is gone. With ``restart`` (and supervision
+        on) the supervisor restarts it like any crash; ``restart=False`` holds it down
+        until :meth:`restart_service`.
+        """
+        if not restart:
+            self._held.add(name)
+        if name == "valkey":
+            if self._valkey is None:
+                raise KeyError("no embedded valkey in this mesh")
+            if sig == signal.SIGKILL:
+                self._valkey.kill()
+            elif self._valkey.pid is not None:
+                os.killpg(self._valkey.pid, sig)
+            return
         child = self._children[name]
         child.signal(sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             child.wait_exit(time.monotonic() + self.config.stop_grace + 5)
-            child.reap()
 
-    def restart_service(self, name: str) -> None:
-        """Stop a service (if running) and start it again on the same ports; waits until SERVING."""
-        with self._lock:
-            child = self._children[name]
-            if child.running():
-                child.signal(signal.SIGTERM)
-                if not child.wait_exit(time.monotonic() + self.config.stop_grace):
-                    child.signal(signal.SIGKILL)
-                    child.wait_exit(time.monotonic() + 5)
-            child.reap()
-            self._spawn(name)
-            self._wait_service(child, time.monotonic() + self.config.startup_timeout)
+    def wait_restarted(self, name: str, previous_pid: int, timeout: float = 60.0) -> int:
+        """Wait until ``name`` runs again with a pid other than ``previous_pid`` and is healthy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.status().get(name, {})
+            pid = row.get("pid")
+            if row.get("running") and pid != previous_pid and self.restarts[name] > 0:
+                if name in ("valkey", "envoy") or _health_serving(self._need_ports().grpc[name], (), 1.0):
+                    return int(pid)  # type: ignore[arg-type]
+            if self.failure:
+                raise MeshStartError(self.failure)
+            time.sleep(0.05)
+        raise MeshStartError(f"{name} was not restarted within {timeout:.0f}s; {self.status().get(name)}")
 
     def children(self) -> Iterator[tuple[str, int]]:
         """``(name, pid)`` of every running child (Valkey included)."""
-        if self._valkey is not None and self._valkey.pid is not None:
+        if self._valkey is not None and self._valkey.running and self._valkey.pid is not None:
             yield "valkey", self._valkey.pid
         for child in self._children.values():
             if child.popen is not None and child.popen.poll() is None:
                 yield child.name, child.popen.pid
+
+
+def _same_program(cmdline: Sequence[str], argv: Sequence[str]) -> bool:
+    """``cmdline`` runs ``argv`` (any interpreter path), or ``-m services.<name>`` of it."""
+    if not cmdline or not argv:
+        return False
+    if list(cmdline[1:]) == list(argv[1:]):
+        return True
+    module = next((argv[i + 1] for i in range(len(argv) - 1) if argv[i] == "-m"), None)
+    return module is not None and any(
+        cmdline[i] == "-m" and cmdline[i + 1] == module for i in range(len(cmdline) - 1)
+    )
+
+
+def _terminate_processes(procs: Sequence[psutil.Process], grace: float) -> None:
+    """SIGTERM ``procs`` and their descendants, SIGKILL what is left after ``grace``."""
+    everyone: list[psutil.Process] = []
+    for proc in procs:
+        try:
+            everyone += [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+    for proc in everyone:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(everyone, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=5)

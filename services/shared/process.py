@@ -9,20 +9,44 @@ import sys
 import threading
 from collections.abc import Callable
 
-__all__ = ["parent_death_argv", "parent_death_signal_hook"]
+__all__ = ["mark_long_lived", "parent_death_argv", "parent_death_signal_hook", "unmark_long_lived"]
 
 _PR_SET_PDEATHSIG = 1
+_LONG_LIVED: set[int] = set()  # thread idents (see mark_long_lived)
+
+
+def mark_long_lived() -> None:
+    """Declare that the calling thread lives as long as the children it starts.
+
+    Linux sends the parent-death signal when the *thread* that forked exits, so children
+    get one only when started from the main thread or from a thread marked here (the
+    launcher's supervisor, which restarts crashed processes and ends only after they
+    were stopped). The mark is removed when the thread calls :func:`unmark_long_lived`.
+    """
+    _LONG_LIVED.add(threading.get_ident())
+
+
+def unmark_long_lived() -> None:
+    """Undo :func:`mark_long_lived` for the calling thread (call it before the thread ends)."""
+    _LONG_LIVED.discard(threading.get_ident())
+
+
+def _may_set_parent_death() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    return threading.current_thread() is threading.main_thread() or threading.get_ident() in _LONG_LIVED
 
 
 def parent_death_signal_hook() -> Callable[[], None] | None:
     """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies.
 
-    Only from the main thread: the signal fires when the *thread* that forked exits, so a
+    Only from the main thread (or one marked with :func:`mark_long_lived`): the signal
+    fires when the *thread* that forked exits, so a
     child started from a worker thread (``asyncio.to_thread``) would be killed when that
     thread ends. ``prctl`` is resolved here, in the parent, so the child only calls it.
     Returns None where it does not apply (not Linux, not the main thread).
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    if not _may_set_parent_death():
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -44,7 +68,7 @@ def parent_death_argv() -> list[str]:
     --pdeathsig`` sets the signal and then execs the program, with no Python in between.
     Empty where it does not apply (not Linux, not the main thread, no ``setpriv``).
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    if not _may_set_parent_death():
         return []
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []

@@ -10,6 +10,9 @@ checkpoints its job and puts it back on the queue).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import logging
 
 import grpc
@@ -88,11 +91,21 @@ async def create_server(config: TrainingConfig, server_config: ServerConfig) -> 
     return service, app
 
 
-async def _serve(config: TrainingConfig, server_config: ServerConfig) -> None:
+async def _serve(config: TrainingConfig, server_config: ServerConfig) -> int:
+    """Serve until SIGTERM (0), or until the worker pool gives up (1: stop cleanly, then
+    exit non-zero so the launcher restarts the service whole)."""
     app = TrainingApp(config, log_format=server_config.log_format, log_level=server_config.log_level)
     await app.start()
     try:
-        await serve(server_config, "training", app.register)
+        serving = asyncio.create_task(serve(server_config, "training", app.register))
+        pool_failed = asyncio.create_task(app.pool.failed.wait())
+        await asyncio.wait({serving, pool_failed}, return_when=asyncio.FIRST_COMPLETED)
+        if pool_failed.done() and not serving.done():
+            _log.error("stopping the service: %s", app.pool.failure)
+            os.kill(os.getpid(), signal.SIGTERM)  # the server's own graceful shutdown
+        pool_failed.cancel()
+        await serving
+        return 1 if app.pool.failure else 0
     finally:
         await app.aclose()
 
@@ -100,4 +113,4 @@ async def _serve(config: TrainingConfig, server_config: ServerConfig) -> None:
 def main() -> None:
     server_config = ServerConfig.from_env("training")
     configure_logging("training", server_config.log_level, fmt=server_config.log_format)
-    asyncio.run(_serve(TrainingConfig.from_env(), server_config))
+    sys.exit(asyncio.run(_serve(TrainingConfig.from_env(), server_config)))

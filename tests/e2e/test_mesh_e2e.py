@@ -68,7 +68,7 @@ def test_rest_system_health_reports_every_service_valkey_and_envoy_serving(rest:
 
 def test_killed_service_shows_not_serving_then_restart_brings_it_back(rest: httpx.Client, mesh: Mesh) -> None:
     try:
-        mesh.kill_service("realtime")
+        mesh.kill_service("realtime", restart=False)  # held down until restart_service
         took = wait_component(rest, "realtime", NOT_SERVING, timeout=10)
         assert took <= 2.0, f"NOT_SERVING showed only after {took:.2f}s"
         body = rest.get("/v1/systemHealth").json()

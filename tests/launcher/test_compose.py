@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from services.launcher.envoy_config import render_envoy_config, values_from_env
+from services.shared.supervision import RestartPolicy
 from services.launcher.mesh import (
     ALL_SERVICES,
     DEPENDENCIES,
@@ -163,3 +164,11 @@ def test_dockerfile_installs_requirements_and_torch_and_copies_the_code(compose:
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert not {"gen", "services", "envoy", "requirements.txt"} & set(ignored)
     assert ".venv" in ignored
+
+
+def test_every_container_restarts_on_failure_with_the_launchers_burst(compose: dict[str, Any]) -> None:
+    # The launcher restarts what crashes and gives up after RestartPolicy.burst restarts;
+    # compose mirrors it for every process, Valkey and Envoy included.
+    burst = RestartPolicy().burst
+    for name, service in compose["services"].items():
+        assert service.get("restart") == f"on-failure:{burst}", name
