@@ -3,6 +3,7 @@
 #   make run     set up, bring up the whole mesh on embedded defaults, run a real Cognate phase
 #   make test    set up and run the whole check: stale gen/, buf lint, buf breaking, pytest
 #   make up      the mesh in the foreground (Envoy's edge on 127.0.0.1:$(EDGE_PORT)); Ctrl-C stops it
+#   make restart SERVICE=<name>  restart one process of the running `make up`
 #   make gen     regenerate gen/ from proto/
 #   make bench   run the benchmarks (figures go to docs/benchmarks.md by hand)
 #   make token   ROLE=viewer|trainer|operator|admin [TTL=1h] [SUB=name]: a signed token on stdout
@@ -18,7 +19,7 @@ EDGE_PORT ?= 8080
 export EDGE_PORT
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
 
-.PHONY: setup gen check-gen lint breaking test test-fast up run bench token secrets clean
+.PHONY: setup gen check-gen lint breaking test test-fast up run restart bench token secrets clean
 
 setup: $(STAMP)
 
@@ -71,6 +72,11 @@ up: $(STAMP) secrets
 
 run: $(STAMP) secrets
 	$(PY) -m services.launcher run --edge-port $(EDGE_PORT)
+
+# Restart one process of the running `make up`: make restart SERVICE=training
+restart: $(STAMP)
+	@test -n "$(SERVICE)" || { echo "usage: make restart SERVICE=<service|envoy|valkey>"; exit 2; }
+	$(PY) -m services.launcher restart $(SERVICE)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
