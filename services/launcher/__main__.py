@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from services.launcher.envoy_config import EdgeLimits
 from services.launcher.mesh import ALL_SERVICES, REPO_ROOT, Mesh, MeshConfig, MeshStartError
 from services.launcher.pidfile import MeshAlreadyRunning
 from services.shared.supervision import RestartPolicy
@@ -78,6 +79,7 @@ def _config(args: argparse.Namespace) -> MeshConfig:
         log_format=args.log_format,
         startup_timeout=args.startup_timeout,
         restart=RestartPolicy.from_env(),
+        edge_limits=EdgeLimits.from_env(),
     )
 
 
@@ -218,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_control(args)
     try:
         RestartPolicy.from_env()
+        EdgeLimits.from_env()
     except ValueError as exc:
         print(f"launcher: {exc}", file=sys.stderr)
         return 2

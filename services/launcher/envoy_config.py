@@ -22,6 +22,10 @@ reads the same values from the environment::
     ENVOY_REST_STRICT_BODY_LUA the Lua script rejecting unknown REST body fields (default
                                envoy/rest_strict_body.lua, made absolute)
     ENVOY_REST_SCHEMA_LUA      its schema (default gen/envoy/rest_schema.lua, made absolute)
+    EDGE_MAX_CONNECTIONS, EDGE_MAX_CONCURRENT_STREAMS, EDGE_CONNECTION_IDLE_TIMEOUT_S,
+    EDGE_REQUEST_HEADERS_TIMEOUT_S, EDGE_STREAM_IDLE_TIMEOUT_S, EDGE_STREAMING_IDLE_TIMEOUT_S
+                               the edge's resource limits (:class:`EdgeLimits`; its
+                               defaults when unset)
 
 Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
 A placeholder without a value, or a value without a placeholder, raises
@@ -31,15 +35,18 @@ A placeholder without a value, or a value without a placeholder, raises
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "DEFAULT_CORS_ALLOW_ORIGIN_REGEX",
     "SERVICES",
+    "EdgeLimits",
     "TemplateError",
     "default_descriptor_path",
     "default_rest_schema_path",
@@ -64,6 +71,70 @@ _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 class TemplateError(ValueError):
     """The template and the values given do not match."""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    """The edge's resource limits (Envoy; see envoy/README.md, "Limits").
+
+    Every field has an ``EDGE_<FIELD>`` environment variable (``EDGE_MAX_CONNECTIONS``,
+    ``EDGE_STREAMING_IDLE_TIMEOUT_S``, ...) read by :meth:`from_env`.
+    """
+
+    #: Open downstream connections, all edge listeners together (overload manager
+    #: ``global_downstream_max_connections``); over it new connections are closed at once.
+    #: Sized for 5,000 gRPC streams plus 500 grpc-web (one HTTP/1.1 connection each).
+    max_connections: int = 20000
+    #: HTTP/2 streams one client connection may have open (``SETTINGS_MAX_CONCURRENT_STREAMS``;
+    #: a gRPC client queues calls beyond it).
+    max_concurrent_streams: int = 1000
+    #: Seconds a connection with no open request is kept (HTTP ``idle_timeout``).
+    connection_idle_timeout_s: float = 300.0
+    #: Seconds for all request headers to arrive once a request started (408 after).
+    request_headers_timeout_s: float = 10.0
+    #: Seconds a unary request may see nothing move either way (``stream_idle_timeout``).
+    stream_idle_timeout_s: float = 300.0
+    #: Seconds a streaming call (``Watch*``, ``Subscribe``, artifact up/downloads, health
+    #: Watch) may see nothing move either way before Envoy resets it: a client that stops
+    #: reading stalls the stream (flow control), so it is cut after this long. Above
+    #: every keepalive the services send (``Subscribe`` heartbeats and ``WatchSystemHealth``
+    #: snapshots: at most every 300 s).
+    streaming_idle_timeout_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) <= 0:
+                raise TemplateError(f"EDGE_{f.name.upper()} must be > 0, not {getattr(self, f.name)!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> EdgeLimits:
+        """The limits with ``EDGE_<FIELD>`` overrides; TemplateError names a bad variable."""
+        env = os.environ if environ is None else environ
+        values: dict[str, float | int] = {}
+        for f in dataclasses.fields(cls):
+            name = f"EDGE_{f.name.upper()}"
+            raw = env.get(name, "").strip()
+            if raw:
+                try:
+                    values[f.name] = int(raw) if f.type in (int, "int") else float(raw)
+                except ValueError:
+                    raise TemplateError(f"{name}={raw!r}: not a number") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def values(self) -> dict[str, str]:
+        """Template values: ``MAX_CONNECTIONS``, ..., durations as Envoy ``"<n>s"``."""
+        return {
+            "MAX_CONNECTIONS": str(self.max_connections),
+            "MAX_CONCURRENT_STREAMS": str(self.max_concurrent_streams),
+            "CONNECTION_IDLE_TIMEOUT": _duration(self.connection_idle_timeout_s),
+            "REQUEST_HEADERS_TIMEOUT": _duration(self.request_headers_timeout_s),
+            "STREAM_IDLE_TIMEOUT": _duration(self.stream_idle_timeout_s),
+            "STREAMING_IDLE_TIMEOUT": _duration(self.streaming_idle_timeout_s),
+        }
+
+
+def _duration(seconds: float) -> str:
+    return f"{round(seconds, 3):g}s"
 
 
 def default_template_path() -> Path:
@@ -136,6 +207,7 @@ def render_envoy_config(
     cors_allow_origin_regex: str = DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
     rest_strict_body_path: str | os.PathLike[str] | None = None,
     rest_schema_path: str | os.PathLike[str] | None = None,
+    limits: EdgeLimits | None = None,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
@@ -148,6 +220,7 @@ def render_envoy_config(
     ``rest_strict_body_path`` and ``rest_schema_path`` are the Lua script and its
     generated schema that reject unknown REST body fields (default: this checkout's
     envoy/rest_strict_body.lua and gen/envoy/rest_schema.lua); Envoy loads them at start.
+    ``limits``: the edge's resource limits (default :class:`EdgeLimits()`).
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -165,6 +238,7 @@ def render_envoy_config(
         "REST_SCHEMA_LUA": _check_text("REST_SCHEMA_LUA", os.fspath(
             default_rest_schema_path() if rest_schema_path is None else rest_schema_path)),
     }
+    values.update((limits or EdgeLimits()).values())
     for service, (host, port) in upstreams.items():
         key = service.upper()
         values[f"{key}_HOST"] = _check_text(f"{key}_HOST", host.strip("[]"))
@@ -210,6 +284,7 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "cors_allow_origin_regex": env.get("CORS_ALLOW_ORIGIN_REGEX") or DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
         "rest_strict_body_path": str(Path(strict_body).resolve()),
         "rest_schema_path": str(Path(schema).resolve()),
+        "limits": EdgeLimits.from_env(env),
     }
 
 

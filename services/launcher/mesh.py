@@ -68,6 +68,7 @@ from typing import IO
 import psutil
 
 from services.launcher.control import ControlServer
+from services.launcher.envoy_config import EdgeLimits
 from services.launcher.healthcheck import check
 from services.launcher.pidfile import (
     GroupRecord,
@@ -159,6 +160,8 @@ class MeshConfig:
     envoy_log_level: str = "warning"
     #: Start Envoy (False: Valkey and the services only, e.g. while debugging a service).
     with_envoy: bool = True
+    #: Envoy's resource limits (connections, streams, idle and header timeouts).
+    edge_limits: EdgeLimits = field(default_factory=EdgeLimits)
     #: Restart crashed processes (False: nothing watches them once started).
     supervise: bool = True
     #: Restart delays and the start limit (``AF_RESTART_*`` in the launcher's environment).
@@ -759,6 +762,7 @@ class Mesh:
             admin_port=ports.admin,
             upstreams=upstreams,
             descriptor_path=str(REPO_ROOT / DESCRIPTOR_PATH),
+            limits=self.config.edge_limits,
         )
 
     def _wait_envoy(self, child: _Child, deadline: float) -> None:

@@ -31,7 +31,7 @@ from typing import IO
 
 import pytest
 
-from services.launcher.envoy_config import SERVICES, default_descriptor_path, render_envoy_config
+from services.launcher.envoy_config import SERVICES, EdgeLimits, default_descriptor_path, render_envoy_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
@@ -148,11 +148,17 @@ def wait_edge_ready(admin_url: str, clusters: tuple[str, ...], proc: subprocess.
     raise RuntimeError(f"envoy not ready in {START_TIMEOUT}s ({last}):\n{_tail(log)}")
 
 
-def start_edge_stack(stack: ExitStack, workdir: Path, grace_seconds: float = 3.0) -> EdgeTarget:
-    """Start the upstream double and Envoy; ``stack`` stops both (Envoy first)."""
+def start_edge_stack(stack: ExitStack, workdir: Path, grace_seconds: float = 3.0, *,
+                     limits: EdgeLimits | None = None, upstream_env: dict[str, str] | None = None) -> EdgeTarget:
+    """Start the upstream double and Envoy; ``stack`` stops both (Envoy first).
+
+    ``limits``: the edge's resource limits (small ones for the limit tests);
+    ``upstream_env``: more environment for the double (e.g. ``AF_EDGE_DOUBLE_PERIOD``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
+        **(upstream_env or {}),
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'gen' / 'python'}",
         "AF_PORT": "0",
         "AF_HOST": "127.0.0.1",
@@ -179,6 +185,7 @@ def start_edge_stack(stack: ExitStack, workdir: Path, grace_seconds: float = 3.0
         admin_port=admin_port,
         upstreams={name: ("127.0.0.1", grpc_port) for name in SERVICES},
         descriptor_path=default_descriptor_path(),
+        limits=limits,
     ))
     envoy_log = workdir / "envoy.log"
     with envoy_log.open("wb") as out:

@@ -277,3 +277,28 @@ def test_cli_renders_the_same_config_from_the_environment(tmp_path: Path) -> Non
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "AF_FORGE_ADDR" in result.stderr
+
+
+def test_edge_limits_render_into_the_listener_and_read_edge_variables() -> None:
+    from services.launcher.envoy_config import EdgeLimits, TemplateError
+
+    limits = EdgeLimits.from_env({"EDGE_MAX_CONNECTIONS": "7", "EDGE_STREAMING_IDLE_TIMEOUT_S": "1.5",
+                                  "EDGE_CONNECTION_IDLE_TIMEOUT_S": "2"})
+    assert (limits.max_connections, limits.streaming_idle_timeout_s, limits.connection_idle_timeout_s) == (7, 1.5, 2)
+    text = render_envoy_config(listen_port=8080, admin_port=9901,
+                               upstreams={s: ("127.0.0.1", 5000 + i) for i, s in enumerate(SERVICES)},
+                               descriptor_path="/d.binpb", limits=limits)
+    doc = yaml.safe_load(text)
+    monitor = doc["overload_manager"]["resource_monitors"][0]
+    assert monitor["typed_config"]["max_active_downstream_connections"] == 7
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["common_http_protocol_options"]["idle_timeout"] == "2s"
+    assert hcm["http2_protocol_options"]["max_concurrent_streams"] == 1000
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    streaming = [r for r in routes if r["name"].startswith(("health-watch",)) or "-stream-" in r["name"]]
+    assert len(streaming) >= 8 and all(r["route"]["idle_timeout"] == "1.5s" for r in streaming)
+    assert all(r.get("route", {}).get("idle_timeout") != "0s" for r in routes), "no route may switch the idle timeout off"
+    with pytest.raises(TemplateError, match="EDGE_MAX_CONNECTIONS"):
+        EdgeLimits.from_env({"EDGE_MAX_CONNECTIONS": "lots"})
+    with pytest.raises(TemplateError, match="EDGE_STREAM_IDLE_TIMEOUT_S must be > 0"):
+        EdgeLimits.from_env({"EDGE_STREAM_IDLE_TIMEOUT_S": "0"})
