@@ -12,6 +12,7 @@ from services.forge.saga import RunManager
 from services.forge.servicer import ForgeServicer
 from services.forge.store import RunStore
 from services.shared.bus import BusConfig, EventBus
+from services.shared.readiness import redis_ping
 from services.shared.client import make_channel
 from services.shared.server import run_service
 
@@ -65,4 +66,5 @@ class Forge:
 
 def main() -> None:
     forge = Forge(ForgeConfig.from_env())
-    run_service("forge", forge.register, on_shutdown=forge.close)
+    run_service("forge", forge.register, on_shutdown=forge.close,
+                dependencies={"redis": redis_ping(BusConfig.from_env().url)})

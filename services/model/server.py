@@ -25,6 +25,7 @@ from services.model.handoff import HandoffConsumer
 from services.model.servicer import ModelServicer
 from services.model.store import Registry
 from services.shared.bus import BusConfig, EventBus
+from services.shared.readiness import redis_ping
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server
@@ -86,7 +87,8 @@ async def create_server(
         return [FULL_NAME]
 
     try:
-        service = await build_server(server_config, SERVICE_NAME, register)
+        service = await build_server(server_config, SERVICE_NAME, register,
+                                     dependencies={"redis": redis_ping(bus.config.url)})
     except BaseException:
         await bus.aclose()
         store.close()

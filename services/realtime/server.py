@@ -17,6 +17,7 @@ from services.realtime.store import TopicStore
 from services.realtime.subscription import Hub
 from services.shared.bus import EventBus
 from services.shared.fanout import BusFanout
+from services.shared.readiness import redis_ping
 from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server
 
@@ -77,7 +78,8 @@ async def create_server(config: RealtimeConfig) -> RealtimeServer:
         return [FULL_NAME]
 
     try:
-        service = await build_server(config.server, SERVICE_NAME, register)
+        service = await build_server(config.server, SERVICE_NAME, register,
+                                     dependencies={"redis": redis_ping(config.topic_bus.url)})
     except BaseException:
         await bus.aclose()
         await fanout.aclose()

@@ -13,6 +13,10 @@ stream interceptor ends every open stream with a ``stream_end`` field with UNAVA
 "server shutting down" (see :class:`~services.shared.interceptors.StreamEndInterceptor`).
 Handlers may watch the same event to stop their own work.
 
+Readiness: ``build_server(..., dependencies={"redis": redis_ping(url)})`` keeps every
+health status of the server NOT_SERVING while a dependency's check fails, and SERVING
+again once it passes (:mod:`services.shared.readiness`); the task stops at shutdown.
+
 A service's entry point is typically::
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -30,7 +34,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -45,6 +49,8 @@ from services.shared.health import HealthService
 from services.shared.interceptors import StopEvent, default_interceptors
 from services.shared.logging import configure_logging
 from services.shared.metrics import GrpcServerMetrics, MetricsEndpoint, start_metrics_endpoint
+from services.shared.readiness import Check, DependencyReadiness
+from services.shared.tasks import cancel_and_wait
 
 __all__ = ["Register", "Service", "build_server", "run_service", "serve"]
 
@@ -72,6 +78,9 @@ class Service:
     #: (``build_server`` hands this same event to the interceptors).
     stop_requested: asyncio.Event = field(default_factory=StopEvent)
     _shutdown: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: Follows the dependencies given to ``build_server`` (None without any).
+    readiness: DependencyReadiness | None = None
+    _readiness_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def metrics_port(self) -> int | None:
@@ -112,6 +121,8 @@ class Service:
         grace = self.config.grace_seconds if grace is None else grace
         _log.info("shutting down", extra={"grace_seconds": grace})
         await self.health.enter_graceful_shutdown()
+        if self._readiness_task is not None:
+            await cancel_and_wait([self._readiness_task])
         await self.server.stop(grace)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
@@ -152,8 +163,13 @@ async def build_server(
     register: Register,
     *,
     reflect_extra: Iterable[str] = (),
+    dependencies: Mapping[str, Check] | None = None,
 ) -> Service:
     """Create, wire and start the server; returns it with the ports actually bound.
+
+    ``dependencies``: checks of what the service cannot work without (e.g.
+    ``{"redis": redis_ping(url)}``); while one fails, every health status of the server
+    is NOT_SERVING (:class:`~services.shared.readiness.DependencyReadiness`).
 
     ``reflect_extra``: full names of services this server does not implement but lists
     in reflection (their descriptors must be in the default pool, i.e. imported), so
@@ -191,6 +207,9 @@ async def build_server(
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     service = Service(service_name, config, server, health, port, names, registry, endpoint,
                       stop_requested=stop)
+    if dependencies:
+        service.readiness = DependencyReadiness(health, names, dependencies)
+        service._readiness_task = asyncio.ensure_future(service.readiness.run())
     _log.info("ready", extra={"grpc_port": port, "metrics_port": service.metrics_port,
                               "services": names})
     return service
@@ -203,9 +222,10 @@ async def serve(
     *,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     stdout: TextIO | None = None,
+    dependencies: Mapping[str, Check] | None = None,
 ) -> None:
     """Build the server, print the ready line on stdout, serve until a signal."""
-    service = await build_server(config, service_name, register)
+    service = await build_server(config, service_name, register, dependencies=dependencies)
     out = stdout or sys.stdout
     await service.serve_forever(
         on_shutdown=on_shutdown,
@@ -218,8 +238,9 @@ def run_service(
     register: Register,
     *,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    dependencies: Mapping[str, Check] | None = None,
 ) -> None:
     """Process entry point: config from env, JSON logging, serve until SIGTERM."""
     config = ServerConfig.from_env(service_name)
     configure_logging(service_name, config.log_level, fmt=config.log_format)
-    asyncio.run(serve(config, service_name, register, on_shutdown=on_shutdown))
+    asyncio.run(serve(config, service_name, register, on_shutdown=on_shutdown, dependencies=dependencies))

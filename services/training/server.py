@@ -20,6 +20,7 @@ import grpc
 from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
 from services.shared.errors import Unavailable, as_domain_error
+from services.shared.readiness import redis_ping
 from services.shared.tasks import cancel_and_wait
 from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server, serve
@@ -84,7 +85,8 @@ async def create_server(config: TrainingConfig, server_config: ServerConfig) -> 
     app = TrainingApp(config, log_format=server_config.log_format, log_level=server_config.log_level)
     await app.start()
     try:
-        service = await build_server(server_config, "training", app.register)
+        service = await build_server(server_config, "training", app.register,
+                                     dependencies={"redis": redis_ping(config.redis_url)})
     except BaseException:
         await app.aclose()
         raise
@@ -97,7 +99,8 @@ async def _serve(config: TrainingConfig, server_config: ServerConfig) -> int:
     app = TrainingApp(config, log_format=server_config.log_format, log_level=server_config.log_level)
     await app.start()
     try:
-        serving = asyncio.create_task(serve(server_config, "training", app.register))
+        serving = asyncio.create_task(serve(server_config, "training", app.register,
+                                             dependencies={"redis": redis_ping(config.redis_url)}))
         pool_failed = asyncio.create_task(app.pool.failed.wait())
         await asyncio.wait({serving, pool_failed}, return_when=asyncio.FIRST_COMPLETED)
         if pool_failed.done() and not serving.done():
