@@ -391,13 +391,11 @@ def _load_spec(path: Path) -> training_job_pb2.TrainingJob:
 
 
 def _follow_job(client: Client, name: str, display: ProgressDisplay) -> training_job_pb2.TrainingJob:
-    job = client.training.get_training_job(name=name)
-    display.job_snapshot(job)
-    if job.state not in _TERMINAL_JOB:
-        for event in client.training.watch_training_job(name=name):
-            display.job_event(event)
-        job = client.training.get_training_job(name=name)
-    return job
+    """Replay the job's events from the start, then follow it live until it ends."""
+    display.job_total(name, client.training.get_training_job(name=name).spec.max_steps)
+    for event in client.training.watch_training_job(name=name):
+        display.job_event(event)
+    return client.training.get_training_job(name=name)
 
 
 def _watch_job_json(client: Client, name: str) -> training_job_pb2.TrainingJob:
@@ -738,7 +736,7 @@ def _download(client: Client, name: str, dest: Path, quiet: bool) -> dict[str, A
             try:
                 with part.open("ab") as fh:
                     for chunk in client.models.download_model_artifact(name=resolved, offset=offset):
-                        if chunk.offset != offset:
+                        if chunk.data and chunk.offset != offset:
                             raise CommandFailed(f"server sent bytes at {chunk.offset}, expected {offset}")
                         if resolved != chunk.model_version and chunk.model_version:
                             resolved = chunk.model_version
@@ -746,7 +744,7 @@ def _download(client: Client, name: str, dest: Path, quiet: bool) -> dict[str, A
                             meta_path.write_text(json.dumps({"model_version": resolved}))
                         fh.write(chunk.data)
                         offset += len(chunk.data)
-                        size, sha = chunk.total_size, chunk.sha256
+                        size, sha = chunk.total_size_bytes or size, chunk.sha256 or sha
                         if progress is not None:
                             if bar is None:
                                 bar = progress.add_task(clean(resolved), total=size, completed=offset)
@@ -754,6 +752,13 @@ def _download(client: Client, name: str, dest: Path, quiet: bool) -> dict[str, A
                         elif not quiet and (time.monotonic() - last_report > 2 or offset >= size):
                             last_report = time.monotonic()
                             display.line(f"{resolved}: {offset}/{size} bytes")
+                break
+            except InvalidArgumentError as exc:
+                if exc.code.name != "OUT_OF_RANGE" or not offset:
+                    raise
+                # The partial file is already whole: verify it against the version's sha256.
+                artifact = client.models.get_model_version(name=resolved).artifact
+                size, sha = artifact.size_bytes, artifact.sha256
                 break
             except UnavailableError:
                 attempts += 1
@@ -981,7 +986,10 @@ def _fail(exc: BaseException) -> NoReturn:
         where = ""
         if isinstance(exc, UnavailableError) and _state._client is not None:
             where = f" (edge {_state._client.target})"
-        message = f"error: {exc.code.name}{where}: {exc.message}"
+        text = exc.message
+        if exc.field_violations and all(v.description in text for v in exc.field_violations):
+            text = f"{len(exc.field_violations)} invalid field(s)"  # listed below, once
+        message = f"error: {exc.code.name}{where}: {text}"
         if exc.reason and exc.reason != exc.code.name:
             message += f" [{exc.reason}]"
         lines = [message] + [f"  {v.field}: {v.description}" for v in exc.field_violations]

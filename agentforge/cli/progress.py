@@ -84,6 +84,9 @@ class _Job:
     rate: float = 0.0
     eta_s: float = 0.0
     state: str = "QUEUED"
+    eval_loss: float | None = None
+    eval_accuracy: float | None = None
+    checkpoint_step: int = 0
     last_plain: float = field(default=0.0)
 
 
@@ -151,17 +154,16 @@ class ProgressDisplay:
         if job is None:
             job = self._jobs[name] = _Job(name)
             if self._progress is not None:
-                job.task = self._progress.add_task(clean(name), total=None, detail="queued")
+                job.task = self._progress.add_task(clean(name.removeprefix("trainingJobs/")), total=None, detail="queued")
         return job
 
-    def job_snapshot(self, job_msg: training_job_pb2.TrainingJob) -> None:
-        """Seed a job's bar from a ``TrainingJob`` (its current step and state)."""
+    def job_total(self, name: str, total_steps: int) -> None:
+        """Size a job's bar before its first progress event (``spec.max_steps``)."""
         with self._lock:
-            job = self._job(job_msg.name)
-            job.total = int(job_msg.spec.max_steps or job_msg.progress.total_steps)
-            job.state = job_state(job_msg.state)
-            self._apply_progress(job, job_msg.progress)
-            self._render(job, force=True)
+            job = self._job(name)
+            job.total = int(total_steps) or job.total
+            if self._progress is not None and job.task is not None:
+                self._progress.update(job.task, total=job.total or None)
 
     def job_event(self, event: training_job_event_pb2.TrainingJobEvent) -> None:
         """Update the job's bar (progress, eval) or print its state change / checkpoint / log."""
@@ -177,13 +179,16 @@ class ProgressDisplay:
                 reason = f" ({sc.reason})" if sc.reason else ""
                 error = f": {sc.error.message}" if sc.error.message else ""
                 self.line(f"{job.name}: {job_state(sc.from_state)} -> {job.state}{reason}{error}")
-                self._render(job, force=True)
+                if self._progress is not None:
+                    self._render(job)
             elif kind == "checkpoint_written":
                 ck = event.checkpoint_written
-                self.line(f"{job.name}: checkpoint at step {ck.step} ({ck.size_bytes} bytes)")
+                job.checkpoint_step = int(ck.step)
+                if ck.final:
+                    self.line(f"{job.name}: final checkpoint at step {ck.step} ({ck.size_bytes} bytes)")
             elif kind == "eval_completed":
-                ev = event.eval_completed
-                self.line(f"{job.name}: eval at step {ev.step}: loss {ev.loss:.4f} accuracy {ev.accuracy:.3f}")
+                job.eval_loss, job.eval_accuracy = event.eval_completed.loss, event.eval_completed.accuracy
+                self._render(job)
             elif kind == "log":
                 self.line(f"{job.name}: {event.log.message}")
             elif kind == "control_applied":
@@ -206,7 +211,8 @@ class ProgressDisplay:
     def _detail(self, job: _Job) -> str:
         loss = f"loss {job.loss:.4f}" if job.loss is not None else "loss -"
         rate = f"{job.rate:.1f} step/s" if job.rate else ""
-        return " ".join(x for x in (job.state.lower(), loss, rate) if x)
+        val = f"val_loss {job.eval_loss:.4f} val_acc {job.eval_accuracy:.3f}" if job.eval_loss is not None else ""
+        return " ".join(x for x in (job.state.lower(), loss, val, rate) if x)
 
     def _render(self, job: _Job, *, force: bool = False) -> None:
         if self._progress is not None and job.task is not None:
