@@ -131,7 +131,7 @@ class RunManager:
                 return existing
         definition = CATALOG.get(phase_id)
         if definition is None:
-            raise NotFound(f"phase {phase} does not exist")
+            raise NotFound(f"phase {phase} does not exist", reason="PHASE_NOT_FOUND")
         if not definition.available:
             raise FailedPrecondition(
                 f"phase {phase} is in the catalog but not implemented in this deployment",
@@ -164,7 +164,7 @@ class RunManager:
     async def get(self, name: str) -> pr.PhaseRun:
         run = await asyncio.to_thread(self._store.get, name.split("/", 1)[1])
         if run is None:
-            raise NotFound(f"{name} does not exist")
+            raise NotFound(f"{name} does not exist", reason="PHASE_RUN_NOT_FOUND")
         return run
 
     async def cancel(self, name: str, reason: str) -> pr.PhaseRun:

@@ -36,7 +36,7 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
     async def GetPhase(self, request: req.GetPhaseRequest, context) -> phase_pb2.Phase:
         phase_id = request.name.split("/", 1)[1]
         if phase_id not in CATALOG:
-            raise NotFound(f"{request.name} does not exist")
+            raise NotFound(f"{request.name} does not exist", reason="PHASE_NOT_FOUND")
         return phase_proto(CATALOG[phase_id], await asyncio.to_thread(self._store.latest_run, request.name))
 
     async def StartPhaseRun(self, request: req.StartPhaseRunRequest, context) -> phase_run_pb2.PhaseRun:

@@ -5,7 +5,8 @@ Upload protocol (see ``UploadModelArtifact`` in the contract): :meth:`ModelRegis
 opens an :class:`UploadSession` for one stream; it checks the header against the upload
 in progress, accepts chunks only at the committed offset (``UPLOAD_OFFSET_MISMATCH``
 otherwise), persists every chunk before advancing ``committed_bytes`` and verifies size
-and sha256 after the last byte (``CHECKSUM_MISMATCH`` → DATA_LOSS, bytes discarded).
+and sha256 after the last byte (``CHECKSUM_MISMATCH``/``SIZE_MISMATCH`` →
+INVALID_ARGUMENT, a client's mistake: bytes discarded, upload again from 0).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from services.shared.tasks import cancel_and_wait
 __all__ = ["Chunk", "Handoff", "ModelRegistry", "UploadHeader", "UploadSession", "register_handoff"]
 
 _log = logging.getLogger(__name__)
-_DATA_LOSS = 15
+_INVALID_ARGUMENT = 3
 _INTERNAL = 13
 _FAILED_PRECONDITION = 9
 _METRIC_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_./-]{0,127}$")
@@ -80,7 +81,8 @@ class UploadSession:
                 reason="UPLOAD_OFFSET_MISMATCH", metadata={"committed_bytes": str(self.committed)})
         end = offset + len(data)
         if end > self.header.size_bytes:
-            await self._fail(f"upload exceeds the declared size_bytes {self.header.size_bytes}", "SIZE_MISMATCH")
+            await self._fail(f"upload exceeds the declared size_bytes {self.header.size_bytes}", "SIZE_MISMATCH",
+                             "header.size_bytes")
         v = self.version
         await asyncio.to_thread(self._files.append, v.model_id, v.version, offset, data)
         await self._store.set_committed(v.model_id, v.version, end)
@@ -93,7 +95,7 @@ class UploadSession:
         actual = await asyncio.to_thread(self._files.part_sha256, v.model_id, v.version)
         if actual != self.header.sha256:
             await self._fail(f"sha256 of the uploaded bytes is {actual}, the header declared {self.header.sha256}",
-                             "CHECKSUM_MISMATCH")
+                             "CHECKSUM_MISMATCH", "header.sha256")
         await asyncio.to_thread(self._files.commit_part, v.model_id, v.version)
         artifact = self._artifact("READY", self.committed)
         artifact.complete_time = now_us()
@@ -101,14 +103,17 @@ class UploadSession:
         self.complete = True
         self.sha256 = actual
 
-    async def _fail(self, message: str, reason: str) -> None:
+    async def _fail(self, message: str, reason: str, field: str) -> None:
+        """Discard the upload and raise INVALID_ARGUMENT: the client declared a size or
+        digest its bytes do not have (never 5xx: nothing was lost on our side)."""
         v = self.version
         await asyncio.to_thread(self._files.discard_part, v.model_id, v.version)
         artifact = self._artifact("FAILED", 0)
-        artifact.error_code, artifact.error_message = _DATA_LOSS, message
+        artifact.error_code, artifact.error_message = _INVALID_ARGUMENT, message
         self.version = await self._store.set_artifact(v.model_id, v.version, artifact, state="FAILED")
         self.committed = 0
-        raise DataLoss(message + "; the bytes were discarded, upload again from offset 0", reason=reason)
+        raise InvalidArgument(message + "; the bytes were discarded, upload again from offset 0",
+                              [(field, message)], reason=reason)
 
     def _artifact(self, state: str, committed: int) -> ArtifactRecord:
         h = self.header
@@ -306,7 +311,7 @@ async def register_handoff(registry: ModelRegistry, h: Handoff) -> tuple[Version
         actual = await asyncio.to_thread(sha256_file, h.checkpoint_path)
         if actual != h.checkpoint_sha256.lower():
             raise DataLoss(f"checkpoint file {h.checkpoint_path} has sha256 {actual}, "
-                           f"the event says {h.checkpoint_sha256}", reason="CHECKSUM_MISMATCH")
+                           f"the event says {h.checkpoint_sha256}", reason="DATA_LOSS")
     files = registry.files
     target = files.artifact_path(version.model_id, version.version)
 

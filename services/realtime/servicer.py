@@ -198,7 +198,8 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
             raise InvalidArgument("name must be topics/{topic}", [("name", "must be topics/{topic}")])
         with _store_errors():
             if not await self._store.exists(topic):
-                raise NotFound(f"topic {topic} was never used", metadata={"name": request.name})
+                raise NotFound(f"topic {topic} was never used", reason="TOPIC_NOT_FOUND",
+                               metadata={"name": request.name})
             info = await self._store.info(topic)
             counts = await self._store.subscriber_counts([topic])
         return _topic_proto(info, counts[topic])

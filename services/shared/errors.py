@@ -17,8 +17,18 @@ status with rich details (``grpc-status-details-bin`` trailer)::
     ├── OutOfRange                  OUT_OF_RANGE        OUT_OF_RANGE      (e.g. offset past the end)
     └── DataLoss                    DATA_LOSS           DATA_LOSS         (e.g. sha256 mismatch)
 
-Every status carries one ``ErrorInfo{reason, domain, metadata}``; ``reason`` defaults
-to the class's and may be refined per raise (``NotFound(..., reason="JOB_NOT_FOUND")``).
+Every status carries one ``ErrorInfo{reason, domain, metadata}``: the one catalogue
+for the whole mesh is ``agentforge.common.v1.ErrorReason`` (documented with its status
+codes in docs/api.md), the domain is always :data:`DOMAIN` (``agentforge.dev``).
+``reason`` defaults to the class's and may be refined per raise
+(``NotFound(..., reason="JOB_NOT_FOUND")``); a reason that is not in the catalogue is
+logged and replaced by the class's default, so a typo never reaches a client.
+
+What a status quotes is bounded (:func:`to_rpc_status`): the message, each field
+violation and each metadata value are cut to a prefix, and the whole status stays
+under :data:`MAX_STATUS_BYTES`, so an error that echoes a huge input (a 30,000-character
+label key) still fits in the trailers of every hop (gRPC clients accept 8 KiB of
+metadata by default).
 
 A dependency that is away is not a bug: :func:`as_domain_error` turns Redis being
 unreachable (redis-py ``ConnectionError``/``TimeoutError``, ``BusyLoadingError``, the
@@ -39,6 +49,7 @@ from typing import ClassVar
 import grpc
 import grpc.aio
 from google.protobuf import any_pb2
+from agentforge.common.v1 import common_pb2
 from redis import exceptions as redis_errors
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -46,6 +57,9 @@ from grpc_status import rpc_status
 from services.shared.context import REQUEST_ID_KEY, request_id_var
 
 __all__ = [
+    "DOMAIN",
+    "MAX_STATUS_BYTES",
+    "REASONS",
     "Aborted",
     "AlreadyExists",
     "DataLoss",
@@ -62,6 +76,7 @@ __all__ = [
     "Unimplemented",
     "abort_with",
     "as_domain_error",
+    "clip",
     "internal_status",
     "status_for_exception",
     "to_rpc_status",
@@ -74,12 +89,45 @@ FieldViolation = tuple[str, str]
 
 INTERNAL_MESSAGE = "internal error"
 
+#: ``google.rpc.ErrorInfo.domain`` of every error the mesh sends (AIP-193).
+DOMAIN = "agentforge.dev"
+
+_REASON_PREFIX = "ERROR_REASON_"
+#: The catalogue: every ``ErrorReason`` name without its prefix (UNSPECIFIED excluded).
+REASONS: frozenset[str] = frozenset(
+    name.removeprefix(_REASON_PREFIX)
+    for name in common_pb2.ErrorReason.keys()
+    if name != _REASON_PREFIX + "UNSPECIFIED"
+)
+
+#: Bounds on what a status quotes (characters), and on the serialized status (bytes).
+MAX_MESSAGE_CHARS = 512
+MAX_FIELD_CHARS = 160
+MAX_DESCRIPTION_CHARS = 240
+MAX_METADATA_CHARS = 160
+MAX_STATUS_BYTES = 4096
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, marked with ``…`` when cut."""
+    if len(text) <= limit:
+        return text
+    return text[: max(0, limit - 1)] + "…"
+
+
+def _catalogued(reason: str, default: str) -> str:
+    if reason in REASONS:
+        return reason
+    _log.error("error reason %r is not in agentforge.common.v1.ErrorReason; sending %s",
+               clip(reason, 64), default)
+    return default
+
 
 class ForgeError(Exception):
     """Base of all domain errors; maps to a gRPC status with an ErrorInfo."""
 
-    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
-    default_reason: ClassVar[str] = "UNKNOWN"
+    code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    default_reason: ClassVar[str] = "INTERNAL"
 
     def __init__(
         self,
@@ -90,7 +138,7 @@ class ForgeError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        self.reason = _catalogued(reason, self.default_reason) if reason else self.default_reason
         self.metadata: dict[str, str] = dict(metadata or {})
 
 
@@ -179,24 +227,37 @@ def _pack(message: object) -> any_pb2.Any:
     return detail
 
 
-def to_rpc_status(exc: ForgeError, domain: str) -> status_pb2.Status:
-    """``google.rpc.Status`` for a domain error: ErrorInfo (+ BadRequest)."""
-    status = status_pb2.Status(code=exc.code.value[0], message=exc.message)
+def to_rpc_status(exc: ForgeError, domain: str = DOMAIN) -> status_pb2.Status:
+    """``google.rpc.Status`` for a domain error: ErrorInfo (+ BadRequest).
+
+    Bounded: message, field paths, descriptions and metadata values are clipped
+    (``MAX_*_CHARS``), and field violations that would take the serialized status over
+    :data:`MAX_STATUS_BYTES` are left out (the message says how many).
+    """
+    status = status_pb2.Status(code=exc.code.value[0], message=clip(exc.message, MAX_MESSAGE_CHARS))
     info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=domain)
-    info.metadata.update(exc.metadata)
+    for key, value in list(exc.metadata.items())[:16]:
+        info.metadata[clip(key, 64)] = clip(value, MAX_METADATA_CHARS)
     status.details.append(_pack(info))
     if isinstance(exc, InvalidArgument) and exc.violations:
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                for f, d in exc.violations
-            ]
-        )
+        bad = error_details_pb2.BadRequest()
+        budget = MAX_STATUS_BYTES - status.ByteSize() - 64
+        for index, (field, description) in enumerate(exc.violations):
+            violation = error_details_pb2.BadRequest.FieldViolation(
+                field=clip(field, MAX_FIELD_CHARS), description=clip(description, MAX_DESCRIPTION_CHARS))
+            size = violation.ByteSize() + 4
+            if size > budget:
+                left = len(exc.violations) - index
+                suffix = f" ({left} more violations not listed)"
+                status.message = clip(exc.message, MAX_MESSAGE_CHARS - len(suffix)) + suffix
+                break
+            bad.field_violations.append(violation)
+            budget -= size
         status.details.append(_pack(bad))
     return status
 
 
-def internal_status(domain: str) -> status_pb2.Status:
+def internal_status(domain: str = DOMAIN) -> status_pb2.Status:
     """The generic INTERNAL status sent for unexpected exceptions."""
     status = status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE)
     status.details.append(_pack(error_details_pb2.ErrorInfo(reason="INTERNAL", domain=domain)))
@@ -235,7 +296,7 @@ def as_domain_error(exc: BaseException) -> BaseException:
     return exc
 
 
-def status_for_exception(exc: BaseException, domain: str) -> status_pb2.Status:
+def status_for_exception(exc: BaseException, domain: str = DOMAIN) -> status_pb2.Status:
     """Map any exception; non-domain ones are logged and hidden behind INTERNAL."""
     exc = as_domain_error(exc)
     if isinstance(exc, ForgeError):
@@ -247,7 +308,7 @@ def status_for_exception(exc: BaseException, domain: str) -> status_pb2.Status:
 
 
 async def abort_with(
-    context: grpc.aio.ServicerContext, exc: BaseException, domain: str
+    context: grpc.aio.ServicerContext, exc: BaseException, domain: str = DOMAIN
 ) -> None:
     """Abort the RPC with the status for ``exc`` (always raises)."""
     status = rpc_status.to_status(status_for_exception(exc, domain))

@@ -15,6 +15,8 @@ import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.shared.errors import NotFound, clip
+
 __all__ = ["HealthService", "ServingStatus"]
 
 ServingStatus = health_pb2.HealthCheckResponse.ServingStatus
@@ -57,7 +59,7 @@ class HealthService(health_pb2_grpc.HealthServicer):
     ) -> health_pb2.HealthCheckResponse:
         status = self._status.get(request.service)
         if status is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
+            raise NotFound(f"unknown service {clip(request.service, 128)!r}", reason="SERVICE_NOT_FOUND")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def List(  # noqa: N802 - gRPC method name

@@ -16,7 +16,12 @@ Order used by the server (outermost first)::
 
     RequestIdInterceptor → LoggingInterceptor → MetricsInterceptor
       → DeadlineInterceptor → ErrorInterceptor → StreamEndInterceptor
-      → ValidationInterceptor → handler
+      → DecodeInterceptor → ValidationInterceptor → handler
+
+:class:`DecodeInterceptor` swaps every method's request deserializer for one that
+never raises: grpc would otherwise fail the call with UNKNOWN (and a traceback) before
+any interceptor runs. The undecodable message is turned into INVALID_ARGUMENT inside
+the chain, so it is logged, counted and answered like any other bad request.
 
 StreamEnd sits inside ErrorInterceptor, so the status it puts in ``stream_end`` and the
 status ErrorInterceptor gives the call come from the same exception; and outside
@@ -52,12 +57,14 @@ from services.shared.context import (
     request_id_var,
 )
 from services.shared.errors import (
+    DOMAIN,
     ForgeError,
     InvalidArgument,
     Unavailable,
     Unimplemented,
     abort_with,
     as_domain_error,
+    clip,
     internal_status,
     to_rpc_status,
 )
@@ -67,6 +74,7 @@ __all__ = [
     "CallInfo",
     "CallInterceptor",
     "DeadlineInterceptor",
+    "DecodeInterceptor",
     "ErrorInterceptor",
     "LoggingInterceptor",
     "MetricsInterceptor",
@@ -90,6 +98,8 @@ STREAM_END_FIELD = "stream_end"
 #: Message of the UNAVAILABLE status that ends open streams when the server stops.
 SHUTDOWN_MESSAGE = "server shutting down"
 UNIMPLEMENTED_MESSAGE = "method not implemented"
+#: How much of a map key a field path quotes.
+MAX_KEY_CHARS = 64
 
 
 def _domain_error(exc: BaseException) -> BaseException:
@@ -365,7 +375,7 @@ class DeadlineInterceptor(CallInterceptor):
 class ErrorInterceptor(CallInterceptor):
     """Map exceptions escaping a handler to a rich ``google.rpc.Status``."""
 
-    def __init__(self, domain: str) -> None:
+    def __init__(self, domain: str = DOMAIN) -> None:
         self._domain = domain
 
     @contextlib.asynccontextmanager
@@ -462,7 +472,7 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(
         self,
-        domain: str,
+        domain: str = DOMAIN,
         stop: asyncio.Event | None = None,
         pool: descriptor_pool.DescriptorPool | None = None,
     ) -> None:
@@ -696,7 +706,8 @@ def field_path(violation: protovalidate.Violation) -> str:
     """Render a violation's field path like ``items[0].name`` / ``labels["k"]``.
 
     A message-level rule of the request itself (a CEL rule on the request message) has
-    no field: the path is empty, meaning the request as a whole.
+    no field: the path is empty, meaning the request as a whole. Map keys are quoted
+    up to :data:`MAX_KEY_CHARS` characters (a path echoes the client's input).
     """
     parts: list[str] = []
     field = violation.proto.field
@@ -709,12 +720,71 @@ def field_path(violation: protovalidate.Violation) -> str:
         if sub is not None:
             value = sub.value
             if sub.field == "string_key":
-                parts.append(f'["{value}"]')
+                parts.append(f'["{clip(str(value), MAX_KEY_CHARS)}"]')
             elif sub.field == "bool_key":
                 parts.append(f"[{str(value).lower()}]")
             else:
                 parts.append(f"[{value}]")
     return "".join(parts)
+
+
+class Undecodable:
+    """What the lenient deserializer returns for bytes that are not a valid message."""
+
+    __slots__ = ("error", "size")
+
+    def __init__(self, error: str, size: int) -> None:
+        self.error = error
+        self.size = size
+
+
+def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or whatever a custom one raises
+            return Undecodable(str(exc), len(data))
+
+    return deserialize
+
+
+def _decode_error_text(error: str) -> str:
+    # upb: "Error parsing message with type 'pkg.Msg': String field had bad UTF-8"
+    detail = error.rpartition("': ")[2] if "': " in error else error
+    return detail.strip() or "malformed message"
+
+
+class DecodeInterceptor(CallInterceptor):
+    """Undecodable request bytes → INVALID_ARGUMENT, inside the interceptor chain.
+
+    grpc deserializes a request before any interceptor's code runs, and a
+    deserializer that raises ends the call with UNKNOWN ("Exception deserializing
+    request!") and a logged traceback, unseen by metrics and logging. This interceptor
+    replaces each handler's ``request_deserializer`` with one that returns an
+    :class:`Undecodable` marker instead of raising (bad UTF-8 in a ``string`` field,
+    truncated or corrupt wire format), and raises :class:`InvalidArgument` when the
+    marker reaches ``on_request``, for every RPC kind and for every message of a
+    client stream. Interceptors outside it see a normal failed call.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        wrapped = await super().intercept_service(continuation, handler_call_details)
+        if wrapped is None or wrapped.request_deserializer is None:
+            return wrapped
+        return wrapped._replace(request_deserializer=_lenient(wrapped.request_deserializer))  # type: ignore[attr-defined]
+
+    async def on_request(self, call: CallInfo, message: Any) -> None:
+        if isinstance(message, Undecodable):
+            detail = _decode_error_text(message.error)
+            raise InvalidArgument(
+                f"request message could not be decoded: {detail}",
+                [("", f"not a valid protobuf message ({message.size} bytes): {detail}")],
+                reason="MALFORMED_REQUEST",
+            )
 
 
 class ValidationInterceptor(CallInterceptor):
@@ -742,7 +812,7 @@ class ValidationInterceptor(CallInterceptor):
 
 def default_interceptors(
     metrics: GrpcServerMetrics | None,
-    domain: str,
+    domain: str = DOMAIN,
     stop: asyncio.Event | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The standard chain, outermost first (metrics omitted when None).
@@ -757,6 +827,7 @@ def default_interceptors(
         DeadlineInterceptor(),
         ErrorInterceptor(domain),
         StreamEndInterceptor(domain, stop),
+        DecodeInterceptor(),
         ValidationInterceptor(),
     ]
     return chain

@@ -45,6 +45,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from services.shared.config import ServerConfig
+from services.shared.errors import DOMAIN
 from services.shared.health import HealthService
 from services.shared.interceptors import StopEvent, default_interceptors
 from services.shared.logging import configure_logging
@@ -180,7 +181,7 @@ async def build_server(
     metrics = GrpcServerMetrics(registry) if config.metrics_enabled else None
     stop = StopEvent()  # Service.stop_requested; the stream interceptor watches it
     server = grpc.aio.server(
-        interceptors=default_interceptors(metrics, domain=f"agentforge.{service_name}", stop=stop),
+        interceptors=default_interceptors(metrics, domain=DOMAIN, stop=stop),
         options=config.grpc_options(),
     )
     added = register(server)

@@ -327,5 +327,5 @@ class JobManager:
         try:
             rec = self.store.get(job_id)
         except NotFound:
-            raise NotFound(f"trainingJobs/{job_id} was deleted") from None
+            raise NotFound(f"trainingJobs/{job_id} was deleted", reason="JOB_NOT_FOUND") from None
         return rec.state in TERMINAL and rec.last_sequence <= after

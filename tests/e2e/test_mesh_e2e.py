@@ -147,4 +147,4 @@ def test_rest_bad_request_to_each_service_is_400_status(rest: httpx.Client, meth
     bad = [d for d in status["details"] if d["@type"].endswith("google.rpc.BadRequest")]
     assert bad and field in [v["field"] for v in bad[0]["fieldViolations"]], status
     info = [d for d in status["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
-    assert info and info[0]["reason"] == "INVALID_ARGUMENT" and info[0]["domain"].startswith("agentforge.")
+    assert info and info[0]["reason"] == "INVALID_ARGUMENT" and info[0]["domain"] == "agentforge.dev"

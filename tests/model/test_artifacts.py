@@ -66,22 +66,24 @@ async def test_wrong_offset_is_failed_precondition_with_committed_bytes(registry
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info, _ = details(err.value)
     assert info.reason == "UPLOAD_OFFSET_MISMATCH" and info.metadata["committed_bytes"] == "100"
-    assert info.domain == "agentforge.model"
+    assert info.domain == "agentforge.dev"
 
 
-async def test_checksum_mismatch_is_data_loss_and_discards_the_bytes(registry: Registry) -> None:
+async def test_checksum_mismatch_is_invalid_argument_and_discards_the_bytes(registry: Registry) -> None:
+    """A wrong declared sha256 is the client's mistake: 4xx-class, never DATA_LOSS (issue 8)."""
     stub = registry.stub
     await make_model(stub, "sum")
     v = await make_version(stub, "sum")
     bad = [header(v.name, DATA, sha256="0" * 64)] + [chunk(o, DATA[o:o + CHUNK]) for o in range(0, len(DATA), CHUNK)]
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.UploadModelArtifact(iter(bad))
-    assert err.value.code() == grpc.StatusCode.DATA_LOSS
-    assert details(err.value)[0].reason == "CHECKSUM_MISMATCH"
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    info, violations = details(err.value)
+    assert info.reason == "CHECKSUM_MISMATCH" and [f for f, _ in violations] == ["header.sha256"]
     state = await stub.GetModelVersion(rr.GetModelVersionRequest(name=v.name))
     assert state.state == mv.MODEL_VERSION_STATE_FAILED
     assert state.artifact.state == mv.ARTIFACT_STATE_FAILED and state.artifact.committed_bytes == 0
-    assert state.artifact.error.code == grpc.StatusCode.DATA_LOSS.value[0]
+    assert state.artifact.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert (await upload_all(stub, v.name, DATA)).complete  # upload again from 0
 
 

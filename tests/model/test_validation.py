@@ -125,4 +125,4 @@ async def test_missing_resources_are_not_found(
         await call(registry.stub)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND, err.value.details()
     info, _ = details(err.value)
-    assert info.reason.endswith("NOT_FOUND") and info.domain == "agentforge.model"
+    assert info.reason.endswith("NOT_FOUND") and info.domain == "agentforge.dev"

@@ -40,7 +40,7 @@ class EchoServicer:
     async def unary(self, request: wrappers_pb2.StringValue, context: Any) -> wrappers_pb2.StringValue:
         match request.value:
             case "not_found":
-                raise errors.NotFound("thing missing", reason="THING_NOT_FOUND", metadata={"thing": "t1"})
+                raise errors.NotFound("thing missing", reason="JOB_NOT_FOUND", metadata={"thing": "t1"})
             case "invalid":
                 raise errors.InvalidArgument("bad input", [("a.b", "must be set"), ("c[0]", "too long")])
             case "boom":

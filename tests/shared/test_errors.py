@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import grpc.aio
 import pytest
@@ -67,7 +70,7 @@ async def test_client_decodes_error_info_from_trailers(channel: grpc.aio.Channel
     status = await rpc_status.aio.from_call(call)
     assert status is not None and status.message == "thing missing"
     info, _ = _details(status)
-    assert (info.reason, info.domain, dict(info.metadata)) == ("THING_NOT_FOUND", "agentforge.echo", {"thing": "t1"})
+    assert (info.reason, info.domain, dict(info.metadata)) == ("JOB_NOT_FOUND", "agentforge.dev", {"thing": "t1"})
 
 
 async def test_client_decodes_bad_request_field_violations(channel: grpc.aio.Channel) -> None:
@@ -110,3 +113,83 @@ async def test_plain_abort_by_handler_passes_through(channel: grpc.aio.Channel) 
     with pytest.raises(grpc.aio.AioRpcError) as exc_info:
         await rpc(channel, "uu", "Unary", S, S)(S(value="abort"))
     assert (exc_info.value.code(), exc_info.value.details()) == (grpc.StatusCode.PERMISSION_DENIED, "nope")
+
+
+# --- the one error catalogue (issue 8) ---------------------------------------------------
+
+SERVICES = Path(__file__).resolve().parents[2] / "services"
+
+
+def test_every_reason_a_service_names_is_in_the_catalogue() -> None:
+    """Scan every ``reason="..."`` and ``default_reason = "..."`` in services/."""
+    pattern = re.compile(r'(?:reason=|default_reason\s*(?::[^=]+)?=\s*)"([A-Z][A-Z0-9_]*)"')
+    used: dict[str, str] = {}
+    for path in SERVICES.rglob("*.py"):
+        for match in pattern.finditer(path.read_text()):
+            used.setdefault(match.group(1), str(path.relative_to(SERVICES)))
+    assert len(used) > 20  # the scan finds the service reasons at all
+    unknown = {reason: where for reason, where in used.items() if reason not in errors.REASONS}
+    assert not unknown, f"reasons missing from agentforge.common.v1.ErrorReason: {unknown}"
+
+
+def test_every_error_class_default_reason_is_catalogued() -> None:
+    classes = [errors.ForgeError, *errors.ForgeError.__subclasses__()]
+    assert len(classes) > 10
+    for cls in classes:
+        assert cls.default_reason in errors.REASONS, cls
+
+
+def test_every_catalogued_reason_is_documented_with_its_status_code() -> None:
+    api = (SERVICES.parent / "docs" / "api.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z_]+)` \| `([A-Z_]+)` ", api, re.M))
+    assert set(rows) == set(errors.REASONS), set(errors.REASONS) ^ set(rows)
+    assert set(rows.values()) <= set(grpc.StatusCode.__members__)
+
+
+def test_a_reason_outside_the_catalogue_never_reaches_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    exc = errors.NotFound("gone", reason="MADE_UP_REASON")
+    info, _ = _details(errors.to_rpc_status(exc))
+    assert (info.reason, info.domain) == ("NOT_FOUND", errors.DOMAIN)
+    assert "MADE_UP_REASON" in caplog.text
+
+
+def test_a_huge_echoed_input_gives_a_bounded_status() -> None:
+    """A 30,000-character label key must not blow the trailers (issue 8)."""
+    key = "k" * 30_000
+    violations = [(f'labels["{key}{i}"]', f"key {key} is too long") for i in range(200)]
+    exc = errors.InvalidArgument(f"invalid request: labels[\"{key}\"]: too long", violations,
+                                 metadata={"key": key})
+    status = errors.to_rpc_status(exc)
+    assert status.ByteSize() <= errors.MAX_STATUS_BYTES
+    assert len(status.message) <= errors.MAX_MESSAGE_CHARS and "more violations not listed" in status.message
+    info, bad = _details(status)
+    assert bad is not None and 1 <= len(bad.field_violations) < 200
+    assert all(len(v.field) <= errors.MAX_FIELD_CHARS for v in bad.field_violations)
+    assert len(info.metadata["key"]) <= errors.MAX_METADATA_CHARS
+
+
+
+def test_services_raise_each_reason_with_its_documented_code() -> None:
+    """Every ``SomeError(..., reason="X")`` in services/ uses the code docs/api.md gives X."""
+    import ast
+
+    api = (SERVICES.parent / "docs" / "api.md").read_text()
+    documented = dict(re.findall(r"^\| `([A-Z_]+)` \| `([A-Z_]+)` ", api, re.M))
+    classes = {cls.__name__: cls for cls in errors.ForgeError.__subclasses__()}
+    checked, wrong = 0, []
+    for path in SERVICES.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            cls = classes.get(name or "")
+            reason = next((k.value.value for k in node.keywords
+                           if k.arg == "reason" and isinstance(k.value, ast.Constant)), None)
+            if cls is None or not isinstance(reason, str):
+                continue
+            checked += 1
+            if documented.get(reason) != cls.code.name:
+                wrong.append(f"{path.relative_to(SERVICES)}:{node.lineno} {name}(reason={reason!r}) "
+                             f"is {cls.code.name}, docs say {documented.get(reason)}")
+    assert checked > 20
+    assert not wrong, "\n".join(wrong)

@@ -190,7 +190,7 @@ async def test_error_mid_stream_ends_with_the_calls_own_status(
     assert end == call_status
     assert end.code == code.value[0]
     assert _error_info(end).reason == reason
-    assert _error_info(end).domain == "agentforge.forge"
+    assert _error_info(end).domain == "agentforge.dev"
     if mode == "gone":
         assert end.message == "run deleted" and dict(_error_info(end).metadata) == {"phase_run": "phaseRuns/gone"}
     if mode == "invalid":

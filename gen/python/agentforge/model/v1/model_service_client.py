@@ -174,8 +174,10 @@ class AsyncModelService(AsyncServiceBase):
         `artifact.committed_bytes` (`GetModelVersion`), open a new stream, send the same
         header and continue with chunks from that offset. When the last byte arrives the
         server verifies size and sha256: on success the artifact and the version become
-        READY; on mismatch the stream ends with DATA_LOSS (ErrorInfo `CHECKSUM_MISMATCH`),
-        the bytes are discarded and the artifact is FAILED (upload again from 0). A client
+        READY; on mismatch the stream ends with INVALID_ARGUMENT (ErrorInfo
+        `CHECKSUM_MISMATCH`, or `SIZE_MISMATCH` for bytes past `size_bytes`; a client's
+        mistake, never a 5xx), the bytes are discarded and the artifact is FAILED (upload
+        again from 0). A client
         that closes its side early gets a response with `complete` false.
 
         REST: the route below accepts a JSON array of messages (base64 `data`) in one body,
@@ -378,8 +380,10 @@ class ModelService(SyncServiceBase):
         `artifact.committed_bytes` (`GetModelVersion`), open a new stream, send the same
         header and continue with chunks from that offset. When the last byte arrives the
         server verifies size and sha256: on success the artifact and the version become
-        READY; on mismatch the stream ends with DATA_LOSS (ErrorInfo `CHECKSUM_MISMATCH`),
-        the bytes are discarded and the artifact is FAILED (upload again from 0). A client
+        READY; on mismatch the stream ends with INVALID_ARGUMENT (ErrorInfo
+        `CHECKSUM_MISMATCH`, or `SIZE_MISMATCH` for bytes past `size_bytes`; a client's
+        mistake, never a 5xx), the bytes are discarded and the artifact is FAILED (upload
+        again from 0). A client
         that closes its side early gets a response with `complete` false.
 
         REST: the route below accepts a JSON array of messages (base64 `data`) in one body,
