@@ -74,6 +74,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_TOPIC_NOT_FOUND: _ClassVar[ErrorReason]
     ERROR_REASON_DEPENDENCY_UNAVAILABLE: _ClassVar[ErrorReason]
     ERROR_REASON_SIZE_MISMATCH: _ClassVar[ErrorReason]
+    ERROR_REASON_ARCHITECTURE_MISMATCH: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_NOT_FOUND: ErrorReason
@@ -140,6 +141,7 @@ ERROR_REASON_PHASE_RUN_NOT_FOUND: ErrorReason
 ERROR_REASON_TOPIC_NOT_FOUND: ErrorReason
 ERROR_REASON_DEPENDENCY_UNAVAILABLE: ErrorReason
 ERROR_REASON_SIZE_MISMATCH: ErrorReason
+ERROR_REASON_ARCHITECTURE_MISMATCH: ErrorReason
 
 class TraceContext(_message.Message):
     __slots__ = ("traceparent", "tracestate")
