@@ -1,10 +1,19 @@
--- Strict REST bodies: reject a JSON body field the request message does not define.
+-- Strict REST bodies: reject a JSON body field the request message does not define,
+-- and a JSON object that has the same key twice.
 --
 -- Envoy's gRPC-JSON transcoder drops unknown body fields silently (no option rejects
 -- them; envoyproxy/envoy#46623). This script runs in envoy.filters.http.lua on the REST
 -- route only, before the transcoder, and answers HTTP 400 with a google.rpc.Status JSON
 -- body (code 3, a BadRequest field violation naming the first unknown field, and an
--- ErrorInfo) instead of forwarding the request. See envoy/README.md.
+-- ErrorInfo with reason UNKNOWN_FIELD, or DUPLICATE_FIELD for a repeated key, domain
+-- agentforge.dev) instead of forwarding the request. See envoy/README.md.
+--
+-- Every request the transcoder will transcode gets the check: whatever its
+-- content-type (the transcoder passes through only application/grpc and
+-- application/grpc+*, after the grpc_web filter has turned grpc-web into those; a
+-- grpc-web+json or text/plain body is transcoded as JSON), and whatever trailing
+-- slashes its path has (the transcoder's path matcher ignores them). Quoted names are
+-- cut to a bounded prefix (a 30,000-character key must not make a huge reply).
 --
 -- Loaded with dofile() by the filter's inline source (envoy/envoy.yaml.tmpl); returns
 -- one function, check(handle, schema), where `schema` is gen/envoy/rest_schema.lua
@@ -15,6 +24,7 @@
 -- Bodies over 8 MiB never get here (the buffer filter answers 413 first).
 
 local MAX_DEPTH = 100 -- as protobuf's JSON parser; deeper input is left to the transcoder
+local MAX_QUOTED = 160 -- characters of a field path or key quoted in the reply
 
 -- JSON values: objects are {keys = {...}, values = {...}} in document order (so "the
 -- first unknown field" is well defined), arrays {items = {...}}; scalars are `true`
@@ -92,6 +102,7 @@ local function parse(text)
   local function object_value(depth)
     pos = pos + 1
     local obj = { kind = OBJECT, keys = {}, values = {} }
+    local seen = {}
     skip_ws()
     if sub(text, pos, pos) == "}" then pos = pos + 1; return obj end
     while true do
@@ -100,6 +111,8 @@ local function parse(text)
       skip_ws()
       if sub(text, pos, pos) ~= ":" then fail("expected ':'") end
       pos = pos + 1
+      if seen[key] and not obj.duplicate then obj.duplicate = key end
+      seen[key] = true
       obj.keys[#obj.keys + 1] = key
       obj.values[#obj.values + 1] = value(depth)
       skip_ws()
@@ -197,6 +210,35 @@ local function unknown_field(messages, name, obj, path)
   return nil
 end
 
+-- The first key that appears twice in one object (as a path), or nil. Objects inside
+-- google.protobuf.Struct/Value fields count too: JSON has no meaning for a repeated key.
+local function duplicate_key(value, path)
+  if type(value) ~= "table" then return nil end
+  if value.kind == OBJECT then
+    if value.duplicate then
+      return path == "" and value.duplicate or (path .. "." .. value.duplicate)
+    end
+    for i, key in ipairs(value.keys) do
+      local found = duplicate_key(value.values[i], path == "" and key or (path .. "." .. key))
+      if found then return found end
+    end
+  elseif value.kind == ARRAY then
+    for i, item in ipairs(value.items) do
+      local found = duplicate_key(item, path .. "[" .. (i - 1) .. "]")
+      if found then return found end
+    end
+  end
+  return nil
+end
+
+-- At most MAX_QUOTED characters (bytes; a cut UTF-8 sequence is dropped) of s.
+local function clip(s)
+  if #s <= MAX_QUOTED then return s end
+  local cut = s:sub(1, MAX_QUOTED - 3)
+  cut = cut:gsub("[\192-\255][\128-\191]*$", "") -- no half character at the end
+  return cut .. "..."
+end
+
 -- A JSON string literal.
 local function quote(s)
   return '"' .. s:gsub('[%z\1-\31"\\]', function(c)
@@ -213,11 +255,29 @@ local function find_route(schema, method, path)
   return nil
 end
 
+-- What the transcoder passes through untranscoded (Envoy's Grpc::Common::isGrpcRequest).
+local function is_grpc(content_type)
+  return content_type == "application/grpc" or content_type:sub(1, 17) == "application/grpc+"
+end
+
+local function reject(handle, reason, field, message, description, rpc)
+  local body = table.concat({
+    '{"code":3,"message":', quote(message),
+    ',"details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":',
+    quote(clip(field)), ',"description":', quote(description), '}]},',
+    '{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"', reason, '","domain":"agentforge.dev",',
+    '"metadata":{"field":', quote(clip(field)), ',"rpc":', quote(rpc), '}}]}',
+  })
+  -- Marks the reply so local_reply_config keeps this body (envoy.yaml.tmpl).
+  handle:streamInfo():dynamicMetadata():set("envoy.filters.http.lua", "rest_strict_body", "rejected")
+  handle:respond({ [":status"] = "400", ["content-type"] = "application/json" }, body)
+end
+
 return function(handle, schema)
   local headers = handle:headers()
-  local content_type = headers:get("content-type") or ""
-  if content_type:find("^application/grpc") then return end -- gRPC and grpc-web: not REST
-  local path = (headers:get(":path") or ""):gsub("%?.*$", "")
+  if is_grpc(headers:get("content-type") or "") then return end -- gRPC (and grpc-web): not REST
+  -- The transcoder's path matcher ignores trailing slashes: so does the route lookup.
+  local path = (headers:get(":path") or ""):gsub("%?.*$", ""):gsub("(.)/+$", "%1")
   local route = find_route(schema, headers:get(":method"), path)
   if not route then return end -- no body binding here: the transcoder decides
 
@@ -225,6 +285,13 @@ return function(handle, schema)
   if not buffer or buffer:length() == 0 then return end
   local ok, doc = pcall(parse, buffer:getBytes(0, buffer:length()))
   if not ok or type(doc) ~= "table" then return end -- malformed: the transcoder answers 400
+
+  local duplicate = duplicate_key(doc, "")
+  if duplicate then
+    return reject(handle, "DUPLICATE_FIELD", duplicate,
+      "invalid request body: key " .. clip(duplicate) .. " appears more than once",
+      "appears more than once in one JSON object", route.rpc)
+  end
 
   local messages = schema.messages
   local field, message, key
@@ -240,15 +307,6 @@ return function(handle, schema)
   end
   if not field then return end
 
-  local description = "unknown field " .. quote(key) .. ": " .. message .. " has no such field"
-  local body = table.concat({
-    '{"code":3,"message":', quote("invalid request body: unknown field " .. field),
-    ',"details":[{"@type":"type.googleapis.com/google.rpc.BadRequest","fieldViolations":[{"field":',
-    quote(field), ',"description":', quote(description), '}]},',
-    '{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"UNKNOWN_FIELD","domain":"edge.agentforge",',
-    '"metadata":{"field":', quote(field), ',"rpc":', quote(route.rpc), '}}]}',
-  })
-  -- Marks the reply so local_reply_config keeps this body (envoy.yaml.tmpl).
-  handle:streamInfo():dynamicMetadata():set("envoy.filters.http.lua", "rest_strict_body", "rejected")
-  handle:respond({ [":status"] = "400", ["content-type"] = "application/json" }, body)
+  reject(handle, "UNKNOWN_FIELD", field, "invalid request body: unknown field " .. clip(field),
+    "unknown field " .. quote(clip(key)) .. ": " .. message .. " has no such field", route.rpc)
 end
