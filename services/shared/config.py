@@ -54,6 +54,11 @@ class ServerConfig:
     log_level: str = "INFO"
     #: ``json`` (one object per line) or ``text`` (human readable).
     log_format: str = "json"
+    #: Seconds a server stream with a ``stream_end`` field may go without sending a
+    #: message before the server ends it with UNAVAILABLE (the client resumes with its
+    #: last cursor); below the edge's streaming idle timeout (900 s), which would
+    #: otherwise reset the quiet stream without a status. 0 = never.
+    stream_max_quiet_s: float = 600.0
 
     @classmethod
     def from_env(
@@ -81,6 +86,8 @@ class ServerConfig:
             raise ValueError(f"metrics_port out of range: {self.metrics_port}")
         if self.grace_seconds < 0:
             raise ValueError("grace_seconds must be >= 0")
+        if self.stream_max_quiet_s < 0:
+            raise ValueError("stream_max_quiet_s must be >= 0 (0 = never)")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be json or text, not {self.log_format!r}")
         for name in ("max_send_message_bytes", "max_receive_message_bytes",

@@ -434,6 +434,7 @@ class _CountingContext:
     def __init__(self, ctx: Any) -> None:
         self._ctx = ctx
         self.written = 0
+        self.last_write = time.monotonic()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._ctx, name)
@@ -441,10 +442,15 @@ class _CountingContext:
     async def write(self, message: Any) -> None:
         await self._ctx.write(message)
         self.written += 1
+        self.last_write = time.monotonic()
 
 
 class _Stopping(Exception):
     """Internal: the server's stop event fired while the stream was open."""
+
+
+class _Quiet(Exception):
+    """Internal: the handler sent nothing for ``max_quiet_s``."""
 
 
 class StreamEndInterceptor(grpc.aio.ServerInterceptor):
@@ -461,7 +467,12 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
     * the server's ``stop`` event fires → the handler is cancelled and closed, a last
       message with ``stream_end`` = UNAVAILABLE "server shutting down", and the call
       ends with the same status (``errors.Unavailable``), without waiting for the grace
-      period to run out.
+      period to run out;
+    * the handler sends nothing for ``max_quiet_s`` seconds → likewise, with
+      UNAVAILABLE "no message for N s; call again with the last cursor". A watch of
+      something quiet thus ends with a status the client retries, before the edge's
+      streaming idle timeout would reset it with none (gRPC clients would read that
+      reset as INTERNAL). None or 0: no limit.
 
     An error before the first message sends no ``stream_end``: the call stays
     trailers-only (REST clients get the mapped HTTP status and a ``google.rpc.Status``
@@ -475,9 +486,11 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
         domain: str = DOMAIN,
         stop: asyncio.Event | None = None,
         pool: descriptor_pool.DescriptorPool | None = None,
+        max_quiet_s: float | None = None,
     ) -> None:
         self._domain = domain
         self._stop = stop
+        self._max_quiet = max_quiet_s or None
         self._pool = pool or descriptor_pool.Default()
         self._classes: dict[str, type[pb_message.Message] | None] = {}
 
@@ -544,6 +557,10 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
 
     def _stopping_error(self) -> Unavailable:
         return Unavailable(SHUTDOWN_MESSAGE, reason="SERVER_SHUTTING_DOWN")
+
+    def _quiet_error(self) -> Unavailable:
+        return Unavailable(f"no message for {self._max_quiet:g} s; call again with the last cursor to resume",
+                           reason="UNAVAILABLE")
 
     @contextlib.contextmanager
     def _on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
@@ -626,7 +643,9 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                         if self._stopped():
                             raise _Stopping
                         pending = loop.create_task(_next_message(responses), context=ctx)
-                        await asyncio.wait((pending,))
+                        done, _ = await asyncio.wait((pending,), timeout=self._max_quiet)
+                        if not done:
+                            raise _Quiet
                         task, pending = pending, None
                         if stopping and (task.cancelled() or not isinstance(task.exception(), grpc.aio.AbortError)):
                             raise _Stopping
@@ -637,6 +656,8 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                         sent += 1
             except _Stopping:
                 failure = self._stopping_error()
+            except _Quiet:
+                failure = self._quiet_error()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
@@ -680,12 +701,22 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                     if self._stopped():
                         raise _Stopping
                     work = loop.create_task(run(request, counting), context=contextvars.copy_context())
-                    await asyncio.wait((work,))
+                    while True:
+                        timeout = None
+                        if self._max_quiet is not None:
+                            timeout = max(0.0, counting.last_write + self._max_quiet - time.monotonic())
+                        done, _ = await asyncio.wait((work,), timeout=timeout)
+                        if done:
+                            break
+                        if time.monotonic() - counting.last_write >= self._max_quiet:  # type: ignore[operator]
+                            raise _Quiet
                     if stopping and (work.cancelled() or not isinstance(work.exception(), grpc.aio.AbortError)):
                         raise _Stopping
                     work.result()
             except _Stopping:
                 failure = self._stopping_error()
+            except _Quiet:
+                failure = self._quiet_error()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
@@ -814,11 +845,13 @@ def default_interceptors(
     metrics: GrpcServerMetrics | None,
     domain: str = DOMAIN,
     stop: asyncio.Event | None = None,
+    stream_max_quiet_s: float | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The standard chain, outermost first (metrics omitted when None).
 
     ``stop`` is the server's stop event (``Service.stop_requested``): once it is set,
-    open streams with a ``stream_end`` field end with UNAVAILABLE.
+    open streams with a ``stream_end`` field end with UNAVAILABLE; so do those that
+    send nothing for ``stream_max_quiet_s`` seconds (None/0: never).
     """
     chain: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(), LoggingInterceptor()]
     if metrics is not None:
@@ -826,7 +859,7 @@ def default_interceptors(
     chain += [
         DeadlineInterceptor(),
         ErrorInterceptor(domain),
-        StreamEndInterceptor(domain, stop),
+        StreamEndInterceptor(domain, stop, max_quiet_s=stream_max_quiet_s),
         DecodeInterceptor(),
         ValidationInterceptor(),
     ]

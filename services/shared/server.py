@@ -181,7 +181,8 @@ async def build_server(
     metrics = GrpcServerMetrics(registry) if config.metrics_enabled else None
     stop = StopEvent()  # Service.stop_requested; the stream interceptor watches it
     server = grpc.aio.server(
-        interceptors=default_interceptors(metrics, domain=DOMAIN, stop=stop),
+        interceptors=default_interceptors(metrics, domain=DOMAIN, stop=stop,
+                                          stream_max_quiet_s=config.stream_max_quiet_s),
         options=config.grpc_options(),
     )
     added = register(server)

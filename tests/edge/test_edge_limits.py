@@ -10,12 +10,14 @@ closed; request headers must arrive in time; one HTTP/2 connection gets at most
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -25,9 +27,11 @@ from buf.validate import validate_pb2
 from agentforge.monitoring.v1 import monitoring_service_pb2_grpc, request_response_pb2 as mon_rr
 from agentforge.realtime.v1 import request_response_pb2 as rt_rr
 from services.launcher.envoy_config import EdgeLimits
+from services.shared.config import ServerConfig
 from tests.auth import bearer
 
 from .conftest import EdgeTarget, start_edge_stack
+from .test_edge_e2e import read_chunked
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +61,14 @@ def _stat(edge: EdgeTarget, name: str) -> int:
             if key.endswith(name) and value.strip().isdigit():
                 return int(value)
     return 0
+
+
+def _wait_no_connections(edge: EdgeTarget, timeout: float = 10) -> None:
+    """Until Envoy has seen every earlier test connection close (they count against the limit)."""
+    deadline = time.monotonic() + timeout
+    while _stat(edge, "http.edge.downstream_cx_active") > 0:
+        assert time.monotonic() < deadline, "earlier connections are still open at the edge"
+        time.sleep(0.05)
 
 
 def _request(path: str) -> bytes:
@@ -142,6 +154,39 @@ def test_streaming_idle_timeout_default_is_above_every_service_keepalive() -> No
         longest = rules.duration.lte.seconds
         assert 0 < longest < EdgeLimits().streaming_idle_timeout_s, field.full_name
     assert EdgeLimits().streaming_idle_timeout_s >= 2 * 300
+    # A watch with nothing to say is ended by its service first, with a status.
+    assert 0 < ServerConfig().stream_max_quiet_s < EdgeLimits().streaming_idle_timeout_s
+
+
+async def test_a_quiet_watch_ends_with_unavailable_from_its_service_not_an_edge_reset(tmp_path: Path) -> None:
+    # The double sends one snapshot, then nothing: its runtime ends the stream after 1 s
+    # of quiet, before the edge's 2 s streaming idle timeout would reset it (which gRPC
+    # clients read as INTERNAL and REST clients as a body cut short).
+    with ExitStack() as stack:
+        edge = start_edge_stack(stack, tmp_path / "edge", limits=LIMITS,
+                                upstream_env={"AF_EDGE_DOUBLE_PERIOD": "100", "AF_STREAM_MAX_QUIET_S": "1"})
+        async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
+            call = monitoring_service_pb2_grpc.MonitoringServiceStub(channel).WatchSystemHealth(
+                mon_rr.WatchSystemHealthRequest())
+            messages = [m async for m in _until_error(call)]
+            assert await call.code() == grpc.StatusCode.UNAVAILABLE, await call.details()
+            assert messages[-1].stream_end.code == grpc.StatusCode.UNAVAILABLE.value[0]
+        with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+            sock.sendall(_request(WATCH))
+            resp = read_chunked(sock)
+        assert resp.complete, "the body must end with its last chunk, not a reset"
+        last = json.loads(resp.body.splitlines()[-1])
+        assert last["streamEnd"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0], last
+        assert resp.trailers["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
+        assert _stat(edge, "http.edge.downstream_rq_idle_timeout") == 0
+
+
+async def _until_error(call: Any) -> AsyncIterator[Any]:
+    try:
+        async for message in call:
+            yield message
+    except grpc.aio.AioRpcError:
+        return
 
 
 async def test_one_http2_connection_gets_at_most_max_concurrent_streams(limited_edge: EdgeTarget) -> None:
@@ -165,6 +210,7 @@ async def test_one_http2_connection_gets_at_most_max_concurrent_streams(limited_
 
 
 def test_connections_over_the_global_limit_are_closed_at_once(limited_edge: EdgeTarget) -> None:
+    _wait_no_connections(limited_edge)
     before = _stat(limited_edge, "downstream_global_cx_overflow")
     with ExitStack() as stack:
         # Streams keep their connections busy, so the idle timeout leaves them alone.
@@ -183,6 +229,7 @@ def test_connections_over_the_global_limit_are_closed_at_once(limited_edge: Edge
 
 
 def test_an_idle_connection_is_closed_after_the_idle_timeout(limited_edge: EdgeTarget) -> None:
+    _wait_no_connections(limited_edge)
     with socket.create_connection(("127.0.0.1", limited_edge.port), timeout=5) as sock:
         took, data = _closed_within(sock, 10)  # never sent a byte
     assert data == b"" and 0.8 <= took <= 5, took
@@ -197,6 +244,7 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout(limited_edge: EdgeT
 
 
 def test_request_headers_must_arrive_within_the_headers_timeout(limited_edge: EdgeTarget) -> None:
+    _wait_no_connections(limited_edge)
     with socket.create_connection(("127.0.0.1", limited_edge.port), timeout=5) as sock:
         sock.sendall(b"GET /v1/systemHealth HTTP/1.1\r\nHost: edge\r\n")  # and never the blank line
         took, data = _closed_within(sock, 10)

@@ -367,3 +367,77 @@ async def test_a_plain_asyncio_event_also_stops_streams() -> None:
             assert await call.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await server.stop(0)
+
+
+# --- quiet streams ---------------------------------------------------------------------
+
+QUIET_S = 0.5
+
+
+@pytest.fixture
+async def served_quiet() -> AsyncIterator[tuple[Servers, Service, grpc.aio.Channel]]:
+    """Like ``served``, with streams ended after QUIET_S seconds without a message."""
+    servers = Servers()
+    service = await build_server(ServerConfig(grace_seconds=GRACE_SECONDS, metrics_port=-1,
+                                              stream_max_quiet_s=QUIET_S), "forge", servers.register)
+    servers.forge.stopping = service.stop_requested
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield servers, service, channel
+    finally:
+        await channel.close()
+        await service.shutdown(0)
+
+
+async def test_a_quiet_stream_ends_with_unavailable_and_its_stream_end(served_quiet: Any) -> None:
+    servers, _, channel = served_quiet
+    start = time.monotonic()
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/aborts-on-stop"))
+    messages = await _drain(call)
+    took = time.monotonic() - start
+    assert [m.sequence for m in messages[:-1]] == [1, 2, 3]
+    end = messages[-1].stream_end
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE  # retryable: resume with the cursor
+    assert end.code == code_pb2.UNAVAILABLE and end.message.startswith(f"no message for {QUIET_S:g} s")
+    assert end == await rpc_status.aio.from_call(call)
+    assert QUIET_S <= took < QUIET_S + 3
+    await asyncio.wait_for(servers.forge.closed.wait(), 5)  # the handler was closed
+
+
+async def test_a_stream_that_keeps_sending_is_never_ended_as_quiet(served_quiet: Any) -> None:
+    _, _, channel = served_quiet
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/forever"))
+    try:
+        end = time.monotonic() + 4 * QUIET_S
+        count = 0
+        while time.monotonic() < end:
+            message = await call.read()
+            assert message is not grpc.aio.EOF and not message.HasField("stream_end"), message
+            count += 1
+        assert count > 20
+    finally:
+        call.cancel()
+
+
+async def test_a_stream_quiet_from_the_start_is_unavailable_trailers_only(served_quiet: Any) -> None:
+    _, _, channel = served_quiet
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/silent"))
+    assert await _drain(call) == []
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_quiet_write_style_stream_ends_too(served_quiet: Any) -> None:
+    _, _, channel = served_quiet
+    call = monitoring_service_pb2_grpc.MonitoringServiceStub(channel).WatchSystemHealth(
+        monitoring_rr.WatchSystemHealthRequest(kinds=[health_pb2.COMPONENT_KIND_SERVICE]))
+    messages = await _drain(call)
+    assert len(messages) == 3 and messages[-1].stream_end.code == code_pb2.UNAVAILABLE
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_stream_max_quiet_is_configured_per_service_or_for_all() -> None:
+    assert ServerConfig().stream_max_quiet_s == 600.0
+    assert ServerConfig.from_env("forge", {"AF_STREAM_MAX_QUIET_S": "30"}).stream_max_quiet_s == 30.0
+    assert ServerConfig.from_env("forge", {"AF_FORGE_STREAM_MAX_QUIET_S": "0"}).stream_max_quiet_s == 0.0
+    with pytest.raises(ValueError, match="stream_max_quiet_s"):
+        ServerConfig.from_env("forge", {"AF_STREAM_MAX_QUIET_S": "-1"})
