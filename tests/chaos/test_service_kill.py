@@ -7,7 +7,8 @@ checks what a client sees through the edge: a stream that was open ends (it neve
 hangs), and a new call with the last cursor resumes exactly after it (no duplicate, no
 gap, by ``sequence``); what the service stored is still there.
 
-The last test stops a mesh with a REST stream open: the services stop before Envoy, so
+Valkey killed comes back on its port and the services reconnect to it. The last test
+stops a mesh with a REST stream open: the services stop before Envoy, so
 the stream still gets its final ``streamEnd`` line.
 """
 
@@ -219,6 +220,38 @@ def test_killed_envoy_is_restarted_and_the_edge_answers(mesh: Mesh, rest: httpx.
     _kill_and_wait(mesh, "envoy")
     got = _retry(lambda: rest.get("/v1/phases"))
     assert got.status_code == 200, got.text
+
+
+def test_killed_valkey_comes_back_on_its_port_and_the_services_reconnect(mesh: Mesh, rest: httpx.Client) -> None:
+    url = mesh.redis_url
+    _kill_and_wait(mesh, "valkey")
+    assert mesh.redis_url == url  # the services' REDIS_URL still points at it
+    deadline = time.monotonic() + 60
+    while True:  # every service sees Valkey again (health follows the dependency)
+        got = _retry(lambda: rest.get("/v1/systemHealth"))
+        components = {c["name"]: c["status"] for c in got.json()["components"]}
+        wanted = [f"components/{n}" for n in (*mesh.config.services, "valkey")]
+        if all(components.get(n) == "HEALTH_STATUS_SERVING" for n in wanted):
+            break
+        assert time.monotonic() < deadline, components
+        time.sleep(0.5)
+    topic = f"chaos/after-valkey-{uuid.uuid4().hex[:8]}"
+    published = _publish(rest, topic, 1)
+    assert int(published["sequence"]) == 1
+    body = {"displayName": "after-valkey", "spec": {
+        "task": {"kind": "TASK_KIND_MODULAR_ARITHMETIC", "modulus": 17},
+        "model": {"layers": 1, "width": 32, "heads": 2, "contextLength": 4},
+        "optimizer": {"kind": "OPTIMIZER_KIND_ADAM", "learningRate": 1e-3, "warmupSteps": 3},
+        "batchSize": 64, "maxSteps": "20", "evalInterval": "10", "checkpointInterval": "10",
+        "progressInterval": "5", "seed": "0", "device": "DEVICE_CPU"}}
+    created = _retry(lambda: rest.post("/v1/trainingJobs", json=body))
+    assert created.status_code == 200, created.text
+    name = created.json()["name"]
+    deadline = time.monotonic() + 120
+    while (job := rest.get(f"/v1/{name}").json())["state"] not in TERMINAL:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+    assert job["state"] == "TRAINING_JOB_STATE_SUCCEEDED", job
 
 
 def test_stopping_the_mesh_ends_an_open_rest_stream_with_its_final_status_line(tmp_path: Path) -> None:

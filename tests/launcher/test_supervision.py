@@ -269,3 +269,39 @@ def test_cli_up_exits_1_when_a_service_crash_loops(no_leaks: None, tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_restarted_processes_die_with_a_killed_launcher(no_leaks: None, tmp_path: Path) -> None:
+    # Restarts happen on the supervisor thread; their parent-death signal must still fire
+    # when the launcher dies (kill -9 leaves it no chance to stop anything itself).
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'gen' / 'python'}", "AF_RESTART_DELAY_S": "0.05"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.launcher", "up", "--edge-port", "0", "--services", "realtime",
+         "--run-dir", str(run_dir), "--data-dir", str(tmp_path / "data")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "Ctrl-C stops everything" in line or "failed" in line:
+                break
+        _, groups = PidFile(run_dir / "mesh.pid").read()
+        first = {g.name: g.pid for g in groups}
+        for name in ("realtime", "valkey"):
+            os.killpg(first[name], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while True:
+            _, now = PidFile(run_dir / "mesh.pid").read()
+            pids = {g.name: g.pid for g in now}
+            if all(pids.get(n) not in (None, first[n]) for n in ("realtime", "valkey")):
+                break
+            assert time.monotonic() < deadline, f"not restarted: {pids}"
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait(10)
+        assert wait_gone(set(pids.values()) | set(first.values()), timeout=15) == set(), pids
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
