@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 from rich.text import Text
 
+from agentforge.cli.follow import PhaseFollower, follow_job
 from agentforge.cli.progress import ProgressDisplay, clean, job_state, make_console, run_state
 from agentforge.client import (
     ApiError,
@@ -50,6 +50,7 @@ from agentforge.client import (
 from agentforge.client._base import DEFAULT_EDGE
 from agentforge.model.v1 import model_export_pb2, model_version_pb2
 from agentforge.monitoring.v1 import alert_pb2, health_pb2
+from agentforge.training.v1 import request_response_pb2 as training_rr
 from agentforge.training.v1 import training_job_pb2
 
 __all__ = ["app", "main"]
@@ -390,14 +391,6 @@ def _load_spec(path: Path) -> training_job_pb2.TrainingJob:
         raise UsageFailure(f"{path}: {exc}") from None
 
 
-def _follow_job(client: Client, name: str, display: ProgressDisplay) -> training_job_pb2.TrainingJob:
-    """Replay the job's events from the start, then follow it live until it ends."""
-    display.job_total(name, client.training.get_training_job(name=name).spec.max_steps)
-    for event in client.training.watch_training_job(name=name):
-        display.job_event(event)
-    return client.training.get_training_job(name=name)
-
-
 def _watch_job_json(client: Client, name: str) -> training_job_pb2.TrainingJob:
     for event in client.training.watch_training_job(name=name):
         _emit(event)
@@ -433,7 +426,7 @@ def jobs_create(
         return
     with ProgressDisplay() as display:
         display.line(f"created {job.name}")
-        final = _follow_job(client, job.name, display)
+        final = follow_job(client, job.name, display)
     _job_exit(final)
 
 
@@ -447,7 +440,7 @@ def jobs_watch(job: Annotated[str, typer.Argument(help="Job id or trainingJobs/{
         _job_exit(_watch_job_json(client, name))
         return
     with ProgressDisplay() as display:
-        final = _follow_job(client, name, display)
+        final = follow_job(client, name, display)
     out.print(Text(f"{final.name} ended {job_state(final.state)}"))
     _job_exit(final)
 
@@ -455,9 +448,12 @@ def jobs_watch(job: Annotated[str, typer.Argument(help="Job id or trainingJobs/{
 def _job_action(verb: str, job: str, json_: bool) -> None:
     client = _state.client()
     name = _name("trainingJobs", job)
-    call = {"cancel": client.training.cancel_training_job, "pause": client.training.pause_training_job,
-            "resume": client.training.resume_training_job}[verb]
-    result = call(name=name)
+    if verb == "cancel":
+        result = client.training.cancel_training_job(name=name)
+    elif verb == "pause":
+        result = client.training.pause_training_job(name=name)
+    else:
+        result = client.training.resume_training_job(name=name)
     if _json_mode(json_):
         _emit(result)
     else:
@@ -495,7 +491,8 @@ def jobs_adjust(
                                 ("grokfast_lamb", grokfast_lamb)) if v is not None}
     if not fields:
         raise UsageFailure("give at least one of --learning-rate, --grokfast-alpha, --grokfast-lamb")
-    result = _state.client().training.adjust_training_job(name=_name("trainingJobs", job), **fields)
+    request = training_rr.AdjustTrainingJobRequest(name=_name("trainingJobs", job), **fields)
+    result = _state.client().training.adjust_training_job(request)
     if _json_mode(json_):
         _emit(result)
     else:
@@ -555,31 +552,12 @@ def _param(text: str) -> tuple[str, Any]:
 
 def follow_phase_run(client: Client, name: str, display: ProgressDisplay) -> Any:
     """Follow a phase run to its end, with a bar per training job its steps start;
-    returns the final ``PhaseRun``. Used by ``forge phase start --follow`` and ``make run``."""
-    followers: dict[str, threading.Thread] = {}
-    errors: list[BaseException] = []
-
-    def follow(job: str) -> None:
-        try:
-            _follow_job(client, job, display)
-        except ApiError as exc:  # the run's own events still say how it ends
-            errors.append(exc)
-            display.line(f"{job}: stopped following ({exc.code.name}: {exc.message})")
-
-    last = None
+    returns the final ``PhaseRun``."""
+    follower = PhaseFollower(client, display)
     for event in client.forge.watch_phase_run(name=name):
-        last = event.phase_run
-        display.phase_event(event)
-        if event.WhichOneof("kind") == "step_changed":
-            resource = event.step_changed.step.resource
-            if resource.startswith("trainingJobs/") and resource not in followers:
-                t = threading.Thread(target=follow, args=(resource,), daemon=True, name=f"follow-{resource}")
-                followers[resource] = t
-                t.start()
-    for t in followers.values():
-        t.join(timeout=30)
-    final = client.forge.get_phase_run(name=name)
-    return final if final.name else last
+        follower(event)
+    follower.join()
+    return client.forge.get_phase_run(name=name)
 
 
 def _run_exit(run: Any) -> None:

@@ -19,7 +19,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import IO
 
@@ -87,7 +87,7 @@ class _Job:
     eval_loss: float | None = None
     eval_accuracy: float | None = None
     checkpoint_step: int = 0
-    last_plain: float = field(default=0.0)
+    last_plain: float | None = None
 
 
 class ProgressDisplay:
@@ -102,7 +102,7 @@ class ProgressDisplay:
                  plain_interval_s: float = 5.0) -> None:
         self._stream = stream if stream is not None else sys.stdout
         self.tty = bool(self._stream.isatty()) if tty is None else tty
-        self.console = make_console(self._stream) if not self.tty else Console(file=self._stream)
+        self.console = make_console(self._stream) if not self.tty else Console(file=self._stream, force_terminal=True)
         self._plain_interval = plain_interval_s
         self._lock = threading.RLock()
         self._jobs: dict[str, _Job] = {}
@@ -219,7 +219,8 @@ class ProgressDisplay:
             self._progress.update(job.task, total=job.total or None, completed=job.step, detail=self._detail(job))
             return
         now = time.monotonic()
-        if not force and now - job.last_plain < self._plain_interval and job.step < job.total:
+        recent = job.last_plain is not None and now - job.last_plain < self._plain_interval
+        if not force and recent and job.step < job.total:
             return
         job.last_plain = now
         total = f"/{job.total}" if job.total else ""
@@ -283,7 +284,7 @@ def format_phase_event(event: phase_run_event_pb2.PhaseRunEvent) -> str:
         return line
     if kind == "log":
         sev = phase_run_event_pb2.LogSeverity.Name(event.log.severity).removeprefix("LOG_SEVERITY_")
-        step = f" {event.log.step}:" if event.log.step else ""
-        return f"[{sev}]{step} {event.log.message}"
+        where = f" {event.log.step}:" if event.log.step else ""
+        return f"[{sev}]{where} {event.log.message}"
     return f"event {event.sequence} ({run_state(event.phase_run.state)})"
 

@@ -287,7 +287,7 @@ class AsyncServiceBase:
         call = self._t.channel.unary_unary(path, request_serializer=req_cls.SerializeToString,
                                            response_deserializer=resp_cls.FromString)
         try:
-            return await call(req, timeout=self._t.timeout(timeout, True), metadata=self._t.metadata(metadata))  # type: ignore[no-any-return]
+            return await call(req, timeout=self._t.timeout(timeout, True), metadata=self._t.metadata(metadata))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, path) from None
 
@@ -300,8 +300,8 @@ class AsyncServiceBase:
         metadata: Sequence[tuple[str, str]],
     ) -> R:
         path = self._path(method)
-        call = self._t.channel.stream_unary(path, request_serializer=lambda m: m.SerializeToString(),
-                                            response_deserializer=resp_cls.FromString)
+        call: Any = self._t.channel.stream_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                                 response_deserializer=resp_cls.FromString)
         try:
             return await call(requests, timeout=self._t.timeout(timeout, False),  # type: ignore[no-any-return]
                               metadata=self._t.metadata(metadata))
@@ -406,7 +406,7 @@ class SyncServiceBase:
         call = self._t.channel.unary_unary(path, request_serializer=req_cls.SerializeToString,
                                            response_deserializer=resp_cls.FromString)
         try:
-            return call(req, timeout=self._t.timeout(timeout, True), metadata=self._t.metadata(metadata))  # type: ignore[no-any-return]
+            return call(req, timeout=self._t.timeout(timeout, True), metadata=self._t.metadata(metadata))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, path) from None
 
@@ -419,8 +419,8 @@ class SyncServiceBase:
         metadata: Sequence[tuple[str, str]],
     ) -> R:
         path = self._path(method)
-        call = self._t.channel.stream_unary(path, request_serializer=lambda m: m.SerializeToString(),
-                                            response_deserializer=resp_cls.FromString)
+        call: Any = self._t.channel.stream_unary(path, request_serializer=lambda m: m.SerializeToString(),
+                                                 response_deserializer=resp_cls.FromString)
         try:
             return call(iter(requests), timeout=self._t.timeout(timeout, False),  # type: ignore[no-any-return]
                         metadata=self._t.metadata(metadata))

@@ -152,7 +152,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         _stop(mesh, console)
 
 
+def _run_token() -> str | None:
+    """The token ``make run``'s own watches use: AGENTFORGE_TOKEN, else a dev viewer token."""
+    if os.environ.get("AGENTFORGE_TOKEN"):
+        return os.environ["AGENTFORGE_TOKEN"]
+    try:
+        from services.shared.auth import mint_token
+
+        return mint_token("viewer", subject="make-run")
+    except Exception:  # no dev secrets: the mesh then runs without auth too
+        return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from agentforge.cli.follow import PhaseFollower
+    from agentforge.cli.progress import ProgressDisplay
+    from agentforge.client import Client
     from services.launcher.phase_runner import PhaseRunFailed, cancel_run, run_phase
 
     console = _Console()
@@ -163,17 +178,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not _start(mesh, console):
             return 1
         _print_endpoints(mesh, console)
-        try:
-            result = run_phase(
-                mesh.edge_addr,
-                phase=args.phase,
-                parameters={"max_steps": args.max_steps},
-                out=console.line,
-                on_started=started.append,
-            )
-        except PhaseRunFailed as exc:
-            console.line(f"run failed: {exc}")
-            return 2
+        # The CLI's progress display: a bar per training job on a terminal, plain lines in a log.
+        with ProgressDisplay() as display, Client(mesh.edge_addr, _run_token()) as client:
+            follower = PhaseFollower(client, display)
+            try:
+                result = run_phase(
+                    mesh.edge_addr,
+                    phase=args.phase,
+                    parameters={"max_steps": args.max_steps},
+                    out=display.line,
+                    on_started=started.append,
+                    on_event=follower,
+                )
+            except PhaseRunFailed as exc:
+                display.line(f"run failed: {exc}")
+                return 2
+            follower.join()
         console.line(f"{result.name} ended {result.state_name}")
         outputs = result.run.outputs
         if outputs.model_version:

@@ -113,8 +113,13 @@ def run_phase(
     out: Callable[[str], None] = print,
     start_timeout: float = 30.0,
     on_started: Callable[[str], None] | None = None,
+    on_event: Callable[[phase_run_event_pb2.PhaseRunEvent], None] | None = None,
 ) -> RunResult:
-    """Start ``phase`` through the edge at ``edge_addr`` and follow it to a terminal state."""
+    """Start ``phase`` through the edge at ``edge_addr`` and follow it to a terminal state.
+
+    Each event goes to ``on_event`` (``make run``: the CLI's progress display,
+    :class:`agentforge.cli.follow.PhaseFollower`), or as a line to ``out`` without one.
+    """
     params = struct_pb2.Struct()
     params.update(parameters or {})
     with grpc.insecure_channel(edge_addr) as channel:
@@ -138,7 +143,10 @@ def run_phase(
                     cursor = event.cursor or cursor
                     if event.HasField("phase_run"):
                         last = event.phase_run
-                    out(format_event(event))
+                    if on_event is not None:
+                        on_event(event)
+                    else:
+                        out(format_event(event))
                 break
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None

@@ -440,3 +440,30 @@ def test_wheel_installs_in_a_fresh_venv_without_server_deps_and_talks_to_the_mes
     assert health.stdout.startswith("system: SERVING")
     up = subprocess.run([forge_bin, "up"], env=clean_env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert up.returncode == 2 and "source checkout" in up.stderr and "Traceback" not in up.stderr
+
+
+# --- make run's display ------------------------------------------------------------------
+
+
+def test_make_run_renders_the_phase_with_a_progress_line_per_job_in_a_log(mesh: Mesh, token: str) -> None:
+    """What `make run` does after the mesh is up (services.launcher cmd_run): run_phase
+    feeding the CLI's PhaseFollower, here into a non-TTY stream like a CI log."""
+    import io
+
+    from agentforge.cli.follow import PhaseFollower
+    from agentforge.cli.progress import ProgressDisplay
+    from services.launcher.phase_runner import run_phase
+
+    log = io.StringIO()
+    with ProgressDisplay(log) as display, Client(mesh.edge_addr, token) as af:
+        follower = PhaseFollower(af, display)
+        result = run_phase(mesh.edge_addr, phase="phases/cognate", parameters=dict(COGNATE), out=display.line,
+                           on_event=follower)
+        follower.join()
+    text = log.getvalue()
+    assert result.succeeded, text
+    assert not CONTROL.search(text)
+    job = result.run.outputs.training_job
+    assert job and f"{job}: QUEUED -> RUNNING" in text, text
+    assert f"{job}: step 30/30 100.0%" in text and "loss " in text, text
+    assert "state RUNNING -> SUCCEEDED" in text
