@@ -711,25 +711,28 @@ def _download(client: Client, name: str, dest: Path, quiet: bool) -> dict[str, A
         if progress is not None:
             progress.start()
         while True:
+            started_at = offset
+            fh = None  # the .part file is created with the first bytes, not before
             try:
-                with part.open("ab") as fh:
-                    for chunk in client.models.download_model_artifact(name=resolved, offset=offset):
-                        if chunk.data and chunk.offset != offset:
-                            raise CommandFailed(f"server sent bytes at {chunk.offset}, expected {offset}")
-                        if resolved != chunk.model_version and chunk.model_version:
-                            resolved = chunk.model_version
-                        if not meta_path.exists():
-                            meta_path.write_text(json.dumps({"model_version": resolved}))
-                        fh.write(chunk.data)
-                        offset += len(chunk.data)
-                        size, sha = chunk.total_size_bytes or size, chunk.sha256 or sha
-                        if progress is not None:
-                            if bar is None:
-                                bar = progress.add_task(clean(resolved), total=size, completed=offset)
-                            progress.update(bar, completed=offset)
-                        elif not quiet and (time.monotonic() - last_report > 2 or offset >= size):
-                            last_report = time.monotonic()
-                            display.line(f"{resolved}: {offset}/{size} bytes")
+                for chunk in client.models.download_model_artifact(name=resolved, offset=offset):
+                    if chunk.data and chunk.offset != offset:
+                        raise CommandFailed(f"server sent bytes at {chunk.offset}, expected {offset}")
+                    if resolved != chunk.model_version and chunk.model_version:
+                        resolved = chunk.model_version
+                    if not meta_path.exists():
+                        meta_path.write_text(json.dumps({"model_version": resolved}))
+                    if fh is None:
+                        fh = part.open("ab")
+                    fh.write(chunk.data)
+                    offset += len(chunk.data)
+                    size, sha = chunk.total_size_bytes or size, chunk.sha256 or sha
+                    if progress is not None:
+                        if bar is None:
+                            bar = progress.add_task(clean(resolved), total=size, completed=offset)
+                        progress.update(bar, completed=offset)
+                    elif not quiet and (time.monotonic() - last_report > 2 or offset >= size):
+                        last_report = time.monotonic()
+                        display.line(f"{resolved}: {offset}/{size} bytes")
                 break
             except InvalidArgumentError as exc:
                 if exc.code.name != "OUT_OF_RANGE" or not offset:
@@ -739,17 +742,22 @@ def _download(client: Client, name: str, dest: Path, quiet: bool) -> dict[str, A
                 size, sha = artifact.size_bytes, artifact.sha256
                 break
             except UnavailableError:
-                attempts += 1
-                if attempts > 5:
+                # The stream broke mid-file: resume from what arrived (never loop on nothing).
+                attempts = 0 if offset > started_at else attempts + 1
+                if attempts > 3 or not offset:
                     raise
                 time.sleep(min(2.0, 0.2 * 2 ** attempts))
+            finally:
+                if fh is not None:
+                    fh.close()
     finally:
         if progress is not None:
             progress.stop()
     total = str(size)
+    part.touch()  # an empty artifact sent no bytes
     digest = hashlib.sha256()
-    with part.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+    with part.open("rb") as src:
+        for block in iter(lambda: src.read(1 << 20), b""):
             digest.update(block)
     if sha and digest.hexdigest() != sha:
         part.unlink(missing_ok=True)

@@ -242,13 +242,14 @@ def test_bad_spec_files_are_exit_2_naming_the_problem(env: dict[str, str], tmp_p
     assert badstate.returncode == 2 and "sleeping" in badstate.stderr
 
 
-def test_unreachable_edge_is_exit_3(env: dict[str, str]) -> None:
+def test_unreachable_edge_is_exit_3(env: dict[str, str], tmp_path: Path) -> None:
     dead = {**env, "AGENTFORGE_EDGE": "127.0.0.1:1"}
     for args in (("health",), ("jobs", "list"), ("models", "download", "m/1")):
-        proc = forge(dead, *args, timeout=60)
+        proc = forge(dead, *args, timeout=60, cwd=tmp_path)
         assert proc.returncode == 3, (args, proc.stderr)
         assert proc.stderr.startswith("error: UNAVAILABLE (edge 127.0.0.1:1)"), proc.stderr
         assert "is the mesh up?" in proc.stderr
+    assert list(tmp_path.iterdir()) == []  # a failed download leaves no partial file behind
     as_json = forge(dead, "--json", "jobs", "get", "x", timeout=60)
     assert as_json.returncode == 3
     assert json.loads(as_json.stderr) == {"error": json.loads(as_json.stderr)["error"], "exitCode": 3}
