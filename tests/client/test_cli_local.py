@@ -1,0 +1,78 @@
+"""`forge` commands that need no running mesh: token, up (it starts one), usage errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFORGE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")])
+    return env
+
+
+def forge(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "agentforge.cli", *args], env=_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr and not CONTROL.search(proc.stdout + proc.stderr)
+    return proc
+
+
+def test_token_prints_a_signed_token_for_the_role() -> None:
+    proc = forge("token", "--role", "trainer", "--sub", "alice", "--ttl", "60")
+    assert proc.returncode == 0, proc.stderr
+    token = proc.stdout.strip()
+    assert proc.stdout == token + "\n"  # nothing but the token on stdout
+    header, payload, signature = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["role"] == "trainer" and claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 60
+    bad = forge("token", "--role", "king")
+    assert bad.returncode == 2 and "unknown role" in bad.stderr
+
+
+def test_usage_errors_are_exit_2() -> None:
+    assert forge("no-such-command").returncode == 2
+    assert forge("jobs", "get").returncode == 2  # missing argument
+    assert forge("--timeout", "-1", "health").returncode == 2
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_forge_up_runs_the_mesh_until_interrupted(tmp_path: Path) -> None:
+    """`forge up` is the launcher: a (partial) mesh comes up, Ctrl-C stops it, exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentforge.cli", "up", "--edge-port", "0", "--services", "realtime",
+         "--run-dir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "data")],
+        env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("mesh is up"):
+                break
+            assert time.monotonic() < deadline, "".join(lines[-20:])
+        else:
+            pytest.fail("forge up exited before the mesh was up:\n" + "".join(lines[-30:]))
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped" in rest
