@@ -30,6 +30,9 @@ class ForgeConfig:
     #: Emit a progress event at most this often while a training job runs, in seconds
     #: (env ``AF_FORGE_PROGRESS_EVERY_S``).
     progress_every_s: float = 0.5
+    #: Torch threads for the forge's own compute (EvoMerge scoring, BitNet's fine-tune)
+    #: (env ``AF_FORGE_TORCH_THREADS``).
+    torch_threads: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ForgeConfig:

@@ -1,26 +1,12 @@
 """Phase runs as sagas over the training and model services.
 
-A Cognate run is four steps, each with a compensation:
-
-====================== =========================================== =============================
-step                   does                                        compensation
-====================== =========================================== =============================
-create_training_job    TrainingService.CreateTrainingJob            CancelTrainingJob
-                       (request_id derived from the run: a retry
-                       or a resumed run never makes a second job)
-train                  WatchTrainingJob to its end, relaying        —
-                       progress; resumes from its cursor
-register_model_version wait until the model registry registered     DeleteModelVersion
-                       the job's final checkpoint (it consumes the
-                       TrainingJobCompleted bus event)
-set_alias              SetModelAlias(<alias> → the new version)     alias back to its old target
-====================== =========================================== =============================
-
-A failed step compensates the completed ones in reverse order (state COMPENSATING) and
-ends FAILED; a cancel does the same and ends CANCELLED. Every change is saved with an
-event (``WatchPhaseRun``) and state changes go on the bus (``events.forge``). Runs that
-were in flight when the service stopped are resumed at start-up: completed steps are
-skipped and the others are idempotent.
+A run executes its phase's steps (:class:`services.forge.phases.base.Step`, declared by the
+phase plug-in) in order. Every change is saved with an event (``WatchPhaseRun``) and
+state changes go on the bus (``events.forge``). A failed step compensates the completed
+ones in reverse order (state COMPENSATING) and ends FAILED; a cancel does the same and
+ends CANCELLED. Runs that were in flight when the service stopped are resumed at start-up:
+completed steps are skipped and the others are idempotent (request ids derived from the
+run), so a resumed run picks up watching its training jobs where it left off.
 """
 
 from __future__ import annotations
@@ -28,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import shutil
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -40,12 +27,11 @@ from google.rpc import code_pb2, status_pb2
 from agentforge.events.v1 import event_pb2
 from agentforge.forge.v1 import phase_run_event_pb2 as ev
 from agentforge.forge.v1 import phase_run_pb2 as pr
-from agentforge.model.v1 import model_service_pb2_grpc, model_version_pb2 as mv, request_response_pb2 as mreq
-from agentforge.training.v1 import request_response_pb2 as treq
-from agentforge.training.v1 import training_job_pb2 as tj
+from agentforge.model.v1 import model_service_pb2_grpc
 from agentforge.training.v1 import training_service_pb2_grpc
-from services.forge.catalog import CATALOG, cognate_training_job, resolve_parameters
+from services.forge.catalog import CATALOG
 from services.forge.config import ForgeConfig
+from services.forge.phases.base import Peers, Phase, PhaseContext, Step, StepFailedError
 from services.forge.store import RunStore
 from services.shared.bus import EventBus
 from services.shared.events import publish_event
@@ -58,9 +44,6 @@ log = logging.getLogger(__name__)
 
 S = pr.PhaseRunState
 TERMINAL = {S.PHASE_RUN_STATE_SUCCEEDED, S.PHASE_RUN_STATE_FAILED, S.PHASE_RUN_STATE_CANCELLED}
-JOB_TERMINAL = {tj.TRAINING_JOB_STATE_SUCCEEDED, tj.TRAINING_JOB_STATE_FAILED, tj.TRAINING_JOB_STATE_CANCELLED}
-# Share of the run's progress each Cognate step stands for.
-WEIGHTS = {"create_training_job": 0.02, "train": 0.9, "register_model_version": 0.05, "set_alias": 0.03}
 BUS_STREAM = "events.forge"
 
 
@@ -91,6 +74,8 @@ def _rpc_status(exc: BaseException) -> status_pb2.Status:
         return status_pb2.Status(code=exc.code().value[0], message=f"{exc.code().name}: {exc.details()}")
     if isinstance(exc, StepFailed):
         return exc.status
+    if isinstance(exc, StepFailedError):
+        return status_pb2.Status(code=exc.code, message=exc.message)
     return status_pb2.Status(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}")
 
 
@@ -112,6 +97,7 @@ class RunManager:
         self._config = config
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._changed = asyncio.Condition()
+        self._peers = Peers(training=training, model=model, work_dir=config.data_dir / "forge", config=config)
 
     # -- public API ---------------------------------------------------------------
     async def start(
@@ -137,7 +123,8 @@ class RunManager:
                 f"phase {phase} is in the catalog but not implemented in this deployment",
                 reason="PHASE_UNAVAILABLE",
             )
-        params = resolve_parameters(definition, parameters)
+        params = definition.resolve(parameters)
+        await definition.precheck(params, self._peers)
         run_id = run_id or uuid.uuid4().hex[:12]
         now = _now()
         run = pr.PhaseRun(
@@ -145,11 +132,13 @@ class RunManager:
             input_model_version=input_model_version, labels=labels, request_id=request_id,
             create_time=now, update_time=now,
         )
-        run.parameters.update(params)
-        for name in definition.steps:
-            run.steps.add(name=name, state=pr.SAGA_STEP_STATE_PENDING,
+        run.parameters.update(params[phase_id] if len(params) == 1 and phase_id in params else
+                              {**{k: v for k, v in _plain_struct(parameters).items() if k not in params},
+                               **params})
+        for step in definition.steps():
+            run.steps.add(name=step.name, state=pr.SAGA_STEP_STATE_PENDING,
                           compensation_state=pr.COMPENSATION_STATE_NOT_REQUIRED)
-        run.progress.steps_total = len(definition.steps)
+        run.progress.steps_total = len(run.steps)
         if not await asyncio.to_thread(self._store.insert, run):
             if request_id:
                 again = await asyncio.to_thread(self._store.by_request_id, request_id)
@@ -186,6 +175,9 @@ class RunManager:
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=30)
+            data = await asyncio.to_thread(self._store.saga_data, run_id)  # the saga may have saved since
+            data["cancel_reason"] = reason
+            await asyncio.to_thread(self._store.set_saga_data, run_id, data)
         run = await self.get(name)
         if run.state not in TERMINAL:
             undo = asyncio.create_task(
@@ -273,14 +265,37 @@ class RunManager:
                    severity: int = ev.LOG_SEVERITY_INFO) -> None:
         await self._record(run, ev.PhaseRunEvent(log=ev.PhaseRunLog(severity=severity, message=message, step=step)))
 
+    def _phase(self, run: pr.PhaseRun) -> Phase:
+        return CATALOG[run.phase.split("/", 1)[1]]
+
+    def _context(self, run: pr.PhaseRun, step: Step, index: int, params: dict[str, dict[str, Any]],
+                 data: dict[str, Any], phase: Phase) -> PhaseContext:
+        run_id = run.name.split("/", 1)[1]
+        steps = phase.steps()
+        done_weight = sum(s.weight for s in steps[:index])
+        last = [0.0]
+
+        async def save() -> None:
+            await asyncio.to_thread(self._store.set_saga_data, run_id, data)
+
+        async def log(message: str) -> None:
+            await self._log(run, message, step.name)
+
+        async def report(fraction: float, message: str) -> None:
+            now = time.monotonic()
+            if fraction < 1.0 and now - last[0] < self._config.progress_every_s:
+                return
+            last[0] = now
+            run.progress.fraction_done = done_weight + step.weight * fraction
+            run.progress.message = message
+            await self._record(run, ev.PhaseRunEvent(progress=run.progress))
+
+        phase_id = step.phase or phase.id
+        return PhaseContext(run=run, phase_id=phase_id, params=params[phase_id], peers=self._peers, data=data,
+                            in_pipeline=bool(step.phase), save=save, log=log, report=report)
+
     async def _drive(self, run: pr.PhaseRun) -> None:
         run_id = run.name.split("/", 1)[1]
-        steps: dict[str, Callable[[pr.PhaseRun, dict[str, Any]], Awaitable[str]]] = {
-            "create_training_job": self._create_training_job,
-            "train": self._train,
-            "register_model_version": self._register,
-            "set_alias": self._set_alias,
-        }
         try:
             data = await asyncio.to_thread(self._store.saga_data, run_id)
             if "cancel_reason" in data:  # cancelled before the service stopped
@@ -290,12 +305,13 @@ class RunManager:
                 await self._compensate(run, S.PHASE_RUN_STATE_FAILED, "compensation resumed", run.error)
                 return
             await self._set_state(run, S.PHASE_RUN_STATE_RUNNING, "saga started")
-            # Struct numbers are doubles: resolve again to get ints back.
-            params = resolve_parameters(CATALOG[run.phase.split("/", 1)[1]], run.parameters)
-            for index, step in enumerate(run.steps):
-                if step.state == pr.SAGA_STEP_STATE_SUCCEEDED:
+            phase = self._phase(run)
+            params = phase.resolve(run.parameters)  # Struct numbers are doubles: resolve again for ints
+            steps = phase.steps()
+            for index, step in enumerate(steps):
+                if run.steps[index].state == pr.SAGA_STEP_STATE_SUCCEEDED:
                     continue
-                await self._run_step(run, index, steps[step.name], params)
+                await self._run_step(run, index, step, self._context(run, step, index, params, data, phase))
             await self._finish(run)
         except asyncio.CancelledError:
             raise  # cancel() compensates; at shutdown recover() resumes the run later
@@ -305,7 +321,7 @@ class RunManager:
             log.exception("phase run failed", extra={"phase_run": run.name})
             await self._compensate(run, S.PHASE_RUN_STATE_FAILED, "internal error", _rpc_status(exc))
 
-    async def _run_step(self, run: pr.PhaseRun, index: int, fn, params: dict[str, Any]) -> None:
+    async def _run_step(self, run: pr.PhaseRun, index: int, step_def: Step, ctx: PhaseContext) -> None:
         step = run.steps[index]
         step.state = pr.SAGA_STEP_STATE_RUNNING
         step.attempts += 1
@@ -314,8 +330,11 @@ class RunManager:
         run.progress.message = f"{step.name}…"
         await self._record(run, ev.PhaseRunEvent(step_changed=ev.SagaStepChanged(step=step, index=index)))
         try:
-            step.resource = await fn(run, params)
-        except (grpc.aio.AioRpcError, StepFailed) as exc:
+            step.resource = await step_def.run(ctx)
+        except asyncio.CancelledError:
+            ctx.stop.set()  # work in a thread sees it and stops
+            raise
+        except (grpc.aio.AioRpcError, StepFailed, StepFailedError) as exc:
             step.state = pr.SAGA_STEP_STATE_FAILED
             step.error.CopyFrom(_rpc_status(exc))
             step.end_time.CopyFrom(_now())
@@ -323,11 +342,14 @@ class RunManager:
             raise StepFailed(step.error) from exc
         step.state = pr.SAGA_STEP_STATE_SUCCEEDED
         step.end_time.CopyFrom(_now())
-        if step.name in ("create_training_job", "register_model_version", "set_alias"):
+        if step_def.undo is not None:
             step.compensation_state = pr.COMPENSATION_STATE_PENDING
         run.progress.steps_done = index + 1
-        run.progress.fraction_done = sum(WEIGHTS.get(s.name, 0) for s in run.steps[: index + 1])
+        run.progress.fraction_done = sum(s.weight for s in self._phase(run).steps()[: index + 1])
         await self._record(run, ev.PhaseRunEvent(step_changed=ev.SagaStepChanged(step=step, index=index)))
+
+    def _cleanup(self, run: pr.PhaseRun) -> None:
+        shutil.rmtree(self._peers.work_dir / "runs" / run.name.split("/", 1)[1], ignore_errors=True)
 
     async def _finish(self, run: pr.PhaseRun) -> None:
         for step in run.steps:  # nothing to undo once the run succeeded
@@ -335,150 +357,43 @@ class RunManager:
         run.progress.fraction_done = 1.0
         run.progress.current_step = ""
         run.progress.message = f"done: {run.outputs.model_version}"
+        await asyncio.to_thread(self._cleanup, run)
         await self._set_state(run, S.PHASE_RUN_STATE_SUCCEEDED, "all steps succeeded")
 
     async def _compensate(self, run: pr.PhaseRun, final: int, reason: str,
                           error: status_pb2.Status | None) -> None:
         await self._set_state(run, S.PHASE_RUN_STATE_COMPENSATING, reason, error)
-        undo = {
-            "create_training_job": self._undo_training_job,
-            "register_model_version": self._undo_version,
-            "set_alias": self._undo_alias,
-        }
+        phase = self._phase(run)
+        steps = phase.steps()
+        run_id = run.name.split("/", 1)[1]
+        data = await asyncio.to_thread(self._store.saga_data, run_id)
+        try:
+            params = phase.resolve(run.parameters)
+        except InvalidArgument:  # parameters stored by an older version: undo with what can be read
+            params = {}
         for index in reversed(range(len(run.steps))):
             step = run.steps[index]
-            if step.name not in undo or not step.resource:
+            undo = steps[index].undo if index < len(steps) else None
+            if undo is None or not step.resource:
                 continue
             if step.compensation_state not in (pr.COMPENSATION_STATE_PENDING, pr.COMPENSATION_STATE_RUNNING):
                 continue
             step.compensation_state = pr.COMPENSATION_STATE_RUNNING
             await self._record(run, ev.PhaseRunEvent(step_changed=ev.SagaStepChanged(step=step, index=index)))
+            ctx = self._context(run, steps[index], index, params or {steps[index].phase or phase.id: {}}, data, phase)
             try:
-                await asyncio.shield(undo[step.name](run, step))
+                await asyncio.shield(undo(ctx, step.resource))
                 step.compensation_state = pr.COMPENSATION_STATE_SUCCEEDED
             except Exception as exc:
                 step.compensation_state = pr.COMPENSATION_STATE_FAILED
                 step.compensation_error.CopyFrom(_rpc_status(exc))
             await self._record(run, ev.PhaseRunEvent(step_changed=ev.SagaStepChanged(step=step, index=index)))
+        for step in run.steps:
+            if step.state == pr.SAGA_STEP_STATE_PENDING:
+                step.state = pr.SAGA_STEP_STATE_SKIPPED
+        await asyncio.to_thread(self._cleanup, run)
         await self._set_state(run, final, reason, error)
 
-    # -- Cognate steps ------------------------------------------------------------
-    async def _create_training_job(self, run: pr.PhaseRun, params: dict[str, Any]) -> str:
-        job = cognate_training_job(params, phase_run=run.name)
-        created = await self._training.CreateTrainingJob(
-            treq.CreateTrainingJobRequest(training_job=job, request_id=f"{run.name.split('/')[1]}-train"),
-            timeout=30,
-        )
-        run.outputs.training_job = created.name
-        await self._log(run, f"created {created.name}", "create_training_job")
-        return created.name
 
-    async def _train(self, run: pr.PhaseRun, params: dict[str, Any]) -> str:
-        job_name = run.outputs.training_job
-        cursor = ""
-        last_emit = 0.0
-        retries = 0
-        while True:
-            try:
-                async for event in self._training.WatchTrainingJob(
-                        treq.WatchTrainingJobRequest(name=job_name, cursor=cursor), timeout=None):
-                    cursor = event.cursor
-                    retries = 0
-                    kind = event.WhichOneof("kind")
-                    if kind == "progress" and time.monotonic() - last_emit >= self._config.progress_every_s:
-                        p = event.progress
-                        last_emit = time.monotonic()
-                        run.progress.fraction_done = WEIGHTS["create_training_job"] + WEIGHTS["train"] * p.fraction_done
-                        run.progress.message = (
-                            f"step {p.step}/{p.total_steps} loss {p.train_loss:.4f} acc {p.train_accuracy:.3f}"
-                            + (f" val_loss {p.eval.loss:.4f}" if p.HasField("eval") else "")
-                        )
-                        await self._record(run, ev.PhaseRunEvent(progress=run.progress))
-                    elif kind == "state_changed" and event.state_changed.to_state in JOB_TERMINAL:
-                        change = event.state_changed
-                        if change.to_state != tj.TRAINING_JOB_STATE_SUCCEEDED:
-                            status = change.error if change.HasField("error") else status_pb2.Status(
-                                code=code_pb2.ABORTED, message=f"training job ended {tj.TrainingJobState.Name(change.to_state)}")
-                            raise StepFailed(status)
-                break
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or retries >= 20:
-                    raise
-                retries += 1
-                await asyncio.sleep(min(5.0, 0.2 * 2**retries))
-        job = await self._training.GetTrainingJob(treq.GetTrainingJobRequest(name=job_name), timeout=10)
-        if job.state != tj.TRAINING_JOB_STATE_SUCCEEDED:
-            raise StepFailed(status_pb2.Status(code=code_pb2.ABORTED,
-                                               message=f"training job is {tj.TrainingJobState.Name(job.state)}"))
-        run.outputs.metrics.clear()
-        run.outputs.metrics.update(dict(job.final_metrics))
-        if job.latest_checkpoint:
-            run.outputs.artifacts["checkpoint"] = job.latest_checkpoint
-        return job_name
-
-    async def _register(self, run: pr.PhaseRun, params: dict[str, Any]) -> str:
-        """The registry registers the final checkpoint from the bus hand-off; wait for it."""
-        job_name = run.outputs.training_job
-        parent = f"models/{params['model']}"
-        deadline = time.monotonic() + self._config.register_timeout_s
-        while time.monotonic() < deadline:
-            try:
-                page = await self._model.ListModelVersions(
-                    mreq.ListModelVersionsRequest(parent=parent, page_size=100), timeout=10)
-                for version in page.model_versions:
-                    if version.lineage.training_job != job_name:
-                        continue
-                    if version.state == mv.MODEL_VERSION_STATE_FAILED:
-                        raise StepFailed(status_pb2.Status(
-                            code=code_pb2.ABORTED, message=f"the registry failed to register {version.name}"))
-                    if version.state == mv.MODEL_VERSION_STATE_READY:
-                        run.outputs.model_version = version.name
-                        await self._log(run, f"registered {version.name}", "register_model_version")
-                        return version.name
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
-                    raise
-            await asyncio.sleep(0.5)
-        raise StepFailed(status_pb2.Status(
-            code=code_pb2.DEADLINE_EXCEEDED,
-            message=f"the model registry did not register {job_name} within {self._config.register_timeout_s:g}s"))
-
-    async def _set_alias(self, run: pr.PhaseRun, params: dict[str, Any]) -> str:
-        model_name = f"models/{params['model']}"
-        alias = params["alias"]
-        model = await self._model.GetModel(mreq.GetModelRequest(name=model_name), timeout=10)
-        run_id = run.name.split("/", 1)[1]
-        data = await asyncio.to_thread(self._store.saga_data, run_id)
-        data.setdefault("previous_alias_target", model.aliases.get(alias, ""))
-        await asyncio.to_thread(self._store.set_saga_data, run_id, data)
-        version_id = run.outputs.model_version.rsplit("/", 1)[1]
-        await self._model.SetModelAlias(
-            mreq.SetModelAliasRequest(name=model_name, alias=alias, version=version_id), timeout=10)
-        await self._log(run, f"{alias} → {run.outputs.model_version}", "set_alias")
-        return f"{model_name}@{alias}"
-
-    # -- compensations ------------------------------------------------------------
-    async def _undo_training_job(self, run: pr.PhaseRun, step: pr.SagaStep) -> None:
-        try:
-            await self._training.CancelTrainingJob(treq.CancelTrainingJobRequest(name=step.resource), timeout=30)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
-                raise  # already finished or gone: nothing to undo
-
-    async def _undo_version(self, run: pr.PhaseRun, step: pr.SagaStep) -> None:
-        try:
-            await self._model.DeleteModelVersion(mreq.DeleteModelVersionRequest(name=step.resource), timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-
-    async def _undo_alias(self, run: pr.PhaseRun, step: pr.SagaStep) -> None:
-        model_name, _, alias = step.resource.partition("@")
-        data = await asyncio.to_thread(self._store.saga_data, run.name.split("/", 1)[1])
-        previous = data.get("previous_alias_target", "")
-        if previous:
-            await self._model.SetModelAlias(
-                mreq.SetModelAliasRequest(name=model_name, alias=alias, version=previous), timeout=10)
-        else:
-            await self._model.DeleteModelAlias(
-                mreq.DeleteModelAliasRequest(name=model_name, alias=alias), timeout=10)
+def _plain_struct(s: struct_pb2.Struct | None) -> dict[str, Any]:
+    return {} if s is None else {k: v for k, v in s.items()}

@@ -61,12 +61,16 @@ class RunStore:
         self._db.close()
 
     # -- runs ---------------------------------------------------------------------
+    # Every read takes the lock too: the connection is shared by threads, and a read on it
+    # in the middle of save()'s transaction would see the new snapshot before its event.
     def by_request_id(self, request_id: str) -> pr.PhaseRun | None:
-        row = self._db.execute("SELECT snapshot FROM runs WHERE request_id=?", (request_id,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT snapshot FROM runs WHERE request_id=?", (request_id,)).fetchone()
         return pr.PhaseRun.FromString(row[0]) if row else None
 
     def get(self, run_id: str) -> pr.PhaseRun | None:
-        row = self._db.execute("SELECT snapshot FROM runs WHERE id=?", (run_id,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT snapshot FROM runs WHERE id=?", (run_id,)).fetchone()
         return pr.PhaseRun.FromString(row[0]) if row else None
 
     def insert(self, run: pr.PhaseRun) -> bool:
@@ -109,7 +113,8 @@ class RunStore:
 
     def saga_data(self, run_id: str) -> dict:
         """Data a saga keeps for compensation (e.g. an alias's previous target)."""
-        row = self._db.execute("SELECT saga_data FROM runs WHERE id=?", (run_id,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT saga_data FROM runs WHERE id=?", (run_id,)).fetchone()
         return json.loads(row[0]) if row else {}
 
     def set_saga_data(self, run_id: str, data: dict) -> None:
@@ -131,7 +136,9 @@ class RunStore:
             args += [after[0], after[0], after[1]]
         sql += " ORDER BY create_us DESC, id DESC"
         out = []
-        for blob, _, _ in self._db.execute(sql, args):
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        for blob, _, _ in rows:
             run = pr.PhaseRun.FromString(blob)
             if all(run.labels.get(k) == v for k, v in labels.items()):
                 out.append(run)
@@ -141,19 +148,22 @@ class RunStore:
 
     def unfinished(self) -> list[pr.PhaseRun]:
         done = (pr.PHASE_RUN_STATE_SUCCEEDED, pr.PHASE_RUN_STATE_FAILED, pr.PHASE_RUN_STATE_CANCELLED)
-        rows = self._db.execute(
-            f"SELECT snapshot FROM runs WHERE state NOT IN ({','.join('?' * len(done))})", done)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT snapshot FROM runs WHERE state NOT IN ({','.join('?' * len(done))})", done).fetchall()
         return [pr.PhaseRun.FromString(r[0]) for r in rows]
 
     def latest_run(self, phase: str) -> str:
-        row = self._db.execute(
-            "SELECT id FROM runs WHERE phase=? ORDER BY create_us DESC, id DESC LIMIT 1", (phase,)).fetchone()
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM runs WHERE phase=? ORDER BY create_us DESC, id DESC LIMIT 1", (phase,)).fetchone()
         return f"phaseRuns/{row[0]}" if row else ""
 
     # -- events -------------------------------------------------------------------
     def events_after(self, run_id: str, seq: int, limit: int = 500) -> list[ev.PhaseRunEvent]:
-        rows = self._db.execute(
-            "SELECT event FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?", (run_id, seq, limit))
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event FROM events WHERE run_id=? AND seq>? ORDER BY seq LIMIT ?", (run_id, seq, limit)).fetchall()
         return [ev.PhaseRunEvent.FromString(r[0]) for r in rows]
 
 

@@ -61,6 +61,16 @@ async def _call(stub, method: str, request):
          "parameters.max_steps"),
         ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/cognate", parameters=_params(width=66, heads=4)),
          "parameters.width"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/evomerge", parameters=_params(population=1)),
+         "parameters.population"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/evomerge",
+                                                   parameters=_params(parents=["models/x/versions/1", "nope"])),
+         "parameters.parents[1]"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/bitnet", parameters=_params(source="x")),
+         "parameters.source"),
+        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/pipeline",
+                                                   parameters=_params(cognate={"max_steps": -1})),
+         "parameters.cognate.max_steps"),
         ("GetPhaseRun", req.GetPhaseRunRequest(name="runs/x"), "name"),
         ("ListPhaseRuns", req.ListPhaseRunsRequest(page_size=5000), "page_size"),
         ("ListPhaseRuns", req.ListPhaseRunsRequest(page_token="not-a-token"), "page_token"),
@@ -93,7 +103,7 @@ async def test_missing_things_are_not_found(forge, method, request_):
 
 async def test_a_phase_not_implemented_here_is_failed_precondition_not_a_pretend_run(forge):
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await forge.StartPhaseRun(req.StartPhaseRunRequest(phase="phases/evomerge"))
+        await forge.StartPhaseRun(req.StartPhaseRunRequest(phase="phases/quietstar"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     listed = await forge.ListPhaseRuns(req.ListPhaseRunsRequest())
     assert list(listed.phase_runs) == []
@@ -103,6 +113,14 @@ async def test_catalog_pages(forge):
     first = await forge.ListPhases(req.ListPhasesRequest(page_size=3))
     assert [p.name for p in first.phases] == ["phases/cognate", "phases/evomerge", "phases/quietstar"]
     rest = await forge.ListPhases(req.ListPhasesRequest(page_size=10, page_token=first.next_page_token))
-    assert len(rest.phases) == 5 and rest.next_page_token == ""
+    assert len(rest.phases) == 6 and rest.next_page_token == ""
     cognate = await forge.GetPhase(req.GetPhaseRequest(name="phases/cognate"))
     assert cognate.available and {p.name for p in cognate.parameters} >= {"max_steps", "batch_size"}
+
+
+async def test_a_start_whose_model_service_is_away_is_unavailable_and_makes_no_run(forge):
+    """EvoMerge checks its parents in the registry at start; the registry being down is retryable."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await forge.StartPhaseRun(req.StartPhaseRunRequest(phase="phases/evomerge"))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert list((await forge.ListPhaseRuns(req.ListPhaseRunsRequest())).phase_runs) == []
