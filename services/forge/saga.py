@@ -35,6 +35,7 @@ from services.forge.phases.base import Peers, Phase, PhaseContext, Step, StepFai
 from services.forge.store import RunStore
 from services.shared.bus import EventBus
 from services.shared.events import publish_event
+from services.shared.fanout import Fanout, Gap
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from services.shared.tasks import cancel_and_wait
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 S = pr.PhaseRunState
 TERMINAL = {S.PHASE_RUN_STATE_SUCCEEDED, S.PHASE_RUN_STATE_FAILED, S.PHASE_RUN_STATE_CANCELLED}
+#: A watch without live events re-reads the store this often (s).
+_WATCH_IDLE_CHECK_S = 2.0
 BUS_STREAM = "events.forge"
 
 
@@ -96,7 +99,8 @@ class RunManager:
         self._bus = bus
         self._config = config
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._changed = asyncio.Condition()
+        #: Hands every recorded event to the WatchPhaseRun streams of its run.
+        self.fanout: Fanout[str, ev.PhaseRunEvent] = Fanout("forge")
         self._peers = Peers(training=training, model=model, work_dir=config.data_dir / "forge", config=config)
 
     # -- public API ---------------------------------------------------------------
@@ -189,24 +193,47 @@ class RunManager:
         return await self.get(name)
 
     async def watch(self, name: str, cursor: str) -> AsyncIterator[ev.PhaseRunEvent]:
-        run = await self.get(name)
+        """The run's events after ``cursor``, then live ones, until the run has ended.
+
+        Live events come through the service's one fan-out (:attr:`fanout`, fed by
+        :meth:`_record`); the store is replayed at the start, after a gap (buffer
+        overflow) or an event that does not follow the last one sent, and every
+        ``_WATCH_IDLE_CHECK_S`` without events.
+        """
+        await self.get(name)  # NotFound before the stream starts
         run_id = name.split("/", 1)[1]
         seq = parse_cursor(cursor, self._store.epoch)
-        while True:
-            async with self._changed:
-                events = await asyncio.to_thread(self._store.events_after, run_id, seq)
-                if not events:
-                    run = await self.get(name)
-                    if run.state in TERMINAL:
+        watcher = await self.fanout.watch([run_id])  # before the store: no gap
+        try:
+            replay = True
+            while True:
+                if replay:
+                    events = await asyncio.to_thread(self._store.events_after, run_id, seq)
+                    for event in events:
+                        seq = event.sequence
+                        yield event
+                    if events:
+                        continue
+                    if (await self.get(name)).state in TERMINAL:
                         return
-                    try:
-                        await asyncio.wait_for(self._changed.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
+                    replay = False
+                got = await watcher.get(_WATCH_IDLE_CHECK_S)
+                if got is None or isinstance(got, Gap):
+                    replay = True
                     continue
-            for event in events:
-                seq = event.sequence
-                yield event
+                for _run, event in got:
+                    if event.sequence <= seq:
+                        continue
+                    if event.sequence != seq + 1:
+                        replay = True
+                        break
+                    seq = event.sequence
+                    yield event
+                    if event.HasField("state_changed") and event.state_changed.to_state in TERMINAL:
+                        replay = True  # ends once the store has nothing more
+                        break
+        finally:
+            await watcher.close()
 
     async def recover(self) -> None:
         """Resume the runs that were in flight when the service last stopped."""
@@ -216,6 +243,7 @@ class RunManager:
 
     async def aclose(self) -> None:
         """Stop driving runs (service shutdown); they resume at the next start."""
+        self.fanout.close()
         tasks = list(self._tasks.values())
         await cancel_and_wait(tasks)
 
@@ -236,9 +264,9 @@ class RunManager:
         run.update_time.CopyFrom(_now())
         if event is not None:
             event.time.CopyFrom(run.update_time)
-        await asyncio.to_thread(self._store.save, run, event)
-        async with self._changed:
-            self._changed.notify_all()
+        stored = await asyncio.to_thread(self._store.save, run, event)
+        if stored is not None:
+            self.fanout.publish(run.name.split("/", 1)[1], stored)
 
     async def _set_state(self, run: pr.PhaseRun, state: int, reason: str,
                          error: status_pb2.Status | None = None) -> None:

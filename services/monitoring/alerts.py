@@ -31,6 +31,7 @@ from services.monitoring.health import Change, Status
 from services.monitoring.store import MonitoringStore
 from services.monitoring.watcher import HealthWatcher
 from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from services.shared.fanout import Fanout, Gap
 from services.shared.tasks import cancel_and_wait
 
 __all__ = ["DEFAULT_RULE", "AlertManager", "Unimplemented"]
@@ -38,6 +39,7 @@ __all__ = ["DEFAULT_RULE", "AlertManager", "Unimplemented"]
 _log = logging.getLogger(__name__)
 
 DEFAULT_RULE = "alertRules/component-not-serving"
+_ALERTS_KEY = "alerts"
 _MUTABLE = ("display_name", "description", "metric", "component_status", "severity", "enabled", "labels")
 
 
@@ -75,7 +77,8 @@ class AlertManager:
         self._interval = eval_interval_s
         self._history = history
         self._clock = clock
-        self._new_event = asyncio.Condition()
+        #: Hands every alert event to the WatchAlerts streams.
+        self.fanout: Fanout[str, alert_pb2.AlertEvent] = Fanout("alerts")
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self._pending: set[asyncio.Task[None]] = set()
@@ -107,6 +110,7 @@ class AlertManager:
             self._tasks.append(asyncio.ensure_future(self._publisher.run()))
 
     async def stop(self) -> None:
+        self.fanout.close()
         tasks, self._tasks = [*self._tasks, *self._pending], []
         await cancel_and_wait(tasks)
 
@@ -169,9 +173,9 @@ class AlertManager:
 
     async def _record(self, alert: alert_pb2.Alert, kind: int, now: float) -> None:
         event = alert_pb2.AlertEvent(alert=alert, kind=kind, time=timestamp(now))
-        self._store.append_event(event, self._history)
-        async with self._new_event:
-            self._new_event.notify_all()
+        seq = self._store.append_event(event, self._history)
+        self._stamp(event, seq)
+        self.fanout.publish(_ALERTS_KEY, event)
         if self._publisher is not None and kind != alert_pb2.ALERT_CHANGE_KIND_ACKNOWLEDGED:
             envelope = self._publisher.envelope(alert.name)
             payload = envelope.alert_raised if kind == alert_pb2.ALERT_CHANGE_KIND_RAISED else envelope.alert_resolved
@@ -282,22 +286,40 @@ class AlertManager:
             return 0  # history lost or trimmed: start at the oldest retained event
         return int(seq)
 
+    def _stamp(self, event: alert_pb2.AlertEvent, seq: int) -> None:
+        event.sequence = seq
+        event.epoch = self._store.epoch
+        event.cursor = f"{self._store.epoch}:{seq}"
+
     async def follow(self, cursor: str) -> AsyncIterator[alert_pb2.AlertEvent]:
-        """Retained events after ``cursor``, then live ones, until cancelled."""
+        """Retained events after ``cursor``, then live ones, until cancelled.
+
+        Live events come through the one fan-out (:attr:`fanout`, fed by
+        :meth:`_record`); the store is replayed at the start and after a gap (buffer
+        overflow). Sequences are row ids: increasing, so nothing is sent twice.
+        """
         seq = self._start_seq(cursor)
-        epoch = self._store.epoch
-        while True:
-            batch = self._store.events_after(seq)
-            for s, event in batch:
-                event.sequence = s
-                event.epoch = epoch
-                event.cursor = f"{epoch}:{s}"
-                seq = s
-                yield event
-            if batch:
-                continue
-            async with self._new_event:
-                try:
-                    await asyncio.wait_for(self._new_event.wait(), timeout=0.5)
-                except TimeoutError:
-                    pass
+        watcher = await self.fanout.watch([_ALERTS_KEY])  # before the store: no gap
+        try:
+            replay = True
+            while True:
+                if replay:
+                    batch = self._store.events_after(seq)
+                    for s, event in batch:
+                        self._stamp(event, s)
+                        seq = s
+                        yield event
+                    if batch:
+                        continue
+                    replay = False
+                got = await watcher.get(None)
+                if isinstance(got, Gap):
+                    replay = True
+                    continue
+                for _key, event in got or ():
+                    if event.sequence > seq:
+                        seq = event.sequence
+                        yield event
+        finally:
+            await watcher.close()
+

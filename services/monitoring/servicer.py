@@ -9,7 +9,6 @@ base class, which answers UNIMPLEMENTED.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 
@@ -31,6 +30,7 @@ from services.monitoring.paging import page
 from services.monitoring.promtext import method_stats, pick_baseline
 from services.monitoring.watcher import HealthWatcher
 from services.shared.errors import FailedPrecondition, NotFound, Unavailable
+from services.shared.fanout import Gap
 
 __all__ = ["DEFAULT_WATCH_INTERVAL_S", "MonitoringServicer"]
 
@@ -71,17 +71,16 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         kinds = {Kind(k) for k in request.kinds}
         interval = (request.interval.ToNanoseconds() / 1e9 if request.HasField("interval")
                     else DEFAULT_WATCH_INTERVAL_S)
-        async with self._watcher.subscribe() as queue:
+        async with self._watcher.subscribe() as watcher:
             yield self._snapshot(kinds)
             next_periodic = time.monotonic() + interval
             while True:
-                timeout = max(0.0, next_periodic - time.monotonic())
-                try:
-                    changes = [await asyncio.wait_for(queue.get(), timeout)]
-                except TimeoutError:
-                    changes = []
-                while not queue.empty():
-                    changes.append(queue.get_nowait())
+                got = await watcher.get(max(0.0, next_periodic - time.monotonic()))
+                if isinstance(got, Gap):  # fell behind: the full snapshot says it all
+                    yield self._snapshot(kinds)
+                    next_periodic = time.monotonic() + interval
+                    continue
+                changes = [change for _key, change in got or ()]
                 changed = {c.component.name for c in changes if not kinds or c.component.kind in kinds}
                 if changes and not changed and time.monotonic() < next_periodic:
                     continue  # only components outside ``kinds`` changed

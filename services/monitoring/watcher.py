@@ -39,9 +39,12 @@ from services.monitoring.health import (
 )
 from services.monitoring.probes import EnvoyProbe, MetricsScraper, Report, ServiceProbe, ValkeyProbe
 from services.monitoring.promtext import error_rate, pick_baseline
+from services.shared.fanout import Fanout, Watcher
 from services.shared.tasks import cancel_and_wait
 
 __all__ = ["ENVOY", "VALKEY", "HealthWatcher", "component_name"]
+
+_HEALTH_KEY = "health"
 
 _log = logging.getLogger(__name__)
 
@@ -69,7 +72,8 @@ class HealthWatcher:
             Thresholds(config.degraded_latency_s, config.degraded_error_rate, config.min_calls_for_error_rate),
             clock,
         )
-        self._subscribers: set[asyncio.Queue[Change]] = set()
+        #: Hands every status change to the WatchSystemHealth streams.
+        self.fanout: Fanout[str, Change] = Fanout("health")
         self._listeners: list[Callable[[Change], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.scrapers: dict[str, MetricsScraper] = {}
@@ -116,6 +120,7 @@ class HealthWatcher:
             self._spawn(self._publisher.run(), "event publisher")
 
     async def stop(self) -> None:
+        self.fanout.close()
         tasks, self._tasks = self._tasks, []
         await cancel_and_wait(tasks)
         for scraper in self.scrapers.values():
@@ -176,8 +181,7 @@ class HealthWatcher:
             return
         c = change.component
         _log.info("component %s: %s -> %s %s", c.name, change.previous.name, c.status.name, c.message)
-        for queue in self._subscribers:
-            queue.put_nowait(change)
+        self.fanout.publish(_HEALTH_KEY, change)
         for listener in self._listeners:
             try:
                 listener(change)
@@ -193,14 +197,15 @@ class HealthWatcher:
         self._listeners.append(listener)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Change]]:
-        """A queue that receives every status change while the context is open."""
-        queue: asyncio.Queue[Change] = asyncio.Queue()
-        self._subscribers.add(queue)
+    async def subscribe(self) -> AsyncIterator[Watcher[str, Change]]:
+        """A watcher (of the one fan-out) that receives every status change while the
+        context is open; a :class:`~services.shared.fanout.Gap` when it fell more than
+        its buffer behind (send a full snapshot then)."""
+        watcher = await self.fanout.watch([_HEALTH_KEY])
         try:
-            yield queue
+            yield watcher
         finally:
-            self._subscribers.discard(queue)
+            await watcher.close()
 
     # -- reads ---------------------------------------------------------------------
     def now(self) -> float:

@@ -70,7 +70,8 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from services.shared.bus import BusConfig, Envelope, EventBus, decode_entry
+from services.shared.bus import BusConfig, Envelope, EventBus, _raise_if_cancelling, decode_entry
+from services.shared.errors import Unavailable
 
 __all__ = [
     "BusFanout",
@@ -103,8 +104,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class FanoutClosed(Exception):
-    """The fan-out was closed (service shutdown) without a more specific error."""
+class FanoutClosed(Unavailable):
+    """The fan-out was closed (service shutdown) without a more specific error: the
+    stream ends UNAVAILABLE and the client resumes with its last cursor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,7 +391,7 @@ class Fanout(Generic[K, T]):
 
     def close(self, error: BaseException | None = None) -> None:
         """End every watcher with ``error`` (default :class:`FanoutClosed`); refuse new ones."""
-        error = error or FanoutClosed(f"fan-out {self.name} closed")
+        error = error or FanoutClosed(f"the {self.name} service is shutting down; resume with the last cursor")
         self._closed = error
         for watcher in list(self._all):
             watcher._fail(error)
@@ -450,15 +452,18 @@ class _Reader:
                     self.client = self._connect()
                 if lost:
                     await self._resync()
+                    _raise_if_cancelling()
                     lost = False
                     delays = owner.config.backoff.delays()
                 now = time.monotonic()
                 if now >= next_epoch_check and self.positions:
                     await self._check_epochs()
+                    _raise_if_cancelling()
                     next_epoch_check = now + owner.epoch_check_interval_s
                 streams = {self.wake_key: self.wake_position, **self.positions}
                 block = max(1, min(owner.config.block_ms, int((next_epoch_check - time.monotonic()) * 1000)))
                 reply = await self.client.xread(streams, count=owner.count, block=block)
+                _raise_if_cancelling()  # redis-py may swallow a cancellation (see bus.py)
             except asyncio.CancelledError:
                 raise
             except _CONNECTION_ERRORS as exc:

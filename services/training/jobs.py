@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
-from services.shared.bus import EpochChanged, EventBus, Envelope
+from services.shared.bus import EventBus, TypeMismatch
+from services.shared.fanout import BusFanout, Gap
 from services.shared.context import remaining_seconds
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, Unavailable, as_domain_error
 from services.shared.events import publish_event
@@ -34,6 +35,9 @@ __all__ = ["CursorExpired", "JobManager"]
 _log = logging.getLogger("services.training.jobs")
 
 _CONTROL_TTL_S = 24 * 3600
+#: A watch without live events re-reads the store this often (s): a safety net for an
+#: event that never reached the bus, and how a deleted job is noticed.
+_WATCH_IDLE_CHECK_S = 2.0
 _JOB_STREAM_TTL_S = 3600
 
 
@@ -50,10 +54,13 @@ def _is_terminal(event: ev_pb.TrainingJobEvent) -> bool:
 class JobManager:
     """Create, inspect, control and watch training jobs."""
 
-    def __init__(self, config: TrainingConfig, store: Store, bus: EventBus, queue: JobQueue, keys: Keys) -> None:
+    def __init__(self, config: TrainingConfig, store: Store, bus: EventBus, queue: JobQueue, keys: Keys,
+                 *, fanout: BusFanout | None = None) -> None:
         self.config = config
         self.store = store
         self.bus = bus
+        #: Feeds every WatchTrainingJob of this process from the job event streams.
+        self.fanout = fanout or BusFanout("training", bus.config, key_prefix=keys.prefix)
         self.queue = queue
         self.keys = keys
 
@@ -286,41 +293,56 @@ class JobManager:
         return parsed.sequence
 
     async def watch(self, name: str, cursor: str) -> AsyncIterator[ev_pb.TrainingJobEvent]:
-        """History after ``cursor``, then live events, until the terminal state event."""
+        """History after ``cursor``, then live events, until the terminal state event.
+
+        Live events come from the service's one fan-out (:attr:`fanout`), never from a
+        Redis read of this watcher's own. The store is the source of truth: the watch
+        replays from it at the start, after a :class:`~services.shared.fanout.Gap`
+        (buffer overflow, Redis reconnect or epoch change), when a live event does not
+        follow the last one sent, and every ``_WATCH_IDLE_CHECK_S`` without events (which
+        also notices a deleted job). Sequences make the merge exact: nothing twice,
+        nothing skipped.
+        """
         job_id = job_id_of(name)
         self.store.get(job_id)  # NotFound before the stream starts
         after = self._start_after(job_id, cursor)
-        stream = self.keys.job_events(job_id)
-        live = await self.bus.latest_cursor(stream)  # before reading the store: no gap
-        while True:
-            for event in self.store.events_after(job_id, after):
-                yield event
-                after = event.sequence
-                if _is_terminal(event):
-                    return
-            if after > 0 and self._ended(job_id, after):
-                return
-            gap = False
-            while not gap:
-                items = await self.bus.read(stream, live, block_ms=1000, count=200)
-                if not items:  # idle: make sure nothing went past the bus (and the job exists)
-                    break
-                for item in items:
-                    live = item.cursor
-                    if isinstance(item, EpochChanged):
-                        gap = True
+        self.fanout.start()
+        watcher = await self.fanout.watch([self.keys.job_events(job_id)])  # before the store: no gap
+        try:
+            replay = True
+            while True:
+                if replay:
+                    events = self.store.events_after(job_id, after)
+                    for event in events:
+                        yield event
+                        after = event.sequence
+                        if _is_terminal(event):
+                            return
+                    if events:
+                        continue  # more may follow (the store pages)
+                    if after > 0 and self._ended(job_id, after):
+                        return
+                    replay = False
+                got = await watcher.get(_WATCH_IDLE_CHECK_S)
+                if got is None or isinstance(got, Gap):
+                    replay = True
+                    continue
+                for _stream, envelope in got:
+                    try:
+                        event = envelope.unpack(ev_pb.TrainingJobEvent)
+                    except TypeMismatch:
                         continue
-                    assert isinstance(item, Envelope)
-                    event = item.unpack(ev_pb.TrainingJobEvent)
                     if event.sequence <= after:
                         continue
                     if event.sequence != after + 1:
-                        gap = True
+                        replay = True
                         break
                     yield event
                     after = event.sequence
                     if _is_terminal(event):
                         return
+        finally:
+            await watcher.close()
 
     def _ended(self, job_id: str, after: int) -> bool:
         """True when the job is terminal and the watcher has seen all its events."""

@@ -75,6 +75,7 @@ class TrainingApp:
     async def aclose(self) -> None:
         if self._reconciling is not None:
             await cancel_and_wait([self._reconciling])
+        await self.jobs.fanout.aclose()
         await self.pool.aclose()
         await self.bus.aclose()
         self.store.close()

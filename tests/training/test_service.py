@@ -495,3 +495,22 @@ async def test_pump_stores_and_publishes_a_queued_burst_in_order_or_not_at_all_w
     finally:
         await worker.bus.aclose()
         worker.store.close()
+
+
+async def test_200_watchers_of_one_job_all_get_every_event_from_one_fanout(training: Training) -> None:
+    """Issue 7: 300 WatchTrainingJob streams used to end INTERNAL (each held its own
+    Redis connection in a blocking read). Now the service's one fan-out feeds them all,
+    and unary calls keep working while they are open."""
+    job = await training.create(spec=tiny_spec(max_steps=60))
+    watches = [asyncio.create_task(training.watch(job.name, timeout=120)) for _ in range(200)]
+    for _ in range(5):  # unary calls never wait behind the streams
+        await asyncio.wait_for(training.get(job.name), 5)
+        await asyncio.sleep(0.2)
+    results = await asyncio.gather(*watches)
+    expected = [e.sequence for e in results[0]]
+    assert expected == list(range(1, len(expected) + 1)) and len(expected) > 10
+    assert results[0][-1].state_changed.to_state in TERMINAL
+    for events in results:
+        assert [e.sequence for e in events] == expected
+    fanout = training.app.jobs.fanout
+    assert fanout.reader_count == 2 and fanout.watcher_count == 0
