@@ -25,6 +25,7 @@ from services.shared.events import publish_event
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.cursor import MalformedCursor, WatchCursor
+from services.training.downsample import lttb_indices
 from services.training.engine import list_checkpoints
 from services.training.queue import JobQueue, Keys
 from services.training.store import CANCELLED, RUNNING, TERMINAL, JobRecord, Store, job_id_of
@@ -253,6 +254,25 @@ class JobManager:
             await self.bus.client.delete(self.keys.job_events(job_id))
         except Exception:  # noqa: BLE001 - the stream expires anyway
             _log.warning("could not delete the event stream of %s", name)
+
+    def metrics(self, name: str, max_points: int) -> job_pb.TrainingJobMetrics:
+        """The job's metric history, each series LTTB-downsampled to ``max_points`` (0 = 1000).
+
+        ``name`` is ``trainingJobs/{id}/metrics``; the answer's ``cursor`` resumes
+        WatchTrainingJob right after the last event the series include.
+        """
+        job_id = job_id_of(name.removesuffix("/metrics"))
+        limit = max_points or 1000
+        last, progress, evals = self.store.metric_points(job_id)
+        out = job_pb.TrainingJobMetrics(name=f"trainingJobs/{job_id}/metrics", progress_count=len(progress),
+                                        eval_count=len(evals), sequence=last)
+        if last:
+            out.cursor = WatchCursor(self.store.epoch, job_id, last).encode()
+        for rows, target in ((progress, out.progress), (evals, out.evals)):
+            keep = lttb_indices([r[1] for r in rows], [r[2] for r in rows], limit)
+            for i in keep:
+                target.add().ParseFromString(rows[i][3])
+        return out
 
     def list_checkpoints(self, parent: str, *, page_size: int, page_token: str) -> tuple[list[job_pb.Checkpoint], str]:
         job_id = job_id_of(parent)

@@ -6,6 +6,7 @@ domain errors raised by the manager are mapped to statuses by the shared interce
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,6 +71,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
     async def WatchTrainingJob(self, request: rr_pb.WatchTrainingJobRequest, context: Any) -> AsyncIterator[ev_pb.TrainingJobEvent]:
         async for event in self.jobs.watch(request.name, request.cursor):
             yield event
+
+    async def GetTrainingJobMetrics(self, request: rr_pb.GetTrainingJobMetricsRequest, context: Any) -> job_pb.TrainingJobMetrics:
+        return await asyncio.to_thread(self.jobs.metrics, request.name, request.max_points)
 
     async def ListCheckpoints(self, request: rr_pb.ListCheckpointsRequest, context: Any) -> rr_pb.ListCheckpointsResponse:
         checkpoints, token = self.jobs.list_checkpoints(request.parent, page_size=request.page_size,

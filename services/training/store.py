@@ -10,6 +10,11 @@ Tables::
          pending_adjust, queue_entry) queue entry of the current run)
     events(job_id, sequence, data)    append-only history: serialized TrainingJobEvent
     checkpoints(job_id, step, data)   Checkpoint resources (sha256, metrics, trigger)
+    metric_points(job_id, sequence,   the progress and eval events again, as chart points:
+         kind, step, value, data)     kind 0 = TrainingProgress, 1 = EvalMetrics; value is
+                                      the series LTTB downsamples on (train_loss, loss);
+                                      written in the transaction that appends the event
+                                      (GetTrainingJobMetrics reads it, never the events)
 
 The state machine lives here and only here (:data:`TRANSITIONS`); every transition is
 one transaction that updates the job and appends its ``StateChanged`` event with the
@@ -76,6 +81,15 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, seq);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metric_points (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL NOT NULL,
     data BLOB NOT NULL,
     PRIMARY KEY (job_id, sequence)
 ) WITHOUT ROWID;
@@ -153,6 +167,19 @@ class Store:
                 self._db.execute("INSERT INTO meta(key, value) VALUES('epoch', ?)",
                                  (f"{int(time.time()):x}{secrets.token_hex(4)}",))
         self.epoch: str = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
+        self._backfill_metric_points()
+
+    def _backfill_metric_points(self) -> None:
+        """Migration: a store made before metric_points existed gets its points once."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM meta WHERE key='metric_points'").fetchone():
+                return
+            rows = db.execute("SELECT job_id, sequence, data FROM events ORDER BY job_id, sequence").fetchall()
+            for job_id, sequence, data in rows:
+                event = ev_pb.TrainingJobEvent()
+                event.ParseFromString(data)
+                self._index_metrics(db, job_id, [(sequence, event)])
+            db.execute("INSERT INTO meta(key, value) VALUES('metric_points', 'v1')")
 
     def close(self) -> None:
         with self._lock:
@@ -212,7 +239,25 @@ class Store:
     def _append(self, db: sqlite3.Connection, rec: JobRecord, event: ev_pb.TrainingJobEvent) -> ev_pb.TrainingJobEvent:
         data = self._stamp(rec, event)
         db.execute("INSERT INTO events(job_id, sequence, data) VALUES(?,?,?)", (rec.id, rec.last_sequence, data))
+        self._index_metrics(db, rec.id, [(rec.last_sequence, event)])
         return event
+
+    @staticmethod
+    def _index_metrics(db: sqlite3.Connection, job_id: str,
+                       events: Sequence[tuple[int, ev_pb.TrainingJobEvent]]) -> None:
+        """Copy the progress and eval events among ``events`` into metric_points."""
+        rows = []
+        for sequence, event in events:
+            kind = event.WhichOneof("kind")
+            if kind == "progress":
+                p = event.progress
+                rows.append((job_id, sequence, 0, p.step, p.train_loss, p.SerializeToString()))
+            elif kind == "eval_completed":
+                e = event.eval_completed
+                rows.append((job_id, sequence, 1, e.step, e.loss, e.SerializeToString()))
+        if rows:
+            db.executemany("INSERT OR REPLACE INTO metric_points(job_id, sequence, kind, step, value, data)"
+                           " VALUES(?,?,?,?,?,?)", rows)
 
     # ------------------------------------------------------------------ jobs
     def create(self, job: job_pb.TrainingJob, job_id: str, request_id: str) -> tuple[JobRecord, list[ev_pb.TrainingJobEvent], bool]:
@@ -282,7 +327,7 @@ class Store:
             if rec.state not in TERMINAL:
                 raise FailedPrecondition(
                     f"{rec.job.name} is {S.Name(rec.state)}; only SUCCEEDED, FAILED or CANCELLED jobs can be deleted")
-            for table in ("events", "checkpoints"):
+            for table in ("events", "checkpoints", "metric_points"):
                 db.execute(f"DELETE FROM {table} WHERE job_id=?", (job_id,))
             db.execute("DELETE FROM jobs WHERE id=?", (job_id,))
             return rec
@@ -449,6 +494,7 @@ class Store:
             first = rec.last_sequence - len(blobs) + 1
             db.executemany("INSERT INTO events(job_id, sequence, data) VALUES(?,?,?)",
                            [(rec.id, first + i, blob) for i, blob in enumerate(blobs)])
+            self._index_metrics(db, rec.id, [(first + i, event) for i, event in enumerate(events)])
             self._save(db, rec)
             return Appended(rec, list(events), blobs)
 
@@ -463,6 +509,33 @@ class Store:
             event.ParseFromString(data)
             out.append(event)
         return out
+
+    def metric_points(self, job_id: str) -> tuple[int, list[tuple[int, int, float, bytes]], list[tuple[int, int, float, bytes]]]:
+        """``(last sequence, progress rows, eval rows)`` of a job, as of one moment.
+
+        Rows are ``(sequence, step, value, data)``, ascending by step, each series as a
+        watcher applying the events in order ends up with it: a point whose step is not
+        after the previous one (the job went back to a checkpoint) drops the points from
+        that step on. Every row's event has a sequence <= the last sequence returned, and
+        every progress/eval event up to it is represented. NotFound for an unknown job.
+        """
+        with self._lock:
+            self._db.execute("BEGIN")  # one read snapshot (WAL): the job row and its points agree
+            try:
+                rec = self._load(self._db, job_id)
+                rows = self._db.execute(
+                    "SELECT kind, sequence, step, value, data FROM metric_points"
+                    " WHERE job_id=? AND sequence<=? ORDER BY sequence",
+                    (job_id, rec.last_sequence)).fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        series: tuple[list[tuple[int, int, float, bytes]], ...] = ([], [])
+        for kind, sequence, step, value, data in rows:
+            out = series[kind]
+            while out and out[-1][1] >= step:
+                out.pop()
+            out.append((sequence, step, value, data))
+        return rec.last_sequence, series[0], series[1]
 
     # ------------------------------------------------------------------ checkpoints
     def put_checkpoint(self, job_id: str, checkpoint: job_pb.Checkpoint) -> None:

@@ -62,6 +62,11 @@ EXAMPLES: dict[str, tuple[dict, dict, str]] = {
         {"name": JOB, "cursor": "c" * 300},
         "cursor",
     ),
+    "agentforge.training.v1.TrainingService.GetTrainingJobMetrics": (
+        {"name": JOB + "/metrics", "maxPoints": 500},
+        {"name": JOB, "maxPoints": 20000},
+        "name",
+    ),
     "agentforge.training.v1.TrainingService.ListCheckpoints": (
         {"parent": JOB, "pageSize": 3},
         {"parent": "models/m"},

@@ -98,6 +98,41 @@ async def test_watch_resumed_from_a_cursor_gets_exactly_the_rest(training: Train
     assert await training.watch(job.name, full[-1].cursor, timeout=5) == []
 
 
+async def test_metric_history_then_watch_from_its_cursor_has_no_gap_and_no_duplicate(training: Training) -> None:
+    job = await training.create(tiny_spec(max_steps=300, eval_interval=50, checkpoint_interval=0))
+    metrics_name = f"{job.name}/metrics"
+    empty = await training.stub.GetTrainingJobMetrics(rr.GetTrainingJobMetricsRequest(name=metrics_name))
+    assert empty.name == metrics_name and empty.sequence >= 1  # QUEUED is an event, with no points
+    assert not empty.progress and not empty.evals and empty.progress_count == 0
+
+    await training.watch(job.name, until=step_reached(12))
+    history = await training.stub.GetTrainingJobMetrics(
+        rr.GetTrainingJobMetricsRequest(name=metrics_name, max_points=10000))
+    steps = [p.step for p in history.progress]
+    assert steps == list(range(1, len(steps) + 1)) and steps[-1] >= 12
+    assert history.progress_count == len(steps) and history.cursor
+    rest = await training.watch(job.name, history.cursor)
+    assert not rest or rest[0].sequence == history.sequence + 1  # exactly the events after the history
+    assert steps + progress_steps(rest) == list(range(1, 301))
+    evals = [e.step for e in history.evals] + [e.eval_completed.step for e in rest if e.HasField("eval_completed")]
+    assert evals == [50, 100, 150, 200, 250, 300]
+
+    done = await training.stub.GetTrainingJobMetrics(rr.GetTrainingJobMetricsRequest(name=metrics_name, max_points=10))
+    assert done.progress_count == 300 and done.eval_count == 6 and len(done.progress) == 10 and len(done.evals) == 6
+    kept = [p.step for p in done.progress]
+    assert kept[0] == 1 and kept[-1] == 300 and kept == sorted(set(kept))
+    final = await training.get(job.name)
+    assert done.sequence == final_sequence(rest, history) and done.cursor
+    full = {p.step: p for p in history.progress} | {e.progress.step: e.progress for e in rest if e.HasField("progress")}
+    assert all(p == full[p.step] for p in done.progress)  # the points are the events' own progress
+    assert final.state == S.TRAINING_JOB_STATE_SUCCEEDED
+    assert await training.watch(job.name, done.cursor, timeout=5) == []  # nothing after the last event
+
+
+def final_sequence(rest: list[ev_pb.TrainingJobEvent], history: rr.GetTrainingJobMetricsRequest) -> int:
+    return rest[-1].sequence if rest else history.sequence  # type: ignore[attr-defined]
+
+
 async def test_retried_create_with_same_request_id_returns_the_same_job(training: Training) -> None:
     request_id = uuid.uuid4().hex
     first, second = await asyncio.gather(training.create(request_id=request_id),
@@ -268,6 +303,9 @@ async def test_bad_input_for_every_rpc_is_invalid_argument(training: Training) -
         (stub.CheckpointTrainingJob(rr.CheckpointTrainingJobRequest(name=bad)), "name"),
         (stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name="trainingJobs/x", learning_rate=-1)), "learning_rate"),
         (stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=bad)), "parent"),
+        (stub.GetTrainingJobMetrics(rr.GetTrainingJobMetricsRequest(name="trainingJobs/x")), "name"),
+        (stub.GetTrainingJobMetrics(rr.GetTrainingJobMetricsRequest(name="trainingJobs/x/metrics",
+                                                                    max_points=10001)), "max_points"),
         (stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_size=5000)), "page_size"),
         (stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_token="garbage!")), "page_token"),
         (stub.ListTrainingJobs(rr.ListTrainingJobsRequest(label_selector="BAD KEY")), "label_selector"),
@@ -311,6 +349,7 @@ async def test_unknown_job_is_not_found_for_every_rpc(training: Training) -> Non
         stub.CheckpointTrainingJob(rr.CheckpointTrainingJobRequest(name=name)),
         stub.AdjustTrainingJob(rr.AdjustTrainingJobRequest(name=name, learning_rate=0.1)),
         stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=name)),
+        stub.GetTrainingJobMetrics(rr.GetTrainingJobMetricsRequest(name=f"{name}/metrics")),
     ]
     for call in calls:
         with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -114,3 +114,11 @@ class ListCheckpointsResponse(_message.Message):
     checkpoints: _containers.RepeatedCompositeFieldContainer[_training_job_pb2.Checkpoint]
     next_page_token: str
     def __init__(self, checkpoints: _Optional[_Iterable[_Union[_training_job_pb2.Checkpoint, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetTrainingJobMetricsRequest(_message.Message):
+    __slots__ = ("name", "max_points")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_POINTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    max_points: int
+    def __init__(self, name: _Optional[str] = ..., max_points: _Optional[int] = ...) -> None: ...

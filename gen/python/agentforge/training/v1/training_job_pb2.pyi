@@ -9,7 +9,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -343,3 +343,21 @@ class Checkpoint(_message.Message):
     uri: str
     create_time: _timestamp_pb2.Timestamp
     def __init__(self, name: _Optional[str] = ..., step: _Optional[int] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., final: _Optional[bool] = ..., trigger: _Optional[_Union[CheckpointTrigger, str]] = ..., uri: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TrainingJobMetrics(_message.Message):
+    __slots__ = ("name", "progress", "evals", "progress_count", "eval_count", "cursor", "sequence")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    EVALS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EVAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    progress: _containers.RepeatedCompositeFieldContainer[TrainingProgress]
+    evals: _containers.RepeatedCompositeFieldContainer[EvalMetrics]
+    progress_count: int
+    eval_count: int
+    cursor: str
+    sequence: int
+    def __init__(self, name: _Optional[str] = ..., progress: _Optional[_Iterable[_Union[TrainingProgress, _Mapping]]] = ..., evals: _Optional[_Iterable[_Union[EvalMetrics, _Mapping]]] = ..., progress_count: _Optional[int] = ..., eval_count: _Optional[int] = ..., cursor: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...

@@ -24,6 +24,7 @@ IDEMPOTENT_METHODS: tuple[str, ...] = (
     'GetTrainingJob',
     'ListTrainingJobs',
     'WatchTrainingJob',
+    'GetTrainingJobMetrics',
     'ListCheckpoints',
 )
 
@@ -136,6 +137,19 @@ class AsyncTrainingService(AsyncServiceBase):
         Raises :class:`agentforge.client.ApiError` (a subclass per status code).
         """
         return self._resumable_stream('WatchTrainingJob', _m0.WatchTrainingJobRequest, _m3.TrainingJobEvent, request, fields, timeout, metadata)
+
+    async def get_training_job_metrics(self, request: _m0.GetTrainingJobMetricsRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m1.TrainingJobMetrics:
+        """Returns a job's metric history (progress and evaluation series), each series
+        downsampled to at most `max_points` points, with the `WatchTrainingJob` cursor of the
+        last event it includes: a chart of a 100,000-step job opens with this one call, then
+        follows the job live by watching from `cursor`, with no gap and no duplicate.
+
+        Request: ``agentforge.training.v1.GetTrainingJobMetricsRequest`` (pass one, or its fields as keyword
+        arguments). Returns ``agentforge.training.v1.TrainingJobMetrics``.
+        Resent on UNAVAILABLE (idempotent).
+        Raises :class:`agentforge.client.ApiError` (a subclass per status code).
+        """
+        return await self._unary('GetTrainingJobMetrics', _m0.GetTrainingJobMetricsRequest, _m1.TrainingJobMetrics, request, fields, timeout, metadata, keyed=False)
 
     async def list_checkpoints(self, request: _m0.ListCheckpointsRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m0.ListCheckpointsResponse:
         """Lists a job's retained checkpoints, newest first.
@@ -257,6 +271,19 @@ class TrainingService(SyncServiceBase):
         Raises :class:`agentforge.client.ApiError` (a subclass per status code).
         """
         return self._resumable_stream('WatchTrainingJob', _m0.WatchTrainingJobRequest, _m3.TrainingJobEvent, request, fields, timeout, metadata)
+
+    def get_training_job_metrics(self, request: _m0.GetTrainingJobMetricsRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m1.TrainingJobMetrics:
+        """Returns a job's metric history (progress and evaluation series), each series
+        downsampled to at most `max_points` points, with the `WatchTrainingJob` cursor of the
+        last event it includes: a chart of a 100,000-step job opens with this one call, then
+        follows the job live by watching from `cursor`, with no gap and no duplicate.
+
+        Request: ``agentforge.training.v1.GetTrainingJobMetricsRequest`` (pass one, or its fields as keyword
+        arguments). Returns ``agentforge.training.v1.TrainingJobMetrics``.
+        Resent on UNAVAILABLE (idempotent).
+        Raises :class:`agentforge.client.ApiError` (a subclass per status code).
+        """
+        return self._unary('GetTrainingJobMetrics', _m0.GetTrainingJobMetricsRequest, _m1.TrainingJobMetrics, request, fields, timeout, metadata, keyed=False)
 
     def list_checkpoints(self, request: _m0.ListCheckpointsRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m0.ListCheckpointsResponse:
         """Lists a job's retained checkpoints, newest first.

@@ -88,6 +88,11 @@ class TrainingServiceStub:
                 request_serializer=agentforge_dot_training_dot_v1_dot_request__response__pb2.WatchTrainingJobRequest.SerializeToString,
                 response_deserializer=agentforge_dot_training_dot_v1_dot_training__job__event__pb2.TrainingJobEvent.FromString,
                 _registered_method=True)
+        self.GetTrainingJobMetrics = channel.unary_unary(
+                '/agentforge.training.v1.TrainingService/GetTrainingJobMetrics',
+                request_serializer=agentforge_dot_training_dot_v1_dot_request__response__pb2.GetTrainingJobMetricsRequest.SerializeToString,
+                response_deserializer=agentforge_dot_training_dot_v1_dot_training__job__pb2.TrainingJobMetrics.FromString,
+                _registered_method=True)
         self.ListCheckpoints = channel.unary_unary(
                 '/agentforge.training.v1.TrainingService/ListCheckpoints',
                 request_serializer=agentforge_dot_training_dot_v1_dot_request__response__pb2.ListCheckpointsRequest.SerializeToString,
@@ -171,6 +176,16 @@ class TrainingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrainingJobMetrics(self, request, context):
+        """Returns a job's metric history (progress and evaluation series), each series
+        downsampled to at most `max_points` points, with the `WatchTrainingJob` cursor of the
+        last event it includes: a chart of a 100,000-step job opens with this one call, then
+        follows the job live by watching from `cursor`, with no gap and no duplicate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListCheckpoints(self, request, context):
         """Lists a job's retained checkpoints, newest first.
         """
@@ -230,6 +245,11 @@ def add_TrainingServiceServicer_to_server(servicer, server):
                     servicer.WatchTrainingJob,
                     request_deserializer=agentforge_dot_training_dot_v1_dot_request__response__pb2.WatchTrainingJobRequest.FromString,
                     response_serializer=agentforge_dot_training_dot_v1_dot_training__job__event__pb2.TrainingJobEvent.SerializeToString,
+            ),
+            'GetTrainingJobMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrainingJobMetrics,
+                    request_deserializer=agentforge_dot_training_dot_v1_dot_request__response__pb2.GetTrainingJobMetricsRequest.FromString,
+                    response_serializer=agentforge_dot_training_dot_v1_dot_training__job__pb2.TrainingJobMetrics.SerializeToString,
             ),
             'ListCheckpoints': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCheckpoints,
@@ -508,6 +528,33 @@ class TrainingService:
             '/agentforge.training.v1.TrainingService/WatchTrainingJob',
             agentforge_dot_training_dot_v1_dot_request__response__pb2.WatchTrainingJobRequest.SerializeToString,
             agentforge_dot_training_dot_v1_dot_training__job__event__pb2.TrainingJobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrainingJobMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentforge.training.v1.TrainingService/GetTrainingJobMetrics',
+            agentforge_dot_training_dot_v1_dot_request__response__pb2.GetTrainingJobMetricsRequest.SerializeToString,
+            agentforge_dot_training_dot_v1_dot_training__job__pb2.TrainingJobMetrics.FromString,
             options,
             channel_credentials,
             insecure,

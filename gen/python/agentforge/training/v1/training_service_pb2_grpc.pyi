@@ -59,6 +59,12 @@ class TrainingServiceStub:
     events, ending with OK after the terminal state change. A client that loses the
     stream reconnects with the cursor of the last event it saw.
     """
+    GetTrainingJobMetrics: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobMetricsRequest, _training_job_pb2.TrainingJobMetrics]
+    """Returns a job's metric history (progress and evaluation series), each series
+    downsampled to at most `max_points` points, with the `WatchTrainingJob` cursor of the
+    last event it includes: a chart of a 100,000-step job opens with this one call, then
+    follows the job live by watching from `cursor`, with no gap and no duplicate.
+    """
     ListCheckpoints: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListCheckpointsRequest, _request_response_pb2.ListCheckpointsResponse]
     """Lists a job's retained checkpoints, newest first."""
 
@@ -89,6 +95,12 @@ class TrainingServiceAsyncStub(TrainingServiceStub):
     """Streams a job's events: its history after `cursor` (all of it when empty), then live
     events, ending with OK after the terminal state change. A client that loses the
     stream reconnects with the cursor of the last event it saw.
+    """
+    GetTrainingJobMetrics: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetTrainingJobMetricsRequest, _training_job_pb2.TrainingJobMetrics]  # type: ignore[assignment]
+    """Returns a job's metric history (progress and evaluation series), each series
+    downsampled to at most `max_points` points, with the `WatchTrainingJob` cursor of the
+    last event it includes: a chart of a 100,000-step job opens with this one call, then
+    follows the job live by watching from `cursor`, with no gap and no duplicate.
     """
     ListCheckpoints: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListCheckpointsRequest, _request_response_pb2.ListCheckpointsResponse]  # type: ignore[assignment]
     """Lists a job's retained checkpoints, newest first."""
@@ -177,6 +189,18 @@ class TrainingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams a job's events: its history after `cursor` (all of it when empty), then live
         events, ending with OK after the terminal state change. A client that loses the
         stream reconnects with the cursor of the last event it saw.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrainingJobMetrics(
+        self,
+        request: _request_response_pb2.GetTrainingJobMetricsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_training_job_pb2.TrainingJobMetrics, _abc.Awaitable[_training_job_pb2.TrainingJobMetrics]]:
+        """Returns a job's metric history (progress and evaluation series), each series
+        downsampled to at most `max_points` points, with the `WatchTrainingJob` cursor of the
+        last event it includes: a chart of a 100,000-step job opens with this one call, then
+        follows the job live by watching from `cursor`, with no gap and no duplicate.
         """
 
     @_abc_1.abstractmethod
