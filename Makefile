@@ -4,7 +4,7 @@
 #   make test    set up and run the whole check: stale gen/, buf lint, buf breaking, pytest
 #   make up      the mesh in the foreground (Envoy's edge on 127.0.0.1:$(EDGE_PORT)); Ctrl-C stops it
 #   make restart SERVICE=<name>  restart one process of the running `make up`
-#   make gen     regenerate gen/ from proto/
+#   make gen     regenerate gen/ from proto/ (Python, Envoy descriptor, the dashboard's TypeScript)
 #   make bench   run the benchmarks (figures go to docs/benchmarks.md by hand)
 #   make token   ROLE=viewer|trainer|operator|admin [TTL=1h] [SUB=name]: a signed token on stdout
 #
@@ -18,10 +18,16 @@ STAMP := $(VENV)/.installed
 EDGE_PORT ?= 8080
 export EDGE_PORT
 export PYTHONPATH := $(CURDIR):$(CURDIR)/gen/python
+# The dashboard (dashboard/): npm packages pinned by its package-lock.json, built by Vite
+# into dashboard/dist/, which Envoy serves at the edge's origin (README.md, "Dashboard").
+NPM_STAMP := dashboard/node_modules/.installed
+DASHBOARD := dashboard/dist/index.html
+DASHBOARD_SRC := $(shell find dashboard/src gen/ts -type f 2>/dev/null) dashboard/index.html \
+	dashboard/vite.config.ts dashboard/tsconfig.json dashboard/package-lock.json
 
-.PHONY: setup gen check-gen lint breaking test test-fast up run restart bench token secrets clean
+.PHONY: setup browser gen check-gen lint breaking test test-fast up run restart bench token secrets clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(NPM_STAMP) $(DASHBOARD) browser
 
 # torch==2.13.0 exactly: that spec takes the CPU wheel on disk here; anything else pulls CUDA.
 $(STAMP): requirements.txt requirements/client.txt requirements/server.txt
@@ -31,12 +37,28 @@ $(STAMP): requirements.txt requirements/client.txt requirements/server.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	@touch $@
 
-gen: $(STAMP)
+$(NPM_STAMP): dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(DASHBOARD): $(NPM_STAMP) $(DASHBOARD_SRC)
+	cd dashboard && npm run --silent build
+
+# The browser tests drive Debian's chromium through playwright-core (never a browser
+# download); installed here when missing and we may (root, apt-get present).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing (apt-get install chromium): the browser tests will fail" >&2; fi; }
+
+gen: $(STAMP) $(NPM_STAMP)
 	$(PY) tools/vendor_protos.py --check
 	$(VENV)/bin/buf lint
 	$(PY) tools/gen.py
 
-check-gen: $(STAMP)
+check-gen: $(STAMP) $(NPM_STAMP)
 	$(PY) tools/vendor_protos.py --check
 	$(PY) tools/gen.py --check
 
@@ -47,7 +69,8 @@ lint: $(STAMP)
 breaking: $(STAMP)
 	tools/breaking.sh
 
-test: $(STAMP) check-gen lint breaking
+test: setup check-gen lint breaking
+	cd dashboard && npm run --silent test
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -67,10 +90,10 @@ token:
 	@$(MAKE) --no-print-directory setup >&2
 	@$(PY) -m services.shared.auth token --role "$(ROLE)" --ttl "$(TTL)" $(if $(SUB),--sub "$(SUB)")
 
-up: $(STAMP) secrets
+up: $(STAMP) $(DASHBOARD) secrets
 	$(PY) -m services.launcher up --edge-port $(EDGE_PORT)
 
-run: $(STAMP) secrets
+run: $(STAMP) $(DASHBOARD) secrets
 	$(PY) -m services.launcher run --edge-port $(EDGE_PORT)
 
 # Restart one process of the running `make up`: make restart SERVICE=training
@@ -78,7 +101,7 @@ restart: $(STAMP)
 	@test -n "$(SERVICE)" || { echo "usage: make restart SERVICE=<service|envoy|valkey>"; exit 2; }
 	$(PY) -m services.launcher restart $(SERVICE)
 
-bench: $(STAMP)
+bench: setup
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -21,6 +21,9 @@ Outputs:
   gen/descriptor/agentforge.binpb
                     A FileDescriptorSet with imports and source info, including
                     google/rpc/error_details.proto, loaded by Envoy's gRPC-JSON transcoder.
+  gen/ts/           TypeScript messages and service descriptors for the dashboard, by
+                    @bufbuild/protoc-gen-es through `buf generate` (buf.gen.yaml); the
+                    plugin is dashboard/node_modules/.bin/protoc-gen-es (`make setup`).
   gen/envoy/rest_schema.lua
                     For every RPC whose google.api.http rule has a body: the HTTP method,
                     the path template as a Lua pattern, and the JSON field names the body
@@ -120,6 +123,7 @@ def generate(out: Path) -> None:
     from gen_client import render_all  # tools/ is on sys.path when run as a script
 
     render_all(desc / "agentforge.binpb", py)
+    _generate_ts(out)
     docs = out / "docs"
     docs.mkdir(parents=True, exist_ok=True)
     from api_docs import render  # tools/ is on sys.path when run as a script
@@ -132,6 +136,27 @@ def generate(out: Path) -> None:
         "# gen/\n\nGenerated from `proto/` by `make gen` (`python tools/gen.py`). "
         "Do not edit; CI fails when this tree is stale.\n"
     )
+
+
+#: protoc-gen-es, installed by `npm ci` in dashboard/ (pinned there).
+PROTOC_GEN_ES = ROOT / "dashboard" / "node_modules" / ".bin" / "protoc-gen-es"
+
+
+def _generate_ts(out: Path) -> None:
+    """gen/ts/: the dashboard's TypeScript (buf.gen.yaml), ours plus what they import.
+
+    google/rpc/error_details.proto is named too: the dashboard reads BadRequest,
+    ErrorInfo and the other details of an error from `grpc-status-details-bin`.
+    """
+    if not PROTOC_GEN_ES.exists():
+        raise SystemExit(f"{PROTOC_GEN_ES.relative_to(ROOT)} is missing: run `make setup` (npm ci in dashboard/)")
+    buf = Path(sys.executable).parent / "buf"
+    cmd = [
+        str(buf if buf.exists() else "buf"), "generate", "--template", "buf.gen.yaml",
+        "--output", str(out), "--path", "proto/agentforge",
+        "--path", "proto/google/rpc/error_details.proto",
+    ]
+    subprocess.run(cmd, check=True, cwd=ROOT)
 
 
 # --- gen/envoy/rest_schema.lua ----------------------------------------------------------

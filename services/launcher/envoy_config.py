@@ -26,6 +26,8 @@ reads the same values from the environment::
     EDGE_REQUEST_HEADERS_TIMEOUT_S, EDGE_STREAM_IDLE_TIMEOUT_S, EDGE_STREAMING_IDLE_TIMEOUT_S
                                the edge's resource limits (:class:`EdgeLimits`; its
                                defaults when unset)
+    DASHBOARD_DIR              the built dashboard (default dashboard/dist, made absolute);
+                               when it has no index.html, GET / answers 503 "not built"
 
 Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
 A placeholder without a value, or a value without a placeholder, raises
@@ -48,11 +50,13 @@ __all__ = [
     "SERVICES",
     "EdgeLimits",
     "TemplateError",
+    "default_dashboard_dir",
     "default_descriptor_path",
     "default_rest_schema_path",
     "default_rest_strict_body_path",
     "default_template_path",
     "main",
+    "render_dashboard_routes",
     "render_envoy_config",
     "render_template",
     "values_from_env",
@@ -153,6 +157,108 @@ def default_rest_schema_path() -> Path:
     return _ROOT / "gen" / "envoy" / "rest_schema.lua"
 
 
+def default_dashboard_dir() -> Path:
+    return _ROOT / "dashboard" / "dist"
+
+
+#: Content types of the files Vite writes.
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".woff2": "font/woff2",
+    ".txt": "text/plain; charset=utf-8",
+}
+#: The page may load only its own scripts and styles and talk only to its own origin
+#: (the edge); uPlot sizes its canvas through inline style attributes.
+_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+_ROUTE_INDENT = " " * 14
+#: The transcoder rejects any non-gRPC request it cannot map to a method
+#: (reject_unknown_method): the dashboard's routes switch it off.
+_NO_TRANSCODER = ('{envoy.filters.http.grpc_json_transcoder: {"@type": '
+                  'type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true}}')
+
+
+def _route_path(rel: str) -> str:
+    if not all(c.isalnum() or c in "-_./" for c in rel):
+        raise TemplateError(f"dashboard file with an unexpected name: {rel!r}")
+    return "/" + rel
+
+
+def render_dashboard_routes(dist: str | os.PathLike[str]) -> str:
+    """Route entries serving the built dashboard in ``dist`` (whole YAML lines).
+
+    ``GET /`` and ``/index.html`` answer ``index.html`` (no-cache: it names the current
+    hashed assets); every other file answers at its path, hashed assets cached for a year
+    (``immutable``). A file with a ``.gz`` beside it (the build writes them) is answered
+    from that copy, with ``content-encoding: gzip``, to a request that accepts gzip. Envoy
+    reads the files when it loads the config. Only GET and HEAD match; other methods
+    fall through to the 404 route. Without ``dist/index.html``: one route answering
+    ``/`` with 503 and how to build it.
+    """
+    root = Path(dist)
+    index = root / "index.html"
+    lines: list[str] = []
+
+    def add(text: str) -> None:
+        lines.extend(_ROUTE_INDENT + line for line in text.strip("\n").splitlines())
+
+    method = '{name: ":method", string_match: {safe_regex: {regex: "GET|HEAD"}}}'
+    if not index.is_file():
+        add(f'''
+- name: dashboard-not-built
+  match: {{path: "/", headers: [{method}]}}
+  direct_response:
+    status: 503
+    body: {{inline_string: "the dashboard is not built: run `make setup` (it builds dashboard/dist)"}}
+  typed_per_filter_config: {_NO_TRANSCODER}
+''')
+        return "\n".join(lines)
+    files = sorted(f for f in root.rglob("*") if f.is_file() and f.suffix != ".gz")
+    for n, file in enumerate(files):
+        rel = file.relative_to(root).as_posix()
+        content_type = _CONTENT_TYPES.get(file.suffix, "application/octet-stream")
+        is_index = rel == "index.html"
+        cache = "no-cache" if is_index else (
+            "public, max-age=31536000, immutable" if rel.startswith("assets/") else "public, max-age=300")
+        headers = [("content-type", content_type), ("cache-control", cache), ("x-content-type-options", "nosniff")]
+        if is_index:
+            headers += [("content-security-policy", _CSP), ("referrer-policy", "no-referrer"),
+                        ("x-frame-options", "DENY")]
+        paths = ["/", "/index.html"] if is_index else [_route_path(rel)]
+        gz = file.with_name(file.name + ".gz")
+        for path in paths:
+            variants = [(gz, True)] if gz.is_file() else []
+            variants.append((file, False))
+            for body, gzipped in variants:
+                match = [method]
+                extra = list(headers)
+                if gzipped:
+                    match.append('{name: accept-encoding, string_match: {contains: gzip}}')
+                    extra += [("content-encoding", "gzip"), ("vary", "accept-encoding")]
+                elif gz.is_file():
+                    extra.append(("vary", "accept-encoding"))
+                header_lines = "\n".join(
+                    f"  - header: {{key: {k}, value: \"{_yaml_quoted('header', v)}\"}}\n"
+                    f"    append_action: OVERWRITE_IF_EXISTS_OR_ADD" for k, v in extra)
+                add(f'''
+- name: dashboard-{n}{"-gz" if gzipped else ""}{"-root" if path == "/" else ""}
+  match: {{path: "{path}", headers: [{", ".join(match)}]}}
+  direct_response:
+    status: 200
+    body: {{filename: "{_check_text("DASHBOARD_DIR", str(body.resolve()))}"}}
+  typed_per_filter_config: {_NO_TRANSCODER}
+  response_headers_to_add:
+{header_lines}
+''')
+    return "\n".join(lines)
+
+
 def render_template(template: str, values: Mapping[str, str]) -> str:
     """Replace every ``${NAME}``; raise on a missing or an unused value."""
     used: set[str] = set()
@@ -208,6 +314,7 @@ def render_envoy_config(
     rest_strict_body_path: str | os.PathLike[str] | None = None,
     rest_schema_path: str | os.PathLike[str] | None = None,
     limits: EdgeLimits | None = None,
+    dashboard_dir: str | os.PathLike[str] | None = None,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
@@ -221,6 +328,8 @@ def render_envoy_config(
     generated schema that reject unknown REST body fields (default: this checkout's
     envoy/rest_strict_body.lua and gen/envoy/rest_schema.lua); Envoy loads them at start.
     ``limits``: the edge's resource limits (default :class:`EdgeLimits()`).
+    ``dashboard_dir`` is the built dashboard served at ``/`` (default dashboard/dist;
+    see :func:`render_dashboard_routes`).
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -237,6 +346,8 @@ def render_envoy_config(
             default_rest_strict_body_path() if rest_strict_body_path is None else rest_strict_body_path)),
         "REST_SCHEMA_LUA": _check_text("REST_SCHEMA_LUA", os.fspath(
             default_rest_schema_path() if rest_schema_path is None else rest_schema_path)),
+        "DASHBOARD_ROUTES": render_dashboard_routes(
+            default_dashboard_dir() if dashboard_dir is None else dashboard_dir),
     }
     values.update((limits or EdgeLimits()).values())
     for service, (host, port) in upstreams.items():
@@ -274,6 +385,7 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
     descriptor = env.get("ENVOY_DESCRIPTOR_PATH") or str(default_descriptor_path())
     strict_body = env.get("ENVOY_REST_STRICT_BODY_LUA") or str(default_rest_strict_body_path())
     schema = env.get("ENVOY_REST_SCHEMA_LUA") or str(default_rest_schema_path())
+    dashboard = env.get("DASHBOARD_DIR") or str(default_dashboard_dir())
     return {
         "listen_port": port("EDGE_PORT"),
         "admin_port": port("ADMIN_PORT"),
@@ -285,6 +397,7 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "rest_strict_body_path": str(Path(strict_body).resolve()),
         "rest_schema_path": str(Path(schema).resolve()),
         "limits": EdgeLimits.from_env(env),
+        "dashboard_dir": str(Path(dashboard).resolve()),
     }
 
 
