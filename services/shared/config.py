@@ -59,6 +59,9 @@ class ServerConfig:
     #: last cursor); below the edge's streaming idle timeout (900 s), which would
     #: otherwise reset the quiet stream without a status. 0 = never.
     stream_max_quiet_s: float = 600.0
+    #: Durable state root (``AF_DATA_DIR``): the runtime keeps its idempotency keys in
+    #: ``<data_dir>/idempotency/<service>.db``; empty = in memory only.
+    data_dir: str = ""
 
     @classmethod
     def from_env(

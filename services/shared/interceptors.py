@@ -16,7 +16,7 @@ Order used by the server (outermost first)::
 
     RequestIdInterceptor → LoggingInterceptor → MetricsInterceptor
       → DeadlineInterceptor → ErrorInterceptor → StreamEndInterceptor
-      → DecodeInterceptor → ValidationInterceptor → handler
+      → DecodeInterceptor → ValidationInterceptor → IdempotencyInterceptor → handler
 
 :class:`DecodeInterceptor` swaps every method's request deserializer for one that
 never raises: grpc would otherwise fail the call with UNKNOWN (and a traceback) before
@@ -846,6 +846,7 @@ def default_interceptors(
     domain: str = DOMAIN,
     stop: asyncio.Event | None = None,
     stream_max_quiet_s: float | None = None,
+    idempotency: grpc.aio.ServerInterceptor | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The standard chain, outermost first (metrics omitted when None).
 
@@ -863,4 +864,6 @@ def default_interceptors(
         DecodeInterceptor(),
         ValidationInterceptor(),
     ]
+    if idempotency is not None:  # innermost: only valid requests get a key
+        chain.append(idempotency)
     return chain

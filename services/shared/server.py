@@ -36,6 +36,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
 
 import grpc
@@ -46,6 +47,7 @@ from prometheus_client import CollectorRegistry
 
 from services.shared.config import ServerConfig
 from services.shared.errors import DOMAIN
+from services.shared.idempotency import IdempotencyInterceptor, IdempotencyKeys
 from services.shared.health import HealthService
 from services.shared.interceptors import StopEvent, default_interceptors
 from services.shared.logging import configure_logging
@@ -158,6 +160,12 @@ class Service:
                 loop.remove_signal_handler(sig)
 
 
+def _idempotency_keys(config: ServerConfig, service_name: str) -> IdempotencyKeys:
+    if not config.data_dir:
+        return IdempotencyKeys()
+    return IdempotencyKeys(Path(config.data_dir) / "idempotency" / f"{service_name}.db")
+
+
 async def build_server(
     config: ServerConfig,
     service_name: str,
@@ -182,7 +190,8 @@ async def build_server(
     stop = StopEvent()  # Service.stop_requested; the stream interceptor watches it
     server = grpc.aio.server(
         interceptors=default_interceptors(metrics, domain=DOMAIN, stop=stop,
-                                          stream_max_quiet_s=config.stream_max_quiet_s),
+                                          stream_max_quiet_s=config.stream_max_quiet_s,
+                                          idempotency=IdempotencyInterceptor(_idempotency_keys(config, service_name))),
         options=config.grpc_options(),
     )
     added = register(server)

@@ -7,7 +7,7 @@ import grpc.aio
 import pytest
 from google.protobuf import field_mask_pb2
 
-from agentforge.model.v1 import model_pb2
+from agentforge.model.v1 import model_pb2, model_version_pb2
 from agentforge.model.v1 import request_response_pb2 as rr
 
 from .conftest import Registry, details, make_model, make_version
@@ -98,3 +98,25 @@ async def test_delete_needs_force_when_versions_exist(registry: Registry) -> Non
         await stub.GetModel(rr.GetModelRequest(name="models/del"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert not (registry.config.artifacts_dir / "del").exists()
+
+
+async def test_request_id_reused_with_a_different_body_is_rejected(registry: Registry) -> None:
+    """Issue 8: the same request_id with another body must not silently return the first."""
+    await registry.stub.CreateModel(rr.CreateModelRequest(model_id="reuse", request_id="k-1",
+                                                          model=model_pb2.Model()))
+    for request in (rr.CreateModelRequest(model_id="other", request_id="k-1", model=model_pb2.Model()),
+                    rr.CreateModelRequest(model_id="reuse", request_id="k-1",
+                                          model=model_pb2.Model(description="changed"))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await registry.stub.CreateModel(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(err.value)[0].reason == "REQUEST_ID_REUSED"
+    def version_request(**fields: object) -> rr.CreateModelVersionRequest:
+        return rr.CreateModelVersionRequest(parent="models/reuse", request_id="v-1",
+                                            model_version=model_version_pb2.ModelVersion(**fields))
+
+    version = await registry.stub.CreateModelVersion(version_request())
+    assert (await registry.stub.CreateModelVersion(version_request())).name == version.name
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await registry.stub.CreateModelVersion(version_request(description="different"))
+    assert details(err.value)[0].reason == "REQUEST_ID_REUSED"

@@ -41,8 +41,11 @@ async def test_alert_rule_crud(monitoring_factory: Any, stub_factory: Any) -> No
         alert_rule=component_rule(), alert_rule_id="valkey-down", request_id="req-1"))
     assert created.name == "alertRules/valkey-down" and created.create_time.seconds > 0
     again = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(
-        alert_rule=component_rule(), alert_rule_id="other", request_id="req-1"))
+        alert_rule=component_rule(), alert_rule_id="valkey-down", request_id="req-1"))
     assert again == created  # idempotent per request_id
+    # The same request_id with a different request is a client bug, not a retry (issue 8).
+    await expect_code(stub.CreateAlertRule(rr.CreateAlertRuleRequest(
+        alert_rule=component_rule(), alert_rule_id="other", request_id="req-1")), grpc.StatusCode.INVALID_ARGUMENT)
     await expect_code(stub.CreateAlertRule(rr.CreateAlertRuleRequest(
         alert_rule=component_rule(), alert_rule_id="valkey-down")), grpc.StatusCode.ALREADY_EXISTS)
 

@@ -247,8 +247,12 @@ async def test_cursor_beyond_newest_message_is_unknown(realtime: Realtime) -> No
 # ------------------------------------------------------------------ publish semantics
 async def test_publish_with_request_id_is_idempotent(realtime: Realtime) -> None:
     first = await publish(realtime, "idem", 1, request_id="req-1")
-    again = await publish(realtime, "idem", 2, request_id="req-1")
+    again = await publish(realtime, "idem", 1, request_id="req-1")
     assert again == first
+    # Another message under a used request_id is a client bug, not a retry (issue 8).
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await publish(realtime, "idem", 2, request_id="req-1")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     other = await publish(realtime, "idem", 3, request_id="req-2")
     assert other.sequence == 2
     topic = await realtime.stub.GetTopic(rr.GetTopicRequest(name="topics/idem"))
