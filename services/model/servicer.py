@@ -7,7 +7,7 @@ ErrorInterceptor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc.aio
@@ -25,6 +25,23 @@ from services.model.domain import ModelRegistry, UploadHeader
 from services.shared.errors import InvalidArgument, NotFound
 
 __all__ = ["ModelServicer"]
+
+#: Largest response message we send unasked: gRPC's default receive limit (grpcurl, a
+#: default Python or Go channel), 4 MiB, counting the whole message, not only `data`.
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+
+
+def _fit(head: rr.DownloadModelArtifactResponse, offset: int, data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``data`` split so that ``head`` + offset + data stays within MAX_RESPONSE_BYTES.
+
+    With ``chunk_size`` at the contract's 4 MiB maximum the metadata (name, sha256, …)
+    would push the message past the limit: the chunk is then sent as two messages.
+    """
+    # offset: tag + varint(int64) <= 11 bytes; data: tag + varint(length) <= 6 bytes.
+    budget = MAX_RESPONSE_BYTES - head.ByteSize() - 11 - 6
+    for start in range(0, len(data), budget):
+        yield offset + start, data[start:start + budget]
+
 
 _DEFAULT_CHUNK = 1024 * 1024
 _EXPORT_IDS = {
@@ -177,10 +194,14 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             model_id, ref, offset=request.offset, read_limit=request.read_limit,
             chunk_size=request.chunk_size or _DEFAULT_CHUNK, fmt=convert.format_from_proto(request.format))
         async for chunk in chunks:
-            yield rr.DownloadModelArtifactResponse(
-                model_version=chunk.version.name, offset=chunk.offset, data=chunk.data,
-                total_size_bytes=chunk.total_size, sha256=chunk.sha256, content_type=chunk.content_type,
-                format=convert.format_to_proto(chunk.format))
+            head = rr.DownloadModelArtifactResponse(
+                model_version=chunk.version.name, total_size_bytes=chunk.total_size, sha256=chunk.sha256,
+                content_type=chunk.content_type, format=convert.format_to_proto(chunk.format))
+            for offset, data in _fit(head, chunk.offset, chunk.data):
+                message = rr.DownloadModelArtifactResponse()
+                message.CopyFrom(head)
+                message.offset, message.data = offset, data
+                yield message
 
     # -- exports --------------------------------------------------------------------
     async def ExportModelVersion(

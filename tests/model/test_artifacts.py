@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 
 import grpc
 import grpc.aio
 import pytest
 
+from agentforge.model.v1 import model_service_pb2_grpc
 from agentforge.model.v1 import model_version_pb2 as mv
 from agentforge.model.v1 import request_response_pb2 as rr
 
@@ -142,3 +144,21 @@ async def test_download_of_an_unfinished_artifact_is_failed_precondition(registr
         async for _ in registry.stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(name=v.name)):
             pass
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_largest_chunk_size_is_receivable_by_a_default_grpc_client(registry: Registry) -> None:
+    """Issue 8: chunk_size 4 MiB (the contract's maximum) must not produce messages over
+    gRPC's default 4 MiB receive limit, counting the whole message."""
+    stub = registry.stub
+    await make_model(stub, "big")
+    v = await make_version(stub, "big")
+    data = os.urandom(9 * 1024 * 1024 + 123)
+    await upload_all(stub, v.name, data, size=1024 * 1024)
+    # A fresh channel with gRPC's default limits (the registry's own may differ).
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{registry.app.port}") as channel:
+        client = model_service_pb2_grpc.ModelServiceStub(channel)
+        call = client.DownloadModelArtifact(rr.DownloadModelArtifactRequest(name=v.name, chunk_size=4 * 1024 * 1024))
+        messages = [m async for m in call if not m.HasField("stream_end")]
+    assert max(m.ByteSize() for m in messages) <= 4 * 1024 * 1024
+    assert b"".join(m.data for m in messages) == data
+    assert [m.offset for m in messages] == list(itertools.accumulate([0] + [len(m.data) for m in messages[:-1]]))
