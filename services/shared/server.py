@@ -2,7 +2,7 @@
 
 ``build_server`` wires a grpc.aio server: the interceptor chain, keepalive and size
 limits from :class:`ServerConfig`, grpc.health.v1 with one status per service, server
-reflection (grpcurl needs no proto files) and the Prometheus endpoint. The returned
+reflection v1 and v1alpha (grpcurl needs no proto files) and the Prometheus endpoint. The returned
 :class:`Service` is started; ``serve_forever`` waits for SIGTERM/SIGINT, then marks
 every health status NOT_SERVING and drains open RPCs for ``grace_seconds``.
 
@@ -42,7 +42,8 @@ from typing import TextIO
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from services.shared.config import ServerConfig
@@ -160,6 +161,53 @@ class Service:
                 loop.remove_signal_handler(sig)
 
 
+#: grpc.reflection.v1, the stable name of the reflection API (grpcurl and current gRPC
+#: tools ask for it first); v1alpha stays for older clients.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _reflection_v1_descriptor() -> None:
+    """Put ``grpc/reflection/v1/reflection.proto`` in the default pool.
+
+    grpcio-reflection ships v1alpha only. v1 is the same file under another package
+    (identical messages and field numbers, so identical bytes on the wire): the
+    descriptor is v1alpha's, renamed, so that reflection can describe v1 itself.
+    """
+    pool = descriptor_pool.Default()
+    name = "grpc/reflection/v1/reflection.proto"
+    try:
+        pool.FindFileByName(name)
+        return
+    except KeyError:
+        pass
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name, proto.package = name, "grpc.reflection.v1"
+    for message in proto.message_type:
+        for f in message.field:
+            if f.type_name.startswith(old):
+                f.type_name = new + f.type_name[len(old):]
+    for service in proto.service:
+        for m in service.method:
+            m.input_type = new + m.input_type[len(old):]
+            m.output_type = new + m.output_type[len(old):]
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def _enable_reflection_v1(service_names: list[str], server: grpc.aio.Server) -> None:
+    """Serve grpc.reflection.v1 with grpcio-reflection's v1alpha servicer (same wire format)."""
+    _reflection_v1_descriptor()
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": handler}),))
+
+
 def _idempotency_keys(config: ServerConfig, service_name: str) -> IdempotencyKeys:
     if not config.data_dir:
         return IdempotencyKeys()
@@ -198,11 +246,10 @@ async def build_server(
     names = list(await added if inspect.isawaitable(added) else added)
     health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [*names, *reflect_extra, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
-        server,
-    )
+    reflected = [*names, *reflect_extra, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME, REFLECTION_V1]
+    reflection.enable_server_reflection(reflected, server)
+    _enable_reflection_v1(reflected, server)
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")

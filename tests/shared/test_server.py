@@ -52,7 +52,30 @@ async def test_reflection_lists_registered_health_and_reflection_services(channe
     names: set[str] = set()
     async for reply in stub.ServerReflectionInfo(requests()):
         names |= {s.name for s in reply.list_services_response.service}
-    assert names == {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert names == {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                     "grpc.reflection.v1.ServerReflection"}
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_v1_and_v1alpha_describe_every_listed_service(channel: grpc.aio.Channel, version: str) -> None:
+    """grpc.reflection.v1 is served too (issue 8); v1 and v1alpha share the wire format."""
+    from google.protobuf import descriptor_pb2
+
+    call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                 request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                 response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+    wanted = ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"]
+    requests = [reflection_pb2.ServerReflectionRequest(list_services="")] + [
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol=name) for name in wanted]
+    replies = [reply async for reply in call(iter(requests))]
+    assert len(replies) == 1 + len(wanted)
+    assert "grpc.reflection.v1.ServerReflection" in {s.name for s in replies[0].list_services_response.service}
+    for name, reply in zip(wanted, replies[1:]):
+        assert not reply.HasField("error_response"), (name, reply.error_response)
+        files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+                 for b in reply.file_descriptor_response.file_descriptor_proto]
+        package, _, service = name.rpartition(".")
+        assert any(f.package == package and service in [s.name for s in f.service] for f in files), name
 
 
 async def test_ready_line_reports_bound_ports(echo_server: EchoServer) -> None:
