@@ -18,6 +18,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from agentforge.forge.v1 import phase_pb2
+from agentforge.forge.v1 import phase_run_pb2 as pr
 from services.forge.phases.base import ParamSpec, Phase, resolve_parameters as _resolve
 from services.forge.phases.bitnet import BitNet
 from services.forge.phases.cognate import Cognate, cognate_training_job
@@ -55,12 +56,18 @@ def resolve_parameters(p: Phase, given: struct_pb2.Struct | None) -> dict[str, A
     return _resolve(p, given)
 
 
-def phase_proto(p: Phase, latest_run: str = "") -> phase_pb2.Phase:
+def phase_proto(p: Phase, latest: pr.PhaseRun | str | None = None) -> phase_pb2.Phase:
+    """The ``Phase`` message; ``latest`` is its newest run (or just that run's name)."""
     msg = phase_pb2.Phase(
         name=f"phases/{p.id}", display_name=p.display_name, description=p.description,
         prerequisites=[f"phases/{x}" for x in p.prerequisites], available=p.available,
-        latest_run=latest_run,
     )
+    if isinstance(latest, str):
+        msg.latest_run = latest
+    elif latest is not None:
+        msg.latest_run = latest.name
+        msg.latest_run_state = latest.state
+        msg.latest_run_progress.CopyFrom(latest.progress)
     for s in p.parameters:
         spec = msg.parameters.add(name=s.name, type=s.type, description=s.description,
                                   allowed_values=list(s.allowed))

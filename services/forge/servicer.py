@@ -29,7 +29,7 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
         ids = list(CATALOG)
         start = decode_page_token(request.page_token, "phases", expect=int) or 0
         end = start + page_size(request.page_size)
-        phases = [phase_proto(CATALOG[i], await asyncio.to_thread(self._store.latest_run, f"phases/{i}"))
+        phases = [phase_proto(CATALOG[i], await asyncio.to_thread(self._store.latest, f"phases/{i}"))
                   for i in ids[start:end]]
         return req.ListPhasesResponse(phases=phases, next_page_token=encode_page_token(end, "phases") if end < len(ids) else "")
 
@@ -37,7 +37,7 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
         phase_id = request.name.split("/", 1)[1]
         if phase_id not in CATALOG:
             raise NotFound(f"{request.name} does not exist", reason="PHASE_NOT_FOUND")
-        return phase_proto(CATALOG[phase_id], await asyncio.to_thread(self._store.latest_run, request.name))
+        return phase_proto(CATALOG[phase_id], await asyncio.to_thread(self._store.latest, request.name))
 
     async def StartPhaseRun(self, request: req.StartPhaseRunRequest, context) -> phase_run_pb2.PhaseRun:
         return await self._runs.start(

@@ -153,6 +153,13 @@ class RunStore:
                 f"SELECT snapshot FROM runs WHERE state NOT IN ({','.join('?' * len(done))})", done).fetchall()
         return [pr.PhaseRun.FromString(r[0]) for r in rows]
 
+    def latest(self, phase: str) -> pr.PhaseRun | None:
+        """The most recently created run of ``phase`` (``phases/{id}``), or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT snapshot FROM runs WHERE phase=? ORDER BY create_us DESC, id DESC LIMIT 1", (phase,)).fetchone()
+        return pr.PhaseRun.FromString(row[0]) if row else None
+
     def latest_run(self, phase: str) -> str:
         with self._lock:
             row = self._db.execute(

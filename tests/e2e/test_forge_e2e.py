@@ -259,3 +259,34 @@ def test_forge_killed_mid_run_resumes_watching_its_jobs_and_completes(rest: http
     assert train["attempts"] == 2  # the restarted forge ran the step again, i.e. resumed watching
     labelled = rest.get("/v1/trainingJobs", params={"pageSize": 1000}).json().get("trainingJobs", [])
     assert len([j for j in labelled if j.get("phaseRun") == run["name"]]) == 3
+
+
+def test_the_seeds_curl_lines_work_unchanged(rest: httpx.Client) -> None:
+    """The original API's routes, as its README had them (compatibility bindings)."""
+    # curl -X POST http://localhost:8000/phases/cognate/start -H "Content-Type: application/json" \
+    #   -d '{"phase_name": "cognate", "parameters": {"max_steps": 100}}'
+    resp = rest.post("/phases/cognate/start", json={"phase_name": "cognate", "parameters": {"max_steps": 100}},
+                     headers={"Content-Type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    run = resp.json()
+    try:
+        assert run["phase"] == "phases/cognate" and run["parameters"]["max_steps"] == 100
+        # curl http://localhost:8000/phases/cognate/status
+        status = rest.get("/phases/cognate/status")
+        assert status.status_code == 200, status.text
+        body = status.json()
+        assert body["name"] == "phases/cognate" and body["latestRun"] == run["name"]
+        assert body["latestRunState"] in ("PHASE_RUN_STATE_PENDING", "PHASE_RUN_STATE_RUNNING")
+        assert "stepsTotal" in body["latestRunProgress"]
+        # curl http://localhost:8000/models
+        models = rest.get("/models")
+        assert models.status_code == 200, models.text
+        assert models.json() == rest.get("/v1/models").json()
+        # the old body with a phase_name that contradicts the path is a client error
+        bad = rest.post("/phases/cognate/start", json={"phase_name": "evomerge", "parameters": {}})
+        assert bad.status_code == 400, bad.text
+        assert rest.post("/phases/cognate/start", json={"phase_name": "cognate", "bogus": 1}).status_code == 400
+        assert rest.get("/phases/nope/status").status_code == 404
+    finally:
+        rest.post(f"/v1/{run['name']}:cancel", json={})
+        watch_run(rest, run["name"], timeout=60)

@@ -46,7 +46,11 @@ class AsyncForgeService(AsyncServiceBase):
         return await self._unary('ListPhases', _m0.ListPhasesRequest, _m0.ListPhasesResponse, request, fields, timeout, metadata, keyed=False)
 
     async def get_phase(self, request: _m0.GetPhaseRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m1.Phase:
-        """Gets a phase: its prerequisites, parameters and outputs.
+        """Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+        and progress.
+
+        Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+        phase status (docs/api.md).
 
         Request: ``agentforge.forge.v1.GetPhaseRequest`` (pass one, or its fields as keyword
         arguments). Returns ``agentforge.forge.v1.Phase``.
@@ -59,6 +63,9 @@ class AsyncForgeService(AsyncServiceBase):
         """Starts a run of a phase and returns it PENDING. The parameters are checked against
         the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
         prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+
+        Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+        body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
 
         Request: ``agentforge.forge.v1.StartPhaseRunRequest`` (pass one, or its fields as keyword
         arguments). Returns ``agentforge.forge.v1.PhaseRun``.
@@ -139,7 +146,11 @@ class ForgeService(SyncServiceBase):
         return self._unary('ListPhases', _m0.ListPhasesRequest, _m0.ListPhasesResponse, request, fields, timeout, metadata, keyed=False)
 
     def get_phase(self, request: _m0.GetPhaseRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m1.Phase:
-        """Gets a phase: its prerequisites, parameters and outputs.
+        """Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+        and progress.
+
+        Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+        phase status (docs/api.md).
 
         Request: ``agentforge.forge.v1.GetPhaseRequest`` (pass one, or its fields as keyword
         arguments). Returns ``agentforge.forge.v1.Phase``.
@@ -152,6 +163,9 @@ class ForgeService(SyncServiceBase):
         """Starts a run of a phase and returns it PENDING. The parameters are checked against
         the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
         prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+
+        Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+        body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
 
         Request: ``agentforge.forge.v1.StartPhaseRunRequest`` (pass one, or its fields as keyword
         arguments). Returns ``agentforge.forge.v1.PhaseRun``.

@@ -89,7 +89,11 @@ class ForgeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPhase(self, request, context):
-        """Gets a phase: its prerequisites, parameters and outputs.
+        """Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+        and progress.
+
+        Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+        phase status (docs/api.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -99,6 +103,9 @@ class ForgeServiceServicer:
         """Starts a run of a phase and returns it PENDING. The parameters are checked against
         the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
         prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+
+        Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+        body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,11 +41,19 @@ class ForgeServiceStub:
     ListPhases: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListPhasesRequest, _request_response_pb2.ListPhasesResponse]
     """Lists the phase catalog in pipeline order."""
     GetPhase: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetPhaseRequest, _phase_pb2.Phase]
-    """Gets a phase: its prerequisites, parameters and outputs."""
+    """Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+    and progress.
+
+    Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+    phase status (docs/api.md).
+    """
     StartPhaseRun: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.StartPhaseRunRequest, _phase_run_pb2.PhaseRun]
     """Starts a run of a phase and returns it PENDING. The parameters are checked against
     the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
     prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+
+    Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+    body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
     """
     GetPhaseRun: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetPhaseRunRequest, _phase_run_pb2.PhaseRun]
     """Gets a phase run."""
@@ -79,11 +87,19 @@ class ForgeServiceAsyncStub(ForgeServiceStub):
     ListPhases: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListPhasesRequest, _request_response_pb2.ListPhasesResponse]  # type: ignore[assignment]
     """Lists the phase catalog in pipeline order."""
     GetPhase: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetPhaseRequest, _phase_pb2.Phase]  # type: ignore[assignment]
-    """Gets a phase: its prerequisites, parameters and outputs."""
+    """Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+    and progress.
+
+    Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+    phase status (docs/api.md).
+    """
     StartPhaseRun: _aio.UnaryUnaryMultiCallable[_request_response_pb2.StartPhaseRunRequest, _phase_run_pb2.PhaseRun]  # type: ignore[assignment]
     """Starts a run of a phase and returns it PENDING. The parameters are checked against
     the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
     prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+
+    Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+    body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
     """
     GetPhaseRun: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetPhaseRunRequest, _phase_run_pb2.PhaseRun]  # type: ignore[assignment]
     """Gets a phase run."""
@@ -126,7 +142,12 @@ class ForgeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _request_response_pb2.GetPhaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_phase_pb2.Phase, _abc.Awaitable[_phase_pb2.Phase]]:
-        """Gets a phase: its prerequisites, parameters and outputs."""
+        """Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+        and progress.
+
+        Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+        phase status (docs/api.md).
+        """
 
     @_abc_1.abstractmethod
     def StartPhaseRun(
@@ -137,6 +158,9 @@ class ForgeServiceServicer(metaclass=_abc_1.ABCMeta):
         """Starts a run of a phase and returns it PENDING. The parameters are checked against
         the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
         prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+
+        Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+        body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
         """
 
     @_abc_1.abstractmethod

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentforge.forge.v1 import phase_run_pb2 as agentforge_dot_forge_dot_v1_dot_phase__run__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentforge/forge/v1/phase.proto\x12\x13\x61gentforge.forge.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xd3\x02\n\x05Phase\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rprerequisites\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12<\n\nparameters\x18\x05 \x03(\x0b\x32\".agentforge.forge.v1.ParameterSpecB\x04\xe2\x41\x01\x03\x12\x37\n\x07outputs\x18\x06 \x03(\x0b\x32 .agentforge.forge.v1.PhaseOutputB\x04\xe2\x41\x01\x03\x12\x17\n\tavailable\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x18\n\nlatest_run\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03:8\xea\x41\x35\n\x14\x61gentforge.dev/Phase\x12\x0ephases/{phase}*\x06phases2\x05phase\"\xb1\x02\n\rParameterSpec\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x36\n\x04type\x18\x02 \x01(\x0e\x32\".agentforge.forge.v1.ParameterTypeB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12\x1a\n\x07minimum\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x1a\n\x07maximum\x18\x06 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x01\x88\x01\x01\x12\x16\n\x08required\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x61llowed_values\x18\x08 \x03(\tB\x04\xe2\x41\x01\x03\x42\n\n\x08_minimumB\n\n\x08_maximum\"t\n\x0bPhaseOutput\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rresource_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bmodel_alias\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03*\xd1\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x01\x12\x19\n\x15PARAMETER_TYPE_NUMBER\x10\x02\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04\x12\x17\n\x13PARAMETER_TYPE_LIST\x10\x05\x12\x19\n\x15PARAMETER_TYPE_OBJECT\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentforge/forge/v1/phase.proto\x12\x13\x61gentforge.forge.v1\x1a#agentforge/forge/v1/phase_run.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xe1\x03\n\x05Phase\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0c\x64isplay_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rprerequisites\x18\x04 \x03(\tB\x04\xe2\x41\x01\x03\x12<\n\nparameters\x18\x05 \x03(\x0b\x32\".agentforge.forge.v1.ParameterSpecB\x04\xe2\x41\x01\x03\x12\x37\n\x07outputs\x18\x06 \x03(\x0b\x32 .agentforge.forge.v1.PhaseOutputB\x04\xe2\x41\x01\x03\x12\x17\n\tavailable\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x18\n\nlatest_run\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x42\n\x10latest_run_state\x18\t \x01(\x0e\x32\".agentforge.forge.v1.PhaseRunStateB\x04\xe2\x41\x01\x03\x12H\n\x13latest_run_progress\x18\n \x01(\x0b\x32%.agentforge.forge.v1.PhaseRunProgressB\x04\xe2\x41\x01\x03:8\xea\x41\x35\n\x14\x61gentforge.dev/Phase\x12\x0ephases/{phase}*\x06phases2\x05phase\"\xb1\x02\n\rParameterSpec\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x36\n\x04type\x18\x02 \x01(\x0e\x32\".agentforge.forge.v1.ParameterTypeB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\rdefault_value\x18\x04 \x01(\x0b\x32\x16.google.protobuf.ValueB\x04\xe2\x41\x01\x03\x12\x1a\n\x07minimum\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12\x1a\n\x07maximum\x18\x06 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x01\x88\x01\x01\x12\x16\n\x08required\x18\x07 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x61llowed_values\x18\x08 \x03(\tB\x04\xe2\x41\x01\x03\x42\n\n\x08_minimumB\n\n\x08_maximum\"t\n\x0bPhaseOutput\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rresource_type\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0bmodel_alias\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03*\xd1\x01\n\rParameterType\x12\x1e\n\x1aPARAMETER_TYPE_UNSPECIFIED\x10\x00\x12\x1a\n\x16PARAMETER_TYPE_INTEGER\x10\x01\x12\x19\n\x15PARAMETER_TYPE_NUMBER\x10\x02\x12\x19\n\x15PARAMETER_TYPE_STRING\x10\x03\x12\x1a\n\x16PARAMETER_TYPE_BOOLEAN\x10\x04\x12\x17\n\x13PARAMETER_TYPE_LIST\x10\x05\x12\x19\n\x15PARAMETER_TYPE_OBJECT\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +51,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHASE'].fields_by_name['available']._serialized_options = b'\342A\001\003'
   _globals['_PHASE'].fields_by_name['latest_run']._loaded_options = None
   _globals['_PHASE'].fields_by_name['latest_run']._serialized_options = b'\342A\001\003'
+  _globals['_PHASE'].fields_by_name['latest_run_state']._loaded_options = None
+  _globals['_PHASE'].fields_by_name['latest_run_state']._serialized_options = b'\342A\001\003'
+  _globals['_PHASE'].fields_by_name['latest_run_progress']._loaded_options = None
+  _globals['_PHASE'].fields_by_name['latest_run_progress']._serialized_options = b'\342A\001\003'
   _globals['_PHASE']._loaded_options = None
   _globals['_PHASE']._serialized_options = b'\352A5\n\024agentforge.dev/Phase\022\016phases/{phase}*\006phases2\005phase'
   _globals['_PARAMETERSPEC'].fields_by_name['name']._loaded_options = None
@@ -76,12 +81,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHASEOUTPUT'].fields_by_name['resource_type']._serialized_options = b'\342A\001\003'
   _globals['_PHASEOUTPUT'].fields_by_name['model_alias']._loaded_options = None
   _globals['_PHASEOUTPUT'].fields_by_name['model_alias']._serialized_options = b'\342A\001\003'
-  _globals['_PARAMETERTYPE']._serialized_start=915
-  _globals['_PARAMETERTYPE']._serialized_end=1124
-  _globals['_PHASE']._serialized_start=147
-  _globals['_PHASE']._serialized_end=486
-  _globals['_PARAMETERSPEC']._serialized_start=489
-  _globals['_PARAMETERSPEC']._serialized_end=794
-  _globals['_PHASEOUTPUT']._serialized_start=796
-  _globals['_PHASEOUTPUT']._serialized_end=912
+  _globals['_PARAMETERTYPE']._serialized_start=1094
+  _globals['_PARAMETERTYPE']._serialized_end=1303
+  _globals['_PHASE']._serialized_start=184
+  _globals['_PHASE']._serialized_end=665
+  _globals['_PARAMETERSPEC']._serialized_start=668
+  _globals['_PARAMETERSPEC']._serialized_end=973
+  _globals['_PHASEOUTPUT']._serialized_start=975
+  _globals['_PHASEOUTPUT']._serialized_end=1091
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from agentforge.forge.v1 import phase_run_pb2 as _phase_run_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
@@ -28,7 +29,7 @@ PARAMETER_TYPE_LIST: ParameterType
 PARAMETER_TYPE_OBJECT: ParameterType
 
 class Phase(_message.Message):
-    __slots__ = ("name", "display_name", "description", "prerequisites", "parameters", "outputs", "available", "latest_run")
+    __slots__ = ("name", "display_name", "description", "prerequisites", "parameters", "outputs", "available", "latest_run", "latest_run_state", "latest_run_progress")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +38,8 @@ class Phase(_message.Message):
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     LATEST_RUN_FIELD_NUMBER: _ClassVar[int]
+    LATEST_RUN_STATE_FIELD_NUMBER: _ClassVar[int]
+    LATEST_RUN_PROGRESS_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     description: str
@@ -45,7 +48,9 @@ class Phase(_message.Message):
     outputs: _containers.RepeatedCompositeFieldContainer[PhaseOutput]
     available: bool
     latest_run: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., prerequisites: _Optional[_Iterable[str]] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[PhaseOutput, _Mapping]]] = ..., available: _Optional[bool] = ..., latest_run: _Optional[str] = ...) -> None: ...
+    latest_run_state: _phase_run_pb2.PhaseRunState
+    latest_run_progress: _phase_run_pb2.PhaseRunProgress
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ..., prerequisites: _Optional[_Iterable[str]] = ..., parameters: _Optional[_Iterable[_Union[ParameterSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[PhaseOutput, _Mapping]]] = ..., available: _Optional[bool] = ..., latest_run: _Optional[str] = ..., latest_run_state: _Optional[_Union[_phase_run_pb2.PhaseRunState, str]] = ..., latest_run_progress: _Optional[_Union[_phase_run_pb2.PhaseRunProgress, _Mapping]] = ...) -> None: ...
 
 class ParameterSpec(_message.Message):
     __slots__ = ("name", "type", "description", "default_value", "minimum", "maximum", "required", "allowed_values")

@@ -63,6 +63,8 @@ class AsyncModelService(AsyncServiceBase):
     async def list_models(self, request: _m0.ListModelsRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m0.ListModelsResponse:
         """Lists models, newest first, filtered by tags and labels.
 
+        Compatibility route: `GET /models`, the original Agent Forge API's (docs/api.md).
+
         Request: ``agentforge.model.v1.ListModelsRequest`` (pass one, or its fields as keyword
         arguments). Returns ``agentforge.model.v1.ListModelsResponse``.
         Resent on UNAVAILABLE (idempotent).
@@ -268,6 +270,8 @@ class ModelService(SyncServiceBase):
 
     def list_models(self, request: _m0.ListModelsRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m0.ListModelsResponse:
         """Lists models, newest first, filtered by tags and labels.
+
+        Compatibility route: `GET /models`, the original Agent Forge API's (docs/api.md).
 
         Request: ``agentforge.model.v1.ListModelsRequest`` (pass one, or its fields as keyword
         arguments). Returns ``agentforge.model.v1.ListModelsResponse``.

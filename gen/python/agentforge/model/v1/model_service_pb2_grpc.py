@@ -148,6 +148,8 @@ class ModelServiceServicer:
 
     def ListModels(self, request, context):
         """Lists models, newest first, filtered by tags and labels.
+
+        Compatibility route: `GET /models`, the original Agent Forge API's (docs/api.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,7 +44,10 @@ class ModelServiceStub:
     GetModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.GetModelRequest, _model_pb2.Model]
     """Gets a model."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListModelsRequest, _request_response_pb2.ListModelsResponse]
-    """Lists models, newest first, filtered by tags and labels."""
+    """Lists models, newest first, filtered by tags and labels.
+
+    Compatibility route: `GET /models`, the original Agent Forge API's (docs/api.md).
+    """
     UpdateModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.UpdateModelRequest, _model_pb2.Model]
     """Updates a model's display name, description, labels or tags (per `update_mask`)."""
     DeleteModel: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.DeleteModelRequest, _empty_pb2.Empty]
@@ -120,7 +123,10 @@ class ModelServiceAsyncStub(ModelServiceStub):
     GetModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.GetModelRequest, _model_pb2.Model]  # type: ignore[assignment]
     """Gets a model."""
     ListModels: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListModelsRequest, _request_response_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists models, newest first, filtered by tags and labels."""
+    """Lists models, newest first, filtered by tags and labels.
+
+    Compatibility route: `GET /models`, the original Agent Forge API's (docs/api.md).
+    """
     UpdateModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.UpdateModelRequest, _model_pb2.Model]  # type: ignore[assignment]
     """Updates a model's display name, description, labels or tags (per `update_mask`)."""
     DeleteModel: _aio.UnaryUnaryMultiCallable[_request_response_pb2.DeleteModelRequest, _empty_pb2.Empty]  # type: ignore[assignment]
@@ -211,7 +217,10 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _request_response_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.ListModelsResponse, _abc.Awaitable[_request_response_pb2.ListModelsResponse]]:
-        """Lists models, newest first, filtered by tags and labels."""
+        """Lists models, newest first, filtered by tags and labels.
+
+        Compatibility route: `GET /models`, the original Agent Forge API's (docs/api.md).
+        """
 
     @_abc_1.abstractmethod
     def UpdateModel(

@@ -19,7 +19,7 @@ import { file_google_api_client } from "../../../google/api/client_pb";
  * Describes the file agentforge/forge/v1/forge_service.proto.
  */
 export const file_agentforge_forge_v1_forge_service: GenFile = /*@__PURE__*/
-  fileDesc("CidhZ2VudGZvcmdlL2ZvcmdlL3YxL2ZvcmdlX3NlcnZpY2UucHJvdG8SE2FnZW50Zm9yZ2UuZm9yZ2UudjEyxQcKDEZvcmdlU2VydmljZRJxCgpMaXN0UGhhc2VzEiYuYWdlbnRmb3JnZS5mb3JnZS52MS5MaXN0UGhhc2VzUmVxdWVzdBonLmFnZW50Zm9yZ2UuZm9yZ2UudjEuTGlzdFBoYXNlc1Jlc3BvbnNlIhKC0+STAgwSCi92MS9waGFzZXMScAoIR2V0UGhhc2USJC5hZ2VudGZvcmdlLmZvcmdlLnYxLkdldFBoYXNlUmVxdWVzdBoaLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2UiItpBBG5hbWWC0+STAhUSEy92MS97bmFtZT1waGFzZXMvKn0SkwEKDVN0YXJ0UGhhc2VSdW4SKS5hZ2VudGZvcmdlLmZvcmdlLnYxLlN0YXJ0UGhhc2VSdW5SZXF1ZXN0Gh0uYWdlbnRmb3JnZS5mb3JnZS52MS5QaGFzZVJ1biI42kEQcGhhc2UscGFyYW1ldGVyc4LT5JMCHzoBKiIaL3YxL3twaGFzZT1waGFzZXMvKn06c3RhcnQSfAoLR2V0UGhhc2VSdW4SJy5hZ2VudGZvcmdlLmZvcmdlLnYxLkdldFBoYXNlUnVuUmVxdWVzdBodLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW4iJdpBBG5hbWWC0+STAhgSFi92MS97bmFtZT1waGFzZVJ1bnMvKn0SfQoNTGlzdFBoYXNlUnVucxIpLmFnZW50Zm9yZ2UuZm9yZ2UudjEuTGlzdFBoYXNlUnVuc1JlcXVlc3QaKi5hZ2VudGZvcmdlLmZvcmdlLnYxLkxpc3RQaGFzZVJ1bnNSZXNwb25zZSIVgtPkkwIPEg0vdjEvcGhhc2VSdW5zEowBCg5DYW5jZWxQaGFzZVJ1bhIqLmFnZW50Zm9yZ2UuZm9yZ2UudjEuQ2FuY2VsUGhhc2VSdW5SZXF1ZXN0Gh0uYWdlbnRmb3JnZS5mb3JnZS52MS5QaGFzZVJ1biIv2kEEbmFtZYLT5JMCIjoBKiIdL3YxL3tuYW1lPXBoYXNlUnVucy8qfTpjYW5jZWwSlAEKDVdhdGNoUGhhc2VSdW4SKS5hZ2VudGZvcmdlLmZvcmdlLnYxLldhdGNoUGhhc2VSdW5SZXF1ZXN0GiIuYWdlbnRmb3JnZS5mb3JnZS52MS5QaGFzZVJ1bkV2ZW50IjLaQQtuYW1lLGN1cnNvcoLT5JMCHhIcL3YxL3tuYW1lPXBoYXNlUnVucy8qfTp3YXRjaDABGhfKQRRmb3JnZS5hZ2VudGZvcmdlLmRldmIGcHJvdG8z", [file_agentforge_forge_v1_phase, file_agentforge_forge_v1_phase_run, file_agentforge_forge_v1_phase_run_event, file_agentforge_forge_v1_request_response, file_google_api_annotations, file_google_api_client]);
+  fileDesc("CidhZ2VudGZvcmdlL2ZvcmdlL3YxL2ZvcmdlX3NlcnZpY2UucHJvdG8SE2FnZW50Zm9yZ2UuZm9yZ2UudjEy/wcKDEZvcmdlU2VydmljZRJxCgpMaXN0UGhhc2VzEiYuYWdlbnRmb3JnZS5mb3JnZS52MS5MaXN0UGhhc2VzUmVxdWVzdBonLmFnZW50Zm9yZ2UuZm9yZ2UudjEuTGlzdFBoYXNlc1Jlc3BvbnNlIhKC0+STAgwSCi92MS9waGFzZXMSiwEKCEdldFBoYXNlEiQuYWdlbnRmb3JnZS5mb3JnZS52MS5HZXRQaGFzZVJlcXVlc3QaGi5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlIj3aQQRuYW1lgtPkkwIwWhkSFy97bmFtZT1waGFzZXMvKn0vc3RhdHVzEhMvdjEve25hbWU9cGhhc2VzLyp9ErEBCg1TdGFydFBoYXNlUnVuEikuYWdlbnRmb3JnZS5mb3JnZS52MS5TdGFydFBoYXNlUnVuUmVxdWVzdBodLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW4iVtpBEHBoYXNlLHBhcmFtZXRlcnOC0+STAj06ASpaHDoBKiIXL3twaGFzZT1waGFzZXMvKn0vc3RhcnQiGi92MS97cGhhc2U9cGhhc2VzLyp9OnN0YXJ0EnwKC0dldFBoYXNlUnVuEicuYWdlbnRmb3JnZS5mb3JnZS52MS5HZXRQaGFzZVJ1blJlcXVlc3QaHS5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuIiXaQQRuYW1lgtPkkwIYEhYvdjEve25hbWU9cGhhc2VSdW5zLyp9En0KDUxpc3RQaGFzZVJ1bnMSKS5hZ2VudGZvcmdlLmZvcmdlLnYxLkxpc3RQaGFzZVJ1bnNSZXF1ZXN0GiouYWdlbnRmb3JnZS5mb3JnZS52MS5MaXN0UGhhc2VSdW5zUmVzcG9uc2UiFYLT5JMCDxINL3YxL3BoYXNlUnVucxKMAQoOQ2FuY2VsUGhhc2VSdW4SKi5hZ2VudGZvcmdlLmZvcmdlLnYxLkNhbmNlbFBoYXNlUnVuUmVxdWVzdBodLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW4iL9pBBG5hbWWC0+STAiI6ASoiHS92MS97bmFtZT1waGFzZVJ1bnMvKn06Y2FuY2VsEpQBCg1XYXRjaFBoYXNlUnVuEikuYWdlbnRmb3JnZS5mb3JnZS52MS5XYXRjaFBoYXNlUnVuUmVxdWVzdBoiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW5FdmVudCIy2kELbmFtZSxjdXJzb3KC0+STAh4SHC92MS97bmFtZT1waGFzZVJ1bnMvKn06d2F0Y2gwARoXykEUZm9yZ2UuYWdlbnRmb3JnZS5kZXZiBnByb3RvMw", [file_agentforge_forge_v1_phase, file_agentforge_forge_v1_phase_run, file_agentforge_forge_v1_phase_run_event, file_agentforge_forge_v1_request_response, file_google_api_annotations, file_google_api_client]);
 
 /**
  * The Agent Forge pipeline API: the phase catalog, and phase runs, each a saga of
@@ -39,7 +39,11 @@ export const ForgeService: GenService<{
     output: typeof ListPhasesResponseSchema;
   },
   /**
-   * Gets a phase: its prerequisites, parameters and outputs.
+   * Gets a phase: its prerequisites, parameters and outputs, and its latest run's state
+   * and progress.
+   *
+   * Compatibility route: `GET /phases/{phase}/status`, the original Agent Forge API's
+   * phase status (docs/api.md).
    *
    * @generated from rpc agentforge.forge.v1.ForgeService.GetPhase
    */
@@ -52,6 +56,9 @@ export const ForgeService: GenService<{
    * Starts a run of a phase and returns it PENDING. The parameters are checked against
    * the phase's specs first (INVALID_ARGUMENT); an unavailable phase or missing
    * prerequisites fail with FAILED_PRECONDITION. Idempotent per `request_id`.
+   *
+   * Compatibility route: `POST /phases/{phase}/start` with the original Agent Forge API's
+   * body, `{"phase_name": "cognate", "parameters": {"max_steps": 100}}` (docs/api.md).
    *
    * @generated from rpc agentforge.forge.v1.ForgeService.StartPhaseRun
    */

@@ -4,6 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { PhaseRunProgress, PhaseRunState } from "./phase_run_pb";
+import { file_agentforge_forge_v1_phase_run } from "./phase_run_pb";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb";
 import { file_google_api_resource } from "../../../google/api/resource_pb";
 import type { Value } from "@bufbuild/protobuf/wkt";
@@ -14,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentforge/forge/v1/phase.proto.
  */
 export const file_agentforge_forge_v1_phase: GenFile = /*@__PURE__*/
-  fileDesc("Ch9hZ2VudGZvcmdlL2ZvcmdlL3YxL3BoYXNlLnByb3RvEhNhZ2VudGZvcmdlLmZvcmdlLnYxItMCCgVQaGFzZRISCgRuYW1lGAEgASgJQgTiQQEIEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBAxIZCgtkZXNjcmlwdGlvbhgDIAEoCUIE4kEBAxIbCg1wcmVyZXF1aXNpdGVzGAQgAygJQgTiQQEDEjwKCnBhcmFtZXRlcnMYBSADKAsyIi5hZ2VudGZvcmdlLmZvcmdlLnYxLlBhcmFtZXRlclNwZWNCBOJBAQMSNwoHb3V0cHV0cxgGIAMoCzIgLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VPdXRwdXRCBOJBAQMSFwoJYXZhaWxhYmxlGAcgASgIQgTiQQEDEhgKCmxhdGVzdF9ydW4YCCABKAlCBOJBAQM6OOpBNQoUYWdlbnRmb3JnZS5kZXYvUGhhc2USDnBoYXNlcy97cGhhc2V9KgZwaGFzZXMyBXBoYXNlIrECCg1QYXJhbWV0ZXJTcGVjEhIKBG5hbWUYASABKAlCBOJBAQMSNgoEdHlwZRgCIAEoDjIiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGFyYW1ldGVyVHlwZUIE4kEBAxIZCgtkZXNjcmlwdGlvbhgDIAEoCUIE4kEBAxIzCg1kZWZhdWx0X3ZhbHVlGAQgASgLMhYuZ29vZ2xlLnByb3RvYnVmLlZhbHVlQgTiQQEDEhoKB21pbmltdW0YBSABKAFCBOJBAQNIAIgBARIaCgdtYXhpbXVtGAYgASgBQgTiQQEDSAGIAQESFgoIcmVxdWlyZWQYByABKAhCBOJBAQMSHAoOYWxsb3dlZF92YWx1ZXMYCCADKAlCBOJBAQNCCgoIX21pbmltdW1CCgoIX21heGltdW0idAoLUGhhc2VPdXRwdXQSEgoEbmFtZRgBIAEoCUIE4kEBAxIZCgtkZXNjcmlwdGlvbhgCIAEoCUIE4kEBAxIbCg1yZXNvdXJjZV90eXBlGAMgASgJQgTiQQEDEhkKC21vZGVsX2FsaWFzGAQgASgJQgTiQQEDKtEBCg1QYXJhbWV0ZXJUeXBlEh4KGlBBUkFNRVRFUl9UWVBFX1VOU1BFQ0lGSUVEEAASGgoWUEFSQU1FVEVSX1RZUEVfSU5URUdFUhABEhkKFVBBUkFNRVRFUl9UWVBFX05VTUJFUhACEhkKFVBBUkFNRVRFUl9UWVBFX1NUUklORxADEhoKFlBBUkFNRVRFUl9UWVBFX0JPT0xFQU4QBBIXChNQQVJBTUVURVJfVFlQRV9MSVNUEAUSGQoVUEFSQU1FVEVSX1RZUEVfT0JKRUNUEAZiBnByb3RvMw", [file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_struct]);
+  fileDesc("Ch9hZ2VudGZvcmdlL2ZvcmdlL3YxL3BoYXNlLnByb3RvEhNhZ2VudGZvcmdlLmZvcmdlLnYxIuEDCgVQaGFzZRISCgRuYW1lGAEgASgJQgTiQQEIEhoKDGRpc3BsYXlfbmFtZRgCIAEoCUIE4kEBAxIZCgtkZXNjcmlwdGlvbhgDIAEoCUIE4kEBAxIbCg1wcmVyZXF1aXNpdGVzGAQgAygJQgTiQQEDEjwKCnBhcmFtZXRlcnMYBSADKAsyIi5hZ2VudGZvcmdlLmZvcmdlLnYxLlBhcmFtZXRlclNwZWNCBOJBAQMSNwoHb3V0cHV0cxgGIAMoCzIgLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VPdXRwdXRCBOJBAQMSFwoJYXZhaWxhYmxlGAcgASgIQgTiQQEDEhgKCmxhdGVzdF9ydW4YCCABKAlCBOJBAQMSQgoQbGF0ZXN0X3J1bl9zdGF0ZRgJIAEoDjIiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW5TdGF0ZUIE4kEBAxJIChNsYXRlc3RfcnVuX3Byb2dyZXNzGAogASgLMiUuYWdlbnRmb3JnZS5mb3JnZS52MS5QaGFzZVJ1blByb2dyZXNzQgTiQQEDOjjqQTUKFGFnZW50Zm9yZ2UuZGV2L1BoYXNlEg5waGFzZXMve3BoYXNlfSoGcGhhc2VzMgVwaGFzZSKxAgoNUGFyYW1ldGVyU3BlYxISCgRuYW1lGAEgASgJQgTiQQEDEjYKBHR5cGUYAiABKA4yIi5hZ2VudGZvcmdlLmZvcmdlLnYxLlBhcmFtZXRlclR5cGVCBOJBAQMSGQoLZGVzY3JpcHRpb24YAyABKAlCBOJBAQMSMwoNZGVmYXVsdF92YWx1ZRgEIAEoCzIWLmdvb2dsZS5wcm90b2J1Zi5WYWx1ZUIE4kEBAxIaCgdtaW5pbXVtGAUgASgBQgTiQQEDSACIAQESGgoHbWF4aW11bRgGIAEoAUIE4kEBA0gBiAEBEhYKCHJlcXVpcmVkGAcgASgIQgTiQQEDEhwKDmFsbG93ZWRfdmFsdWVzGAggAygJQgTiQQEDQgoKCF9taW5pbXVtQgoKCF9tYXhpbXVtInQKC1BoYXNlT3V0cHV0EhIKBG5hbWUYASABKAlCBOJBAQMSGQoLZGVzY3JpcHRpb24YAiABKAlCBOJBAQMSGwoNcmVzb3VyY2VfdHlwZRgDIAEoCUIE4kEBAxIZCgttb2RlbF9hbGlhcxgEIAEoCUIE4kEBAyrRAQoNUGFyYW1ldGVyVHlwZRIeChpQQVJBTUVURVJfVFlQRV9VTlNQRUNJRklFRBAAEhoKFlBBUkFNRVRFUl9UWVBFX0lOVEVHRVIQARIZChVQQVJBTUVURVJfVFlQRV9OVU1CRVIQAhIZChVQQVJBTUVURVJfVFlQRV9TVFJJTkcQAxIaChZQQVJBTUVURVJfVFlQRV9CT09MRUFOEAQSFwoTUEFSQU1FVEVSX1RZUEVfTElTVBAFEhkKFVBBUkFNRVRFUl9UWVBFX09CSkVDVBAGYgZwcm90bzM", [file_agentforge_forge_v1_phase_run, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_struct]);
 
 /**
  * One phase of the Agent Forge pipeline: cognate, evomerge, quietstar, bitnet,
@@ -79,11 +81,25 @@ export type Phase = Message<"agentforge.forge.v1.Phase"> & {
 
   /**
    * The most recently started run of this phase, `phaseRuns/{phase_run}`; empty if none.
-   * (The original API's `GET /phases/{phase}/status` is `GetPhaseRun` on this name.)
    *
    * @generated from field: string latest_run = 8;
    */
   latestRun: string;
+
+  /**
+   * The state of `latest_run`; unset when there is none. (With `latest_run_progress`, what
+   * the original API's `GET /phases/{phase}/status` reported.)
+   *
+   * @generated from field: agentforge.forge.v1.PhaseRunState latest_run_state = 9;
+   */
+  latestRunState: PhaseRunState;
+
+  /**
+   * The progress of `latest_run`; unset when there is none.
+   *
+   * @generated from field: agentforge.forge.v1.PhaseRunProgress latest_run_progress = 10;
+   */
+  latestRunProgress?: PhaseRunProgress | undefined;
 };
 
 /**

@@ -168,7 +168,8 @@ export type SagaStep = Message<"agentforge.forge.v1.SagaStep"> & {
 
   /**
    * The resource the step created or changed, e.g. `trainingJobs/x` or
-   * `models/m/versions/3`; empty until it has one.
+   * `models/m/versions/3`; several are comma-separated (e.g. Cognate's three training
+   * jobs); empty until it has one.
    *
    * @generated from field: string resource = 3;
    */
