@@ -1099,21 +1099,6 @@ class Mesh:
             time.sleep(0.05)
         raise MeshStartError(f"{name} was not restarted within {timeout:.0f}s; {self.status().get(name)}")
 
-    def restart_edge(self, sig: int = signal.SIGKILL, down_s: float = 0.0) -> None:
-        """Stop Envoy with ``sig`` (streams through it break mid-flight), wait ``down_s``
-        seconds, start it again on the same ports with the same config; waits until ready."""
-        with self._lock:
-            child = self._children["envoy"]
-            if child.running():
-                child.signal(sig)
-                if not child.wait_exit(time.monotonic() + self.config.stop_grace):
-                    child.signal(signal.SIGKILL)
-                    child.wait_exit(time.monotonic() + 5)
-            child.reap()
-            time.sleep(down_s)
-            self._spawn("envoy")
-            self._wait_envoy(child, time.monotonic() + self.config.startup_timeout)
-
     def children(self) -> Iterator[tuple[str, int]]:
         """``(name, pid)`` of every running child (Valkey included)."""
         if self._valkey is not None and self._valkey.running and self._valkey.pid is not None:

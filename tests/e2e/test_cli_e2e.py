@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -139,9 +140,10 @@ def test_health_human_and_json(env: dict[str, str]) -> None:
 # --- jobs ----------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(400)
 def test_job_create_follow_get_list_checkpoints(env: dict[str, str], tmp_path: Path) -> None:
     spec = write_spec(tmp_path)
-    follow = forge(env, "jobs", "create", "-f", str(spec), "--follow")
+    follow = forge(env, "jobs", "create", "-f", str(spec), "--follow", timeout=300)
     assert follow.returncode == 0, follow.stdout + follow.stderr
     lines = follow.stdout.splitlines()
     name = lines[0].removeprefix("created ").strip()
@@ -173,6 +175,7 @@ def test_job_create_follow_get_list_checkpoints(env: dict[str, str], tmp_path: P
     assert not any("streamEnd" in e for e in events)
 
 
+@pytest.mark.timeout(400)
 def test_job_controls_and_a_cancelled_job_exits_1(env: dict[str, str], tmp_path: Path, client: Client) -> None:
     spec = write_spec(tmp_path, maxSteps="100000", checkpointInterval="1000")
     created = json.loads(forge(env, "jobs", "create", "-f", str(spec), "--json").stdout)
@@ -261,11 +264,12 @@ def test_unreachable_edge_is_exit_3(env: dict[str, str], tmp_path: Path) -> None
 # --- phases, models ------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)
 def test_phase_start_follow_then_models_download_resume_and_alias(env: dict[str, str], tmp_path: Path) -> None:
     phases = json.loads(forge(env, "phases", "list", "--json").stdout)["phases"]
     assert "phases/cognate" in {p["name"] for p in phases}
     params = [arg for k, v in COGNATE.items() for arg in ("-p", f"{k}={v}")]
-    run = forge(env, "phase", "start", "cognate", *params, "--follow", timeout=180)
+    run = forge(env, "phase", "start", "cognate", *params, "--follow", timeout=500)
     assert run.returncode == 0, run.stdout + run.stderr
     assert re.search(r"^trainingJobs/\S+: step 30/30 100.0%", run.stdout, re.M), run.stdout
     assert "ended SUCCEEDED" in run.stdout
@@ -365,40 +369,44 @@ async def test_async_client_lists_and_streams(mesh: Mesh, token: str) -> None:
             await dead.monitoring.get_system_health()
 
 
+@pytest.mark.timeout(360)
 def test_client_watch_resumes_after_the_edge_restarts_with_no_gap_or_duplicate(mesh: Mesh, token: str) -> None:
     """Envoy is killed mid-stream and started again; the watch reconnects by itself and
     resumes from its cursor: every event exactly once, in order, to the terminal one."""
     with Client(mesh.edge_addr, token) as af:
-        job_msg = json_format.ParseDict(tiny_job(maxSteps="400", checkpointInterval="100"), training_job_pb2.TrainingJob())
+        job_msg = json_format.ParseDict(tiny_job(maxSteps="200", checkpointInterval="100"), training_job_pb2.TrainingJob())
         job = af.training.create_training_job(training_job=job_msg)
         seqs: list[int] = []
         restarted = threading.Event()
 
-        def restart() -> None:
-            mesh.restart_edge()
+        def restart() -> None:  # a crash: the launcher's supervisor starts Envoy again
+            old = int(mesh.status()["envoy"]["pid"])
+            mesh.kill_service("envoy", signal.SIGKILL)
+            mesh.wait_restarted("envoy", old)
             restarted.set()
 
         killer: threading.Thread | None = None
         last = None
-        for event in af.training.watch_training_job(name=job.name, timeout=240):
+        for event in af.training.watch_training_job(name=job.name, timeout=300):
             seqs.append(event.sequence)
             last = event
-            if killer is None and event.WhichOneof("kind") == "progress" and event.progress.step >= 20:
+            if killer is None and event.WhichOneof("kind") == "progress" and event.progress.step >= 10:
                 killer = threading.Thread(target=restart)
                 killer.start()
-        assert killer is not None, "the job never reported step 20"
+        assert killer is not None, "the job never reported step 10"
         killer.join(60)
         assert restarted.is_set()
         assert seqs == list(range(1, len(seqs) + 1)), "a gap or a duplicate across the restart"
         assert last is not None and last.state_changed.to_state == training_job_pb2.TRAINING_JOB_STATE_SUCCEEDED
         steps = [e.progress.step for e in af.training.watch_training_job(name=job.name) if e.HasField("progress")]
-        assert steps[-1] == 400
+        assert steps[-1] == 200
 
 
 # --- the wheel -----------------------------------------------------------------------------
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_wheel_installs_in_a_fresh_venv_without_server_deps_and_talks_to_the_mesh(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -441,11 +449,28 @@ def test_wheel_installs_in_a_fresh_venv_without_server_deps_and_talks_to_the_mes
     assert health.stdout.startswith("system: SERVING")
     up = subprocess.run([forge_bin, "up"], env=clean_env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert up.returncode == 2 and "source checkout" in up.stderr and "Traceback" not in up.stderr
+    # `pip install -e .` works as well: the same modules, imported from the source tree.
+    editable = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-build-isolation",
+                               "-e", str(src)], capture_output=True, text=True, timeout=300)
+    if editable.returncode != 0 and "setuptools" in editable.stderr:  # a bare venv may lack setuptools
+        editable = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "-e", str(src)],
+                                  capture_output=True, text=True, timeout=300)
+    assert editable.returncode == 0, editable.stderr[-2000:]
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c",
+         "import agentforge.client, agentforge.training.v1.training_service_client as t;"
+         "print(agentforge.client.__file__); print(t.__file__)"],
+        env=clean_env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert where.returncode == 0, where.stderr
+    assert where.stdout.split() == [str(src / "agentforge" / "client" / "__init__.py"),
+                                    str(src / "gen" / "python" / "agentforge" / "training" / "v1" /
+                                        "training_service_client.py")]
 
 
 # --- make run's display ------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)
 def test_make_run_renders_the_phase_with_a_progress_line_per_job_in_a_log(mesh: Mesh, token: str) -> None:
     """What `make run` does after the mesh is up (services.launcher cmd_run): run_phase
     feeding the CLI's PhaseFollower, here into a non-TTY stream like a CI log."""
