@@ -70,7 +70,8 @@ function SignIn() {
 
 export function App() {
   const route = useHashRoute();
-  const section = "/" + (route.split("/")[1] ?? "");
+  const first = route.split("/")[1] ?? "";
+  const section = "/" + (first === "phaseRuns" ? "phases" : first);
   return (
     <>
       <a className="skip" href="#main" onClick={(e) => { e.preventDefault(); document.getElementById("main")?.focus(); }}>

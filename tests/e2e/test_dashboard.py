@@ -155,3 +155,48 @@ def test_cutting_the_stream_leaves_the_chart_without_gaps_or_duplicates(
     info = browser.eval("() => ({...document.getElementById('stream-info').dataset})")
     assert info["gaps"] == "0", info
     browser.errors()  # the cut itself logs network errors; they are expected here
+
+
+COGNATE = {"candidates": "1", "max_steps": "20", "batch_size": "8", "width": "32", "heads": "2", "layers": "1",
+           "context_length": "32", "progress_interval": "5"}
+
+
+@pytest.mark.timeout(600)
+def test_a_phase_run_from_its_page_then_its_model_and_the_alerts(browser: Browser) -> None:
+    browser.goto("/#/phases")
+    browser.wait("#phases-table tr[data-phase='cognate']", timeout=20)
+    browser.click("#phases-table tr[data-phase='cognate'] button")
+    browser.wait("#start-phase-form")
+    for name, value in COGNATE.items():
+        browser.fill(f"#param-{name}", value)
+    browser.screenshot(SCREENSHOTS / "phases.png")
+    browser.click("#start-phase-form button[type=submit]")
+    run = browser.wait_fn("() => { const m = /^#\\/phaseRuns\\/([a-z0-9-]+)$/.exec(location.hash); return m && m[1]; }")
+    browser.wait("#steps-table tbody tr[data-step]", timeout=30)
+    browser.wait("[data-run-state='SUCCEEDED']", timeout=420)
+    browser.wait("[data-stream-state='ended']", timeout=30)
+    steps = browser.eval("() => [...document.querySelectorAll('#steps-table tr[data-step]')].map(r => r.dataset.stepState)")
+    assert steps and all(s in ("SUCCEEDED", "SKIPPED") for s in steps), (run, steps)
+    browser.screenshot(SCREENSHOTS / "phase-run.png")
+    assert browser.errors() == []
+
+    browser.goto("/#/models")
+    model = browser.wait_fn(
+        "() => { const r = document.querySelector('#models-table tr[data-model]'); return r && r.dataset.model; }",
+        timeout=20)
+    browser.screenshot(SCREENSHOTS / "models.png")
+    browser.goto(f"/#/models/{model}")
+    browser.wait("#versions-table tr[data-version]", timeout=20)
+    # Lineage links back to the job that trained it; the download shows its progress to the end.
+    assert browser.eval("() => !!document.querySelector('#versions-table a[href^=\"#/jobs/\"]')")
+    browser.click("#versions-table tr[data-version] button")
+    browser.wait_fn("() => { const p = document.querySelector('#versions-table progress'); "
+                    "return p && p.max > 1 && p.value === p.max; }", timeout=60)
+    browser.screenshot(SCREENSHOTS / "model.png")
+    assert browser.errors() == []
+
+    browser.goto("/#/alerts")
+    browser.wait("#alerts-table")
+    browser.wait("[data-stream-state='live'], [data-stream-state='connecting']")
+    browser.screenshot(SCREENSHOTS / "alerts.png")
+    assert browser.errors() == []
