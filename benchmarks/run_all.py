@@ -70,6 +70,11 @@ KNOWN: dict[str, Bench] = {
                     "--floor-samples", "20"),
         json_flag="--json",
     ),
+    "edge_stream_memory": Bench(
+        args=("--streams", "200", "--seconds", "15"),
+        quick_args=("--streams", "20", "--seconds", "3", "--idle", "3"),
+        json_flag="--json",
+    ),
     "training_service": Bench(
         args=("--steps", "150", "--jobs", "6", "--job-steps", "50", "--workers", "2"),
         quick_args=("--steps", "20", "--jobs", "2", "--job-steps", "10", "--workers", "2"),

@@ -250,3 +250,19 @@ def test_request_headers_must_arrive_within_the_headers_timeout(limited_edge: Ed
         took, data = _closed_within(sock, 10)
     assert data.startswith(b"HTTP/1.1 408"), data[:200]
     assert 0.8 <= took <= 5, took
+
+
+def test_a_rest_body_under_8_mib_still_reaches_the_service_with_32_kib_connection_buffers(
+    limited_edge: EdgeTarget,
+) -> None:
+    # Connection buffers are 32 KiB (what a client that stops reading can pin in Envoy);
+    # the REST route's buffer filter and transcoder keep their own 8 MiB body limit.
+    import httpx
+
+    big = b'{"displayName":"' + b"a" * (6 * 1024 * 1024) + b'"}'
+    with httpx.Client(base_url=limited_edge.url, timeout=30) as rest:
+        resp = rest.post("/v1/alertRules", content=big, headers={"content-type": "application/json"})
+    body = resp.json()
+    assert resp.status_code != 413 and body.get("code") != 8, (resp.status_code, str(body)[:200])
+    # The service answered (the double validates, then has no CreateAlertRule).
+    assert resp.status_code in (400, 501), (resp.status_code, str(body)[:200])
