@@ -66,13 +66,16 @@ class JobManager:
         self.keys = keys
 
     # ---------------------------------------------------------------- helpers
-    def _budget(self) -> float:
-        """Seconds a call may spend waiting for Redis: ``enqueue_budget_s``, less if the
-        RPC's deadline is nearer (keeping a quarter second to answer)."""
+    def _budget(self, until: float | None = None) -> float:
+        """Seconds a call may still spend waiting for Redis: ``enqueue_budget_s``, less if
+        the RPC's deadline (keeping a quarter second to answer) or ``until`` (monotonic)
+        is nearer."""
         budget = self.config.enqueue_budget_s
         left = remaining_seconds()
         if left is not None:
             budget = min(budget, max(0.0, left - 0.25))
+        if until is not None:
+            budget = min(budget, max(0.0, until - time.monotonic()))
         return budget
 
     async def _publish(self, events: Sequence[ev_pb.TrainingJobEvent], *, budget_s: float | None = None) -> None:
@@ -121,8 +124,14 @@ class JobManager:
             return False
         return self.store.set_queue_entry(rec.id, cursor.entry_id, expect_entry=rec.queue_entry)
 
-    async def _enqueue(self, rec: JobRecord) -> None:
-        await self.enqueue(rec, budget_s=self._budget())
+    async def _publish_and_enqueue(self, events: Sequence[ev_pb.TrainingJobEvent], rec: JobRecord | None) -> None:
+        """Publish ``events`` then enqueue ``rec`` (if given), within ONE budget: a
+        Create/Resume never waits for Redis longer than ``enqueue_budget_s`` in all."""
+        until = time.monotonic() + self._budget()
+        if events:
+            await self._publish(events, budget_s=self._budget(until))
+        if rec is not None:
+            await self.enqueue(rec, budget_s=self._budget(until))
 
     async def _signal(self, rec: JobRecord, action: str, **values: float) -> None:
         """Send a control request to the worker running the job's current attempt."""
@@ -150,10 +159,8 @@ class JobManager:
         # The job is durable now: Redis being away delays it (the reconciler enqueues it
         # later) but never fails or hangs the create, and a retry with the same
         # request_id returns this same job.
-        if created:
-            await self._publish(events, budget_s=self._budget())
-        if not rec.queue_entry and rec.state == job_pb.TRAINING_JOB_STATE_QUEUED:
-            await self._enqueue(rec)
+        enqueue = not rec.queue_entry and rec.state == job_pb.TRAINING_JOB_STATE_QUEUED
+        await self._publish_and_enqueue(events if created else [], rec if enqueue else None)
         return self.store.get(rec.id).job
 
     def get(self, name: str) -> job_pb.TrainingJob:
@@ -226,8 +233,7 @@ class JobManager:
 
     async def resume(self, name: str) -> job_pb.TrainingJob:
         rec, event = self.store.resume(job_id_of(name))
-        await self._publish([event], budget_s=self._budget())
-        await self._enqueue(rec)
+        await self._publish_and_enqueue([event], rec)
         return self.store.get(rec.id).job
 
     async def adjust(self, name: str, *, learning_rate: float | None, alpha: float | None,

@@ -100,10 +100,19 @@ class Training:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def training(valkey: EmbeddedValkey, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Training]:
+    async for harness in training_harness(valkey, tmp_path_factory):
+        yield harness
+
+
+async def training_harness(valkey: EmbeddedValkey, tmp_path_factory: pytest.TempPathFactory,
+                           **overrides: object) -> AsyncIterator[Training]:
+    """The ``training`` fixture's body; ``overrides`` change its TrainingConfig."""
     data_dir: Path = tmp_path_factory.mktemp("training")
-    config = TrainingConfig(data_dir=data_dir, redis_url=valkey.url, workers=2, heartbeat_interval_s=0.25,
-                            heartbeat_timeout_s=1.5, max_attempts=2, torch_threads=1,
-                            key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    values: dict[str, object] = dict(data_dir=data_dir, redis_url=valkey.url, workers=2, heartbeat_interval_s=0.25,
+                                     heartbeat_timeout_s=1.5, max_attempts=2, torch_threads=1,
+                                     key_prefix=f"t{uuid.uuid4().hex[:8]}:")
+    values.update(overrides)
+    config = TrainingConfig(**values)  # type: ignore[arg-type]
     service, app = await create_server(config, ServerConfig(grace_seconds=0.5, metrics_port=-1, log_format="text",
                                                             log_level="WARNING"))
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")

@@ -1,0 +1,119 @@
+"""kill -9 Valkey (no persistence) in the middle of training (issue 7, items 2 and 6).
+
+Regressions for what the issue saw after Valkey was killed and started again: workers
+logged NOGROUP forever and every job created afterwards stayed QUEUED (also after a
+full restart); jobs queued before were stranded; a job watcher, and each of its
+reconnects during the outage, got INTERNAL; a create hung 19 s, answered 500, and the
+job existed anyway; health still said SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+import pytest
+from agentforge.training.v1 import training_job_pb2 as job_pb
+from grpc_health.v1 import health_pb2
+
+from tests.training.conftest import tiny_spec
+
+from .conftest import ChaosTraining, ResumingWatch
+
+S = job_pb.TrainingJobState
+SUCCEEDED = S.TRAINING_JOB_STATE_SUCCEEDED
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+def stored_sequences(harness: ChaosTraining, name: str) -> list[int]:
+    return [e.sequence for e in harness.app.store.events_after(name.rpartition("/")[2], 0, limit=100_000)]
+
+
+async def _until(predicate: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached in {timeout}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_valkey_killed_mid_job_running_and_queued_jobs_finish_watchers_resume_new_jobs_run(
+        training_on_private_valkey: Callable[..., Awaitable[ChaosTraining]]) -> None:
+    t = await training_on_private_valkey(workers=1)
+    long_spec = tiny_spec(max_steps=1500, checkpoint_interval=100, eval_interval=500, progress_interval=5)
+    running = await t.create(long_spec)
+    queued = await t.create(tiny_spec())  # one worker: waits behind `running`
+    watches = {running.name: ResumingWatch(), queued.name: ResumingWatch()}
+    watchers = [asyncio.create_task(t.watch_resuming(name, w)) for name, w in watches.items()]
+
+    async def progressed() -> bool:
+        job = await t.get(running.name)
+        return job.state == S.TRAINING_JOB_STATE_RUNNING and job.progress.step >= 20
+    await _until(progressed, 60, "the first job runs")
+    job_stream = t.app.keys.job_events(running.name.rpartition("/")[2])
+    epoch_before = await t.app.bus.epoch(job_stream)
+
+    t.valkey.kill()  # SIGKILL: no shutdown save, and no persistence anyway
+
+    # Health: the service says it cannot serve while Redis is away.
+    async def not_serving() -> bool:
+        return t.service.health.status("") == health_pb2.HealthCheckResponse.NOT_SERVING
+    await _until(not_serving, 10, "training health NOT_SERVING during the outage")
+
+    # A create during the outage answers within its deadline (here: the job is stored and
+    # accepted), and a retry with the same request_id is the same job, not a second one.
+    request_id = uuid.uuid4().hex
+    started = time.monotonic()
+    during = await t.create(tiny_spec(), request_id=request_id, timeout=5)
+    assert time.monotonic() - started < 5
+    assert during.state == S.TRAINING_JOB_STATE_QUEUED
+    again = await t.create(tiny_spec(), request_id=request_id, timeout=5)
+    assert again.name == during.name
+
+    # A watch opened during the outage is UNAVAILABLE or served from the store; never INTERNAL.
+    probe = ResumingWatch()
+    probe_task = asyncio.create_task(t.watch_resuming(during.name, probe))
+    await asyncio.sleep(1.5)
+    assert grpc.StatusCode.INTERNAL not in probe.errors and grpc.StatusCode.UNKNOWN not in probe.errors
+
+    t.valkey.start()  # same port, empty: streams, groups, heartbeats, epochs all gone
+
+    async def serving() -> bool:
+        return t.service.health.status("") == health_pb2.HealthCheckResponse.SERVING
+    await _until(serving, 10, "training health SERVING again")
+
+    # A job created after the restart runs too (the workers' group was recreated).
+    after = await t.create(tiny_spec())
+    for job in (running, queued, during, after):
+        done = await t.wait_terminal(job.name, timeout=150)
+        assert done.state == SUCCEEDED, (job.name, S.Name(done.state))
+    assert (await t.get(running.name)).progress.step == 1500
+
+    await asyncio.wait_for(asyncio.gather(*watchers, probe_task), 60)
+    for name, watch in {**watches, during.name: probe}.items():
+        assert all(code == grpc.StatusCode.UNAVAILABLE for code in watch.errors), (name, watch.errors)
+        events = watch.deduplicated()
+        # After dropping duplicates by sequence: the job's whole history, in order, once.
+        assert [e.sequence for e in events] == stored_sequences(t, name), name
+        assert events[-1].state_changed.to_state == SUCCEEDED
+    # The bus history of the running job was lost with Valkey: a new epoch.
+    assert await t.app.bus.epoch(job_stream) != epoch_before
+
+
+async def test_jobs_queued_before_a_full_restart_on_an_empty_valkey_run(
+        training_on_private_valkey: Callable[..., Awaitable[ChaosTraining]]) -> None:
+    # No workers at first: the jobs are queued in Valkey and the database only.
+    t = await training_on_private_valkey(workers=0)
+    jobs = [await t.create(tiny_spec()) for _ in range(2)]
+    t.valkey.kill()
+    t.valkey.start()
+    t.config = t.config.replace(workers=1)
+    await t.restart_service()  # the whole service and its workers, on the same database
+    for job in jobs:
+        assert (await t.wait_terminal(job.name, timeout=90)).state == SUCCEEDED
+    assert (await t.wait_terminal((await t.create(tiny_spec())).name, timeout=60)).state == SUCCEEDED
+
