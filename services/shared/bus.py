@@ -543,8 +543,12 @@ class EventBus:
         serialized: Sequence[bytes] | None = None,
         event_ids: Sequence[str] | None = None,
         trace_context: str | None = None,
+        budget_s: float | None = None,
     ) -> list[Cursor]:
         """Append ``messages`` to ``stream`` in order, in one round trip; their cursors.
+
+        ``budget_s`` bounds the retries of each chunk while Redis is unreachable
+        (default ``publish_timeout_s``), as in :meth:`publish`.
 
         Entries are exactly those :meth:`publish` would write one by one (same fields,
         per-subject ``seq`` allocated atomically in order), but one script call writes up
@@ -578,7 +582,7 @@ class EventBus:
                 ]
             epoch, entries = await self._retrying(
                 lambda args=args: self._publish_many_script(keys=keys, args=args),
-                budget_s=self.config.publish_timeout_s,
+                budget_s=self.config.publish_timeout_s if budget_s is None else budget_s,
                 what=f"publish {(len(args) - 2) // 6} entries to {stream}",
             )
             epoch_text = _text(epoch)

@@ -61,6 +61,11 @@ __all__ = ["Worker", "engine_fingerprint", "worker_main"]
 
 _log = logging.getLogger("services.training.worker")
 
+#: How long one publish of stored events keeps retrying while Redis is away (s). The
+#: store already has the events (watchers fall back to it), so the pump that stores the
+#: next batch must not wait behind the bus's full publish budget.
+_PUBLISH_BUDGET_S = 1.0
+
 
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM this worker when the service process dies."""
@@ -184,13 +189,17 @@ class Worker:
         job = events[0].training_job
         try:
             await self.bus.publish_many(self.keys.job_events(job.rpartition("/")[2]), events, subject=job,
-                                        serialized=serialized)
+                                        serialized=serialized, budget_s=_PUBLISH_BUDGET_S)
             for event in events:
                 if event.HasField("state_changed"):
                     await publish_event(self.bus, self.keys.training_events, event, source="training",
-                                        subject=job)
-        except Exception:  # noqa: BLE001
-            _log.exception("publish failed", extra={"job": job, "sequence": events[0].sequence})
+                                        subject=job, budget_s=_PUBLISH_BUDGET_S)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(as_domain_error(exc), Unavailable):
+                _log.warning("publish skipped, Redis unavailable (the events are stored): %r", exc,
+                             extra={"job": job, "sequence": events[0].sequence})
+            else:
+                _log.exception("publish failed", extra={"job": job, "sequence": events[0].sequence})
 
 
 def _status(code: int, message: str) -> status_pb2.Status:
