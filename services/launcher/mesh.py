@@ -696,7 +696,8 @@ class Mesh:
     def _start_redis(self) -> str:
         if self.config.redis_url:
             return self.config.redis_url
-        self._valkey = EmbeddedValkey().start()
+        # AF_VALKEY_APPENDFSYNC=everysec: an AOF under the data dir (docs/architecture.md).
+        self._valkey = EmbeddedValkey.from_env(data_dir=self._data_dir / "valkey").start()
         if self._valkey.pid is not None:
             self._groups_started.append(("valkey", self._valkey.pid))
         self._record_pids()

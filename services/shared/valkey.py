@@ -5,6 +5,13 @@
 process group, without persistence unless asked. It is the "no REDIS_URL" path of
 :func:`redis_url_from_env_or_embedded`.
 
+Persistence: ``appendfsync="everysec"`` (or ``"always"``/``"no"``) turns on the
+append-only file with that fsync policy (``--appendonly yes``, no RDB snapshots); a
+server killed and started again reloads it. :meth:`EmbeddedValkey.from_env` reads it
+from ``AF_VALKEY_APPENDFSYNC`` (empty: no persistence). With ``everysec`` a crash of
+the server (or the machine) loses at most about the last second of writes; what that
+means for the mesh is in docs/architecture.md ("Redis restarts").
+
 Cleanup: ``stop()`` kills the server's process group; an ``atexit`` hook stops any
 server still running when the interpreter exits, and on Linux the child is started
 with ``PR_SET_PDEATHSIG`` so it also dies when the parent is killed (SIGTERM,
@@ -35,10 +42,14 @@ __all__ = [
     "ValkeyStartError",
     "find_valkey_server",
     "free_port",
+    "APPENDFSYNC_POLICIES",
     "redis_url_from_env_or_embedded",
 ]
 
 _LIVE: weakref.WeakSet[EmbeddedValkey] = weakref.WeakSet()
+
+#: Valid ``appendfsync`` policies (Redis/Valkey ``appendfsync``).
+APPENDFSYNC_POLICIES = ("always", "everysec", "no")
 
 
 class ValkeyStartError(RuntimeError):
@@ -87,6 +98,10 @@ class EmbeddedValkey:
             restart loses every key, like a cache-only Redis in production.
         start_timeout: seconds to wait for PING after the process starts.
         extra_args: more ``--name value`` arguments for ``valkey-server``.
+        appendfsync: ``"always"``, ``"everysec"`` or ``"no"`` turns on the append-only
+            file with that fsync policy (overrides ``persistence``); ``None``: off.
+        data_dir: keep data (the AOF) and the log here instead of a temporary directory
+            that ``close()`` removes, so it also survives a restart of the owner.
     """
 
     host = "127.0.0.1"
@@ -98,7 +113,13 @@ class EmbeddedValkey:
         persistence: bool = False,
         start_timeout: float = 10.0,
         extra_args: Mapping[str, str] | None = None,
+        appendfsync: str | None = None,
+        data_dir: Path | str | None = None,
     ) -> None:
+        if appendfsync is not None and appendfsync not in APPENDFSYNC_POLICIES:
+            raise ValueError(f"appendfsync must be one of {APPENDFSYNC_POLICIES}, not {appendfsync!r}")
+        self._appendfsync = appendfsync
+        self._data_dir = Path(data_dir) if data_dir is not None else None
         self._requested_port = port
         self._port: int | None = port
         self._persistence = persistence
@@ -130,14 +151,33 @@ class EmbeddedValkey:
 
     @property
     def log_path(self) -> Path | None:
-        return Path(self._dir.name) / "valkey.log" if self._dir is not None else None
+        workdir = self._workdir()
+        return workdir / "valkey.log" if workdir is not None else None
+
+    def _workdir(self) -> Path | None:
+        if self._data_dir is not None:
+            return self._data_dir
+        return Path(self._dir.name) if self._dir is not None else None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, data_dir: Path | str | None = None,
+                 **kwargs: object) -> EmbeddedValkey:
+        """A server configured by ``AF_VALKEY_APPENDFSYNC`` (``always``/``everysec``/``no``;
+        unset or empty: no persistence). ``data_dir`` is used only with persistence."""
+        environ = os.environ if env is None else env
+        policy = environ.get("AF_VALKEY_APPENDFSYNC", "").strip().lower() or None
+        if policy is not None and policy not in APPENDFSYNC_POLICIES:
+            raise ValueError(f"AF_VALKEY_APPENDFSYNC must be one of {APPENDFSYNC_POLICIES}, not {policy!r}")
+        return cls(appendfsync=policy, data_dir=data_dir if policy else None, **kwargs)  # type: ignore[arg-type]
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> EmbeddedValkey:
         """Start the server and wait until it answers PING. Returns ``self``."""
         if self.running:
             return self
-        if self._dir is None:
+        if self._data_dir is not None:
+            self._data_dir.mkdir(parents=True, exist_ok=True)
+        elif self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="valkey-")
         attempts = 1 if self._requested_port is not None or self._port is not None else 5
         last_error = ""
@@ -151,24 +191,27 @@ class EmbeddedValkey:
         raise ValkeyStartError(f"valkey-server did not start: {last_error}")
 
     def _launch(self, port: int) -> bool:
-        assert self._dir is not None
+        workdir = self._workdir()
+        assert workdir is not None
         args = [
             self._binary,
             "--port", str(port),
             "--bind", self.host,
-            "--dir", self._dir.name,
+            "--dir", str(workdir),
             "--daemonize", "no",
             "--protected-mode", "yes",
             "--logfile", "valkey.log",
             "--maxmemory-policy", "noeviction",
         ]
-        if not self._persistence:
+        if self._appendfsync is not None:
+            args += ["--save", "", "--appendonly", "yes", "--appendfsync", self._appendfsync]
+        elif not self._persistence:
             args += ["--save", "", "--appendonly", "no"]
         for name, value in self._extra_args.items():
             args += [f"--{name.lstrip('-')}", value]
         self._proc = subprocess.Popen(
             [*parent_death_argv(), *args],
-            cwd=self._dir.name,
+            cwd=str(workdir),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -131,3 +131,39 @@ def test_server_dies_with_its_parent(sig: signal.Signals) -> None:
             parent.wait()
         if parent.stdout is not None:
             parent.stdout.close()
+
+
+def _redis(server: EmbeddedValkey) -> redis.Redis:
+    return redis.Redis.from_url(server.url, socket_timeout=5)
+
+
+def test_without_persistence_a_killed_server_comes_back_empty() -> None:
+    with EmbeddedValkey() as server:
+        _redis(server).set("k", "v")
+        server.kill()
+        server.start()
+        assert _redis(server).get("k") is None
+
+
+@pytest.mark.parametrize("policy", ["always", "everysec"])
+def test_append_only_file_survives_kill_9(policy: str, tmp_path: Path) -> None:
+    """AF_VALKEY_APPENDFSYNC turns on the AOF; a SIGKILLed server reloads it (with
+    ``everysec`` what was written more than a second before the kill)."""
+    server = EmbeddedValkey.from_env({"AF_VALKEY_APPENDFSYNC": policy}, data_dir=tmp_path / "valkey")
+    with server:
+        client = _redis(server)
+        client.set("k", "v")
+        client.xadd("s", {"f": "1"})
+        assert client.config_get("appendfsync") == {"appendfsync": policy}
+        time.sleep(1.5)  # everysec: the fsync of the last second
+        server.kill()
+        server.start()
+        client = _redis(server)
+        assert client.get("k") == b"v" and client.xlen("s") == 1
+    assert list((tmp_path / "valkey").iterdir())  # kept in data_dir, not a temp dir
+
+
+def test_unknown_appendfsync_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="AF_VALKEY_APPENDFSYNC"):
+        EmbeddedValkey.from_env({"AF_VALKEY_APPENDFSYNC": "sometimes"})
+    assert EmbeddedValkey.from_env({})._appendfsync is None
