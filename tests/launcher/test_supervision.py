@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -305,3 +306,20 @@ def test_restarted_processes_die_with_a_killed_launcher(no_leaks: None, tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_restart_on_request_works_for_valkey_and_envoy_too(no_leaks: None, tmp_path: Path) -> None:
+    with Mesh(standin_config(tmp_path, ("training",), restart=FAST)) as mesh:
+        url = mesh.redis_url
+        old_valkey, old_envoy = mesh.status()["valkey"]["pid"], mesh.process("envoy").pid
+        new_valkey = mesh.restart_service("valkey")
+        assert new_valkey != old_valkey and mesh.redis_url == url and redis.Redis.from_url(url).ping()
+        new_envoy = mesh.restart_service("envoy")
+        assert new_envoy != old_envoy
+        with urllib.request.urlopen(f"{mesh.admin_url}/ready", timeout=5) as resp:
+            assert resp.read().decode().strip() == "LIVE"
+        assert _recorded(mesh)["valkey"] == new_valkey and _recorded(mesh)["envoy"] == new_envoy
+        assert mesh.restarts["valkey"] == 1 and mesh.restarts["envoy"] == 1
+        assert wait_gone({old_valkey, old_envoy}) == set()  # type: ignore[arg-type]
+        with pytest.raises(KeyError, match="no process 'redis'"):
+            mesh.restart_service("redis")
