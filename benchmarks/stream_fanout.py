@@ -43,6 +43,7 @@ import json
 import math
 import os
 import platform
+import signal
 import struct
 import sys
 import tempfile
@@ -252,8 +253,9 @@ async def web_stream(client: httpx.AsyncClient, url: str, rec: StreamRec,
     headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **dict(metadata)}
     try:
         async with client.stream("POST", url + SUBSCRIBE_PATH, content=frame, headers=headers) as response:
-            if response.status_code != 200:
-                rec.error = f"HTTP {response.status_code}"
+            status = response.headers.get("grpc-status")
+            if response.status_code != 200 or status not in (None, "0"):  # trailers-only error
+                rec.error = f"HTTP {response.status_code} grpc-status {status} {response.headers.get('grpc-message', '')}"
                 return
             buffer = bytearray()
             async for chunk in response.aiter_raw():
@@ -567,9 +569,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+async def _run_until_signalled(args: argparse.Namespace) -> dict[str, object]:
+    """``run``, cancelled by SIGTERM/SIGINT so that every child process is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    return await run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
+    try:
+        report = asyncio.run(_run_until_signalled(args))
+    except asyncio.CancelledError:
+        return 130
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     failed = [s for s in report["subscribe"] if s["errors"] or s["complete_streams"] < s["streams"] + s["web_streams"]]

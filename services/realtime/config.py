@@ -78,7 +78,7 @@ class RealtimeConfig:
     fanout_readers: int = 2
     #: Pooled connections for the subscriptions' short catch-up reads
     #: (``AF_REALTIME_WATCH_CONNECTIONS``); unary calls have the bus's own pool.
-    watch_connections: int = 8
+    watch_connections: int = 16
     #: Heartbeat interval when the request sets none (s).
     default_heartbeat_s: float = 15.0
     #: Unused since subscriptions are fed by the fan-out (its readers block for the

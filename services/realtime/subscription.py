@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -330,14 +330,42 @@ class Subscription:
                     previous_epoch=position.epoch, epoch=position.epoch, resume_sequence=entry.seq,
                 ))
             self.positions[entry.topic] = Position(entry.epoch, entry.entry_id, entry.seq)
-            try:
-                item = message_item(entry, "")
-            except DecodeError:
-                log.warning("realtime: undecodable entry %s in %s skipped", entry.entry_id, entry.topic)
-                continue
-            cursor = encode_cursor(self.positions)
-            item.message.cursor = cursor
-            self._ready.append((item, cursor))
+            shared = len(self.positions) == 1
+            key = (entry.topic, entry.epoch, entry.entry_id, entry.seq)
+            ready = self._hub.items.get(key) if shared else None
+            if ready is None:
+                try:
+                    item = message_item(entry, "")
+                except DecodeError:
+                    log.warning("realtime: undecodable entry %s in %s skipped", entry.entry_id, entry.topic)
+                    continue
+                cursor = encode_cursor(self.positions)
+                item.message.cursor = cursor
+                ready = (item, cursor)
+                if shared:
+                    self._hub.items.put(key, ready)
+            self._ready.append(ready)
+
+
+class _ItemCache:
+    """The items of the latest entries for single-topic subscriptions (LRU).
+
+    A subscription of one topic sends, for an entry, the same ``SubscribeResponse``
+    (message and cursor) as every other subscription of that topic; it is built once
+    and shared (never mutated after), instead of parsed and encoded per subscriber.
+    """
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._capacity = capacity
+        self._items: OrderedDict[tuple[str, str, str, int], _Item] = OrderedDict()
+
+    def get(self, key: tuple[str, str, str, int]) -> _Item | None:
+        return self._items.get(key)
+
+    def put(self, key: tuple[str, str, str, int], item: _Item) -> None:
+        self._items[key] = item
+        if len(self._items) > self._capacity:
+            self._items.popitem(last=False)
 
 
 class Hub:
@@ -350,6 +378,7 @@ class Hub:
         self.store = store
         self.config = config
         self.fanout = fanout
+        self.items = _ItemCache()
         self._subscriptions: set[Subscription] = set()
         self._counts: Counter[str] = Counter()
         self._dirty = asyncio.Event()

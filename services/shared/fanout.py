@@ -580,6 +580,9 @@ class BusFanout(Fanout[str, Envelope]):
         readers: reader tasks, each one dedicated connection following its share of keys.
         catchup_connections: size of the pool of :attr:`bus`, used by :meth:`watch` and by
             watchers for their (non-blocking) catch-up reads; unary RPCs use their own.
+        catchup_pool_timeout_s: how long a watcher's command waits for a free catch-up
+            connection (a burst of thousands of new streams queues here rather than
+            failing; past it the command fails with a connection error → UNAVAILABLE).
         capacity: default buffer size of a watcher, in entries.
         count: ``XREAD COUNT`` per stream and read.
         epoch_check_interval_s: how often each reader compares its streams' epochs (one
@@ -598,6 +601,7 @@ class BusFanout(Fanout[str, Envelope]):
         *,
         readers: int = 2,
         catchup_connections: int = 8,
+        catchup_pool_timeout_s: float = 30.0,
         capacity: int = 1000,
         count: int = 500,
         epoch_check_interval_s: float = 1.0,
@@ -619,7 +623,7 @@ class BusFanout(Fanout[str, Envelope]):
             connection_pool=BlockingConnectionPool.from_url(
                 config.url,
                 max_connections=catchup_connections,
-                timeout=config.pool_timeout_s,
+                timeout=catchup_pool_timeout_s,
                 decode_responses=False,
                 socket_connect_timeout=config.connect_timeout_s,
                 socket_timeout=config.socket_timeout_s,
