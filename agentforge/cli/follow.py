@@ -3,7 +3,8 @@
 :class:`PhaseFollower` is fed the run's ``PhaseRunEvent``s (from any loop that watches the
 run: ``forge phase start --follow`` or the launcher's ``make run``). It renders them on a
 :class:`agentforge.cli.progress.ProgressDisplay` and, the first time a saga step names a
-``trainingJobs/...`` resource, starts a thread that watches that job through the edge
+``trainingJobs/...`` resource (or several, comma-separated), starts a thread per job that
+watches it through the edge
 (:meth:`agentforge.client.Client.training` ``.watch_training_job``, which resumes by
 cursor on its own) so its bar shows step, loss and ETA while the run goes on.
 """
@@ -41,11 +42,14 @@ class PhaseFollower:
         self.display.phase_event(event)
         if event.WhichOneof("kind") != "step_changed":
             return
-        resource = event.step_changed.step.resource
-        if resource.startswith("trainingJobs/") and resource not in self._threads:
-            thread = threading.Thread(target=self._follow, args=(resource,), daemon=True, name=f"follow-{resource}")
-            self._threads[resource] = thread
-            thread.start()
+        # One resource, or several comma-separated (a step that trains candidates in parallel).
+        for resource in event.step_changed.step.resource.split(","):
+            resource = resource.strip()
+            if resource.startswith("trainingJobs/") and resource not in self._threads:
+                thread = threading.Thread(target=self._follow, args=(resource,), daemon=True,
+                                          name=f"follow-{resource}")
+                self._threads[resource] = thread
+                thread.start()
 
     def _follow(self, job: str) -> None:
         try:

@@ -219,6 +219,9 @@ def test_unknown_job_is_exit_4_with_a_clear_message(env: dict[str, str]) -> None
 
 
 def test_bad_spec_files_are_exit_2_naming_the_problem(env: dict[str, str], tmp_path: Path) -> None:
+    from_stdin = forge(env, "jobs", "create", "-f", "-", stdin="displayName: x\nspec: {maxSteps: 5, nope: 1}\n")
+    assert from_stdin.returncode == 2 and "nope" in from_stdin.stderr
+
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("displayName: x\nspec: {maxSteps: 5, bogusField: 1}\n")
     proc = forge(env, "jobs", "create", "-f", str(unknown))
@@ -306,6 +309,13 @@ def test_phase_start_follow_then_models_download_resume_and_alias(env: dict[str,
     corrupt = forge(env, "models", "download", f"cognate/{vid}", "-o", str(out3))
     assert corrupt.returncode == 1 and "sha256 mismatch" in corrupt.stderr
     assert not out3.exists() and not Path(str(out3) + ".part").exists()
+
+    export = forge(env, "models", "export", f"cognate/{vid}", "--format", "safetensors", "--json", timeout=300)
+    assert export.returncode == 0, export.stderr
+    exported = json.loads(export.stdout)
+    assert exported["state"] == "MODEL_EXPORT_STATE_SUCCEEDED" and len(exported["sha256"]) == 64, exported
+    bad_format = forge(env, "models", "export", f"cognate/{vid}", "--format", "pickle")
+    assert bad_format.returncode == 2 and "pickle" in bad_format.stderr
 
     alias = forge(env, "models", "alias", "cognate", "cli-test", vid)
     assert alias.returncode == 0 and re.search(rf"cli-test=\S*{vid}\b", alias.stdout), alias.stdout
