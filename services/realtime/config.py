@@ -73,6 +73,9 @@ class RealtimeConfig:
     #: Entries buffered per subscriber by the fan-out; a subscriber this far behind is
     #: ended with RESOURCE_EXHAUSTED (``AF_REALTIME_QUEUE_SIZE``).
     queue_size: int = 1000
+    #: ... and at most this many bytes of message data (``AF_REALTIME_QUEUE_BYTES``):
+    #: what one stalled subscriber can keep alive is bounded whatever the message size.
+    queue_bytes: int = 16 * 1024 * 1024
     #: Fan-out reader connections, each following its share of the subscribed topic
     #: streams with one XREAD BLOCK (``AF_REALTIME_FANOUT_READERS``).
     fanout_readers: int = 2

@@ -67,6 +67,7 @@ async def create_server(config: RealtimeConfig) -> RealtimeServer:
     fanout = BusFanout(
         "realtime", config.topic_bus, readers=config.fanout_readers,
         catchup_connections=config.watch_connections, capacity=config.queue_size,
+        max_bytes=config.queue_bytes,
         epoch_check_interval_s=config.epoch_check_interval_s, key_prefix=config.key_prefix,
     )
     watch_store = TopicStore(fanout.bus, prefix=config.key_prefix, idempotency_ttl_s=config.idempotency_ttl_s)

@@ -224,7 +224,8 @@ class Subscription:
     def _on_gap(self, gap: Gap) -> None:
         if gap.reason == GAP_OVERFLOW:
             self.fail(ResourceExhausted(
-                f"subscriber is more than {self._config.queue_size} messages behind; "
+                f"subscriber is more than {self._config.queue_size} messages or "
+                f"{self._config.queue_bytes // 2**20} MiB behind; "
                 "resubscribe with the last cursor",
                 reason="SLOW_CONSUMER",
             ))

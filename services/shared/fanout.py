@@ -31,7 +31,8 @@ Items are delivered at least once across catch-up and live delivery; watchers dr
 what they already sent by their own position (sequence / entry id), which every stream
 of the mesh carries.
 
-Slow-consumer policy. A watcher's buffer holds at most ``capacity`` items. When an item
+Slow-consumer policy. A watcher's buffer holds at most ``capacity`` items (and, where
+``max_bytes`` is set, at most that many bytes of them). When an item
 arrives for a full buffer, the buffer is **dropped** (its memory freed at once), no more
 items are buffered for that watcher, and its next :meth:`Watcher.get` returns a
 :class:`Gap` with reason ``overflow``. The producer never waits and the other watchers
@@ -61,7 +62,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
@@ -123,11 +124,14 @@ class Gap:
 class Watcher(Generic[K, T]):
     """One watcher: a bounded buffer of ``(key, item)`` fed by a :class:`Fanout`."""
 
-    __slots__ = ("keys", "capacity", "_fanout", "_buffer", "_gap", "_gap_keys", "_wake", "_error", "_closed")
+    __slots__ = ("keys", "capacity", "max_bytes", "_bytes", "_fanout", "_buffer", "_gap", "_gap_keys",
+                 "_wake", "_error", "_closed")
 
-    def __init__(self, fanout: Fanout[K, T], keys: frozenset[K], capacity: int) -> None:
+    def __init__(self, fanout: Fanout[K, T], keys: frozenset[K], capacity: int, max_bytes: int | None) -> None:
         self.keys = keys
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._bytes = 0
         self._fanout = fanout
         self._buffer: deque[tuple[K, T]] = deque()
         self._gap: str | None = None
@@ -140,11 +144,15 @@ class Watcher(Generic[K, T]):
     def _offer(self, key: K, item: T) -> None:
         if self._gap == GAP_OVERFLOW or self._closed:
             return  # the watcher re-reads everything from the store anyway
-        if len(self._buffer) >= self.capacity:
+        size = self._fanout.size_of(item) if self.max_bytes is not None else 0
+        over_bytes = self.max_bytes is not None and bool(self._buffer) and self._bytes + size > self.max_bytes
+        if len(self._buffer) >= self.capacity or over_bytes:
             self._fanout._buffered -= len(self._buffer)
             self._buffer.clear()
+            self._bytes = 0
             self._mark_gap(GAP_OVERFLOW, self.keys)
             return
+        self._bytes += size
         self._buffer.append((key, item))
         self._fanout._buffered += 1
         if self._wake is not None:
@@ -187,6 +195,7 @@ class Watcher(Generic[K, T]):
         """Everything buffered now (possibly nothing), in arrival order."""
         items = list(self._buffer)
         self._buffer.clear()
+        self._bytes = 0
         self._fanout._buffered -= len(items)
         return items
 
@@ -237,14 +246,23 @@ class Fanout(Generic[K, T]):
     Args:
         name: label of this fan-out in metrics and logs.
         capacity: default buffer size of a watcher, in items.
+        max_bytes: default bound of a watcher's buffer in bytes as ``size_of`` counts them
+            (None: items only). Items are shared by the watchers of a key, so this bounds
+            what one slow watcher can keep alive, e.g. 1,000 entries of 256 KiB.
+        size_of: the size of an item in bytes (for ``max_bytes``).
         registry: a ``prometheus_client.CollectorRegistry`` for the metrics, or None.
     """
 
-    def __init__(self, name: str, *, capacity: int = 1000, registry: object | None = None) -> None:
+    def __init__(self, name: str, *, capacity: int = 1000, max_bytes: int | None = None,
+                 size_of: Callable[[T], int] | None = None, registry: object | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if max_bytes is not None and size_of is None:
+            raise ValueError("max_bytes needs size_of")
         self.name = name
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.size_of: Callable[[T], int] = size_of or (lambda item: 0)
         self._watchers: dict[K, set[Watcher[K, T]]] = {}
         self._all: set[Watcher[K, T]] = set()
         self._starting: dict[K, asyncio.Future[None]] = {}
@@ -284,11 +302,13 @@ class Fanout(Generic[K, T]):
             self._metrics.gaps.labels(self.name, reason).inc()
 
     # -- watchers --------------------------------------------------------------------
-    async def watch(self, keys: Iterable[K], *, capacity: int | None = None) -> Watcher[K, T]:
+    async def watch(self, keys: Iterable[K], *, capacity: int | None = None,
+                    max_bytes: int | None = None) -> Watcher[K, T]:
         """Register a watcher of ``keys``; it receives every item published from now on."""
         if self._closed is not None:
             raise self._closed
-        watcher: Watcher[K, T] = Watcher(self, frozenset(keys), capacity or self.capacity)
+        watcher: Watcher[K, T] = Watcher(self, frozenset(keys), capacity or self.capacity,
+                                         max_bytes if max_bytes is not None else self.max_bytes)
         self._all.add(watcher)
         try:
             await self._follow(watcher, watcher.keys)
@@ -584,6 +604,7 @@ class BusFanout(Fanout[str, Envelope]):
             connection (a burst of thousands of new streams queues here rather than
             failing; past it the command fails with a connection error → UNAVAILABLE).
         capacity: default buffer size of a watcher, in entries.
+        max_bytes: default bound of a watcher's buffer in bytes of entry data (16 MiB).
         count: ``XREAD COUNT`` per stream and read.
         epoch_check_interval_s: how often each reader compares its streams' epochs (one
             ``MGET``) to notice a restarted Redis on idle streams.
@@ -603,12 +624,14 @@ class BusFanout(Fanout[str, Envelope]):
         catchup_connections: int = 8,
         catchup_pool_timeout_s: float = 30.0,
         capacity: int = 1000,
+        max_bytes: int | None = 16 * 2**20,
         count: int = 500,
         epoch_check_interval_s: float = 1.0,
         key_prefix: str = "",
         registry: object | None = None,
     ) -> None:
-        super().__init__(name, capacity=capacity, registry=registry)
+        super().__init__(name, capacity=capacity, max_bytes=max_bytes, size_of=lambda e: len(e.data) + 200,
+                         registry=registry)
         if readers < 1:
             raise ValueError("readers must be >= 1")
         self.config = config

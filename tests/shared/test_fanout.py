@@ -75,6 +75,19 @@ async def test_overflow_drops_the_slow_watchers_buffer_with_a_gap_and_never_stal
     assert fanout.gaps == {GAP_OVERFLOW: 1}
 
 
+async def test_a_byte_bound_caps_what_a_slow_watcher_keeps_alive() -> None:
+    fanout: Fanout[str, bytes] = Fanout("t", capacity=1000, max_bytes=1000, size_of=len)
+    slow = await fanout.watch(["x"])
+    roomy = await fanout.watch(["x"], max_bytes=10_000)
+    for _ in range(5):
+        fanout.publish("x", b"y" * 300)  # the 4th would make 1,200 bytes
+    gap = await slow.get(0)
+    assert isinstance(gap, Gap) and gap.reason == GAP_OVERFLOW
+    assert len(await roomy.get(0)) == 5
+    fanout.publish("x", b"z" * 5000)  # one item larger than the bound still passes alone
+    assert await slow.get(0) == [("x", b"z" * 5000)]
+
+
 async def test_get_times_out_and_close_ends_watchers_with_the_error() -> None:
     fanout: Fanout[str, int] = Fanout("t")
     watcher = await fanout.watch(["x"])
