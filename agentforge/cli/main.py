@@ -9,7 +9,7 @@ one object per line (NDJSON) for streams. Exit codes::
     1  the job / run / export failed or ended cancelled; the system is not healthy; any
        other server error
     2  usage: bad arguments, a bad spec file, INVALID_ARGUMENT from the server
-    3  unavailable: the edge or a service cannot be reached, a deadline passed
+    3  unavailable: the edge or a service cannot be reached, a deadline passed, rate limited
     4  not found, or not allowed (UNAUTHENTICATED / PERMISSION_DENIED)
 
 Errors go to stderr as one clear message (with the field violations), never a traceback.
@@ -45,6 +45,7 @@ from agentforge.client import (
     Client,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 from agentforge.client._base import DEFAULT_EDGE
@@ -959,7 +960,7 @@ def exit_code(exc: BaseException) -> int:
     """The documented exit code for a failure."""
     if isinstance(exc, (UsageFailure, InvalidArgumentError)):
         return EXIT_USAGE
-    if isinstance(exc, UnavailableError):
+    if isinstance(exc, (UnavailableError, ResourceExhaustedError)):
         return EXIT_UNAVAILABLE
     if isinstance(exc, (NotFoundError, AuthError)):
         return EXIT_NOT_FOUND
@@ -979,8 +980,12 @@ def _fail(exc: BaseException) -> NoReturn:
         if exc.reason and exc.reason != exc.code.name:
             message += f" [{exc.reason}]"
         lines = [message] + [f"  {v.field}: {v.description}" for v in exc.field_violations]
-        if code == EXIT_UNAVAILABLE:
+        if isinstance(exc, UnavailableError):
             lines.append("  is the mesh up? (`forge up` / `make up`; --edge or AGENTFORGE_EDGE)")
+        elif isinstance(exc, ResourceExhaustedError) and exc.retry_delay_s is not None:
+            lines.append(f"  rate limited: retry in {exc.retry_delay_s:g} s")
+        elif isinstance(exc, AuthError) and exc.code.name == "UNAUTHENTICATED":
+            lines.append("  pass a token: --token or AGENTFORGE_TOKEN (`make token ROLE=viewer`, `forge token`)")
     else:
         lines = [f"error: {exc}"]
     if _state.json:

@@ -76,3 +76,23 @@ def test_forge_up_runs_the_mesh_until_interrupted(tmp_path: Path) -> None:
             proc.wait()
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped" in rest
+
+
+def test_exit_codes_follow_the_documented_table() -> None:
+    import grpc
+
+    from agentforge.cli.main import CommandFailed, UsageFailure, exit_code
+    from agentforge.client.errors import error_class
+
+    def code_of(status: grpc.StatusCode) -> int:
+        return exit_code(error_class(status)(status, "x"))
+
+    assert code_of(grpc.StatusCode.INVALID_ARGUMENT) == code_of(grpc.StatusCode.OUT_OF_RANGE) == 2
+    assert exit_code(UsageFailure("x")) == 2
+    for status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        assert code_of(status) == 3, status
+    for status in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        assert code_of(status) == 4, status
+    for status in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL, grpc.StatusCode.ALREADY_EXISTS):
+        assert code_of(status) == 1, status
+    assert exit_code(CommandFailed("job failed")) == 1
