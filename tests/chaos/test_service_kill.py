@@ -28,7 +28,9 @@ import pytest
 from services.launcher.mesh import Mesh, MeshConfig, MeshStartError
 from services.shared.supervision import RestartPolicy
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Generous per-test limit: the first test also starts the mesh, which takes minutes on a busy
+# 2-core machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
 RESTART = RestartPolicy(burst=5, interval_s=60, delay_s=0.1, max_delay_s=1.0)
 MESH_ENV = {
