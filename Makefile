@@ -1,6 +1,6 @@
 # Agent Forge mesh — every door users and CI go through.
 #
-#   make run     set up, bring up the whole mesh on embedded defaults, run a real Cognate phase
+#   make run     set up, bring up the whole mesh on embedded defaults, run the phase pipeline (cognate -> evomerge -> bitnet)
 #   make test    set up and run the whole check: stale gen/, buf lint, buf breaking, pytest
 #   make up      the mesh in the foreground (Envoy's edge on 127.0.0.1:$(EDGE_PORT)); Ctrl-C stops it
 #   make restart SERVICE=<name>  restart one process of the running `make up`

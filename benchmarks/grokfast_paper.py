@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import platform
 import statistics
 import sys
@@ -67,6 +68,16 @@ def paper_job(seed: int, max_steps: int, *, grokfast: bool = True) -> dict[str, 
         "device": "DEVICE_CPU",
     }
     return {"displayName": f"grokfast paper seed {seed}", "labels": {"benchmark": "grokfast-paper"}, "spec": spec}
+
+
+def _headers() -> dict[str, str]:
+    """A dev token when this build has auth (the edge then requires one)."""
+    try:
+        from services.shared.auth import mint_token
+
+        return {"authorization": f"Bearer {mint_token('admin', subject='bench-grokfast')}"}
+    except Exception:  # noqa: BLE001 - no auth in this build
+        return {}
 
 
 def _seconds(ts: str) -> float:
@@ -114,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the worker and of the reference")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the mesh (finally) when killed
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     torch.set_num_threads(args.threads)
 
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                                env={"AF_TRAINING_TORCH_THREADS": str(args.threads)}))
         mesh.start()
         try:
-            with httpx.Client(base_url=mesh.edge_url, timeout=60) as client:
+            with httpx.Client(base_url=mesh.edge_url, timeout=60, headers=_headers()) as client:
                 for seed in seeds:
                     api = api_run(client, paper_job(seed, args.max_steps), 0.95)
                     t0 = time.perf_counter()

@@ -75,6 +75,11 @@ KNOWN: dict[str, Bench] = {
         quick_args=("--streams", "20", "--seconds", "3", "--idle", "3"),
         json_flag="--json",
     ),
+    "forge_pipeline": Bench(
+        args=("--max-steps", "200"),
+        quick_args=("--max-steps", "10", "--population", "2", "--generations", "1", "--qat-steps", "5"),
+        json_flag="--json",
+    ),
     "training_service": Bench(
         args=("--steps", "150", "--jobs", "6", "--job-steps", "50", "--workers", "2"),
         quick_args=("--steps", "20", "--jobs", "2", "--job-steps", "10", "--workers", "2"),

@@ -7,8 +7,9 @@
              everything and exits 1 (``AF_RESTART_BURST``, ``AF_RESTART_INTERVAL_S``,
              ``AF_RESTART_DELAY_S``, ``AF_RESTART_MAX_DELAY_S``: see
              :mod:`services.shared.supervision`).
-``run``      start the mesh, start a real Cognate phase through the edge and print its
-             progress until it ends, then stop the mesh (exit 0 if the run SUCCEEDED).
+``run``      start the mesh, run the phase pipeline (Cognate's three models → EvoMerge →
+             BitNet) through the edge with progress, print the winners, their metrics and
+             where their weights are, then stop the mesh (exit 0 if the run SUCCEEDED).
 ``restart``  ``restart NAME``: ask the running ``up`` (same ``--run-dir``) to restart one
              process (a service, ``envoy`` or ``valkey``) on the same ports; prints the
              new pid once it is healthy (exit 0), or the error (exit 1).
@@ -44,7 +45,7 @@ _PREFIX_WIDTH = max(len(n) for n in (*ALL_SERVICES, "envoy", "launcher"))
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m services.launcher", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (("up", "run the mesh in the foreground"), ("run", "run a Cognate phase on a fresh mesh")):
+    for name, help_ in (("up", "run the mesh in the foreground"), ("run", "run the phase pipeline on a fresh mesh")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--edge-port", type=int, default=int(os.environ.get("EDGE_PORT", "8080")),
                        help="Envoy edge port (default $EDGE_PORT or 8080; 0 = free)")
@@ -56,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--training-workers", type=int, default=2)
         p.add_argument("--startup-timeout", type=float, default=120.0)
         if name == "run":
-            p.add_argument("--phase", default="phases/cognate")
-            p.add_argument("--max-steps", type=int, default=300, help="Cognate optimizer steps")
+            p.add_argument("--phase", default="phases/pipeline",
+                           help="phase to run (default: the pipeline cognate -> evomerge -> bitnet)")
+            p.add_argument("--max-steps", type=int, default=150, help="Cognate optimizer steps per model")
     p = sub.add_parser("restart", help="restart one process of the running mesh")
     p.add_argument("name", help="a service, envoy or valkey")
     p.add_argument("--run-dir", type=Path, default=REPO_ROOT / ".run", help="the running mesh's run dir")
@@ -164,6 +166,14 @@ def _run_token() -> str | None:
         return None
 
 
+def _run_parameters(phase: str, max_steps: int) -> dict[str, object]:
+    """``make run``'s small settings: a few minutes on 2 cores for the whole pipeline."""
+    if phase.removeprefix("phases/") == "pipeline":
+        return {"max_steps": max_steps, "evomerge": {"population": 6, "generations": 3},
+                "bitnet": {"qat_steps": 60}}
+    return {"max_steps": max_steps}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agentforge.cli.follow import PhaseFollower
     from agentforge.cli.progress import ProgressDisplay
@@ -185,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 result = run_phase(
                     mesh.edge_addr,
                     phase=args.phase,
-                    parameters={"max_steps": args.max_steps},
+                    parameters=_run_parameters(args.phase, args.max_steps),
                     out=display.line,
                     on_started=started.append,
                     on_event=follower,
@@ -204,6 +214,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.line(f"  {key}: {value:.6g}")
         if result.run.error.message:
             console.line(f"  error: {result.run.error.message}")
+        if result.succeeded:
+            from services.launcher.summary import summary_lines
+
+            with Client(mesh.edge_addr, _run_token()) as client:
+                for line in summary_lines(result.run, lambda n: client.models.get_model_version(name=n),
+                                          edge_url=mesh.edge_url, data_dir=mesh.data_dir):
+                    console.line(line)
         return 0 if result.succeeded else 1
     except KeyboardInterrupt:
         if started and mesh.config.services:

@@ -204,6 +204,24 @@ def test_pipeline_runs_cognate_evomerge_bitnet_each_consuming_the_previous_outpu
     _ternary_model_runs(rest, bit)
 
 
+@pytest.mark.timeout(600)
+def test_each_phase_alone_consumes_the_registry_by_model_and_alias(rest: httpx.Client) -> None:
+    """cognate → (registry) → evomerge by source_model → (registry) → bitnet by alias: no pipeline."""
+    cognate = cognate_run(rest, model="cognate-solo")
+    candidates = {cognate["outputs"]["artifacts"][f"candidate_{i}"] for i in (1, 2, 3)}
+    run = start(rest, "evomerge", {**EVOMERGE, "source_model": "cognate-solo", "model": "evomerge-solo"})
+    events = watch_run(rest, run["name"])
+    assert run_states(events)[-1] == SUCCEEDED, events[-1]
+    child = events[-1]["phaseRun"]["outputs"]["modelVersion"]
+    assert set(rest.get(f"/v1/{child}").json()["lineage"]["parentVersions"]) == candidates
+    run = start(rest, "bitnet", {**BITNET, "source": "models/evomerge-solo/versions/winner", "model": "bitnet-solo"})
+    events = watch_run(rest, run["name"])
+    assert run_states(events)[-1] == SUCCEEDED, events[-1]
+    compressed = events[-1]["phaseRun"]["outputs"]["modelVersion"]
+    assert rest.get(f"/v1/{compressed}").json()["lineage"]["parentVersions"] == [child]
+    _ternary_model_runs(rest, compressed)
+
+
 def _wait_step(rest: httpx.Client, name: str, step: str, state: str = "SAGA_STEP_STATE_RUNNING",
                timeout: float = 120.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
