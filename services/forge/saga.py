@@ -128,6 +128,12 @@ class RunManager:
                 reason="PHASE_UNAVAILABLE",
             )
         params = definition.resolve(parameters)
+        if input_model_version:  # the phase's `source` parameter, set the AIP way
+            target = params.get(phase_id)
+            if target is None or "source" not in target:
+                raise InvalidArgument("this phase takes no input model version", violations=[
+                    ("input_model_version", f"{phase} does not start from a model version; omit it")])
+            target["source"] = input_model_version
         await definition.precheck(params, self._peers)
         run_id = run_id or uuid.uuid4().hex[:12]
         now = _now()

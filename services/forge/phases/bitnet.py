@@ -53,7 +53,8 @@ class BitNet(Phase):
     prerequisites = ("evomerge",)
     parameters = (
         ParamSpec("source", P.PARAMETER_TYPE_STRING,
-                  "Version to compress, `models/{model}/versions/{version or alias}`.",
+                  "Version to compress, `models/{model}/versions/{version or alias}` (or the request's "
+                  "`input_model_version`).",
                   "models/evomerge/versions/winner"),
         ParamSpec("qat_steps", P.PARAMETER_TYPE_INTEGER, "Quantization-aware fine-tune steps (0 = none).", 100, 0,
                   100_000),
