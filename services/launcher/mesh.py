@@ -894,8 +894,20 @@ class Mesh:
                 self._say(self.failure)
                 self._failed.set()
         finally:
+            self._refuse_requests()
             self._stopped.wait()
+            self._refuse_requests()
             unmark_long_lived()
+
+    def _refuse_requests(self) -> None:
+        """Answer restart requests that came too late: the mesh is stopping."""
+        while True:
+            try:
+                _, done = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if done.set_running_or_notify_cancel():
+                done.set_exception(MeshStartError("the mesh is stopping"))
 
     def _serve_request(self, name: str, done: concurrent.futures.Future[int]) -> None:
         if not done.set_running_or_notify_cancel():
@@ -1034,6 +1046,8 @@ class Mesh:
         """
         if name != "valkey" and name not in self._children or name == "valkey" and self._valkey is None:
             raise KeyError(f"no process {name!r} in this mesh; known: {', '.join(self._names())}")
+        if self._stopping.is_set():
+            raise MeshStartError("the mesh is stopping")
         supervisor = self._supervisor
         if supervisor is None or not supervisor.is_alive():
             with self._lock:
