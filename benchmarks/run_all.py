@@ -47,6 +47,7 @@ class Bench:
 #: baseline as many steps; ``--seeds 0,1,2,3,4`` for the median, by hand),
 #: training_service ~1.5-2 min.
 KNOWN: dict[str, Bench] = {
+    "dashboard": Bench(args=("--steps", "100000", "--repeat", "3"), quick_args=("--steps", "20000", "--repeat", "1")),
     "edge_unary": Bench(
         args=("--seconds", "5", "--concurrency", "16"),
         quick_args=("--seconds", "1", "--concurrency", "8", "--warmup", "0.5"),

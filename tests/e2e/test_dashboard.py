@@ -146,7 +146,9 @@ def test_cutting_the_stream_leaves_the_chart_without_gaps_or_duplicates(
     jid = job_id(job["name"])
     open_job(browser, jid)
     browser.wait_fn("() => +document.getElementById('chart-loss').dataset.count > 20", timeout=60)
-    mesh.restart_edge()  # SIGKILL: every connection through the edge is cut mid-stream
+    previous = int(mesh.status()["envoy"]["pid"])  # type: ignore[arg-type]
+    mesh.kill_service("envoy")  # SIGKILL: every connection through the edge is cut mid-stream
+    mesh.wait_restarted("envoy", previous)  # the supervisor brings it back on the same port
     browser.wait("[data-stream-state][data-reconnects]:not([data-reconnects='0'])", timeout=30)
     browser.wait("[data-job-state='SUCCEEDED']", timeout=180)
     browser.wait("[data-stream-state='ended']", timeout=30)

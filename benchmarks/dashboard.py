@@ -1,0 +1,145 @@
+"""Dashboard benchmarks: first-page bundle size, and time to first chart of a long job.
+
+    PYTHONPATH=.:gen/python .venv/bin/python benchmarks/dashboard.py [--steps 100000] [--repeat 3]
+
+1. bundle — the bytes a browser downloads for the first page, as the edge serves them
+   (gzip): index.html plus every script and stylesheet it names, fetched through Envoy
+   with ``accept-encoding: gzip``; the uncompressed size beside it.
+2. first chart — a finished job with ``--steps`` progress events (and an evaluation
+   every 1000 steps) is written into the training store the way a worker appends them
+   (Store.append_events, 5000 per transaction), then the whole mesh starts on that
+   data. Through the edge, over grpc-web (binary, HTTP/1.1, as the dashboard calls):
+   ``GetTrainingJobMetrics`` (the dashboard's first call, 2000 points) vs
+   ``WatchTrainingJob`` from the start (replaying every event to the end), each timed
+   from request to the last byte with every message decoded. Median of ``--repeat``;
+   the ratio is replay / history.
+
+The chart drawing itself is the same for both (uPlot, at most a few thousand points
+after the history; a replay would hand it every point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from agentforge.training.v1 import request_response_pb2 as rr
+from agentforge.training.v1 import training_job_event_pb2 as ev_pb
+from agentforge.training.v1 import training_job_pb2 as job_pb
+
+from services.launcher.mesh import Mesh, MeshConfig
+from services.training.store import RUNNING, SUCCEEDED, Store
+from tests.support import grpc_web_frame, grpc_web_frames
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = "/agentforge.training.v1.TrainingService/"
+
+
+def _auth() -> dict[str, str]:
+    """A bearer token when this checkout has auth (the edge may enforce it)."""
+    try:
+        from services.shared.auth import mint_token  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    return {"authorization": f"Bearer {mint_token('admin', subject='bench-dashboard', ttl_s=3600)}"}
+
+
+def seed_job(data_dir: Path, steps: int) -> str:
+    """A SUCCEEDED job with ``steps`` progress events in ``data_dir``'s training store."""
+    store = Store(data_dir / "training" / "jobs.db")
+    job_id = "bench-long-job"
+    spec = job_pb.TrainingJobSpec(max_steps=steps, progress_interval=1, eval_interval=1000, batch_size=64)
+    store.create(job_pb.TrainingJob(name=f"trainingJobs/{job_id}", display_name="100k steps", spec=spec),
+                 job_id, "")
+    store.transition(job_id, RUNNING, "benchmark", worker="bench")
+    batch: list[ev_pb.TrainingJobEvent] = []
+    for step in range(1, steps + 1):
+        loss = 3.0 * (0.99995 ** step) + 0.01 * ((step * 7919) % 13) / 13
+        batch.append(ev_pb.TrainingJobEvent(progress=job_pb.TrainingProgress(
+            step=step, total_steps=steps, fraction_done=step / steps, train_loss=loss,
+            train_accuracy=min(1.0, step / steps * 1.2), learning_rate=1e-3, steps_per_second=400.0,
+            grokfast=job_pb.GrokfastStats(slow_gradient_norm=1.0 / (1 + step / 1000), amplification_ratio=2.0,
+                                          alpha=0.98, lamb=2.0))))
+        if step % 1000 == 0:
+            batch.append(ev_pb.TrainingJobEvent(eval_completed=job_pb.EvalMetrics(step=step, loss=loss * 1.1,
+                                                                                    accuracy=step / steps)))
+        if len(batch) >= 5000:
+            store.append_events(job_id, batch)
+            batch = []
+    if batch:
+        store.append_events(job_id, batch)
+    store.transition(job_id, SUCCEEDED, "benchmark")
+    store.close()
+    return f"trainingJobs/{job_id}"
+
+
+def grpc_web(client: httpx.Client, method: str, request: bytes) -> tuple[float, list[bytes]]:
+    """Seconds to the last byte of a grpc-web call, and its messages (trailer checked OK)."""
+    headers = {"content-type": "application/grpc-web+proto", "x-grpc-web": "1", **_auth()}
+    start = time.perf_counter()
+    resp = client.post(SERVICE + method, content=grpc_web_frame(request), headers=headers)
+    messages, trailers = grpc_web_frames(resp.content)
+    took = time.perf_counter() - start
+    status = trailers.get("grpc-status", resp.headers.get("grpc-status", "0"))
+    assert resp.status_code == 200 and status == "0", (resp.status_code, trailers, resp.headers)
+    return took, messages
+
+
+def bundle(edge: str) -> dict[str, int]:
+    with httpx.Client(base_url=edge, timeout=30) as client:
+        index = client.get("/", headers={"accept-encoding": "gzip"})
+        assert index.status_code == 200, index.text[:200]
+        wire = len(gzip.compress(index.content)) if index.headers.get("content-encoding") != "gzip" else int(
+            index.headers["content-length"])
+        raw = len(index.content)
+        for path in re.findall(r'(?:src|href)="(/assets/[^"]+)"', index.text):
+            resp = client.get(path, headers={"accept-encoding": "gzip"})
+            assert resp.status_code == 200 and resp.headers.get("content-encoding") == "gzip", path
+            wire += int(resp.headers["content-length"])
+            raw += len(resp.content)
+    return {"gzip_bytes": wire, "raw_bytes": raw}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--points", type=int, default=2000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        t0 = time.perf_counter()
+        name = seed_job(data, args.steps)
+        print(f"seeded {name}: {args.steps} progress events in {time.perf_counter() - t0:.1f}s")
+        with Mesh(MeshConfig(data_dir=data, training_workers=1, log_dir=Path(tmp) / "logs",
+                             startup_timeout=300)) as mesh:
+            sizes = bundle(mesh.edge_url)
+            print(f"first page: {sizes['gzip_bytes'] / 1024:.1f} KiB gzipped ({sizes['raw_bytes'] / 1024:.1f} KiB raw)")
+            history_req = rr.GetTrainingJobMetricsRequest(name=f"{name}/metrics", max_points=args.points)
+            watch_req = rr.WatchTrainingJobRequest(name=name)
+            histories, replays = [], []
+            with httpx.Client(base_url=mesh.edge_url, timeout=600) as client:
+                for _ in range(args.repeat):
+                    took, msgs = grpc_web(client, "GetTrainingJobMetrics", history_req.SerializeToString())
+                    metrics = job_pb.TrainingJobMetrics.FromString(msgs[0])
+                    assert metrics.progress_count == args.steps and len(metrics.progress) == args.points
+                    histories.append(took)
+                    took, msgs = grpc_web(client, "WatchTrainingJob", watch_req.SerializeToString())
+                    events = [ev_pb.TrainingJobEvent.FromString(m) for m in msgs]
+                    assert sum(e.HasField("progress") for e in events) == args.steps
+                    replays.append(took)
+            h, r = statistics.median(histories), statistics.median(replays)
+            print(f"{'first chart of a ' + str(args.steps) + '-step job':44} {'seconds':>9}")
+            print(f"{'  GetTrainingJobMetrics (' + str(args.points) + ' points)':44} {h:9.3f}")
+            print(f"{'  WatchTrainingJob replay (every event)':44} {r:9.3f}")
+            print(f"{'  replay / history':44} {r / h:9.1f}x")
+
+
+if __name__ == "__main__":
+    main()
