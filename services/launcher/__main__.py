@@ -126,10 +126,12 @@ def _start(mesh: Mesh, console: _Console) -> bool:
     return True
 
 
-def _stop(mesh: Mesh, console: _Console) -> None:
+def _stop(mesh: Mesh, console: _Console, *, report_failure: bool = False) -> None:
     # A second Ctrl-C must not abort the cleanup.
     signal.signal(signal.SIGINT, _ignore)
     signal.signal(signal.SIGTERM, _ignore)
+    if report_failure and mesh.failure:
+        console.line(f"!! {mesh.failure}")
     console.line("stopping the mesh ...")
     mesh.stop()
     console.line("stopped")
@@ -228,7 +230,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cancel_run(mesh.edge_addr, started[0], "interrupted from the launcher")
         return 130
     finally:
-        _stop(mesh, console)
+        _stop(mesh, console, report_failure=True)
 
 
 def cmd_control(args: argparse.Namespace) -> int:
