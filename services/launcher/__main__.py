@@ -113,6 +113,31 @@ def _print_endpoints(mesh: Mesh, console: _Console) -> None:
     console.line("mesh is up:")
     for key, value in rows.items():
         console.line(f"  {key:<{width}}  {value}")
+    url = dashboard_url(mesh.edge_url)
+    if url:
+        console.line(f"  {'dashboard':<{width}}  {url}")
+
+
+#: How long the development sign-in link printed by ``up`` stays valid.
+DASHBOARD_TOKEN_TTL_S = 12 * 3600
+
+
+def dashboard_url(edge_url: str) -> str:
+    """The dashboard's address with a development sign-in, as Jupyter prints its token URL.
+
+    The token (an admin JWT signed with this checkout's development key, valid
+    :data:`DASHBOARD_TOKEN_TTL_S`) sits in the fragment, which browsers never send to a
+    server: the dashboard reads it once and removes it from the address bar. Only for a
+    loopback edge; without the auth module, the bare address.
+    """
+    if not edge_url.startswith(("http://127.0.0.1:", "http://localhost:")):
+        return ""
+    try:
+        from services.shared.auth import mint_token
+    except ImportError:
+        return f"{edge_url}/"
+    token = mint_token("admin", subject="dashboard-dev", ttl_s=DASHBOARD_TOKEN_TTL_S)
+    return f"{edge_url}/#token={token}"
 
 
 def _start(mesh: Mesh, console: _Console) -> bool:
