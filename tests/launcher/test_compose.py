@@ -161,9 +161,12 @@ def test_dockerfile_installs_requirements_and_torch_and_copies_the_code(compose:
     assert re.search(r"pip install torch==2\.13\.0\b", text)
     for directory in ("gen", "services", "envoy"):
         assert re.search(rf"^COPY {directory}/ {directory}/$", text, re.M), directory
+    # The dashboard is built in its own stage from the lock file; Envoy serves its dist/.
+    assert re.search(r"^RUN cd dashboard && npm ci\b", text, re.M)
+    assert re.search(r"^COPY --from=dashboard \S+/dashboard/dist/ dashboard/dist/$", text, re.M)
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert not {"gen", "services", "envoy", "requirements.txt"} & set(ignored)
-    assert ".venv" in ignored
+    assert ".venv" in ignored and "**/node_modules" in ignored  # the host's modules stay out
 
 
 def test_every_container_restarts_on_failure_with_the_launchers_burst(compose: dict[str, Any]) -> None:
