@@ -16,6 +16,13 @@
 
 The chart drawing itself is the same for both (uPlot, at most a few thousand points
 after the history; a replay would hand it every point).
+
+3. live chart — a real job (x·y mod 17, one progress event per step) runs while the job
+   page is open in Debian's chromium (playwright-core, tests/e2e/browser.py) for
+   ``--live-seconds``; in the page, requestAnimationFrame timestamps and long tasks
+   (PerformanceObserver) are recorded. Printed: the event rate the chart received (points
+   per second), frames, frames later than 1.5 frame budgets (dropped), the longest
+   frame, and long tasks (> 50 ms). Skipped when chromium is missing.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
 from services.launcher.mesh import Mesh, MeshConfig
+from tests.e2e.browser import Browser, missing_prerequisites
 from services.training.store import RUNNING, SUCCEEDED, Store
 from tests.support import grpc_web_frame, grpc_web_frames
 
@@ -106,11 +114,58 @@ def bundle(edge: str) -> dict[str, int]:
     return {"gzip_bytes": wire, "raw_bytes": raw}
 
 
+FRAME_PROBE = """() => {
+  window.__frames = []; window.__long = [];
+  const tick = (t) => { window.__frames.push(t); if (window.__frames.length < 100000) requestAnimationFrame(tick); };
+  requestAnimationFrame(tick);
+  new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration)))
+    .observe({ type: "longtask", buffered: false });
+  return true;
+}"""
+
+
+def live_chart(edge: str, tmp: Path, seconds: float) -> dict[str, float] | None:
+    why = missing_prerequisites()
+    if why:
+        print(f"live chart: skipped ({why})")
+        return None
+    body = {"displayName": "live chart", "spec": {
+        "task": {"kind": "TASK_KIND_MODULAR_ARITHMETIC", "modulus": 17},
+        "model": {"layers": 1, "width": 32, "heads": 2, "contextLength": 4},
+        "optimizer": {"kind": "OPTIMIZER_KIND_ADAM", "learningRate": 1e-3},
+        "grokfast": {"kind": "GROKFAST_KIND_EMA", "alpha": 0.98, "lamb": 2.0},
+        "batchSize": 64, "maxSteps": "1000000", "evalInterval": "0", "checkpointInterval": "0",
+        "progressInterval": "1", "device": "DEVICE_CPU"}}
+    with httpx.Client(base_url=edge, timeout=30, headers=_auth()) as client:
+        job = client.post("/v1/trainingJobs", json=body).json()
+        browser = Browser(edge, tmp / "chromium")
+        try:
+            token = _auth().get("authorization", "").removeprefix("Bearer ")
+            browser.goto(f"/#token={token}" if token else "/")
+            browser.goto(f"/#/{job['name'].replace('trainingJobs', 'jobs')}")
+            browser.wait_fn("() => +document.getElementById('chart-loss').dataset.count > 5", timeout=120)
+            browser.eval(FRAME_PROBE)
+            first = int(browser.eval("() => +document.getElementById('chart-loss').dataset.count"))
+            time.sleep(seconds)
+            last = int(browser.eval("() => +document.getElementById('chart-loss').dataset.count"))
+            frames = browser.eval("() => window.__frames")
+            longs = browser.eval("() => window.__long")
+        finally:
+            browser.close()
+            client.post(f"/v1/{job['name']}:cancel", json={})
+    gaps = [b - a for a, b in zip(frames, frames[1:])]
+    budget = statistics.median(gaps) if gaps else 16.7
+    return {"events_per_s": (last - first) / seconds, "frames": len(frames),
+            "dropped": sum(g > 1.5 * budget for g in gaps), "frame_ms": budget,
+            "longest_ms": max(gaps, default=0.0), "long_tasks": len(longs)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--points", type=int, default=2000)
+    parser.add_argument("--live-seconds", type=float, default=10.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
@@ -139,6 +194,11 @@ def main() -> None:
             print(f"{'  GetTrainingJobMetrics (' + str(args.points) + ' points)':44} {h:9.3f}")
             print(f"{'  WatchTrainingJob replay (every event)':44} {r:9.3f}")
             print(f"{'  replay / history':44} {r / h:9.1f}x")
+            live = live_chart(mesh.edge_url, Path(tmp), args.live_seconds)
+            if live:
+                print(f"live chart over {args.live_seconds:.0f}s: {live['events_per_s']:.1f} events/s received, "
+                      f"{live['frames']} frames (median {live['frame_ms']:.1f} ms), {live['dropped']} dropped "
+                      f"(> 1.5 frames), longest {live['longest_ms']:.0f} ms, {live['long_tasks']} long tasks")
 
 
 if __name__ == "__main__":
