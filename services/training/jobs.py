@@ -196,6 +196,19 @@ class JobManager:
         holder_name = holder.decode() if isinstance(holder, bytes) else holder
         return bool(rec.job.worker) and holder_name == rec.job.worker
 
+    async def _orphaned(self, rec: JobRecord) -> bool:
+        """True when Redis says nobody holds this RUNNING job: its queue entry is not
+        pending (a worker that merely stalls still holds its entry) and no worker
+        heartbeats the job. False when held, or when Redis cannot tell."""
+        if await self.worker_alive(rec) is not False:
+            return False
+        try:
+            return await self.queue.entry_state(rec.job.spec.priority, rec.queue_entry) != "pending"
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(as_domain_error(exc), Unavailable):
+                return False
+            raise
+
     async def cancel(self, name: str) -> job_pb.TrainingJob:
         """QUEUED/PAUSED: CANCELLED now. RUNNING: the flag is stored (the worker reads it
         from the database every heartbeat, and gets a control request at once); a RUNNING
@@ -204,8 +217,7 @@ class JobManager:
         if event is not None:
             await self._publish([event], budget_s=self._budget())
             return rec.job
-        alive = await self.worker_alive(rec)
-        if alive is False:
+        if await self._orphaned(rec):
             try:
                 rec, event = self.store.transition(rec.id, CANCELLED, "cancelled by request; no worker held the job",
                                                    expect_worker=rec.job.worker)

@@ -221,19 +221,20 @@ class JobQueue:
             return "gone"
         stream = self.queue_stream(priority)
         client = self.bus.client
+        delivered: str | None = None
         try:
             pending = await client.xpending_range(stream, GROUP, min=entry_id, max=entry_id, count=1)
             if pending:
                 return "pending"
             groups = await client.xinfo_groups(stream)
+            delivered = next((_str(g.get("last-delivered-id")) for g in groups if _str(g.get("name")) == GROUP),
+                             None)
         except redis_errors.ResponseError as exc:
-            if is_nogroup(exc) or "no such key" in str(exc).lower():
-                return "gone"
-            raise
-        delivered = next((g.get("last-delivered-id") for g in groups if _str(g.get("name")) == GROUP), None)
-        if delivered is None:
-            return "gone"
-        if entry_key(entry_id) <= entry_key(_str(delivered)):
+            if not (is_nogroup(exc) or "no such key" in str(exc).lower()):
+                raise
+        # No group (Redis restarted; the next claim recreates it from "0"): an entry still
+        # in the stream will be delivered, so it is waiting.
+        if delivered is not None and entry_key(entry_id) <= entry_key(delivered):
             return "gone"  # delivered and no longer pending: acked
         return "waiting" if await client.xrange(stream, min=entry_id, max=entry_id, count=1) else "gone"
 
