@@ -36,6 +36,7 @@ Run (``make bench`` uses modest sizes, see run_all.py)::
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import asyncio
 import contextlib
 import gc
@@ -395,6 +396,9 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
                    and len(r.seqs) == len(set(r.seqs)))
     lags = [lag for r in all_recs for lag in r.lags_ms]
     errors = [r.error for r in all_recs if r.error]
+    if errors:
+        kinds = Counter(f"{r.kind} {r.error[:60]} (received {len(r.seqs)})" for r in all_recs if r.error)
+        print(f"  errors by kind: {kinds.most_common(5)}", flush=True)
 
     for task in tasks:
         task.cancel()

@@ -48,8 +48,12 @@ class ServerConfig:
     max_send_message_bytes: int = 16 * _MIB
     #: Largest message the server accepts, in bytes (bigger → RESOURCE_EXHAUSTED).
     max_receive_message_bytes: int = 16 * _MIB
-    #: HTTP/2 streams (concurrent RPCs) allowed per client connection.
-    max_concurrent_streams: int = 1000
+    #: HTTP/2 streams (concurrent RPCs) allowed per client connection. Above Envoy's
+    #: per-upstream-connection limit (1,000) on purpose: streams a client just cancelled
+    #: still count here until their handlers have ended, and a burst of resubscribes
+    #: on Envoy's pooled connection was refused (RST_STREAM → CANCELLED at the client)
+    #: while Envoy counted them as gone.
+    max_concurrent_streams: int = 4096
     #: Python logging level name (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
     #: ``json`` (one object per line) or ``text`` (human readable).
