@@ -70,6 +70,8 @@ function SignIn() {
 
 export function App() {
   const route = useHashRoute();
+  // A new token remounts the page, so calls and streams refused for the old one start again.
+  const token = useAuth().info?.token ?? "";
   const first = route.split("/")[1] ?? "";
   const section = "/" + (first === "phaseRuns" ? "phases" : first);
   return (
@@ -86,7 +88,7 @@ export function App() {
         </nav>
         <SignIn />
       </header>
-      <main id="main" tabIndex={-1}>{page(route)}</main>
+      <main id="main" tabIndex={-1} key={token}>{page(route)}</main>
     </>
   );
 }
