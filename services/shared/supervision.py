@@ -105,5 +105,5 @@ class RestartBudget:
 
     def describe(self) -> str:
         """``"3 crashes within 60 s (limit: 5 restarts)"``, for logs and errors."""
-        p = self.policy
-        return f"{self.recent} crashes within {p.interval_s:g} s (limit: {p.burst} restarts)"
+        p, n = self.policy, self.recent
+        return f"{n} crash{'' if n == 1 else 'es'} within {p.interval_s:g} s (limit: {p.burst} restarts)"

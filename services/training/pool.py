@@ -75,14 +75,13 @@ class WorkerPool:
         """Restart dead workers after their backoff; give up on a crash loop."""
         while not self._stopping and self.failure is None:
             await asyncio.sleep(interval_s)
+            for index, at in list(self._restart_at.items()):
+                if not self._stopping and time.monotonic() >= at:
+                    del self._restart_at[index]
+                    self._spawn(index)
             for index, proc in list(self._procs.items()):
                 if self._stopping or self.failure is not None:
                     break
-                if index in self._restart_at:
-                    if time.monotonic() >= self._restart_at[index]:
-                        del self._restart_at[index]
-                        self._spawn(index)
-                    continue
                 if proc.is_alive():
                     continue
                 budget = self._budgets.setdefault(index, RestartBudget(self.restart))
@@ -96,6 +95,7 @@ class WorkerPool:
                 _log.warning("worker process died; restarting",
                              extra={"index": index, "pid": proc.pid, "exitcode": proc.exitcode,
                                     "delay_s": delay, "recent_crashes": budget.recent})
+                del self._procs[index]  # (stop() must not meet a closed process)
                 proc.close()
                 self._restart_at[index] = time.monotonic() + delay
 
@@ -122,3 +122,4 @@ class WorkerPool:
                 proc.kill()
                 proc.join(5)
         self._procs.clear()
+        self._restart_at.clear()
