@@ -65,6 +65,10 @@ class TrainingConfig:
     #: watchers' event) before answering anyway: the job is stored, and the reconciler
     #: enqueues it once Redis is back. The call's own deadline shortens it.
     enqueue_budget_s: float = 2.0
+    #: Directories a job's ``dataset.path`` may name files under, separated by ``:``
+    #: (``os.pathsep``); empty = ``<data_dir>/datasets`` only. Paths are resolved
+    #: (symlinks, ``..``) before the check. Env ``AF_TRAINING_DATASET_ROOTS``.
+    dataset_roots: str = ""
 
     def __post_init__(self) -> None:
         if self.workers < 0:
@@ -91,6 +95,12 @@ class TrainingConfig:
     def runs_dir(self) -> Path:
         """Directory holding one run directory (checkpoints) per job."""
         return self.data_dir / "runs"
+
+    @property
+    def dataset_root_paths(self) -> tuple[Path, ...]:
+        """The configured data roots, resolved (see ``dataset_roots``)."""
+        roots = [r for r in self.dataset_roots.split(os.pathsep) if r.strip()] or [str(self.data_dir / "datasets")]
+        return tuple(Path(r.strip()).resolve() for r in roots)
 
     def run_dir(self, job_id: str) -> Path:
         return self.runs_dir / job_id

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
-from services.shared.errors import InvalidArgument
+from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.training.engine import (BUILTIN_DATASET, CheckpointEvent, ControlAppliedEvent, EvalEvent,
                                       GrokfastSpec, LogEvent, ModelSpec, OptimizerSpec, ProgressEvent,
                                       SpecError, TaskSpec, TrainingEvent, TrainingSpec)
@@ -109,8 +111,54 @@ def spec_from_proto(spec: job_pb.TrainingJobSpec) -> TrainingSpec:
     )
 
 
-def validate_spec(spec: job_pb.TrainingJobSpec) -> TrainingSpec:
-    """Domain validation beyond protovalidate (files, vocab, engine rules) → InvalidArgument."""
+def check_device(spec: job_pb.TrainingJobSpec) -> None:
+    """FailedPrecondition ``DEVICE_UNAVAILABLE`` for a device this machine lacks.
+
+    The workers run on this machine (``spawn``ed by the service), so the service knows at
+    create time that ``DEVICE_CUDA`` without a GPU can never run: reject it instead of
+    accepting a job that is bound to fail (issue 8).
+    """
+    if spec.device == job_pb.DEVICE_CUDA:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FailedPrecondition("spec.device is DEVICE_CUDA but this deployment has no CUDA device; "
+                                     "use DEVICE_CPU or DEVICE_AUTO", reason="DEVICE_UNAVAILABLE",
+                                     metadata={"field": "spec.device"})
+
+
+def check_dataset_path(spec: job_pb.TrainingJobSpec, roots: Sequence[Path]) -> None:
+    """InvalidArgument ``DATASET_NOT_ALLOWED`` unless ``dataset.path`` is a regular file
+    under one of ``roots`` (after resolving symlinks and ``..``).
+
+    Missing, unreadable and outside-the-roots paths get the same answer, so the API
+    does not tell which files exist on the service's machine (issue 8).
+    """
+    if spec.task.dataset.WhichOneof("source") != "path":
+        return
+    raw = spec.task.dataset.path
+    try:
+        resolved = Path(raw).resolve(strict=True)
+        allowed = resolved.is_file() and os.access(resolved, os.R_OK) and any(
+            resolved.is_relative_to(root) for root in roots)
+    except (OSError, RuntimeError, ValueError):
+        allowed = False
+    if not allowed:
+        field = f"{SPEC_PREFIX}.task.dataset.path"
+        raise InvalidArgument(
+            "dataset path must name a readable .txt/.jsonl file under a configured data root",
+            [(field, "not a readable file under a configured data root (AF_TRAINING_DATASET_ROOTS)")],
+            reason="DATASET_NOT_ALLOWED")
+
+
+def validate_spec(spec: job_pb.TrainingJobSpec, dataset_roots: Sequence[Path] | None = None) -> TrainingSpec:
+    """Domain validation beyond protovalidate (files, vocab, engine rules) → InvalidArgument.
+
+    With ``dataset_roots``, a dataset path must lie under one of them
+    (:func:`check_dataset_path`), checked before the engine opens the file.
+    """
+    if dataset_roots is not None:
+        check_dataset_path(spec, dataset_roots)
     engine_spec = spec_from_proto(spec)
     try:
         return engine_spec.validate(check_files=True)

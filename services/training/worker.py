@@ -341,12 +341,18 @@ class JobRun:
         if error is not None:
             from services.training.engine import SpecError
 
-            code = code_pb2.INVALID_ARGUMENT if isinstance(error, SpecError) else code_pb2.INTERNAL
+            # A SpecError (bad spec, a dataset file gone, no CUDA on this worker) fails the
+            # same way on every attempt: retrying cannot fix it, so the job FAILS now, and
+            # its queue entry is acked, not dead-lettered (it is not a poison message).
+            permanent = isinstance(error, SpecError)
+            code = code_pb2.INVALID_ARGUMENT if permanent else code_pb2.INTERNAL
             status = _status(code, f"{type(error).__name__}: {error}")
-            _log.warning("attempt failed: %s", error, extra={"job": self.job_id, "attempt": self.attempt})
+            _log.warning("attempt failed: %s", error, extra={"job": self.job_id, "attempt": self.attempt,
+                                                             "retryable": not permanent})
             rec = self.store.get(self.job_id)
-            if rec.failures + 1 >= self.config.max_attempts:
-                await self._give_up(rec, status.message, status=status, expect_worker=name)
+            if permanent or rec.failures + 1 >= self.config.max_attempts:
+                await self._give_up(rec, status.message, status=status, expect_worker=name,
+                                    dead_letter=not permanent)
                 return
 
             def failed(r: JobRecord) -> None:
@@ -411,7 +417,7 @@ class JobRun:
             _log.warning("could not requeue; the reconciler will", exc_info=True, extra={"job": self.job_id})
 
     async def _give_up(self, rec: JobRecord, message: str, *, status: status_pb2.Status | None = None,
-                       expect_worker: str | None = None) -> None:
+                       expect_worker: str | None = None, dead_letter: bool = True) -> None:
         status = status or _status(code_pb2.ABORTED, message)
 
         def failed(r: JobRecord) -> None:
@@ -421,7 +427,10 @@ class JobRun:
             self.job_id, FAILED, f"failed after {rec.failures + 1} attempts: {message}",
             worker=self.worker.name, error=status, expect_worker=expect_worker, mutate=failed)
         await self.worker.publish(event)
-        await self.queue.dead_letter(self.claim, self.worker.name, message)
+        if dead_letter:
+            await self.queue.dead_letter(self.claim, self.worker.name, message)
+        else:
+            await self.queue.ack(self.claim)
 
     async def _announce(self, rec: JobRecord, step: int) -> None:
         """TrainingJobCompleted on ``events.training``: the registry's hand-off."""
