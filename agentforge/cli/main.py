@@ -114,7 +114,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (NDJSON for st
 
 
 def _json_mode(flag: bool) -> bool:
-    return flag or _state.json
+    if flag:
+        _state.json = True  # a command's own --json also makes its errors JSON
+    return _state.json
 
 
 @app.callback()
@@ -999,9 +1001,12 @@ def _fail(exc: BaseException) -> NoReturn:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``forge`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    json_errors = "--json" in args  # a command's own --json too, even when it fails before output
     try:
-        app(args=argv, prog_name="forge", standalone_mode=True)
+        app(args=args, prog_name="forge", standalone_mode=True)
     except (ApiError, UsageFailure, CommandFailed) as exc:
+        _state.json = _state.json or json_errors
         _fail(exc)
     except KeyboardInterrupt:
         err.print(Text("interrupted"))

@@ -216,6 +216,8 @@ def test_unknown_job_is_exit_4_with_a_clear_message(env: dict[str, str]) -> None
     as_json = forge(env, "--json", "jobs", "watch", "no-such-job")
     assert as_json.returncode == 4
     assert json.loads(as_json.stderr)["error"]["code"] == "NOT_FOUND"
+    flag_after = forge(env, "jobs", "get", "no-such-job", "--json")
+    assert flag_after.returncode == 4 and json.loads(flag_after.stderr)["exitCode"] == 4
 
 
 def test_bad_spec_files_are_exit_2_naming_the_problem(env: dict[str, str], tmp_path: Path) -> None:
