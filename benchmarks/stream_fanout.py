@@ -76,16 +76,24 @@ SUBSCRIBE_PATH = "/agentforge.realtime.v1.RealtimeService/Subscribe"
 
 
 # ------------------------------------------------------------------ the processes
-def _auth_metadata() -> tuple[tuple[str, str], ...]:
-    """A bearer token when this checkout has auth (the edge may enforce it)."""
+def _auth_metadata(subject: str = "bench") -> tuple[tuple[str, str], ...]:
+    """A bearer token when this checkout has auth (the edge may enforce it). Streams are
+    spread over several subjects, as many users would be (the edge rate-limits per
+    subject)."""
     try:
         from services.shared.auth import mint_token  # type: ignore[attr-defined]
     except ImportError:
         return ()
     try:
-        return (("authorization", f"Bearer {mint_token('admin', subject='bench', ttl_s=3600)}"),)
+        return (("authorization", f"Bearer {mint_token('admin', subject=subject, ttl_s=3600)}"),)
     except Exception:  # noqa: BLE001 - no dev secrets: run without
         return ()
+
+
+def _user_metadata(count: int, per_user: int = 20) -> list[tuple[tuple[str, str], ...]]:
+    """Metadata for ``count`` streams, one simulated user per ``per_user`` streams."""
+    users = [_auth_metadata(f"bench-user-{u}") for u in range(math.ceil(count / per_user))]
+    return [users[i // per_user] for i in range(count)]
 
 
 def start_envoy(children: Children, upstreams: dict[str, int]) -> tuple[int, int]:
@@ -321,8 +329,10 @@ async def _open_and_cancel(target: str, names: list[str], streams: int, web_stre
     web_recs = [StreamRec(names[i % len(names)], "grpc-web") for i in range(web_streams)]
     async with httpx.AsyncClient(http1=True, http2=False, timeout=httpx.Timeout(None, connect=30),
                                  limits=httpx.Limits(max_connections=web_streams + 1)) as web:
-        tasks = [asyncio.create_task(grpc_stream(stubs[i // per_channel], r, metadata)) for i, r in enumerate(recs)]
-        tasks += [asyncio.create_task(web_stream(web, f"http://{target}", r, metadata)) for r in web_recs]
+        grpc_md, web_md = _user_metadata(streams), _user_metadata(web_streams)
+        tasks = [asyncio.create_task(grpc_stream(stubs[i // per_channel], r, grpc_md[i])) for i, r in enumerate(recs)]
+        tasks += [asyncio.create_task(web_stream(web, f"http://{target}", r, web_md[i]))
+                  for i, r in enumerate(web_recs)]
         await asyncio.wait_for(asyncio.gather(*(r.ready.wait() for r in recs + web_recs)), 300)
         await asyncio.sleep(1)
         rss_open = rss_mib(pid)
@@ -361,8 +371,10 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
                             limits=httpx.Limits(max_connections=web_streams + 1,
                                                 max_keepalive_connections=web_streams + 1))
     t_open = time.monotonic()
-    tasks = [asyncio.create_task(grpc_stream(stubs[i // per_channel], rec, metadata)) for i, rec in enumerate(recs)]
-    tasks += [asyncio.create_task(web_stream(web, f"http://{target}", rec, metadata)) for rec in web_recs]
+    grpc_md, web_md = _user_metadata(streams), _user_metadata(web_streams)
+    tasks = [asyncio.create_task(grpc_stream(stubs[i // per_channel], rec, grpc_md[i])) for i, rec in enumerate(recs)]
+    tasks += [asyncio.create_task(web_stream(web, f"http://{target}", rec, web_md[i]))
+              for i, rec in enumerate(web_recs)]
     all_recs = recs + web_recs
     await asyncio.wait_for(asyncio.gather(*(r.ready.wait() for r in all_recs)), 300)
     subscribe_seconds = time.monotonic() - t_open
