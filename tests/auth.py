@@ -12,7 +12,8 @@ test creates carry credentials, so tests written before auth keep working unchan
   client sends them, so they give nothing at the edge).
 
 The role is ``admin`` unless a test says otherwise with :func:`acting_as`, which
-applies per call (contextvar) to gRPC channels and to httpx requests::
+applies per call (contextvar) to gRPC channels and to httpx requests (``"service"``:
+a peer service calling directly, with no user token)::
 
     with acting_as("viewer"):
         await stub.CancelTrainingJob(...)   # PERMISSION_DENIED
@@ -41,9 +42,12 @@ import httpx
 from services.shared.auth import (
     CLAIMS_HEADER,
     MESH_IDENTITY_HEADER,
+    SERVICE_ROLE,
     decode_claims_header,
+    encode_claims_header,
     mesh_secret,
     mint_token,
+    service_claims,
 )
 
 __all__ = [
@@ -55,6 +59,7 @@ __all__ = [
     "bearer",
     "claims_of",
     "direct_metadata",
+    "grpcurl_auth",
     "headers",
     "install",
     "metadata",
@@ -92,6 +97,11 @@ def headers(role: str | None = DEFAULT_ROLE) -> dict[str, str]:
     return {} if role is None else {"authorization": bearer(role)}
 
 
+def grpcurl_auth(role: str = DEFAULT_ROLE) -> list[str]:
+    """grpcurl arguments sending ``role``'s token (``-H 'authorization: Bearer …'``)."""
+    return ["-H", f"authorization: {bearer(role)}"]
+
+
 def metadata(role: str | None = DEFAULT_ROLE) -> tuple[tuple[str, str], ...]:
     """gRPC metadata carrying ``role``'s token, for calls through the edge."""
     return () if role is None else (("authorization", bearer(role)),)
@@ -126,43 +136,52 @@ def _default_metadata(existing: Sequence[tuple[str, Any]] | None) -> list[tuple[
     if role is None:
         return items
     keys = {k.lower() for k, _ in items}
-    if "authorization" not in keys:
+    service = role == SERVICE_ROLE  # a peer service: no user token, its own claims
+    if "authorization" not in keys and not service:
         items.append(("authorization", bearer(role)))
     if MESH_IDENTITY_HEADER not in keys:
         items.append((MESH_IDENTITY_HEADER, mesh_secret()))
     if CLAIMS_HEADER not in keys:
-        items.append((CLAIMS_HEADER, claims_of(token(role))))
+        claims = encode_claims_header(service_claims("tests")) if service else claims_of(token(role))
+        items.append((CLAIMS_HEADER, claims))
     return items
 
 
 # -- gRPC ------------------------------------------------------------------------------
 
 
-class _AioCredentials(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds the current role's credentials to each call that names none."""
+def _aio_details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    md = grpc.aio.Metadata(*_default_metadata(list(details.metadata or ())))
+    return grpc.aio.ClientCallDetails(details.method, details.timeout, md, details.credentials,
+                                      details.wait_for_ready)
 
-    @staticmethod
-    def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        md = grpc.aio.Metadata(*_default_metadata(list(details.metadata or ())))
-        return grpc.aio.ClientCallDetails(details.method, details.timeout, md, details.credentials,
-                                          details.wait_for_ready)
 
+# grpc.aio files an interceptor under the first of the four interfaces it implements,
+# so one class per kind of call.
+class _UnaryUnaryCredentials(grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_aio_details(details), request)
 
+
+class _UnaryStreamCredentials(grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_aio_details(details), request)
 
+
+class _StreamUnaryCredentials(grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_aio_details(details), request_iterator)
 
+
+class _StreamStreamCredentials(grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(details), request_iterator)
+        return await continuation(_aio_details(details), request_iterator)
+
+
+def _aio_credentials() -> list[grpc.aio.ClientInterceptor]:
+    """Adds the current role's credentials to each call that names none."""
+    return [_UnaryUnaryCredentials(), _UnaryStreamCredentials(), _StreamUnaryCredentials(),
+            _StreamStreamCredentials()]
 
 
 class _CallDetails(grpc.ClientCallDetails):
@@ -251,7 +270,7 @@ def _from_tests() -> bool:
 
 def _aio_insecure_channel(target: str, options: Any = None, compression: Any = None,
                           interceptors: Any = None) -> grpc.aio.Channel:
-    extra = [_AioCredentials()] if _from_tests() else []
+    extra = _aio_credentials() if _from_tests() else []
     return _ORIGINAL["aio"](target, options, compression, interceptors=[*extra, *(interceptors or ())])
 
 

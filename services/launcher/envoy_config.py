@@ -28,10 +28,21 @@ reads the same values from the environment::
                                defaults when unset)
     DASHBOARD_DIR              the built dashboard (default dashboard/dist, made absolute);
                                when it has no index.html, GET / answers 503 "not built"
+    AF_SECRETS_DIR             the secrets directory (services/shared/auth.py): the JWKS,
+                               the mesh secret (or AF_MESH_SECRET) and the edge's
+                               certificate (default <repo>/.secrets, created if missing)
+    AF_JWT_ISSUER, AF_JWT_AUDIENCE   iss / aud tokens must carry (agentforge-dev, agentforge)
+    EDGE_TLS_CERT, EDGE_TLS_KEY      the edge's certificate and key (default: the secrets dir's)
+    EDGE_PLAINTEXT             1 (default): plaintext accepted from loopback besides TLS;
+                               0: TLS only (the compose/production profile)
+    EDGE_RATE_LIMIT_<CLASS>    "<per second>/<burst>" per token subject, CLASS in READ,
+                               WRITE, STREAM (defaults: :data:`RATE_LIMITS`)
 
 Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
 A placeholder without a value, or a value without a placeholder, raises
-:class:`TemplateError`, so template and renderer cannot drift apart silently.
+:class:`TemplateError`, so template and renderer cannot drift apart silently. One
+optional block, between the ``# [plaintext-begin]`` and ``# [plaintext-end]`` lines, is
+kept or dropped whole (``plaintext``).
 """
 
 from __future__ import annotations
@@ -45,8 +56,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.shared import auth
+
 __all__ = [
     "DEFAULT_CORS_ALLOW_ORIGIN_REGEX",
+    "RATE_LIMITS",
+    "RateLimit",
+    "rate_limits_from_env",
     "SERVICES",
     "EdgeLimits",
     "TemplateError",
@@ -68,6 +84,72 @@ SERVICES: tuple[str, ...] = ("training", "model", "realtime", "monitoring", "for
 #: Browser origins allowed by CORS when none is configured: a dev server on
 #: localhost or 127.0.0.1, any port, http or https.
 DEFAULT_CORS_ALLOW_ORIGIN_REGEX = r"^https?://(localhost|127\.0\.0\.1)(:[0-9]{1,5})?$"
+
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket per token subject: ``per_second`` sustained, ``burst`` at once."""
+
+    per_second: float
+    burst: int
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        """``"50/100"`` → 50 per second, bursts of 100."""
+        rate, sep, burst = text.partition("/")
+        try:
+            limit = cls(float(rate), int(burst) if sep else max(1, int(float(rate))))
+        except ValueError:
+            raise TemplateError(f"rate limit {text!r}: expected <per second>/<burst>") from None
+        if limit.per_second <= 0 or limit.burst < 1:
+            raise TemplateError(f"rate limit {text!r}: both numbers must be positive")
+        return limit
+
+    def bucket(self) -> str:
+        """Envoy's token_bucket, refilled every 100 ms when the rate allows it."""
+        interval, per_fill = (0.1, self.per_second / 10) if self.per_second >= 10 else (1.0, self.per_second)
+        return (f"{{max_tokens: {self.burst}, tokens_per_fill: {max(1, round(per_fill))}, "
+                f"fill_interval: {interval}s}}")
+
+
+#: The edge's rate limits, the one place they are set: per token subject and route
+#: class — ``read`` (Get*/List*, reflection), ``write`` (every other unary method and
+#: uploads: creates, updates, controls, deletes) and ``stream`` (opening a Watch*/Subscribe
+#: stream or a download). Override with ``EDGE_RATE_LIMIT_<CLASS>=<per second>/<burst>``.
+RATE_LIMITS: Mapping[str, RateLimit] = {
+    "read": RateLimit(50, 100),
+    "write": RateLimit(10, 20),
+    "stream": RateLimit(5, 20),
+}
+
+
+def rate_limits_from_env(environ: Mapping[str, str] | None = None) -> dict[str, RateLimit]:
+    """:data:`RATE_LIMITS` with the ``EDGE_RATE_LIMIT_<CLASS>`` overrides applied."""
+    env = os.environ if environ is None else environ
+    limits = dict(RATE_LIMITS)
+    for name in limits:
+        raw = env.get(f"EDGE_RATE_LIMIT_{name.upper()}", "").strip()
+        if raw:
+            limits[name] = RateLimit.parse(raw)
+    return limits
+
+
+def _descriptors(limits: Mapping[str, RateLimit]) -> str:
+    unknown = set(limits) - set(RATE_LIMITS)
+    if unknown:
+        raise TemplateError(f"unknown rate limit classes {sorted(unknown)}; known: {sorted(RATE_LIMITS)}")
+    items = [f"{{entries: [{{key: class, value: {name}}}, {{key: subject}}], token_bucket: {limit.bucket()}}}"
+             for name, limit in sorted(limits.items())]
+    return "[" + ", ".join(items) + "]"
+
+
+_PLAINTEXT_BLOCK = re.compile(r"^[ \t]*# \[plaintext-begin\].*?^[ \t]*# \[plaintext-end\][^\n]*\n", re.M | re.S)
+
+
+def _plaintext(template: str, keep: bool) -> str:
+    return template if keep else _PLAINTEXT_BLOCK.sub("", template)
+
 
 _ROOT = Path(__file__).resolve().parents[2]
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
@@ -180,8 +262,12 @@ _CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'
 _ROUTE_INDENT = " " * 14
 #: The transcoder rejects any non-gRPC request it cannot map to a method
 #: (reject_unknown_method): the dashboard's routes switch it off.
+# Static files: no transcoding, and no token (the page itself asks for one; the API
+# calls it makes carry it). jwt_authn's per-route config overrides its path rules.
 _NO_TRANSCODER = ('{envoy.filters.http.grpc_json_transcoder: {"@type": '
-                  'type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true}}')
+                  'type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true}, '
+                  'envoy.filters.http.jwt_authn: {"@type": '
+                  'type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.PerRouteConfig, disabled: true}}')
 
 
 def _route_path(rel: str) -> str:
@@ -315,6 +401,14 @@ def render_envoy_config(
     rest_schema_path: str | os.PathLike[str] | None = None,
     limits: EdgeLimits | None = None,
     dashboard_dir: str | os.PathLike[str] | None = None,
+    jwks_path: str | os.PathLike[str] | None = None,
+    mesh_secret: str | None = None,
+    tls_cert_path: str | os.PathLike[str] | None = None,
+    tls_key_path: str | os.PathLike[str] | None = None,
+    jwt_issuer: str | None = None,
+    jwt_audience: str | None = None,
+    plaintext: bool = True,
+    rate_limits: Mapping[str, RateLimit] | None = None,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
@@ -330,6 +424,12 @@ def render_envoy_config(
     ``limits``: the edge's resource limits (default :class:`EdgeLimits()`).
     ``dashboard_dir`` is the built dashboard served at ``/`` (default dashboard/dist;
     see :func:`render_dashboard_routes`).
+
+    Auth: ``jwks_path``, ``mesh_secret``, ``tls_cert_path`` / ``tls_key_path`` default to
+    the secrets directory's (:func:`services.shared.auth.ensure_dev_secrets`, created if
+    missing); ``jwt_issuer`` / ``jwt_audience`` to :func:`services.shared.auth.issuer` /
+    ``audience``. ``plaintext=False`` drops the loopback plaintext filter chain (TLS only).
+    ``rate_limits``: per class (default :data:`RATE_LIMITS`).
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -354,8 +454,19 @@ def render_envoy_config(
         key = service.upper()
         values[f"{key}_HOST"] = _check_text(f"{key}_HOST", host.strip("[]"))
         values[f"{key}_PORT"] = _check_port(f"{key}_PORT", port)
+    needs_secrets = None in (jwks_path, tls_cert_path, tls_key_path) or mesh_secret is None
+    found = auth.ensure_dev_secrets() if needs_secrets else None
+    values.update({
+        "JWKS_PATH": _check_text("JWKS_PATH", os.fspath(jwks_path or found.jwks_path)),  # type: ignore[union-attr]
+        "MESH_SECRET": _check_text("MESH_SECRET", mesh_secret or auth.mesh_secret()),
+        "TLS_CERT_PATH": _check_text("TLS_CERT_PATH", os.fspath(tls_cert_path or found.tls_cert_path)),  # type: ignore[union-attr]
+        "TLS_KEY_PATH": _check_text("TLS_KEY_PATH", os.fspath(tls_key_path or found.tls_key_path)),  # type: ignore[union-attr]
+        "JWT_ISSUER": _check_text("JWT_ISSUER", jwt_issuer or auth.issuer()),
+        "JWT_AUDIENCE": _check_text("JWT_AUDIENCE", jwt_audience or auth.audience()),
+        "RATE_LIMIT_DESCRIPTORS": _descriptors(RATE_LIMITS if rate_limits is None else rate_limits),
+    })
     text = default_template_path().read_text() if template is None else template
-    return render_template(text, values)
+    return render_template(_plaintext(text, plaintext), values)
 
 
 def _split_addr(name: str, addr: str) -> tuple[str, int]:
@@ -398,6 +509,10 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "rest_schema_path": str(Path(schema).resolve()),
         "limits": EdgeLimits.from_env(env),
         "dashboard_dir": str(Path(dashboard).resolve()),
+        "tls_cert_path": env.get("EDGE_TLS_CERT") or None,
+        "tls_key_path": env.get("EDGE_TLS_KEY") or None,
+        "plaintext": (env.get("EDGE_PLAINTEXT") or "1").strip().lower() not in ("0", "false", "no", "off"),
+        "rate_limits": rate_limits_from_env(env),
     }
 
 
@@ -418,8 +533,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.out == "-":
         sys.stdout.write(text)
-    else:
-        Path(args.out).write_text(text)
+    else:  # it holds the mesh secret: owner only
+        out = Path(args.out)
+        out.touch(mode=0o600)
+        out.chmod(0o600)
+        out.write_text(text)
     return 0
 
 

@@ -78,6 +78,7 @@ from services.launcher.pidfile import (
     group_members,
     terminate_groups,
 )
+from services.shared import auth
 from services.shared.process import mark_long_lived, parent_death_signal_hook, unmark_long_lived
 from services.shared.supervision import RestartBudget, RestartPolicy
 from services.shared.valkey import EmbeddedValkey, ValkeyStartError
@@ -226,6 +227,7 @@ def service_env(
     root: str | Path = REPO_ROOT,
     bind_host: str = LOOPBACK,
     peer_hosts: Mapping[str, str] | None = None,
+    secrets_dir: str | Path | None = None,
 ) -> dict[str, str]:
     """The environment the launcher gives service ``name`` (the process contract).
 
@@ -233,7 +235,8 @@ def service_env(
     reach it at (127.0.0.1 for the launcher, the compose service name in compose).
     Every service gets each peer's gRPC address (``AF_<PEER>_ADDR``) and, where the
     peer's metrics endpoint is on, its Prometheus address (``AF_<PEER>_METRICS_ADDR``,
-    scraped by monitoring for error rates and ``ListMethodMetrics``).
+    scraped by monitoring for error rates and ``ListMethodMetrics``). ``AF_SECRETS_DIR``
+    names the secrets directory (the mesh secret every peer checks; docs/security.md).
     """
     svc = name.upper()
     hosts = dict(peer_hosts or {})
@@ -250,6 +253,7 @@ def service_env(
         "AF_ENVOY_EDGE_ADDR": f"{hosts.get('envoy', LOOPBACK)}:{ports.edge}",
         "AF_TRAINING_WORKERS": str(config.training_workers),
         "AF_LOG_FORMAT": config.log_format,
+        "AF_SECRETS_DIR": str(secrets_dir or auth.secrets_dir()),
     }
     for peer, port in ports.grpc.items():
         env[f"AF_{peer.upper()}_ADDR"] = f"{hosts.get(peer, LOOPBACK)}:{port}"
@@ -528,6 +532,11 @@ class Mesh:
         return f"http://{LOOPBACK}:{self.edge_port}"
 
     @property
+    def edge_tls_url(self) -> str:
+        """The same edge over TLS (self-signed certificate: ``.secrets/tls/edge.crt``)."""
+        return f"https://{LOOPBACK}:{self.edge_port}"
+
+    @property
     def edge_addr(self) -> str:
         """``127.0.0.1:PORT`` for gRPC channels through Envoy."""
         return f"{LOOPBACK}:{self.edge_port}"
@@ -592,8 +601,10 @@ class Mesh:
         ports = self._need_ports()
         rows = {
             "edge REST / grpc-web": self.edge_url,
+            "edge TLS (same port)": f"{self.edge_tls_url}  (CA: {auth.ensure_dev_secrets().tls_cert_path})",
             "edge gRPC": self.edge_addr,
             "envoy admin": self.admin_url,
+            "token": "make token ROLE=viewer|trainer|operator|admin  (authorization: Bearer ...)",
             "redis": self.redis_url,
         }
         for name in ordered_services(self.config.services):
@@ -652,6 +663,7 @@ class Mesh:
         if missing:
             raise MeshStartError(f"no entry point for {', '.join(missing)}")
         self._ports = choose_ports(cfg)
+        auth.ensure_dev_secrets()  # keys, mesh secret, edge certificate: once per checkout
         self._redis_url = self._start_redis()
         envoy_yaml = self.run_dir / "envoy.yaml"
         specs = process_specs(
@@ -670,6 +682,8 @@ class Mesh:
             for name in wave:
                 self._wait_service(self._children[name], deadline)
         if cfg.with_envoy:
+            envoy_yaml.touch(mode=0o600)  # it holds the mesh secret
+            envoy_yaml.chmod(0o600)
             envoy_yaml.write_text(self._render_envoy())
             self._spawn("envoy")
             self._wait_envoy(self._children["envoy"], deadline)
@@ -748,7 +762,7 @@ class Mesh:
 
     def _render_envoy(self) -> str:
         try:
-            from services.launcher.envoy_config import render_envoy_config
+            from services.launcher.envoy_config import rate_limits_from_env, render_envoy_config
         except ImportError as exc:  # the module is written separately
             raise MeshStartError(f"cannot render the Envoy config: {exc}") from exc
         ports = self._need_ports()
@@ -764,6 +778,7 @@ class Mesh:
             upstreams=upstreams,
             descriptor_path=str(REPO_ROOT / DESCRIPTOR_PATH),
             limits=self.config.edge_limits,
+            rate_limits=rate_limits_from_env({**os.environ, **self.config.env}),
         )
 
     def _wait_envoy(self, child: _Child, deadline: float) -> None:

@@ -2,7 +2,8 @@
 
 Talks native gRPC to Envoy's edge listener (the same door every client uses):
 ``ForgeService.StartPhaseRun`` then ``WatchPhaseRun``, resuming from the last cursor
-if the stream drops. Nothing here simulates the phase: when forge does not implement
+if the stream drops. It authenticates like any client: a bearer token, by default one it
+mints for itself (role trainer, subject ``make-run``) with the development key. Nothing here simulates the phase: when forge does not implement
 the RPCs the run fails with a clear message.
 """
 
@@ -16,6 +17,8 @@ import grpc
 from agentforge.forge.v1 import forge_service_pb2_grpc, phase_run_event_pb2, phase_run_pb2, request_response_pb2
 from google.protobuf import struct_pb2
 
+from services.shared.auth import mint_token
+
 __all__ = ["PhaseRunFailed", "RunResult", "cancel_run", "format_event", "run_phase"]
 
 _TERMINAL = {
@@ -24,6 +27,13 @@ _TERMINAL = {
     phase_run_pb2.PHASE_RUN_STATE_CANCELLED,
 }
 _RECONNECTS = 5
+#: Lifetime of the token ``make run`` mints for itself.
+RUN_TOKEN_TTL_S = 4 * 3600.0
+
+
+def _credentials(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata with ``token``, or with a trainer token minted for ``make run``."""
+    return (("authorization", f"Bearer {token or mint_token('trainer', subject='make-run', ttl_s=RUN_TOKEN_TTL_S)}"),)
 
 
 class PhaseRunFailed(RuntimeError):
@@ -114,12 +124,15 @@ def run_phase(
     start_timeout: float = 30.0,
     on_started: Callable[[str], None] | None = None,
     on_event: Callable[[phase_run_event_pb2.PhaseRunEvent], None] | None = None,
+    token: str | None = None,
 ) -> RunResult:
     """Start ``phase`` through the edge at ``edge_addr`` and follow it to a terminal state.
 
     Each event goes to ``on_event`` (``make run``: the CLI's progress display,
     :class:`agentforge.cli.follow.PhaseFollower`), or as a line to ``out`` without one.
+    ``token``: the bearer token to send (default: a trainer token minted here).
     """
+    md = _credentials(token)
     params = struct_pb2.Struct()
     params.update(parameters or {})
     with grpc.insecure_channel(edge_addr) as channel:
@@ -128,7 +141,7 @@ def run_phase(
             phase=phase, parameters=params, request_id=uuid.uuid4().hex
         )
         try:
-            run = stub.StartPhaseRun(request, timeout=start_timeout, wait_for_ready=True)
+            run = stub.StartPhaseRun(request, timeout=start_timeout, wait_for_ready=True, metadata=md)
         except grpc.RpcError as exc:
             raise _rpc_error(f"StartPhaseRun({phase})", exc) from None
         out(f"started {run.name} ({phase}, {_state(run.state)})")
@@ -138,7 +151,8 @@ def run_phase(
         last = run
         for attempt in range(_RECONNECTS + 1):
             try:
-                stream = stub.WatchPhaseRun(request_response_pb2.WatchPhaseRunRequest(name=run.name, cursor=cursor))
+                stream = stub.WatchPhaseRun(request_response_pb2.WatchPhaseRunRequest(name=run.name, cursor=cursor),
+                                           metadata=md)
                 for event in stream:
                     cursor = event.cursor or cursor
                     if event.HasField("phase_run"):
@@ -156,17 +170,19 @@ def run_phase(
                 raise _rpc_error(f"WatchPhaseRun({run.name})", exc) from None
         if last.state not in _TERMINAL:
             try:
-                last = stub.GetPhaseRun(request_response_pb2.GetPhaseRunRequest(name=run.name), timeout=10)
+                last = stub.GetPhaseRun(request_response_pb2.GetPhaseRunRequest(name=run.name), timeout=10,
+                                        metadata=md)
             except grpc.RpcError as exc:
                 raise _rpc_error(f"GetPhaseRun({run.name})", exc) from None
         return RunResult(run.name, last.state, last)
 
 
-def cancel_run(edge_addr: str, name: str, reason: str) -> None:
+def cancel_run(edge_addr: str, name: str, reason: str, token: str | None = None) -> None:
     """Best-effort CancelPhaseRun (Ctrl-C during ``make run``)."""
     with grpc.insecure_channel(edge_addr) as channel:
         stub = forge_service_pb2_grpc.ForgeServiceStub(channel)
         try:
-            stub.CancelPhaseRun(request_response_pb2.CancelPhaseRunRequest(name=name, reason=reason), timeout=5)
+            stub.CancelPhaseRun(request_response_pb2.CancelPhaseRunRequest(name=name, reason=reason), timeout=5,
+                                metadata=_credentials(token))
         except grpc.RpcError:
             pass

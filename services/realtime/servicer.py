@@ -25,9 +25,10 @@ from services.realtime.config import RealtimeConfig
 from services.realtime.cursor import CursorError, decode_cursor, decode_page_token, encode_page_token
 from services.realtime.store import IdempotencyConflict, TopicInfo, TopicStore, timestamp_ms
 from services.realtime.subscription import Hub, SubscriptionSpec
-from services.realtime.topics import TopicPattern, resource_name, topic_from_name
+from services.realtime.topics import TopicPattern, publish_role, resource_name, topic_from_name
+from services.shared.authz import current_principal
 from services.shared.bus import BusUnavailable
-from services.shared.errors import Aborted, InvalidArgument, NotFound, Unavailable
+from services.shared.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unavailable
 
 __all__ = ["PUBLISHER_METADATA_KEY", "RealtimeServicer"]
 
@@ -140,6 +141,12 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
     async def Publish(  # noqa: N802 - gRPC method name
         self, request: request_response_pb2.PublishRequest, context: grpc.aio.ServicerContext
     ) -> request_response_pb2.PublishResponse:
+        principal = current_principal()
+        needed = publish_role(request.topic)
+        if principal is not None and not principal.at_least(needed):
+            who = "the services" if needed == "service" else f"{needed}s"
+            raise PermissionDenied(f"only {who} may publish to {request.topic!r}", reason="TOPIC_RESERVED",
+                                   metadata={"topic": request.topic, "required_role": needed})
         kind = request.WhichOneof("content")
         content = request.payload if kind == "payload" else request.data
         size = content.ByteSize()
@@ -147,7 +154,10 @@ class RealtimeServicer(realtime_service_pb2_grpc.RealtimeServiceServicer):
         if size > limit:
             description = f"must be at most {limit} bytes serialized, is {size}"
             raise InvalidArgument(f"{kind} too large: {description}", [(str(kind), description)])
-        message = message_pb2.Message(topic=request.topic, publisher=self._publisher(context), publish_time=_now())
+        # A user's messages carry their token's subject; only the services name themselves.
+        publisher = principal.subject if principal is not None and not principal.is_service else None
+        message = message_pb2.Message(topic=request.topic, publisher=publisher or self._publisher(context),
+                                      publish_time=_now())
         if kind == "payload":
             message.payload.CopyFrom(request.payload)
         else:

@@ -10,12 +10,40 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["TOPIC_RE", "TopicPattern", "is_topic", "resource_name", "topic_from_name"]
+__all__ = [
+    "SERVICE_TOPIC_ROOTS",
+    "SYSTEM_TOPIC_ROOTS",
+    "TOPIC_RE",
+    "TopicPattern",
+    "is_topic",
+    "publish_role",
+    "resource_name",
+    "topic_from_name",
+]
 
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 TOPIC_RE = re.compile(rf"^{_SEGMENT}(/{_SEGMENT}){{0,3}}$")
 _PATTERN_RE = re.compile(rf"^({_SEGMENT}|\*)(/({_SEGMENT}|\*)){{0,3}}(/\*\*)?$")
 _NAME_PREFIX = "topics/"
+
+
+#: Topics the mesh itself writes (the bus bridge: job, run, model, health and alert
+#: events): only the services may publish to them, so no client can forge, say, a
+#: FAILED event on a job's topic.
+SERVICE_TOPIC_ROOTS: frozenset[str] = frozenset({"trainingJobs", "phaseRuns", "models", "alerts", "health"})
+#: Operator-facing announcements: admins (and the services) publish there.
+SYSTEM_TOPIC_ROOTS: frozenset[str] = frozenset({"system"})
+
+
+def publish_role(topic: str) -> str:
+    """The weakest role that may publish to ``topic``: ``service``, ``admin`` or ``trainer``
+    (user topics: everything else). See docs/security.md."""
+    root = topic.split("/", 1)[0]
+    if root in SERVICE_TOPIC_ROOTS:
+        return "service"
+    if root in SYSTEM_TOPIC_ROOTS:
+        return "admin"
+    return "trainer"
 
 
 def is_topic(value: str) -> bool:

@@ -277,10 +277,21 @@ def ensure_dev_secrets(directory: str | os.PathLike[str] | None = None) -> DevSe
     return found
 
 
+_mesh_secrets: dict[tuple[str, Path], str] = {}
+
+
 def mesh_secret() -> str:
-    """The mesh secret: ``$AF_MESH_SECRET``, else the secrets directory's (created if missing)."""
+    """The mesh secret: ``$AF_MESH_SECRET``, else the secrets directory's (created if missing).
+
+    Read once per process and source (rotating it means restarting the mesh).
+    """
     value = os.environ.get("AF_MESH_SECRET", "").strip()
-    return value or ensure_dev_secrets().mesh_secret()
+    if value:
+        return value
+    key = ("", secrets_dir())
+    if key not in _mesh_secrets:
+        _mesh_secrets[key] = ensure_dev_secrets(key[1]).mesh_secret()
+    return _mesh_secrets[key]
 
 
 # -- tokens ----------------------------------------------------------------------------

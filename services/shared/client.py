@@ -10,7 +10,9 @@ caller; every other method is attempted once. The policy is the public client's
   downstream call never outlives the upstream deadline;
 * applies ``default_timeout`` to calls with a single response when none was given
   (streams with many responses keep no deadline unless propagated or explicit);
-* forwards the current ``x-request-id``.
+* forwards the current ``x-request-id``;
+* adds the mesh identity and the calling service's claims
+  (:func:`services.shared.authz.outgoing_metadata`), which every peer requires.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import grpc
 import grpc.aio
 
 from agentforge.client.retry import RetryPolicy, service_config
+from services.shared.authz import outgoing_metadata
 from services.shared.context import REQUEST_ID_KEY, remaining_seconds, request_id_var
 
 __all__ = [
@@ -45,13 +48,8 @@ def effective_timeout(own: float | None) -> float | None:
     return remaining if own is None else min(own, remaining)
 
 
-class DeadlineInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Propagate deadline and request id from the RPC being handled."""
+class _DeadlineHooks:
+    """Propagate deadline and request id from the RPC being handled; add mesh credentials."""
 
     def __init__(self, default_timeout: float | None = None) -> None:
         self._default = default_timeout
@@ -64,21 +62,40 @@ class DeadlineInterceptor(
         request_id = request_id_var.get()
         if request_id is not None and REQUEST_ID_KEY not in metadata:
             metadata.add(REQUEST_ID_KEY, request_id)
+        for key, value in outgoing_metadata({k: "" for k, _ in metadata}):
+            metadata.add(key, value)
         return grpc.aio.ClientCallDetails(
             details.method, effective_timeout(own), metadata, details.credentials, details.wait_for_ready
         )
 
+
+# grpc.aio files an interceptor under the FIRST of the four interfaces it implements
+# (an if/elif chain in Channel.__init__), so one class per kind of call.
+class _UnaryUnaryDeadline(_DeadlineHooks, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details, True), request)
 
+
+class _UnaryStreamDeadline(_DeadlineHooks, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
         return await continuation(self._details(client_call_details, False), request)
 
+
+class _StreamUnaryDeadline(_DeadlineHooks, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(self._details(client_call_details, True), request_iterator)
 
+
+class _StreamStreamDeadline(_DeadlineHooks, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
         return await continuation(self._details(client_call_details, False), request_iterator)
+
+
+def DeadlineInterceptor(default_timeout: float | None = None) -> list[grpc.aio.ClientInterceptor]:  # noqa: N802
+    """The client interceptors (one per kind of call) that propagate the deadline and
+    request id of the RPC being handled and add the mesh credentials."""
+    return [kind(default_timeout) for kind in
+            (_UnaryUnaryDeadline, _UnaryStreamDeadline, _StreamUnaryDeadline, _StreamStreamDeadline)]
 
 
 def make_channel(
@@ -112,7 +129,7 @@ def make_channel(
         *options,
     ]
     return grpc.aio.insecure_channel(
-        target, options=opts, interceptors=[DeadlineInterceptor(default_timeout), *interceptors]
+        target, options=opts, interceptors=[*DeadlineInterceptor(default_timeout), *interceptors]
     )
 
 

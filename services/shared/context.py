@@ -16,6 +16,7 @@ __all__ = [
     "method_var",
     "remaining_seconds",
     "request_id_var",
+    "stream_expiry_var",
 ]
 
 #: Metadata key carrying the request id in and out of every RPC.
@@ -41,3 +42,8 @@ def remaining_seconds() -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
+#: Wall-clock time (``time.time()``) after which the caller's token is no longer valid:
+#: set by the auth interceptor, read by the stream interceptor, which ends a stream then.
+stream_expiry_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "af_stream_expiry", default=None
+)

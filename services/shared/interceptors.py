@@ -15,13 +15,16 @@ open streams with UNAVAILABLE as soon as the server's stop event is set.
 Order used by the server (outermost first)::
 
     RequestIdInterceptor → LoggingInterceptor → MetricsInterceptor
-      → DeadlineInterceptor → ErrorInterceptor → StreamEndInterceptor
+      → AuthInterceptor → DeadlineInterceptor → ErrorInterceptor → StreamEndInterceptor
       → DecodeInterceptor → ValidationInterceptor → IdempotencyInterceptor → handler
 
 :class:`DecodeInterceptor` swaps every method's request deserializer for one that
 never raises: grpc would otherwise fail the call with UNKNOWN (and a traceback) before
 any interceptor runs. The undecodable message is turned into INVALID_ARGUMENT inside
 the chain, so it is logged, counted and answered like any other bad request.
+
+AuthInterceptor (:mod:`services.shared.authz`) refuses a call before anything else
+runs; refusals are still logged and counted by the three outside it.
 
 StreamEnd sits inside ErrorInterceptor, so the status it puts in ``stream_end`` and the
 status ErrorInterceptor gives the call come from the same exception; and outside
@@ -55,11 +58,13 @@ from services.shared.context import (
     deadline_var,
     method_var,
     request_id_var,
+    stream_expiry_var,
 )
 from services.shared.errors import (
     DOMAIN,
     ForgeError,
     InvalidArgument,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
     abort_with,
@@ -453,6 +458,29 @@ class _Quiet(Exception):
     """Internal: the handler sent nothing for ``max_quiet_s``."""
 
 
+class _Expired(Exception):
+    """Internal: the caller's token expired while the stream was open."""
+
+
+def _time_left(expiry: float | None) -> float | None:
+    """Seconds until ``expiry`` (wall clock), None without one."""
+    return None if expiry is None else max(0.0, expiry - time.time())
+
+
+TOKEN_EXPIRED_MESSAGE = "the token expired; reconnect with a fresh one (and the last cursor)"
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    """The smaller of two optional timeouts (None = none)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+def _expired(expiry: float | None) -> bool:
+    return expiry is not None and time.time() >= expiry
+
+
 class StreamEndInterceptor(grpc.aio.ServerInterceptor):
     """End server (and bidi) streams with their final status as a last message.
 
@@ -473,6 +501,9 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
       something quiet thus ends with a status the client retries, before the edge's
       streaming idle timeout would reset it with none (gRPC clients would read that
       reset as INTERNAL). None or 0: no limit.
+    * the caller's token expires (:data:`~services.shared.context.stream_expiry_var`,
+      set by the auth interceptor) → likewise, with UNAUTHENTICATED (reason
+      ``TOKEN_EXPIRED``): a stream never outlives the credentials that opened it.
 
     An error before the first message sends no ``stream_end``: the call stays
     trailers-only (REST clients get the mapped HTTP status and a ``google.rpc.Status``
@@ -561,6 +592,9 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
     def _quiet_error(self) -> Unavailable:
         return Unavailable(f"no message for {self._max_quiet:g} s; call again with the last cursor to resume",
                            reason="UNAVAILABLE")
+    @staticmethod
+    def _expired_error() -> Unauthenticated:
+        return Unauthenticated(TOKEN_EXPIRED_MESSAGE, reason="TOKEN_EXPIRED")
 
     @contextlib.contextmanager
     def _on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
@@ -625,6 +659,7 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
             # in a single task.
             ctx = contextvars.copy_context()
             loop = asyncio.get_running_loop()
+            expiry = stream_expiry_var.get()
             responses = inner(request, context)
             pending: asyncio.Task[Any] | None = None
             stopping = False
@@ -643,9 +678,10 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                         if self._stopped():
                             raise _Stopping
                         pending = loop.create_task(_next_message(responses), context=ctx)
-                        done, _ = await asyncio.wait((pending,), timeout=self._max_quiet)
+                        timeout = _earliest(self._max_quiet, _time_left(expiry))
+                        done, _ = await asyncio.wait((pending,), timeout=timeout)
                         if not done:
-                            raise _Quiet
+                            raise _Expired if _expired(expiry) else _Quiet
                         task, pending = pending, None
                         if stopping and (task.cancelled() or not isinstance(task.exception(), grpc.aio.AbortError)):
                             raise _Stopping
@@ -658,6 +694,8 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                 failure = self._stopping_error()
             except _Quiet:
                 failure = self._quiet_error()
+            except _Expired:
+                failure = self._expired_error()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
@@ -701,14 +739,17 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                     if self._stopped():
                         raise _Stopping
                     work = loop.create_task(run(request, counting), context=contextvars.copy_context())
+                    expiry = stream_expiry_var.get()
                     while True:
                         timeout = None
                         if self._max_quiet is not None:
                             timeout = max(0.0, counting.last_write + self._max_quiet - time.monotonic())
-                        done, _ = await asyncio.wait((work,), timeout=timeout)
+                        done, _ = await asyncio.wait((work,), timeout=_earliest(timeout, _time_left(expiry)))
                         if done:
                             break
-                        if time.monotonic() - counting.last_write >= self._max_quiet:  # type: ignore[operator]
+                        if _expired(expiry):
+                            raise _Expired
+                        if self._max_quiet is not None and time.monotonic() - counting.last_write >= self._max_quiet:
                             raise _Quiet
                     if stopping and (work.cancelled() or not isinstance(work.exception(), grpc.aio.AbortError)):
                         raise _Stopping
@@ -717,6 +758,8 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                 failure = self._stopping_error()
             except _Quiet:
                 failure = self._quiet_error()
+            except _Expired:
+                failure = self._expired_error()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
@@ -847,16 +890,21 @@ def default_interceptors(
     stop: asyncio.Event | None = None,
     stream_max_quiet_s: float | None = None,
     idempotency: grpc.aio.ServerInterceptor | None = None,
+    service: str | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The standard chain, outermost first (metrics omitted when None).
 
     ``stop`` is the server's stop event (``Service.stop_requested``): once it is set,
     open streams with a ``stream_end`` field end with UNAVAILABLE; so do those that
-    send nothing for ``stream_max_quiet_s`` seconds (None/0: never).
+    send nothing for ``stream_max_quiet_s`` seconds (None/0: never). ``service`` names
+    the service in its audit log (``AuthInterceptor``).
     """
+    from services.shared.authz import AuthInterceptor  # authz builds on this module
+
     chain: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(), LoggingInterceptor()]
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
+    chain.append(AuthInterceptor(domain, service or "unknown"))
     chain += [
         DeadlineInterceptor(),
         ErrorInterceptor(domain),

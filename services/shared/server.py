@@ -46,6 +46,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
+from services.shared.authz import set_service_identity
 from services.shared.config import ServerConfig
 from services.shared.errors import DOMAIN
 from services.shared.idempotency import IdempotencyInterceptor, IdempotencyKeys
@@ -233,12 +234,13 @@ async def build_server(
     grpcurl through the edge, which routes reflection to one service, sees the whole
     API. Unlike the names ``register`` returns, they get no health status here.
     """
+    set_service_identity(service_name)
     registry = CollectorRegistry(auto_describe=True)
     metrics = GrpcServerMetrics(registry) if config.metrics_enabled else None
     stop = StopEvent()  # Service.stop_requested; the stream interceptor watches it
     server = grpc.aio.server(
         interceptors=default_interceptors(metrics, domain=DOMAIN, stop=stop,
-                                          stream_max_quiet_s=config.stream_max_quiet_s,
+                                          stream_max_quiet_s=config.stream_max_quiet_s, service=service_name,
                                           idempotency=IdempotencyInterceptor(_idempotency_keys(config, service_name))),
         options=config.grpc_options(),
     )

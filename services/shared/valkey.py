@@ -17,6 +17,11 @@ server still running when the interpreter exits, and on Linux the child is start
 with ``PR_SET_PDEATHSIG`` so it also dies when the parent is killed (SIGTERM,
 SIGKILL). The death signal fires when the *thread* that started the server exits,
 so start it from the main thread or a thread that lives as long as the server.
+
+Access: the ``default`` user is off; one ACL user (``agentforge``) with a password
+generated per server (or given) is the only way in, and :attr:`EmbeddedValkey.url`
+carries both (``redis://agentforge:<password>@127.0.0.1:PORT/0``). The ACL lines live in a
+config file in the server's private directory (mode 0700), never on its command line.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ from __future__ import annotations
 import atexit
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,12 +86,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(host: str, port: int, timeout: float) -> bool:
+def _ping(host: str, port: int, timeout: float, username: str, password: str) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            sock.sendall(f"AUTH {username} {password}\r\nPING\r\n".encode())
+            reply = b""
+            while b"\r\n" not in reply or (reply.startswith(b"+OK") and reply.count(b"\r\n") < 2):
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
 
@@ -102,6 +115,9 @@ class EmbeddedValkey:
             file with that fsync policy (overrides ``persistence``); ``None``: off.
         data_dir: keep data (the AOF) and the log here instead of a temporary directory
             that ``close()`` removes, so it also survives a restart of the owner.
+        password: the ACL user's password (default: random, per server; kept across
+            ``restart()``).
+        username: the ACL user (default ``agentforge``).
     """
 
     host = "127.0.0.1"
@@ -115,7 +131,13 @@ class EmbeddedValkey:
         extra_args: Mapping[str, str] | None = None,
         appendfsync: str | None = None,
         data_dir: Path | str | None = None,
+        password: str | None = None,
+        username: str = "agentforge",
     ) -> None:
+        self.username = username
+        self.password = password or secrets.token_urlsafe(24)
+        if any(c.isspace() for c in self.username + self.password):
+            raise ValueError("Valkey username and password must not contain whitespace")
         if appendfsync is not None and appendfsync not in APPENDFSYNC_POLICIES:
             raise ValueError(f"appendfsync must be one of {APPENDFSYNC_POLICIES}, not {appendfsync!r}")
         self._appendfsync = appendfsync
@@ -138,8 +160,10 @@ class EmbeddedValkey:
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``."""
-        return f"redis://{self.host}:{self.port}/0"
+        """``redis://agentforge:<password>@127.0.0.1:PORT/0``."""
+        user = urllib.parse.quote(self.username, safe="")
+        password = urllib.parse.quote(self.password, safe="")
+        return f"redis://{user}:{password}@{self.host}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -193,8 +217,12 @@ class EmbeddedValkey:
     def _launch(self, port: int) -> bool:
         workdir = self._workdir()
         assert workdir is not None
+        conf = Path(workdir) / "acl.conf"
+        conf.write_text(f"user default off\nuser {self.username} on >{self.password} ~* &* +@all\n")
+        conf.chmod(0o600)
         args = [
             self._binary,
+            str(conf),
             "--port", str(port),
             "--bind", self.host,
             "--dir", str(workdir),
@@ -222,7 +250,7 @@ class EmbeddedValkey:
             if self._proc.poll() is not None:
                 self._proc = None
                 return False
-            if _ping(self.host, port, 0.5):
+            if _ping(self.host, port, 0.5, self.username, self.password):
                 return True
             time.sleep(0.01)
         self._kill()

@@ -14,6 +14,7 @@ from agentforge.monitoring.v1 import health_pb2, request_response_pb2
 from services.launcher.mesh import ALL_SERVICES, Mesh
 
 from .conftest import GRPCURL, ORIGIN, grpc_web_call, grpc_web_frames
+from tests.auth import grpcurl_auth
 
 pytestmark = pytest.mark.e2e
 
@@ -120,11 +121,11 @@ def test_cors_preflight_for_grpc_web_passes(rest: httpx.Client) -> None:
 
 def test_grpcurl_lists_all_five_services_through_the_edge(mesh: Mesh) -> None:
     target = f"127.0.0.1:{mesh.edge_port}"
-    listed = subprocess.run([str(GRPCURL), "-plaintext", target, "list"], capture_output=True, text=True, timeout=30)
+    listed = subprocess.run([str(GRPCURL), "-plaintext", *grpcurl_auth(), target, "list"], capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     services = set(listed.stdout.split())
     assert set(FULL_NAMES.values()) <= services, f"missing: {set(FULL_NAMES.values()) - services}"
-    described = subprocess.run([str(GRPCURL), "-plaintext", target, "describe", FULL_NAMES["training"]],
+    described = subprocess.run([str(GRPCURL), "-plaintext", *grpcurl_auth(), target, "describe", FULL_NAMES["training"]],
                                capture_output=True, text=True, timeout=30)
     assert described.returncode == 0, described.stderr
     assert "rpc WatchTrainingJob" in described.stdout

@@ -27,6 +27,7 @@ from agentforge.monitoring.v1 import health_pb2, monitoring_service_pb2_grpc, re
 
 from .conftest import GRPCURL, EdgeTarget
 from tests.support import grpc_web_frame, grpc_web_frames
+from tests.auth import bearer, grpcurl_auth
 
 pytestmark = pytest.mark.e2e
 
@@ -257,13 +258,13 @@ async def test_native_grpc_through_the_edge(edge: EdgeTarget) -> None:
 
 
 def test_grpcurl_lists_and_describes_through_the_edge_without_protos(edge: EdgeTarget) -> None:
-    listed = subprocess.run([str(GRPCURL), "-plaintext", edge.grpc_target, "list"],
+    listed = subprocess.run([str(GRPCURL), "-plaintext", *grpcurl_auth(), edge.grpc_target, "list"],
                             capture_output=True, text=True, timeout=30)
     assert listed.returncode == 0, listed.stderr
     services = listed.stdout.split()
     assert MONITORING in services and "grpc.health.v1.Health" in services
 
-    described = subprocess.run([str(GRPCURL), "-plaintext", edge.grpc_target, "describe", MONITORING],
+    described = subprocess.run([str(GRPCURL), "-plaintext", *grpcurl_auth(), edge.grpc_target, "describe", MONITORING],
                                capture_output=True, text=True, timeout=30)
     assert described.returncode == 0, described.stderr
     assert f"{MONITORING} is a service" in described.stdout
@@ -343,7 +344,8 @@ def test_sigterm_ends_an_open_rest_stream_cleanly_with_status_trailers(private_e
             private_edge.signal_monitoring(signal.SIGTERM)
 
     with socket.create_connection(("127.0.0.1", private_edge.port), timeout=10) as sock:
-        sock.sendall(b"GET /v1/systemHealth:watch HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\n\r\n")
+        sock.sendall((b"GET /v1/systemHealth:watch HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\n"
+                     + f"authorization: {bearer()}\r\n\r\n".encode()))
         resp = read_chunked(sock, after_two)
     ended = time.monotonic()
     assert resp.status_line.startswith("HTTP/1.1 200")
@@ -370,7 +372,8 @@ def test_sigkilled_upstream_leaves_a_rest_stream_without_stream_end_or_last_chun
             private_edge.signal_monitoring(signal.SIGKILL)
 
     with socket.create_connection(("127.0.0.1", private_edge.port), timeout=10) as sock:
-        sock.sendall(b"GET /v1/systemHealth:watch HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\n\r\n")
+        sock.sendall((b"GET /v1/systemHealth:watch HTTP/1.1\r\nHost: edge\r\nTE: trailers\r\n"
+                     + f"authorization: {bearer()}\r\n\r\n".encode()))
         resp = read_chunked(sock, after_two)
     assert killed and resp.status_line.startswith("HTTP/1.1 200")
     assert not resp.complete, "a killed upstream must not look like a clean end"

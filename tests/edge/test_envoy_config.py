@@ -51,8 +51,9 @@ def config() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def hcm(config: dict[str, Any]) -> dict[str, Any]:
     (listener,) = config["static_resources"]["listeners"]
-    (chain,) = listener["filter_chains"]
-    (manager,) = chain["filters"]
+    tls, plaintext = listener["filter_chains"]  # one HTTP stack behind both (a YAML anchor)
+    assert tls["filters"] == plaintext["filters"]
+    (manager,) = tls["filters"]
     return manager["typed_config"]
 
 
@@ -109,7 +110,10 @@ def test_http_filters_run_grpc_web_cors_transcoder_router(hcm: dict[str, Any]) -
     assert core == [
         "envoy.filters.http.grpc_web",
         "envoy.filters.http.cors",
+        "envoy.filters.http.header_mutation",
+        "envoy.filters.http.jwt_authn",
         "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.local_ratelimit",
         "envoy.filters.http.router",
     ]
     # the REST body cap sits before the transcoder and is off unless a route enables it

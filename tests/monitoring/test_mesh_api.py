@@ -28,6 +28,7 @@ from services.monitoring.server import MonitoringServer
 from services.shared.health import HealthService
 
 from .conftest import ROOT
+from tests.auth import grpcurl_auth
 
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
 GRPCURL = ROOT / ".venv" / "bin" / "grpcurl"
@@ -172,7 +173,7 @@ async def edge_for(tmp_path: Path) -> AsyncIterator[Any]:
 
 async def _grpcurl(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        str(GRPCURL), "-plaintext", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        str(GRPCURL), "-plaintext", *grpcurl_auth(), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0, out.decode()
     return out.decode()

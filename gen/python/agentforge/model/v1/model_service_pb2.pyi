@@ -1,3 +1,4 @@
+from agentforge.common.v1 import access_pb2 as _access_pb2
 from agentforge.model.v1 import model_pb2 as _model_pb2
 from agentforge.model.v1 import model_export_pb2 as _model_export_pb2
 from agentforge.model.v1 import model_version_pb2 as _model_version_pb2

@@ -1,3 +1,4 @@
+from agentforge.common.v1 import access_pb2 as _access_pb2
 from agentforge.monitoring.v1 import alert_pb2 as _alert_pb2
 from agentforge.monitoring.v1 import alert_rule_pb2 as _alert_rule_pb2
 from agentforge.monitoring.v1 import health_pb2 as _health_pb2

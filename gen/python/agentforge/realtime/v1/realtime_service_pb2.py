@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentforge.common.v1 import access_pb2 as agentforge_dot_common_dot_v1_dot_access__pb2
 from agentforge.realtime.v1 import request_response_pb2 as agentforge_dot_realtime_dot_v1_dot_request__response__pb2
 from agentforge.realtime.v1 import topic_pb2 as agentforge_dot_realtime_dot_v1_dot_topic__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-agentforge/realtime/v1/realtime_service.proto\x12\x16\x61gentforge.realtime.v1\x1a-agentforge/realtime/v1/request_response.proto\x1a\"agentforge/realtime/v1/topic.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto2\xb5\x04\n\x0fRealtimeService\x12\x80\x01\n\tSubscribe\x12(.agentforge.realtime.v1.SubscribeRequest\x1a).agentforge.realtime.v1.SubscribeResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/topics:subscribe0\x01\x12\x8e\x01\n\x07Publish\x12&.agentforge.realtime.v1.PublishRequest\x1a\'.agentforge.realtime.v1.PublishResponse\"2\xda\x41\x05topic\x82\xd3\xe4\x93\x02$\"\x1f/v1/topics/{topic=*/**}:publish:\x01*\x12w\n\nListTopics\x12).agentforge.realtime.v1.ListTopicsRequest\x1a*.agentforge.realtime.v1.ListTopicsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/topics\x12y\n\x08GetTopic\x12\'.agentforge.realtime.v1.GetTopicRequest\x1a\x1d.agentforge.realtime.v1.Topic\"%\xda\x41\x04name\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=topics/*/**}\x1a\x1a\xca\x41\x17realtime.agentforge.devb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-agentforge/realtime/v1/realtime_service.proto\x12\x16\x61gentforge.realtime.v1\x1a!agentforge/common/v1/access.proto\x1a-agentforge/realtime/v1/request_response.proto\x1a\"agentforge/realtime/v1/topic.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto2\xcf\x04\n\x0fRealtimeService\x12\x86\x01\n\tSubscribe\x12(.agentforge.realtime.v1.SubscribeRequest\x1a).agentforge.realtime.v1.SubscribeResponse\"\"\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/topics:subscribe0\x01\x12\x96\x01\n\x07Publish\x12&.agentforge.realtime.v1.PublishRequest\x1a\'.agentforge.realtime.v1.PublishResponse\":\xda\x41\x05topic\xe2\xab\x19\x04\x08\x02\x10\x01\x82\xd3\xe4\x93\x02$\"\x1f/v1/topics/{topic=*/**}:publish:\x01*\x12}\n\nListTopics\x12).agentforge.realtime.v1.ListTopicsRequest\x1a*.agentforge.realtime.v1.ListTopicsResponse\"\x18\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/topics\x12\x7f\n\x08GetTopic\x12\'.agentforge.realtime.v1.GetTopicRequest\x1a\x1d.agentforge.realtime.v1.Topic\"+\xda\x41\x04name\xe2\xab\x19\x02\x08\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/{name=topics/*/**}\x1a\x1a\xca\x41\x17realtime.agentforge.devb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,13 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REALTIMESERVICE']._loaded_options = None
   _globals['_REALTIMESERVICE']._serialized_options = b'\312A\027realtime.agentforge.dev'
   _globals['_REALTIMESERVICE'].methods_by_name['Subscribe']._loaded_options = None
-  _globals['_REALTIMESERVICE'].methods_by_name['Subscribe']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/topics:subscribe'
+  _globals['_REALTIMESERVICE'].methods_by_name['Subscribe']._serialized_options = b'\342\253\031\002\010\001\202\323\344\223\002\026\022\024/v1/topics:subscribe'
   _globals['_REALTIMESERVICE'].methods_by_name['Publish']._loaded_options = None
-  _globals['_REALTIMESERVICE'].methods_by_name['Publish']._serialized_options = b'\332A\005topic\202\323\344\223\002$\"\037/v1/topics/{topic=*/**}:publish:\001*'
+  _globals['_REALTIMESERVICE'].methods_by_name['Publish']._serialized_options = b'\332A\005topic\342\253\031\004\010\002\020\001\202\323\344\223\002$\"\037/v1/topics/{topic=*/**}:publish:\001*'
   _globals['_REALTIMESERVICE'].methods_by_name['ListTopics']._loaded_options = None
-  _globals['_REALTIMESERVICE'].methods_by_name['ListTopics']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/topics'
+  _globals['_REALTIMESERVICE'].methods_by_name['ListTopics']._serialized_options = b'\342\253\031\002\010\001\202\323\344\223\002\014\022\n/v1/topics'
   _globals['_REALTIMESERVICE'].methods_by_name['GetTopic']._loaded_options = None
-  _globals['_REALTIMESERVICE'].methods_by_name['GetTopic']._serialized_options = b'\332A\004name\202\323\344\223\002\030\022\026/v1/{name=topics/*/**}'
-  _globals['_REALTIMESERVICE']._serialized_start=212
-  _globals['_REALTIMESERVICE']._serialized_end=777
+  _globals['_REALTIMESERVICE'].methods_by_name['GetTopic']._serialized_options = b'\332A\004name\342\253\031\002\010\001\202\323\344\223\002\030\022\026/v1/{name=topics/*/**}'
+  _globals['_REALTIMESERVICE']._serialized_start=247
+  _globals['_REALTIMESERVICE']._serialized_end=838
 # @@protoc_insertion_point(module_scope)

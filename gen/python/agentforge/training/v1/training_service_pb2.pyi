@@ -1,3 +1,4 @@
+from agentforge.common.v1 import access_pb2 as _access_pb2
 from agentforge.training.v1 import request_response_pb2 as _request_response_pb2
 from agentforge.training.v1 import training_job_pb2 as _training_job_pb2
 from agentforge.training.v1 import training_job_event_pb2 as _training_job_event_pb2

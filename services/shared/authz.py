@@ -1,0 +1,362 @@
+"""Authorization in every service: Envoy's identity, the caller's role, the audit log.
+
+:class:`AuthInterceptor` runs before any handler (see the chain in
+:mod:`services.shared.interceptors`) and, for every RPC except the public ones
+(:data:`PUBLIC_METHODS`: grpc.health.v1, so probes need nothing):
+
+1. requires :data:`~services.shared.auth.MESH_IDENTITY_HEADER` to equal the mesh
+   secret (constant-time compare) — only Envoy and the services know it, so a call that
+   went around the edge is refused with UNAUTHENTICATED (reason ``MESH_IDENTITY_REQUIRED``);
+2. reads the claims Envoy verified from :data:`~services.shared.auth.CLAIMS_HEADER`
+   (base64url JSON); none, unreadable, or expired beyond
+   :data:`~services.shared.auth.CLOCK_SKEW_S` → UNAUTHENTICATED;
+3. looks up the method's ``(agentforge.common.v1.access)`` option (the one permission
+   table, in the contracts) and refuses a role below it with PERMISSION_DENIED (reason
+   ``ROLE_REQUIRED``, metadata ``required_role`` and ``role``). A method without the
+   option is open to admins only;
+4. publishes the caller as :data:`principal_var` for handlers (ownership and topic
+   rules) and, for a token with an ``exp``, sets :data:`~services.shared.context.
+   stream_expiry_var`, so the stream interceptor ends a stream when its token expires;
+5. writes one audit record (JSON line) per call of a ``mutating`` method, allowed or
+   refused: time, service, method, subject, role, resource, outcome (gRPC code),
+   request id (:class:`AuditLog`).
+
+Calls a service makes to a peer carry the same two headers, with the service's own
+claims (:func:`outgoing_metadata`, used by :func:`services.shared.client.make_channel`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool
+from google.protobuf import message as pb_message
+
+from agentforge.common.v1 import access_pb2
+from services.shared import auth
+from services.shared.context import request_id_var, stream_expiry_var
+from services.shared.errors import ForgeError, PermissionDenied, Unauthenticated, abort_with
+from services.shared.interceptors import CallInfo, CallInterceptor, outcome_code
+
+__all__ = [
+    "AuditLog",
+    "AuthInterceptor",
+    "MethodRule",
+    "PUBLIC_METHODS",
+    "ROLE_NAMES",
+    "current_principal",
+    "method_rule",
+    "outgoing_metadata",
+    "principal_var",
+    "require_owner",
+    "set_service_identity",
+]
+
+_log = logging.getLogger(__name__)
+_audit_log = logging.getLogger("agentforge.audit")
+
+#: Methods anyone may call without Envoy's identity or a token (``/pkg.Svc/`` prefixes).
+PUBLIC_METHODS: tuple[str, ...] = ("/grpc.health.v1.Health/",)
+
+#: ``access_pb2.Role`` value → role name of the tokens.
+ROLE_NAMES: Mapping[int, str] = {
+    access_pb2.ROLE_VIEWER: "viewer",
+    access_pb2.ROLE_TRAINER: "trainer",
+    access_pb2.ROLE_OPERATOR: "operator",
+    access_pb2.ROLE_ADMIN: "admin",
+}
+
+#: The caller of the RPC being handled (None outside an RPC or for public methods).
+principal_var: contextvars.ContextVar[auth.Principal | None] = contextvars.ContextVar(
+    "af_principal", default=None
+)
+
+_service_name = "unknown"
+
+
+def set_service_identity(name: str) -> None:
+    """Name this process's service (``services/<name>`` in its own outgoing calls)."""
+    global _service_name
+    _service_name = name
+
+
+def current_principal() -> auth.Principal | None:
+    return principal_var.get()
+
+
+@dataclass(frozen=True, slots=True)
+class MethodRule:
+    """The access rule of one method, from its proto option."""
+
+    role: str  # weakest role allowed
+    mutating: bool
+    owner_scoped: bool
+    declared: bool  # False: no option on the method (admin only)
+
+
+_ADMIN_ONLY = MethodRule("admin", mutating=True, owner_scoped=False, declared=False)
+_rules: dict[str, MethodRule] = {}
+
+
+def method_rule(method: str, pool: descriptor_pool.DescriptorPool | None = None) -> MethodRule:
+    """The rule of ``/pkg.Service/Method`` (admins only when it declares none)."""
+    cached = _rules.get(method)
+    if cached is not None:
+        return cached
+    rule = _resolve_rule(method, pool or descriptor_pool.Default())
+    _rules[method] = rule
+    return rule
+
+
+def _import_service(service: str) -> None:
+    package, _, short = service.rpartition(".")
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in short).lstrip("_")
+    with contextlib.suppress(ImportError, ValueError):
+        __import__(f"{package}.{snake}_pb2")
+
+
+def _resolve_rule(method: str, pool: descriptor_pool.DescriptorPool) -> MethodRule:
+    service, _, name = method.lstrip("/").rpartition("/")
+    try:
+        service_desc = pool.FindServiceByName(service)
+    except KeyError:
+        _import_service(service)
+        try:
+            service_desc = pool.FindServiceByName(service)
+        except KeyError:
+            return _ADMIN_ONLY
+    method_desc = service_desc.methods_by_name.get(name)
+    if method_desc is None:
+        return _ADMIN_ONLY
+    options = method_desc.GetOptions()
+    if not options.HasExtension(access_pb2.access):
+        return _ADMIN_ONLY
+    access = options.Extensions[access_pb2.access]
+    return MethodRule(
+        role=ROLE_NAMES.get(access.role, "admin"),
+        mutating=access.mutating,
+        owner_scoped=access.owner_scoped,
+        declared=True,
+    )
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for item in context.invocation_metadata() or ():
+        if isinstance(item.value, str):
+            found.setdefault(item.key, item.value)
+    return found
+
+
+_RESOURCE_FIELDS = ("name", "parent", "topic", "phase", "model_id")
+
+
+def _resource_of(message: Any) -> str:
+    """The resource a request names: its ``name``, ``parent``, ``topic`` … field."""
+    if not isinstance(message, pb_message.Message):
+        return ""
+    fields = message.DESCRIPTOR.fields_by_name
+    for field_name in _RESOURCE_FIELDS:
+        if field_name in fields and fields[field_name].type == fields[field_name].TYPE_STRING:
+            value = getattr(message, field_name)
+            if value:
+                return str(value)
+    return ""
+
+
+class AuditLog:
+    """JSON lines, one per mutating call, appended to ``path`` (and logged).
+
+    ``path``: ``$AF_AUDIT_LOG``, else ``$AF_DATA_DIR/audit/<service>.jsonl``, else none
+    (records go to the ``agentforge.audit`` logger only).
+    """
+
+    def __init__(self, service: str, path: Path | None = None) -> None:
+        self.service = service
+        self.path = path if path is not None else self.default_path(service)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def default_path(service: str, environ: Mapping[str, str] | None = None) -> Path | None:
+        env = os.environ if environ is None else environ
+        explicit = env.get("AF_AUDIT_LOG", "").strip()
+        if explicit:
+            return Path(explicit)
+        data = env.get("AF_DATA_DIR", "").strip()
+        return Path(data) / "audit" / f"{service}.jsonl" if data else None
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        doc = {
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "service": self.service,
+            **fields,
+        }
+        line = json.dumps(doc, separators=(",", ":"), default=str)
+        _audit_log.info("audit", extra={"audit": doc})
+        if self.path is not None:
+            try:
+                with self._lock:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    with open(self.path, "a", encoding="utf-8") as out:
+                        out.write(line + "\n")
+            except OSError:
+                _log.exception("cannot write the audit log %s", self.path)
+        return doc
+
+
+class AuthInterceptor(CallInterceptor):
+    """Mesh identity, role per method and audit (see the module docstring)."""
+
+    def __init__(self, domain: str, service: str, *, secret: str | None = None,
+                 audit: AuditLog | None = None) -> None:
+        self._domain = domain
+        self._secret = (secret or auth.mesh_secret()).encode()
+        self._audit = audit or AuditLog(service)
+        self._resources: dict[int, str] = {}
+        self._pending: dict[int, tuple[MethodRule, auth.Principal | None, ForgeError]] = {}
+
+    @contextlib.asynccontextmanager
+    async def around(self, call: CallInfo) -> AsyncIterator[None]:
+        if call.method.startswith(PUBLIC_METHODS):
+            yield
+            return
+        rule = method_rule(call.method)
+        principal: auth.Principal | None = None
+        refusal: ForgeError | None = None
+        try:
+            principal = self._authenticate(call)
+            self._authorize(rule, principal)
+        except ForgeError as exc:
+            refusal = exc
+        key = id(call)
+        error: BaseException | None = None
+        try:
+            if refusal is not None:
+                if call.grpc_type in ("unary", "server_stream"):
+                    # Refused in on_request, which sees the request before the handler
+                    # runs, so the audit record can name the resource.
+                    self._pending[key] = (rule, principal, refusal)
+                else:
+                    await self._refuse(call, rule, principal, refusal)
+            else:
+                principal_var.set(principal)
+                if principal is not None and principal.expires_at is not None:
+                    stream_expiry_var.set(principal.expires_at)
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if refusal is None and rule.mutating:
+                self._write_audit(call, rule, principal, outcome_code(error, call.context).name)
+            self._resources.pop(key, None)
+            self._pending.pop(key, None)
+
+    async def on_request(self, call: CallInfo, message: Any) -> None:
+        key = id(call)
+        if key not in self._resources:
+            self._resources[key] = _resource_of(message)
+        pending = self._pending.pop(key, None)
+        if pending is not None:
+            await self._refuse(call, *pending)
+
+    async def _refuse(self, call: CallInfo, rule: MethodRule, principal: auth.Principal | None,
+                      refusal: ForgeError) -> None:
+        if rule.mutating:
+            self._write_audit(call, rule, principal, refusal.code.name)
+        await abort_with(call.context, refusal, self._domain)
+
+    def _write_audit(self, call: CallInfo, rule: MethodRule, principal: auth.Principal | None,
+                     outcome: str) -> None:
+        on_behalf = principal.claims.get("act_for") if principal is not None else None
+        self._audit.record(
+            method=call.method,
+            subject=principal.subject if principal else None,
+            role=principal.role if principal else None,
+            on_behalf_of=on_behalf,
+            resource=self._resources.get(id(call), ""),
+            outcome=outcome,
+            request_id=request_id_var.get(),
+        )
+
+    def _authenticate(self, call: CallInfo) -> auth.Principal:
+        md = _metadata(call.context)
+        presented = md.get(auth.MESH_IDENTITY_HEADER, "").encode()
+        if not presented or not hmac.compare_digest(presented, self._secret):
+            raise Unauthenticated(
+                "this service accepts calls only through the edge (Envoy); send them there",
+                reason="MESH_IDENTITY_REQUIRED",
+            )
+        raw = md.get(auth.CLAIMS_HEADER)
+        if not raw:
+            raise Unauthenticated("no verified token: send authorization: Bearer <token>",
+                                  reason="TOKEN_REQUIRED")
+        try:
+            principal = auth.Principal.from_claims(auth.decode_claims_header(raw))
+        except ValueError as exc:
+            raise Unauthenticated(f"unreadable claims: {exc}", reason="TOKEN_INVALID") from None
+        if not principal.subject or not principal.role:
+            raise Unauthenticated("the token names no subject or role", reason="TOKEN_INVALID")
+        if principal.expires_at is not None and principal.expires_at + auth.CLOCK_SKEW_S < time.time():
+            raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        return principal
+
+    @staticmethod
+    def _authorize(rule: MethodRule, principal: auth.Principal) -> None:
+        if not principal.at_least(rule.role):
+            raise PermissionDenied(
+                f"role {principal.role!r} may not call this method; it needs {rule.role} or above",
+                reason="ROLE_REQUIRED",
+                metadata={"required_role": rule.role, "role": principal.role},
+            )
+
+
+def require_owner(creator: str, what: str = "resource") -> None:
+    """Refuse a trainer acting on a resource someone else created (owner-scoped methods).
+
+    Operators and above (and the services) act on any; a resource with no recorded
+    creator (made before creators were recorded) is treated as someone else's.
+    Raises :class:`PermissionDenied` (reason ``NOT_OWNER``).
+    """
+    principal = principal_var.get()
+    if principal is None or principal.at_least("operator"):
+        return
+    if not creator or creator != principal.subject:
+        raise PermissionDenied(
+            f"only its creator or an operator may change this {what}",
+            reason="NOT_OWNER",
+            metadata={"subject": principal.subject},
+        )
+
+
+def outgoing_metadata(existing: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
+    """Headers a service adds to its calls to a peer: the mesh secret and its own claims.
+
+    The claims name the service (role ``service``) and, inside an RPC, the user it acts
+    for (``act_for``), so audit records downstream say who started the work. Headers
+    already present are kept.
+    """
+    have = {k.lower() for k in (existing or {})}
+    items: list[tuple[str, str]] = []
+    if auth.MESH_IDENTITY_HEADER not in have:
+        items.append((auth.MESH_IDENTITY_HEADER, auth.mesh_secret()))
+    if auth.CLAIMS_HEADER not in have:
+        claims = auth.service_claims(_service_name)
+        principal = principal_var.get()
+        if principal is not None and not principal.is_service:
+            claims["act_for"] = principal.subject
+        items.append((auth.CLAIMS_HEADER, auth.encode_claims_header(claims)))
+    return items
