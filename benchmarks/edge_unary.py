@@ -13,6 +13,11 @@ One run starts, on 127.0.0.1 only, each in its own process:
     ``services.launcher.envoy_config.render_envoy_config`` with every upstream
     cluster pointed at (b).
 
+Auth is on as in production: calls to (b) carry the mesh identity and a service's claims
+(what Envoy adds), calls through (c) a bearer token that Envoy verifies (ES256); the
+edge's per-subject rate limits are lifted for the measurement (one subject sends
+everything).
+
 Then a bounded closed loop (``--concurrency`` client tasks, each sending its next
 request when the previous one answered, for ``--seconds`` after ``--warmup``) for:
 bare gRPC direct, runtime gRPC direct, gRPC through Envoy, and REST (HTTP/1.1 JSON,
@@ -221,7 +226,9 @@ def _http_get(url: str) -> tuple[int, str]:
 def start_envoy(children: Children, upstream_port: int) -> tuple[Child, int, int]:
     """Render the edge config with every cluster at the runtime server; wait until ready."""
     from services.launcher.envoy_config import (
+        RATE_LIMITS,
         SERVICES,
+        RateLimit,
         default_descriptor_path,
         render_envoy_config,
     )
@@ -233,6 +240,7 @@ def start_envoy(children: Children, upstream_port: int) -> tuple[Child, int, int
         admin_port=admin_port,
         upstreams={name: ("127.0.0.1", upstream_port) for name in SERVICES},
         descriptor_path=default_descriptor_path(),
+        rate_limits={name: RateLimit(1e6, 1_000_000) for name in RATE_LIMITS},
     )
     config_path = children.workdir / "envoy.yaml"
     config_path.write_text(config)
@@ -358,12 +366,21 @@ async def closed_loop(
     )
 
 
-def _grpc_caller(channel: grpc.aio.Channel) -> Callable[[], Awaitable[None]]:
+def _credentials() -> dict[str, Any]:
+    """Call metadata per path: (b) gets what Envoy sends, (c) a bearer token."""
+    from services.shared.auth import mint_token
+    from services.shared.authz import outgoing_metadata
+
+    return {"bare": (), "runtime": tuple(outgoing_metadata()),
+            "edge": (("authorization", f"Bearer {mint_token('viewer', subject='bench', ttl_s=3600)}"),)}
+
+
+def _grpc_caller(channel: grpc.aio.Channel, md: Any = ()) -> Callable[[], Awaitable[None]]:
     stub = monitoring_service_pb2_grpc.MonitoringServiceStub(channel)
     request = request_response_pb2.GetComponentHealthRequest(name=COMPONENT)
 
     async def call() -> None:
-        await stub.GetComponentHealth(request, timeout=10)
+        await stub.GetComponentHealth(request, timeout=10, metadata=md)
 
     return call
 
@@ -382,13 +399,15 @@ async def sanity_checks(bare: grpc.aio.Channel, runtime: grpc.aio.Channel, edge:
                         rest: httpx.AsyncClient) -> None:
     """Each path answers correctly, and (b) really runs the shared runtime (validation, request id)."""
     request = request_response_pb2.GetComponentHealthRequest(name=COMPONENT)
-    for label, channel in (("bare", bare), ("runtime", runtime), ("envoy grpc", edge)):
+    md = _credentials()
+    for label, channel, key in (("bare", bare, "bare"), ("runtime", runtime, "runtime"), ("envoy grpc", edge, "edge")):
         reply = await monitoring_service_pb2_grpc.MonitoringServiceStub(channel).GetComponentHealth(
-            request, timeout=10)
+            request, timeout=10, metadata=md[key])
         if reply.name != COMPONENT:
             raise RuntimeError(f"{label}: unexpected reply {reply}")
     call = monitoring_service_pb2_grpc.MonitoringServiceStub(runtime).GetComponentHealth(
-        request_response_pb2.GetComponentHealthRequest(name="not a component name"), timeout=10)
+        request_response_pb2.GetComponentHealthRequest(name="not a component name"), timeout=10,
+        metadata=md["runtime"])
     try:
         await call
     except grpc.aio.AioRpcError as exc:
@@ -397,7 +416,7 @@ async def sanity_checks(bare: grpc.aio.Channel, runtime: grpc.aio.Channel, edge:
     else:
         raise RuntimeError("runtime: an invalid request was accepted (no validation interceptor?)")
     ok = await monitoring_service_pb2_grpc.MonitoringServiceStub(runtime).GetComponentHealth(
-        request, timeout=10).initial_metadata()
+        request, timeout=10, metadata=md["runtime"]).initial_metadata()
     if not any(k == "x-request-id" for k, _ in ok):
         raise RuntimeError("runtime: no x-request-id in the reply headers (no interceptors?)")
     resp = await rest.get(REST_PATH)
@@ -414,14 +433,16 @@ async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[s
     runtime = grpc.aio.insecure_channel(f"127.0.0.1:{ports['runtime']}", options=options)
     edge = grpc.aio.insecure_channel(f"127.0.0.1:{ports['edge']}", options=options)
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
+    md = _credentials()
     rest = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['edge']}", limits=limits,
-                             timeout=10, http1=True, http2=False, trust_env=False)
+                             timeout=10, http1=True, http2=False, trust_env=False,
+                             headers={"authorization": md["edge"][0][1]})
     try:
         await sanity_checks(bare, runtime, edge, rest)
         scenarios: list[tuple[str, Callable[[], Awaitable[None]], list[str]]] = [
             ("bare gRPC direct", _grpc_caller(bare), ["client", "bare"]),
-            ("runtime gRPC direct", _grpc_caller(runtime), ["client", "runtime"]),
-            ("gRPC via Envoy", _grpc_caller(edge), ["client", "runtime", "envoy"]),
+            ("runtime gRPC direct", _grpc_caller(runtime, md["runtime"]), ["client", "runtime"]),
+            ("gRPC via Envoy", _grpc_caller(edge, md["edge"]), ["client", "runtime", "envoy"]),
             ("REST via Envoy", _rest_caller(rest), ["client", "runtime", "envoy"]),
         ]
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in scenarios}

@@ -26,12 +26,12 @@ import time
 import uuid
 from pathlib import Path
 
-import grpc
 import torch
 from agentforge.training.v1 import request_response_pb2 as rr
 from agentforge.training.v1 import training_job_pb2 as job_pb
 from agentforge.training.v1 import training_service_pb2_grpc
 
+from services.shared.client import make_channel
 from services.shared.config import ServerConfig
 from services.shared.valkey import EmbeddedValkey
 from services.training import mapping
@@ -78,7 +78,7 @@ async def with_service(workers: int, threads: int, body):  # type: ignore[no-unt
         config = TrainingConfig(data_dir=Path(data), redis_url=valkey.url, workers=workers, torch_threads=threads,
                                 key_prefix=f"b{uuid.uuid4().hex[:6]}:")
         service, app = await create_server(config, ServerConfig(metrics_port=-1, log_level="WARNING", log_format="text"))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+        channel = make_channel(f"127.0.0.1:{service.port}", default_timeout=None)  # with the mesh identity
         stub = training_service_pb2_grpc.TrainingServiceStub(channel)
         try:
             await run_job(stub, spec(5))  # warm up the worker (imports, allocator)

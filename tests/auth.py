@@ -63,6 +63,7 @@ __all__ = [
     "headers",
     "install",
     "metadata",
+    "set_test_key",
     "token",
 ]
 
@@ -72,6 +73,10 @@ SESSION_TTL_S = 6 * 3600.0
 
 _UNSET: Any = object()
 _role: contextvars.ContextVar[str | None] = contextvars.ContextVar("af_test_role", default=DEFAULT_ROLE)
+#: Set per test (tests/conftest.py): the bearer tokens added automatically name a subject
+#: of that test's own, so the edge's per-subject rate limits meter each test separately,
+#: as they would separate users.
+_test_key: contextvars.ContextVar[str] = contextvars.ContextVar("af_test_key", default="")
 _ORIGINAL: dict[str, Any] = {}
 
 
@@ -83,6 +88,21 @@ def token(role: str = DEFAULT_ROLE) -> str:
 
 def bearer(role: str = DEFAULT_ROLE) -> str:
     return f"Bearer {token(role)}"
+
+
+@functools.lru_cache(maxsize=256)
+def _test_token(role: str, key: str) -> str:
+    return mint_token(role, subject=f"test-{role}-{key}" if key else f"test-{role}", ttl_s=SESSION_TTL_S)
+
+
+def set_test_key(key: str) -> None:
+    """Name the running test (a short key): its automatic bearer tokens get their own
+    subject, ``test-<role>-<key>``. Explicit :func:`token` / :func:`bearer` keep ``test-<role>``."""
+    _test_key.set(key)
+
+
+def _auto_bearer(role: str) -> str:
+    return f"Bearer {_test_token(role, _test_key.get())}"
 
 
 def claims_of(jwt_token: str) -> str:
@@ -138,7 +158,7 @@ def _default_metadata(existing: Sequence[tuple[str, Any]] | None) -> list[tuple[
     keys = {k.lower() for k, _ in items}
     service = role == SERVICE_ROLE  # a peer service: no user token, its own claims
     if "authorization" not in keys and not service:
-        items.append(("authorization", bearer(role)))
+        items.append(("authorization", _auto_bearer(role)))
     if MESH_IDENTITY_HEADER not in keys:
         items.append((MESH_IDENTITY_HEADER, mesh_secret()))
     if CLAIMS_HEADER not in keys:
@@ -291,7 +311,7 @@ def _add_auth(request: httpx.Request) -> None:
         return
     role = _role.get()
     if role is not None and "authorization" not in request.headers:
-        request.headers["authorization"] = bearer(role)
+        request.headers["authorization"] = _auto_bearer(role)
 
 
 async def _add_auth_async(request: httpx.Request) -> None:

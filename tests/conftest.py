@@ -12,6 +12,7 @@ channels and HTTP clients tests create carry real tokens and Envoy's identity; s
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -23,6 +24,12 @@ from tests import auth
 
 def pytest_configure(config: pytest.Config) -> None:
     auth.install()
+
+
+@pytest.fixture(autouse=True)
+def _test_subject(request: pytest.FixtureRequest) -> None:
+    """Each test's automatic tokens name a subject of its own (per-subject rate limits)."""
+    auth.set_test_key(hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:10])
 
 
 @pytest.fixture(scope="session")

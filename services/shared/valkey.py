@@ -47,6 +47,7 @@ from services.shared.process import parent_death_argv
 __all__ = [
     "EmbeddedValkey",
     "ValkeyStartError",
+    "apply_password_file",
     "find_valkey_server",
     "free_port",
     "APPENDFSYNC_POLICIES",
@@ -342,3 +343,26 @@ def redis_url_from_env_or_embedded(
         return url, None
     server = EmbeddedValkey().start()
     return server.url, server
+
+
+def apply_password_file(environ: dict[str, str] | None = None) -> None:
+    """Put the password from ``$AF_REDIS_PASSWORD_FILE`` into ``$REDIS_URL``'s userinfo.
+
+    For deployments that keep the Valkey password in a secrets file (docker-compose:
+    ``REDIS_URL=redis://agentforge@valkey:6379/0`` and the file from the secrets
+    volume): every service process calls it on import of :mod:`services`, before any
+    configuration is read. A URL that already has a password is left alone.
+    """
+    env = os.environ if environ is None else environ
+    path = env.get("AF_REDIS_PASSWORD_FILE", "").strip()
+    url = env.get("REDIS_URL", "").strip()
+    if not path or not url:
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is not None or parts.hostname is None:
+        return
+    password = urllib.parse.quote(Path(path).read_text().strip(), safe="")
+    user = urllib.parse.quote(parts.username or "default", safe="")
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = f"{user}:{password}@{host}" + (f":{parts.port}" if parts.port else "")
+    env["REDIS_URL"] = urllib.parse.urlunsplit(parts._replace(netloc=netloc))

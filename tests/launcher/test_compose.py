@@ -60,7 +60,7 @@ def _port_of(addr: str) -> int:
 
 
 def test_same_processes(compose: dict[str, Any], specs: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {*specs, "valkey"}
+    assert set(compose["services"]) == {*specs, "valkey", "secrets"}
     for name in ALL_SERVICES:
         assert compose["services"][name]["command"] == ["python", *specs[name].argv[1:]]
         assert specs[name].argv[1:] == ["-m", f"services.{name}"]
@@ -88,7 +88,8 @@ def test_ports_agree_between_services_peers_and_envoy(compose: dict[str, Any]) -
             host, _, port = env[f"AF_{peer.upper()}_ADDR"].rpartition(":")
             assert (host, int(port)) == (peer, grpc_ports[peer]), f"{name} sees {peer} elsewhere"
         assert env[f"AF_{name.upper()}_HOST"] == "0.0.0.0"
-        assert env["REDIS_URL"].startswith("redis://valkey:")
+        assert env["REDIS_URL"].startswith("redis://agentforge@valkey:")
+        assert env["AF_REDIS_PASSWORD_FILE"].startswith(env["AF_SECRETS_DIR"] + "/")
         test = services[name]["healthcheck"]["test"]
         assert test[-1] == f"127.0.0.1:{grpc_ports[name]}"
     envoy_env = _env(services["envoy"])
@@ -144,7 +145,8 @@ def test_start_order_follows_the_launcher_dependencies(compose: dict[str, Any]) 
     services = compose["services"]
     for name in ALL_SERVICES:
         depends = services[name]["depends_on"]
-        assert set(depends) == {"valkey", *DEPENDENCIES[name]}
+        assert set(depends) == {"secrets", "valkey", *DEPENDENCIES[name]}
+        assert depends.pop("secrets")["condition"] == "service_completed_successfully"
         assert all(d["condition"] == "service_healthy" for d in depends.values())
     assert set(services["envoy"]["depends_on"]) == set(ALL_SERVICES)
 
@@ -175,3 +177,17 @@ def test_every_container_restarts_on_failure_with_the_launchers_burst(compose: d
     burst = RestartPolicy().burst
     for name, service in compose["services"].items():
         assert service.get("restart") == f"on-failure:{burst}", name
+
+
+def test_compose_is_the_production_profile_tls_only_with_secrets_from_a_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    envoy_env = _env(services["envoy"])
+    assert envoy_env["EDGE_PLAINTEXT"] == "0"
+    kwargs = values_from_env(envoy_env)
+    assert kwargs["plaintext"] is False
+    text = render_envoy_config(**kwargs)  # type: ignore[arg-type]
+    assert "edge-plaintext-loopback" not in text and "transport_protocol: tls" in text
+    for name in (*ALL_SERVICES, "envoy", "valkey"):
+        assert "secrets:/secrets:ro" in services[name]["volumes"], name
+    assert services["secrets"]["command"] == ["python", "-m", "services.shared.auth", "init"]
+    assert "--aclfile" in services["valkey"]["command"][-1] and "user default off" in services["valkey"]["command"][-1]
