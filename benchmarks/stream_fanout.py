@@ -99,7 +99,13 @@ def _user_metadata(count: int, per_user: int = 20) -> list[tuple[tuple[str, str]
 def start_envoy(children: Children, upstreams: dict[str, int]) -> tuple[int, int]:
     """Envoy with realtime (and training, when started) at their ports; the other
     clusters point at the realtime port (nothing here calls them)."""
-    from services.launcher.envoy_config import SERVICES, default_descriptor_path, render_envoy_config
+    from services.launcher.envoy_config import (
+        RATE_LIMITS,
+        SERVICES,
+        RateLimit,
+        default_descriptor_path,
+        render_envoy_config,
+    )
     from services.launcher.mesh import envoy_argv, find_envoy, unhealthy_upstreams
 
     edge_port, admin_port = _free_port(), _free_port()
@@ -109,6 +115,9 @@ def start_envoy(children: Children, upstreams: dict[str, int]) -> tuple[int, int
         admin_port=admin_port,
         upstreams={name: ("127.0.0.1", upstreams.get(name, fallback)) for name in SERVICES},
         descriptor_path=default_descriptor_path(),
+        # One token subject opens every stream: the per-subject limits would meter the
+        # benchmark's client, not the mesh.
+        rate_limits={name: RateLimit(1e6, 1_000_000) for name in RATE_LIMITS},
     )
     config_path = children.workdir / "envoy.yaml"
     config_path.write_text(config)

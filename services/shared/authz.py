@@ -14,7 +14,7 @@
    table, in the contracts) and refuses a role below it with PERMISSION_DENIED (reason
    ``ROLE_REQUIRED``, metadata ``required_role`` and ``role``). A method without the
    option is open to admins only;
-4. publishes the caller as :data:`principal_var` for handlers (ownership and topic
+4. publishes the caller as :data:`principal_var` for handlers (topic
    rules) and, for a token with an ``exp``, sets :data:`~services.shared.context.
    stream_expiry_var`, so the stream interceptor ends a stream when its token expires;
 5. writes one audit record (JSON line) per call of a ``mutating`` method, allowed or
@@ -61,7 +61,6 @@ __all__ = [
     "method_rule",
     "outgoing_metadata",
     "principal_var",
-    "require_owner",
     "set_service_identity",
 ]
 
@@ -322,24 +321,6 @@ class AuthInterceptor(CallInterceptor):
                 reason="ROLE_REQUIRED",
                 metadata={"required_role": rule.role, "role": principal.role},
             )
-
-
-def require_owner(creator: str, what: str = "resource") -> None:
-    """Refuse a trainer acting on a resource someone else created (owner-scoped methods).
-
-    Operators and above (and the services) act on any; a resource with no recorded
-    creator (made before creators were recorded) is treated as someone else's.
-    Raises :class:`PermissionDenied` (reason ``NOT_OWNER``).
-    """
-    principal = principal_var.get()
-    if principal is None or principal.at_least("operator"):
-        return
-    if not creator or creator != principal.subject:
-        raise PermissionDenied(
-            f"only its creator or an operator may change this {what}",
-            reason="NOT_OWNER",
-            metadata={"subject": principal.subject},
-        )
 
 
 def outgoing_metadata(existing: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
