@@ -1,15 +1,18 @@
 """Credentials for the test suite: every test runs with auth on, carrying real tokens.
 
-:func:`install` (called once from ``tests/conftest.py``) makes every gRPC channel
-(``grpc.aio.insecure_channel``, ``grpc.insecure_channel``) and every ``httpx`` client a
-test creates carry credentials, so tests written before auth keep working unchanged:
+:func:`install` (run on import of the ``tests`` package, so also in child processes
+running test code) makes every gRPC channel (``grpc.aio.insecure_channel``,
+``grpc.insecure_channel``) made *by test code* — the services' own clients must manage
+alone — and every ``httpx`` request carry credentials, so tests written before auth
+keep working unchanged:
 
 * ``authorization: Bearer <token>`` — a real ES256 token signed with the development
-  key (:func:`services.shared.auth.mint_token`); Envoy verifies it;
-  (only channels made by test code: the services' own clients must manage alone);
-* ``x-af-mesh-identity`` and ``x-af-claims`` — what Envoy adds after verifying a token,
-  for tests that call a service directly, as Envoy would (Envoy drops both when a
-  client sends them, so they give nothing at the edge).
+  key (:func:`services.shared.auth.mint_token`), which Envoy verifies; its subject is
+  ``test-<role>-<test key>`` (one per test, :func:`set_test_key`), so the edge's
+  per-subject rate limits meter tests like separate users;
+* gRPC only: ``x-af-mesh-identity`` and ``x-af-claims`` — what Envoy adds after
+  verifying a token, for tests that call a service directly, as Envoy would (Envoy
+  drops both when a client sends them, so they give nothing at the edge).
 
 The role is ``admin`` unless a test says otherwise with :func:`acting_as`, which
 applies per call (contextvar) to gRPC channels and to httpx requests (``"service"``:

@@ -385,38 +385,50 @@ def test_a_rest_stream_outliving_its_token_ends_with_stream_end_unauthenticated(
 # --- rate limits ------------------------------------------------------------------------
 
 
-def test_a_burst_over_the_limit_gets_429_with_retry_advice_then_recovers(rest: httpx.Client) -> None:
-    burster = auth.mint_token("trainer", subject=f"burst-{uuid.uuid4().hex[:6]}", ttl_s=600)
-    headers = {"authorization": f"Bearer {burster}"}
+async def _burst(mesh: Mesh, bearer: str, topic: str, n: int = 80) -> list[httpx.Response]:
+    """``n`` publishes at once (concurrently, so a loaded machine cannot pace them)."""
+    async with httpx.AsyncClient(base_url=mesh.edge_url, timeout=30,
+                                 limits=httpx.Limits(max_connections=n)) as client:
+        return list(await asyncio.gather(*(
+            client.post(f"/v1/topics/{topic}:publish", json={"data": {"i": i}}, headers={"authorization": bearer})
+            for i in range(n))))
+
+
+async def test_a_burst_over_the_limit_gets_429_with_retry_advice_then_recovers(mesh: Mesh) -> None:
+    bearer = f"Bearer {auth.mint_token('trainer', subject=f'burst-{uuid.uuid4().hex[:6]}', ttl_s=600)}"
     topic = f"burst/{uuid.uuid4().hex[:8]}"
-    codes = [rest.post(f"/v1/topics/{topic}:publish", json={"data": {"i": i}}, headers=headers)
-             for i in range(60)]
-    limited = [r for r in codes if r.status_code == 429]
-    assert limited, [r.status_code for r in codes]
-    assert {r.status_code for r in codes} == {200, 429}
+    answers = await _burst(mesh, bearer, topic)
+    limited = [r for r in answers if r.status_code == 429]
+    assert limited, [r.status_code for r in answers]
+    assert {r.status_code for r in answers} == {200, 429}
     first = limited[0]
     assert first.json()["code"] == 8  # RESOURCE_EXHAUSTED: not retried by gRPC clients' policies
     assert int(first.headers["retry-after"]) >= 1
-    # Another subject is not limited by this one's burst.
-    other = {"authorization": f"Bearer {auth.mint_token('trainer', subject=f'calm-{uuid.uuid4().hex[:6]}')}"}
-    assert rest.post(f"/v1/topics/{topic}:publish", json={"data": {}}, headers=other).status_code == 200
-    time.sleep(float(first.headers["retry-after"]) + 1.0)
-    assert rest.post(f"/v1/topics/{topic}:publish", json={"data": {}}, headers=headers).status_code == 200
+    async with httpx.AsyncClient(base_url=mesh.edge_url, timeout=30) as client:
+        # Another subject is not limited by this one's burst.
+        other = f"Bearer {auth.mint_token('trainer', subject=f'calm-{uuid.uuid4().hex[:6]}')}"
+        resp = await client.post(f"/v1/topics/{topic}:publish", json={"data": {}}, headers={"authorization": other})
+        assert resp.status_code == 200
+        await asyncio.sleep(float(first.headers["retry-after"]) + 1.0)
+        resp = await client.post(f"/v1/topics/{topic}:publish", json={"data": {}}, headers={"authorization": bearer})
+        assert resp.status_code == 200
 
 
 async def test_a_burst_over_grpc_is_resource_exhausted_not_unavailable(mesh: Mesh) -> None:
     burster = auth.mint_token("trainer", subject=f"burst-{uuid.uuid4().hex[:6]}", ttl_s=600)
     md = (("authorization", f"Bearer {burster}"),)
-    codes = []
+
+    async def publish(stub: realtime_service_pb2_grpc.RealtimeServiceStub) -> grpc.StatusCode:
+        try:
+            await stub.Publish(rt_rr.PublishRequest(topic="burst/grpc", data=struct_pb2.Struct()),
+                               metadata=md, timeout=30)
+            return grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+
     async with anonymous_channel(mesh.edge_addr) as channel:
         stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
-        for _ in range(60):
-            try:
-                await stub.Publish(rt_rr.PublishRequest(topic="burst/grpc", data=struct_pb2.Struct()),
-                                   metadata=md, timeout=10)
-                codes.append(grpc.StatusCode.OK)
-            except grpc.aio.AioRpcError as exc:
-                codes.append(exc.code())
+        codes = await asyncio.gather(*(publish(stub) for _ in range(80)))
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
 
 

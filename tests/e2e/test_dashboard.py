@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from services.launcher.mesh import Mesh
+from tests.auth import token
 from tests.e2e.browser import Browser, missing_prerequisites
 from tests.e2e.conftest import job_id, tiny_job, wait_job
 
@@ -31,6 +32,7 @@ def browser(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Br
         pytest.fail(why, pytrace=False)
     b = Browser(mesh.edge_url, tmp_path_factory.mktemp("chromium-profile"))
     try:
+        b.goto(f"/#token={token('admin')}")  # as a user signs in: the dashboard keeps it for the tab
         yield b
     finally:
         b.close()
