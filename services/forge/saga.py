@@ -36,7 +36,8 @@ from services.forge.store import RunStore
 from services.shared.bus import EventBus
 from services.shared.events import publish_event
 from services.shared.fanout import Fanout, Gap
-from services.shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.shared.errors import (AlreadyExists, FailedPrecondition, ForgeError, InvalidArgument, NotFound,
+                                    as_domain_error, to_rpc_status)
 from services.shared.tasks import cancel_and_wait
 
 __all__ = ["RunManager", "StepFailed", "parse_cursor"]
@@ -79,6 +80,9 @@ def _rpc_status(exc: BaseException) -> status_pb2.Status:
         return exc.status
     if isinstance(exc, StepFailedError):
         return status_pb2.Status(code=exc.code, message=exc.message)
+    mapped = as_domain_error(exc)  # e.g. Redis away -> UNAVAILABLE, a domain error as raised
+    if isinstance(mapped, ForgeError):
+        return to_rpc_status(mapped)
     return status_pb2.Status(code=code_pb2.INTERNAL, message=f"{type(exc).__name__}: {exc}")
 
 

@@ -57,3 +57,18 @@ def test_list_filters_and_pages_newest_first(tmp_path):
     assert [r.name for r in page] == ["phaseRuns/4", "phaseRuns/3"]
     only_a = store.list(phase="", states=[], labels={"team": "a"}, after=None, limit=10)
     assert [r.name for r in only_a] == ["phaseRuns/3", "phaseRuns/1"]
+
+
+def test_a_step_error_that_means_a_dependency_is_away_is_stored_as_unavailable() -> None:
+    """A phase run's stored error says UNAVAILABLE for Redis being away, not INTERNAL."""
+    import redis
+
+    from google.rpc import code_pb2
+
+    from services.forge.saga import _rpc_status
+    from services.shared.errors import FailedPrecondition
+
+    assert _rpc_status(redis.exceptions.ConnectionError("refused")).code == code_pb2.UNAVAILABLE
+    assert _rpc_status(FailedPrecondition("no parents", reason="PREREQUISITE_MISSING")).code == \
+        code_pb2.FAILED_PRECONDITION
+    assert _rpc_status(ValueError("bug")).code == code_pb2.INTERNAL
