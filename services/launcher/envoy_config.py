@@ -144,6 +144,28 @@ def _descriptors(limits: Mapping[str, RateLimit]) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def rate_limited_status_details() -> str:
+    """``grpc-status-details-bin`` of a rate-limited gRPC call (base64, no padding): the
+    google.rpc.Status Envoy's local reply carries (code RESOURCE_EXHAUSTED, message
+    ``local_rate_limited``), with ErrorInfo (reason RESOURCE_EXHAUSTED) and RetryInfo (1 s)."""
+    import base64
+
+    from google.protobuf import any_pb2, duration_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+    from services.shared.errors import DOMAIN
+
+    details = []
+    for message in (error_details_pb2.ErrorInfo(reason="RESOURCE_EXHAUSTED", domain=DOMAIN,
+                                                metadata={"limit": "per token subject and route class"}),
+                    error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))):
+        packed = any_pb2.Any()
+        packed.Pack(message)
+        details.append(packed)
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="local_rate_limited", details=details)
+    return base64.b64encode(status.SerializeToString()).decode().rstrip("=")
+
+
 _PLAINTEXT_BLOCK = re.compile(r"^[ \t]*# \[plaintext-begin\].*?^[ \t]*# \[plaintext-end\][^\n]*\n", re.M | re.S)
 
 
@@ -464,6 +486,7 @@ def render_envoy_config(
         "JWT_ISSUER": _check_text("JWT_ISSUER", jwt_issuer or auth.issuer()),
         "JWT_AUDIENCE": _check_text("JWT_AUDIENCE", jwt_audience or auth.audience()),
         "RATE_LIMIT_DESCRIPTORS": _descriptors(RATE_LIMITS if rate_limits is None else rate_limits),
+        "RATE_LIMITED_STATUS_DETAILS": rate_limited_status_details(),
     })
     text = default_template_path().read_text() if template is None else template
     return render_template(_plaintext(text, plaintext), values)

@@ -418,18 +418,31 @@ async def test_a_burst_over_grpc_is_resource_exhausted_not_unavailable(mesh: Mes
     burster = auth.mint_token("trainer", subject=f"burst-{uuid.uuid4().hex[:6]}", ttl_s=600)
     md = (("authorization", f"Bearer {burster}"),)
 
+    refusals: list[grpc.aio.AioRpcError] = []
+
     async def publish(stub: realtime_service_pb2_grpc.RealtimeServiceStub) -> grpc.StatusCode:
         try:
             await stub.Publish(rt_rr.PublishRequest(topic="burst/grpc", data=struct_pb2.Struct()),
                                metadata=md, timeout=30)
             return grpc.StatusCode.OK
         except grpc.aio.AioRpcError as exc:
+            refusals.append(exc)
             return exc.code()
 
     async with anonymous_channel(mesh.edge_addr) as channel:
         stub = realtime_service_pb2_grpc.RealtimeServiceStub(channel)
         codes = await asyncio.gather(*(publish(stub) for _ in range(80)))
     assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    # The rich status: ErrorInfo in the catalogue, and when to retry.
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(refusals[0])  # type: ignore[arg-type]
+    assert status is not None and status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    info, _ = error_details(status)
+    assert info is not None and (info.reason, info.domain) == ("RESOURCE_EXHAUSTED", "agentforge.dev")
+    retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert retry, status
 
 
 # --- topics -----------------------------------------------------------------------------
