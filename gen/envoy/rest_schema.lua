@@ -292,6 +292,10 @@ return {
       ["amplification_ratio"] = true,
       ["alpha"] = true,
       ["lamb"] = true,
+      ["kind"] = true,
+      ["window"] = true,
+      ["windowFilled"] = true,
+      ["window_filled"] = true,
     },
     ["agentforge.training.v1.ModelArchitecture"] = {
       ["layers"] = true,

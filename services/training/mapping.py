@@ -178,10 +178,12 @@ def progress_proto(e: ProgressEvent) -> job_pb.TrainingProgress:
         examples_per_second=_finite(e.examples_per_second), eta_seconds=_finite(e.eta_seconds),
         train_val_gap=_finite(e.train_val_gap),
     )
-    if e.grokfast_alpha is not None:
+    if e.grokfast_kind is not None or e.grokfast_alpha is not None:
+        kind = job_pb.GROKFAST_KIND_MA if e.grokfast_kind == "ma" else job_pb.GROKFAST_KIND_EMA
         p.grokfast.CopyFrom(job_pb.GrokfastStats(
             slow_gradient_norm=_finite(e.slow_grad_norm), amplification_ratio=_finite(e.amplification_ratio),
-            alpha=e.grokfast_alpha, lamb=_finite(e.grokfast_lamb)))
+            alpha=_finite(e.grokfast_alpha), lamb=_finite(e.grokfast_lamb), kind=kind,
+            window=e.grokfast_window or 0, window_filled=e.grokfast_window_filled or 0))
     if e.eval_step is not None:
         p.eval.CopyFrom(job_pb.EvalMetrics(step=e.eval_step, loss=_finite(e.eval_loss),
                                            accuracy=_finite(e.eval_accuracy)))

@@ -51,6 +51,10 @@ class ProgressEvent(TrainingEvent):
     elapsed_seconds: float
     grokfast_alpha: float | None = None
     grokfast_lamb: float | None = None
+    #: ``ema`` or ``ma`` (None without a filter); MA reports its window, not an alpha.
+    grokfast_kind: str | None = None
+    grokfast_window: int | None = None
+    grokfast_window_filled: int | None = None
     slow_grad_norm: float | None = None
     amplification_ratio: float | None = None
     eval_step: int | None = None

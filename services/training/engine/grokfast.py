@@ -141,6 +141,13 @@ class GrokfastFilter:
                 applied = True
         return means, applied
 
+    @property
+    def window_filled(self) -> int:
+        """MA: gradients held per parameter so far (0 before the first step)."""
+        if not self._grads:
+            return 0
+        return len(next(iter(self._grads.values())))
+
     # state ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Filter state (tensors on their device) plus the current hyperparameters."""

@@ -267,3 +267,26 @@ def test_rerunning_a_finished_job_returns_its_final_checkpoint(tmp_path: Path) -
     again = Trainer(spec, tmp_path, on_event=rec).run()
     assert again.status == "succeeded" and again.step == 5 and again.resumed_from_step == 5
     assert again.checkpoint_path == first.checkpoint_path and not rec.of(ProgressEvent)
+
+
+def test_grokfast_ma_progress_reports_its_window_not_an_alpha(tmp_path: Path) -> None:
+    """Issue 8: an MA job's progress showed EMA's alpha; it reports the window (and how
+    full it is) and no alpha, in the engine event and in the API's TrainingProgress."""
+    from agentforge.training.v1 import training_job_pb2 as job_pb
+
+    from services.training import mapping
+
+    spec = tiny_modular_spec(grokfast=GrokfastSpec(kind="ma", lamb=2.0, window=5, warmup=True), max_steps=8)
+    rec = Recorder()
+    Trainer(spec, tmp_path, on_event=rec).run()
+    progress = rec.of(ProgressEvent)
+    assert [(e.grokfast_kind, e.grokfast_alpha, e.grokfast_window) for e in progress] == [("ma", None, 5)] * len(progress)
+    assert [e.grokfast_window_filled for e in progress] == [min(e.step, 5) for e in progress]
+    last = mapping.progress_proto(progress[-1]).grokfast
+    assert (last.kind, last.window, last.window_filled, last.alpha) == (job_pb.GROKFAST_KIND_MA, 5, 5, 0.0)
+    assert last.lamb == pytest.approx(2.0)
+    # EMA still reports its alpha, and no window.
+    rec = Recorder()
+    Trainer(tiny_modular_spec(max_steps=2), tmp_path / "ema", on_event=rec).run()
+    ema = mapping.progress_proto(rec.of(ProgressEvent)[-1]).grokfast
+    assert (ema.kind, ema.window) == (job_pb.GROKFAST_KIND_EMA, 0) and ema.alpha == pytest.approx(0.98)

@@ -292,16 +292,22 @@ class TrainingProgress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total_steps: _Optional[int] = ..., fraction_done: _Optional[float] = ..., train_loss: _Optional[float] = ..., train_accuracy: _Optional[float] = ..., learning_rate: _Optional[float] = ..., steps_per_second: _Optional[float] = ..., examples_per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., grokfast: _Optional[_Union[GrokfastStats, _Mapping]] = ..., eval: _Optional[_Union[EvalMetrics, _Mapping]] = ..., train_val_gap: _Optional[float] = ...) -> None: ...
 
 class GrokfastStats(_message.Message):
-    __slots__ = ("slow_gradient_norm", "amplification_ratio", "alpha", "lamb")
+    __slots__ = ("slow_gradient_norm", "amplification_ratio", "alpha", "lamb", "kind", "window", "window_filled")
     SLOW_GRADIENT_NORM_FIELD_NUMBER: _ClassVar[int]
     AMPLIFICATION_RATIO_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     LAMB_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FILLED_FIELD_NUMBER: _ClassVar[int]
     slow_gradient_norm: float
     amplification_ratio: float
     alpha: float
     lamb: float
-    def __init__(self, slow_gradient_norm: _Optional[float] = ..., amplification_ratio: _Optional[float] = ..., alpha: _Optional[float] = ..., lamb: _Optional[float] = ...) -> None: ...
+    kind: GrokfastKind
+    window: int
+    window_filled: int
+    def __init__(self, slow_gradient_norm: _Optional[float] = ..., amplification_ratio: _Optional[float] = ..., alpha: _Optional[float] = ..., lamb: _Optional[float] = ..., kind: _Optional[_Union[GrokfastKind, str]] = ..., window: _Optional[int] = ..., window_filled: _Optional[int] = ...) -> None: ...
 
 class EvalMetrics(_message.Message):
     __slots__ = ("step", "loss", "accuracy", "perplexity")
