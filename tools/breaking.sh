@@ -28,17 +28,20 @@ if ! git cat-file -e "${base}^{commit}" 2>/dev/null; then
 fi
 
 checked=0
+# buf clones the repository to read a ref, 50 commits deep by default: a parent further
+# back than that "does not match any file". Ask for the whole history.
+depth=$(( $(git rev-list --count HEAD) + 1 ))
 # The working tree against HEAD (uncommitted edits), then each commit against its parent.
 if ! git diff --quiet HEAD -- proto buf.yaml; then
   echo "breaking: working tree vs HEAD"
-  "$BUF" breaking --against ".git#ref=HEAD"
+  "$BUF" breaking --against ".git#ref=HEAD,depth=$depth"
   checked=$((checked + 1))
 fi
 for c in $(git rev-list "$base..HEAD" -- proto buf.yaml); do
   echo "breaking: $(git log -1 --format='%h %s' "$c") vs its parent"
   tmp=$(mktemp -d)
   git worktree add --quiet --detach "$tmp" "$c"
-  (cd "$tmp" && "$OLDPWD/$BUF" breaking --against "$OLDPWD/.git#ref=$c^") || { git worktree remove --force "$tmp"; exit 1; }
+  (cd "$tmp" && "$OLDPWD/$BUF" breaking --against "$OLDPWD/.git#ref=$c^,depth=$depth") || { git worktree remove --force "$tmp"; exit 1; }
   git worktree remove --force "$tmp"
   checked=$((checked + 1))
 done
