@@ -149,6 +149,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     limits = EdgeLimits(streaming_idle_timeout_s=args.idle)
     with tempfile.TemporaryDirectory(prefix="bench-edge-mem-") as tmp, Mesh(MeshConfig(
         services=("realtime",), edge_limits=limits, data_dir=Path(tmp) / "data", run_dir=Path(tmp) / "run",
+        # One token subject opens every stream: lift the edge's per-subject rate limits.
+        env={f"EDGE_RATE_LIMIT_{c}": "1000000/1000000" for c in ("READ", "WRITE", "STREAM")},
     )) as mesh:
         port = mesh.edge_port
         request = _request(headers)
