@@ -220,6 +220,15 @@ def test_unknown_job_is_exit_4_with_a_clear_message(env: dict[str, str]) -> None
     assert flag_after.returncode == 4 and json.loads(flag_after.stderr)["exitCode"] == 4
 
 
+def test_no_token_or_a_bad_one_is_exit_4_saying_how_to_pass_one(env: dict[str, str]) -> None:
+    anonymous = {k: v for k, v in env.items() if k != "AGENTFORGE_TOKEN"}
+    proc = forge(anonymous, "jobs", "list")
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.startswith("error: UNAUTHENTICATED") and "AGENTFORGE_TOKEN" in proc.stderr
+    bad = forge(env, "--token", "not-a-jwt", "jobs", "list")
+    assert bad.returncode == 4 and "UNAUTHENTICATED" in bad.stderr
+
+
 def test_bad_spec_files_are_exit_2_naming_the_problem(env: dict[str, str], tmp_path: Path) -> None:
     from_stdin = forge(env, "jobs", "create", "-f", "-", stdin="displayName: x\nspec: {maxSteps: 5, nope: 1}\n")
     assert from_stdin.returncode == 2 and "nope" in from_stdin.stderr
