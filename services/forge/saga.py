@@ -426,9 +426,18 @@ class RunManager:
                 step.compensation_state = pr.COMPENSATION_STATE_FAILED
                 step.compensation_error.CopyFrom(_rpc_status(exc))
             await self._record(run, ev.PhaseRunEvent(step_changed=ev.SagaStepChanged(step=step, index=index)))
-        for step in run.steps:
+        # What never ran is SKIPPED; what was running when the run was cancelled is
+        # CANCELLED (issue 8: neither may stay PENDING/RUNNING in a terminal run).
+        for index, step in enumerate(run.steps):
+            before = step.state
             if step.state == pr.SAGA_STEP_STATE_PENDING:
                 step.state = pr.SAGA_STEP_STATE_SKIPPED
+            elif step.state == pr.SAGA_STEP_STATE_RUNNING:
+                step.state = (pr.SAGA_STEP_STATE_CANCELLED if final == S.PHASE_RUN_STATE_CANCELLED
+                              else pr.SAGA_STEP_STATE_FAILED)
+                step.end_time.CopyFrom(_now())
+            if step.state != before:
+                await self._record(run, ev.PhaseRunEvent(step_changed=ev.SagaStepChanged(step=step, index=index)))
         await asyncio.to_thread(self._cleanup, run)
         await self._set_state(run, final, reason, error)
 

@@ -252,6 +252,8 @@ def test_cancel_mid_pipeline_compensates_the_whole_chain(rest: httpx.Client) -> 
     for name in ("cognate.create_training_jobs", "cognate.register_model_versions", "cognate.set_winner_alias"):
         assert steps[name]["compensationState"] == "COMPENSATION_STATE_SUCCEEDED", steps[name]
     assert steps["bitnet.quantize"]["state"] == "SAGA_STEP_STATE_SKIPPED"
+    # issue 8: nothing left PENDING or RUNNING in a cancelled run (running -> CANCELLED)
+    assert not [n for n, s in steps.items() if s["state"] in ("SAGA_STEP_STATE_PENDING", "SAGA_STEP_STATE_RUNNING")]
     for version in candidates:  # no half-registered versions
         assert rest.get(f"/v1/{version}").status_code == 404
     assert {m: alias(rest, m) for m in ("cognate", "evomerge", "bitnet")} == aliases_before

@@ -32,6 +32,7 @@ class SagaStepState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAGA_STEP_STATE_SUCCEEDED: _ClassVar[SagaStepState]
     SAGA_STEP_STATE_FAILED: _ClassVar[SagaStepState]
     SAGA_STEP_STATE_SKIPPED: _ClassVar[SagaStepState]
+    SAGA_STEP_STATE_CANCELLED: _ClassVar[SagaStepState]
 
 class CompensationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +55,7 @@ SAGA_STEP_STATE_RUNNING: SagaStepState
 SAGA_STEP_STATE_SUCCEEDED: SagaStepState
 SAGA_STEP_STATE_FAILED: SagaStepState
 SAGA_STEP_STATE_SKIPPED: SagaStepState
+SAGA_STEP_STATE_CANCELLED: SagaStepState
 COMPENSATION_STATE_UNSPECIFIED: CompensationState
 COMPENSATION_STATE_NOT_REQUIRED: CompensationState
 COMPENSATION_STATE_PENDING: CompensationState
