@@ -164,3 +164,27 @@ def test_envoy_own_error_bodies_carry_catalogue_error_info(rest: httpx.Client) -
     status_body(rest.post("/v1/alertRules", content=big, headers={"content-type": "application/json"}),
                 413, 8, "REQUEST_TOO_LARGE")
     status_body(rest.get("/v1/systemHealth", headers={"x-big": "v" * 100_000}), 431, 3, "REQUEST_TOO_LARGE")
+
+
+async def test_short_deadlines_through_the_edge_are_deadline_exceeded_never_internal(edge: EdgeTarget) -> None:
+    """Issue 8: Envoy enforcing grpc-timeout raced the client's own timer and reset
+    started responses (INTERNAL "RST_STREAM"). Deadlines around a call's duration must
+    only ever give OK or DEADLINE_EXCEEDED (RESOURCE_EXHAUSTED if the edge rate-limits)."""
+    from agentforge.monitoring.v1 import request_response_pb2 as mon_rr
+
+    seen: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
+        call = channel.unary_unary(f"/{MONITORING}/GetSystemHealth",
+                                   request_serializer=mon_rr.GetSystemHealthRequest.SerializeToString,
+                                   response_deserializer=lambda b: b)
+        for i in range(90):
+            timeout = [0.002, 0.004, 0.006, 0.008, 0.012, 0.016][i % 6]
+            try:
+                await call(mon_rr.GetSystemHealthRequest(), timeout=timeout)
+                code = "OK"
+            except grpc.aio.AioRpcError as err:
+                code = err.code().name
+                assert err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED), \
+                    (err.code(), err.details())
+            seen[code] = seen.get(code, 0) + 1
+    assert seen.get("DEADLINE_EXCEEDED", 0) > 0, seen  # the deadlines were short enough to matter
