@@ -387,6 +387,13 @@ class JobRun:
             def paused(r: JobRecord) -> None:
                 r.pause_requested = False
                 r.job.worker = ""
+                # The pause checkpoint is at outcome.step; the last progress event may be
+                # older (progress_interval > 1): show where a resume will continue (issue 8).
+                if outcome.step > r.job.progress.step:
+                    r.job.progress.step = outcome.step
+                    total = r.job.progress.total_steps or int(r.job.spec.max_steps) or 0
+                    if total:
+                        r.job.progress.fraction_done = outcome.step / total
 
             _, event = self.store.transition(self.job_id, PAUSED, f"paused by request at step {outcome.step}",
                                              worker=name, expect_worker=name, mutate=paused)

@@ -185,6 +185,21 @@ async def test_pause_then_resume_continues_from_the_pause_checkpoint(training: T
     assert (await training.get(job.name)).attempts == 2
 
 
+async def test_paused_job_progress_shows_the_pause_checkpoint_step(training: Training) -> None:
+    """Issue 8: with progress every 50 steps, a job paused between two progress events
+    showed the older step; its progress is the pause checkpoint's step."""
+    job = await training.create(tiny_spec(max_steps=100_000, progress_interval=50, checkpoint_interval=100_000,
+                                          eval_interval=100_000))
+    await training.watch(job.name, until=step_reached(50), timeout=180)
+    await training.stub.PauseTrainingJob(rr.PauseTrainingJobRequest(name=job.name))
+    watched = await training.watch(job.name, until=lambda e: e.state_changed.to_state == S.TRAINING_JOB_STATE_PAUSED)
+    [ckpt] = [e.checkpoint_written for e in watched if e.HasField("checkpoint_written")]
+    paused = await training.get(job.name)
+    assert ckpt.trigger == job_pb.CHECKPOINT_TRIGGER_PAUSE
+    assert paused.progress.step == ckpt.step, (paused.progress.step, ckpt.step)
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+
+
 async def test_adjust_and_checkpoint_now_apply_live_and_are_recorded(training: Training) -> None:
     job = await training.create(tiny_spec(max_steps=100_000, checkpoint_interval=100_000, eval_interval=100_000))
     await training.watch(job.name, until=step_reached(5))
