@@ -805,19 +805,77 @@ def field_path(violation: protovalidate.Violation) -> str:
 class Undecodable:
     """What the lenient deserializer returns for bytes that are not a valid message."""
 
-    __slots__ = ("error", "size")
+    __slots__ = ("error", "field", "size")
 
-    def __init__(self, error: str, size: int) -> None:
+    def __init__(self, error: str, size: int, field: str = "") -> None:
         self.error = error
         self.size = size
+        self.field = field
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def bad_utf8_field(descriptor: Any, data: bytes, prefix: str = "", depth: int = 0) -> str:
+    """The path of the first ``string`` field in ``data`` that is not UTF-8, or "".
+
+    A small walk over the protobuf wire format (the runtime's error does not say which
+    field), so an undecodable request can name its field like any other violation.
+    """
+    pos = 0
+    try:
+        while pos < len(data) and depth < 32:
+            key, pos = _varint(data, pos)
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                _, pos = _varint(data, pos)
+                continue
+            if wire in (1, 5):
+                pos += 8 if wire == 1 else 4
+                continue
+            if wire != 2:
+                return ""
+            length, pos = _varint(data, pos)
+            chunk = data[pos:pos + length]
+            pos += length
+            field = descriptor.fields_by_number.get(number)
+            if field is None:
+                continue
+            path = f"{prefix}.{field.name}" if prefix else field.name
+            if field.type == field.TYPE_STRING:
+                try:
+                    chunk.decode("utf-8")
+                except UnicodeDecodeError:
+                    return path
+            elif field.message_type is not None:
+                found = bad_utf8_field(field.message_type, chunk, path, depth + 1)
+                if found:
+                    return found
+    except (ValueError, IndexError):
+        return ""
+    return ""
 
 
 def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+
     def deserialize(data: bytes) -> Any:
         try:
             return deserializer(data)
         except Exception as exc:  # noqa: BLE001 - DecodeError, or whatever a custom one raises
-            return Undecodable(str(exc), len(data))
+            field = bad_utf8_field(descriptor, data) if descriptor is not None and "UTF-8" in str(exc) else ""
+            return Undecodable(str(exc), len(data), field)
 
     return deserialize
 
@@ -854,11 +912,12 @@ class DecodeInterceptor(CallInterceptor):
     async def on_request(self, call: CallInfo, message: Any) -> None:
         if isinstance(message, Undecodable):
             detail = _decode_error_text(message.error)
-            raise InvalidArgument(
-                f"request message could not be decoded: {detail}",
-                [("", f"not a valid protobuf message ({message.size} bytes): {detail}")],
-                reason="MALFORMED_REQUEST",
-            )
+            if message.field:
+                violation = (message.field, "not valid UTF-8 (a string field must be UTF-8)")
+            else:
+                violation = ("", f"not a valid protobuf message ({message.size} bytes): {detail}")
+            raise InvalidArgument(f"request message could not be decoded: {detail}", [violation],
+                                  reason="MALFORMED_REQUEST")
 
 
 class ValidationInterceptor(CallInterceptor):

@@ -62,6 +62,7 @@ def violations(body: dict) -> list[str]:
 def test_rest_path_that_is_not_utf8_is_400_malformed_request(rest: httpx.Client, path: str) -> None:
     body = status_body(rest.get(path), 400, 3, "MALFORMED_REQUEST")
     assert "Error" not in body["message"].split(":")[0]  # no Python exception name
+    assert violations(body) == ["name"]  # the field that is not UTF-8
 
 
 def _grpc_web(rest: httpx.Client, path: str, message: bytes, content_type: str = "application/grpc-web+proto",

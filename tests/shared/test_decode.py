@@ -94,3 +94,11 @@ async def test_undecodable_request_is_counted_in_per_method_metrics(
 async def test_a_decodable_request_still_reaches_the_handler(channel: grpc.aio.Channel) -> None:
     reply = await _raw(channel, "uu", "Unary", S)(S(value="hi").SerializeToString())  # type: ignore[misc]
     assert reply.value == "hi"
+
+
+async def test_a_string_that_is_not_utf8_is_named_in_the_violation(channel: grpc.aio.Channel) -> None:
+    call = _raw(channel, "uu", "Unary", S)(BAD_UTF8)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await call  # type: ignore[misc]
+    _, bad = error_details(await rpc_status.aio.from_call(call))  # type: ignore[arg-type]
+    assert bad is not None and [v.field for v in bad.field_violations] == ["value"]
