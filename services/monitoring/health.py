@@ -13,8 +13,10 @@ or a broken Watch stream is NOT_SERVING. A component reported SERVING becomes
 DEGRADED when
 
 * its last probe took longer than ``degraded_latency_s``, or
-* its error rate (failed RPCs / RPCs over the window, from the service's own
-  Prometheus counters, health and reflection calls excluded) is above
+* its error rate (RPCs the server failed — ``promtext.SERVER_FAULT_CODES``: UNKNOWN,
+  INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, DATA_LOSS, UNIMPLEMENTED — over all RPCs in
+  the window, from the service's own Prometheus counters, health and reflection calls
+  excluded; a client's bad input or bad token is not the service's failure) is above
   ``degraded_error_rate`` with at least ``min_calls`` calls in the window.
 
 Error rates computed from failed probes (the fallback when a service's metrics

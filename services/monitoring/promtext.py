@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
     "EXCLUDED_SERVICES",
+    "SERVER_FAULT_CODES",
     "MethodCounters",
     "MethodKey",
     "MethodStats",
@@ -40,6 +41,18 @@ __all__ = [
 #: service's own probes (health Check/Watch, reflection) would drown real traffic.
 EXCLUDED_SERVICES: frozenset[str] = frozenset(
     {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+
+
+#: gRPC codes that mean the *server* failed the call; the others (INVALID_ARGUMENT,
+#: NOT_FOUND, UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED for a slow or
+#: rate-limited client, FAILED_PRECONDITION, …) are the client's answer, correctly
+#: given. Health judges a service by these only, as an availability SLI does (Google SRE
+#: workbook, "Implementing SLOs": a request that failed because of the client is not
+#: unavailability); ``errors_by_code`` and the per-method ``error_rate`` still count
+#: every non-OK answer.
+SERVER_FAULT_CODES: frozenset[str] = frozenset(
+    {"UNKNOWN", "INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS", "UNIMPLEMENTED"}
 )
 
 
@@ -63,6 +76,10 @@ class MethodCounters:
     @property
     def errors(self) -> float:
         return sum(v for code, v in self.handled.items() if code != "OK")
+
+    @property
+    def server_errors(self) -> float:
+        return sum(v for code, v in self.handled.items() if code in SERVER_FAULT_CODES)
 
 
 @dataclass(slots=True)
@@ -179,7 +196,11 @@ def method_stats(current: Scrape, baseline: Scrape | None, *, excluded: Iterable
 
 
 def error_rate(current: Scrape, baseline: Scrape | None, *, excluded: Iterable[str] = EXCLUDED_SERVICES) -> tuple[float, int]:
-    """(failed fraction, calls) of all methods between ``baseline`` and ``current``."""
+    """(server-fault fraction, calls) of all methods between ``baseline`` and ``current``.
+
+    Only :data:`SERVER_FAULT_CODES` count as failures: a burst of rejected bad input or
+    bad tokens does not make a healthy service DEGRADED.
+    """
     skip = set(excluded)
     calls = errors = 0.0
     for key, now in current.methods.items():
@@ -190,7 +211,7 @@ def error_rate(current: Scrape, baseline: Scrape | None, *, excluded: Iterable[s
         if delta is None:  # restarted: count since the restart
             delta = now
         calls += delta.handled_total
-        errors += delta.errors
+        errors += delta.server_errors
     return (errors / calls if calls > 0 else 0.0), int(calls)
 
 

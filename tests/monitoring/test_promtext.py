@@ -64,3 +64,18 @@ def test_window_uses_deltas_against_the_baseline() -> None:
     assert get.error_rate == 0.0 and get.p99_s is not None and get.p99_s <= 0.005
     assert error_rate(current, baseline) == (0.0, 20)
     assert error_rate(current, None) == (pytest.approx(10 / 30), 30)
+
+
+def test_health_error_rate_counts_server_faults_not_client_mistakes() -> None:
+    """Rejected bad input, bad tokens and unknown names do not make a service DEGRADED."""
+    registry = CollectorRegistry()
+    metrics = GrpcServerMetrics(registry)
+    for code in ("INVALID_ARGUMENT", "UNAUTHENTICATED", "PERMISSION_DENIED", "NOT_FOUND",
+                 "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS", "OUT_OF_RANGE"):
+        record(metrics, "Get", code, 0.001, n=10)
+    record(metrics, "Get", "OK", 0.001, n=10)
+    assert error_rate(parse_scrape(generate_latest(registry).decode(), time=1.0), None) == (0.0, 90)
+    for code in ("INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED", "DATA_LOSS", "UNIMPLEMENTED"):
+        record(metrics, "Get", code, 0.001, n=5)
+    assert error_rate(parse_scrape(generate_latest(registry).decode(), time=2.0), None) == (
+        pytest.approx(30 / 120), 120)

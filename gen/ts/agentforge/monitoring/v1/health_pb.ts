@@ -54,8 +54,10 @@ export type ComponentHealth = Message<"agentforge.monitoring.v1.ComponentHealth"
   latency?: Duration | undefined;
 
   /**
-   * Fraction of failed RPCs (status other than OK) over the last metrics window, in
-   * [0, 1]; 0 for components that serve no RPCs of ours.
+   * Fraction of RPCs the server failed (UNKNOWN, INTERNAL, UNAVAILABLE,
+   * DEADLINE_EXCEEDED, DATA_LOSS, UNIMPLEMENTED) over the last metrics window, in
+   * [0, 1]; a client's mistake (INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, ...) is
+   * not a failure of the server. 0 for components that serve no RPCs of ours.
    *
    * @generated from field: double error_rate = 5;
    */
