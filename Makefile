@@ -71,7 +71,7 @@ breaking: $(STAMP)
 
 test: setup check-gen lint breaking
 	cd dashboard && npm run --silent test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not e2e"
