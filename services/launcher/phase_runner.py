@@ -17,6 +17,7 @@ import grpc
 from agentforge.forge.v1 import forge_service_pb2_grpc, phase_run_event_pb2, phase_run_pb2, request_response_pb2
 from google.protobuf import struct_pb2
 
+from agentforge.cli.progress import format_phase_event
 from services.shared.auth import mint_token
 
 __all__ = ["PhaseRunFailed", "RunResult", "cancel_run", "format_event", "run_phase"]
@@ -67,41 +68,18 @@ def _code_name(code: int) -> str:
 
 
 def format_event(event: phase_run_event_pb2.PhaseRunEvent) -> str:
-    """One console line for an event."""
+    """One console line for an event: progress and the stream's end here, every other
+    kind in the CLI's words (:func:`agentforge.cli.progress.format_phase_event`)."""
     kind = event.WhichOneof("kind")
-    if kind == "state_changed":
-        sc = event.state_changed
-        line = f"state {_state(sc.from_state)} -> {_state(sc.to_state)}"
-        if sc.reason:
-            line += f" ({sc.reason})"
-        if sc.error.code:
-            line += f": {_code_name(sc.error.code)} {sc.error.message}"
-        return line
-    if kind == "step_changed":
-        step = event.step_changed.step
-        state = phase_run_pb2.SagaStepState.Name(step.state).removeprefix("SAGA_STEP_STATE_")
-        line = f"step {event.step_changed.index} {step.name}: {state}"
-        if step.resource:
-            line += f" [{step.resource}]"
-        if step.error.message:
-            line += f" error: {step.error.message}"
-        comp = phase_run_pb2.CompensationState.Name(step.compensation_state).removeprefix("COMPENSATION_STATE_")
-        if comp in ("RUNNING", "SUCCEEDED", "FAILED"):
-            line += f" (compensation {comp.lower()})"
-        return line
     if kind == "progress":
         p = event.progress
         steps = f" {p.steps_done}/{p.steps_total}" if p.steps_total else ""
         current = f" {p.current_step}" if p.current_step else ""
         return f"[{p.fraction_done * 100:5.1f}%]{current}{steps} {p.message}".rstrip()
-    if kind == "log":
-        sev = phase_run_event_pb2.LogSeverity.Name(event.log.severity).removeprefix("LOG_SEVERITY_")
-        step = f" {event.log.step}:" if event.log.step else ""
-        return f"[{sev}]{step} {event.log.message}"
     if kind == "stream_end":
         end = event.stream_end
         return f"stream ended: {_code_name(end.code)}" + (f" {end.message}" if end.message else "")
-    return f"event {event.sequence} ({_state(event.phase_run.state)})"
+    return format_phase_event(event)
 
 
 def _rpc_error(what: str, exc: grpc.RpcError) -> PhaseRunFailed:
