@@ -1,12 +1,19 @@
-"""Helpers shared by the test suites: reading rich gRPC errors and grpc-web framing."""
+"""Helpers shared by the test suites: reading rich gRPC errors, grpc-web framing, and
+starting a whole mesh for a fixture."""
 
 from __future__ import annotations
 
 import struct
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import grpc.aio
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+if TYPE_CHECKING:
+    from services.launcher.mesh import Mesh, MeshConfig
 
 __all__ = ["error_details", "field_violations", "grpc_web_frame", "grpc_web_frames", "violation_map"]
 
@@ -70,3 +77,29 @@ def grpc_web_frames(body: bytes) -> tuple[list[bytes], dict[str, str]]:
             assert flag == 0, "compressed frames were not asked for"
             messages.append(payload)
     return messages, trailers
+
+
+@contextmanager
+def started_mesh(config: "MeshConfig", *, logs: object = None) -> "Iterator[Mesh]":
+    """A started :class:`~services.launcher.mesh.Mesh`, stopped on exit.
+
+    A mesh that does not start fails the test with the launcher's message (each
+    process's log tail; ``logs`` names where the full logs are) instead of a traceback,
+    and whatever it did start is stopped first. Used by every fixture that starts the
+    whole mesh (tests/e2e, tests/chaos).
+    """
+    import pytest
+
+    from services.launcher.mesh import Mesh, MeshStartError
+
+    mesh = Mesh(config)
+    try:
+        mesh.start()
+    except MeshStartError as exc:
+        mesh.stop()
+        where = f" (logs in {logs})" if logs is not None else ""
+        pytest.fail(f"the mesh did not start{where}:\n{exc}", pytrace=False)
+    try:
+        yield mesh
+    finally:
+        mesh.stop()

@@ -25,8 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
-from services.launcher.mesh import Mesh, MeshConfig, MeshStartError
+from services.launcher.mesh import Mesh, MeshConfig
 from services.shared.supervision import RestartPolicy
+from tests.support import started_mesh
 
 # Generous per-test limit: the first test also starts the mesh, which takes minutes on a busy
 # 2-core machine.
@@ -41,25 +42,13 @@ MESH_ENV = {
 TERMINAL = {"TRAINING_JOB_STATE_SUCCEEDED", "TRAINING_JOB_STATE_FAILED", "TRAINING_JOB_STATE_CANCELLED"}
 
 
-def _start(config: MeshConfig) -> Mesh:
-    mesh = Mesh(config)
-    try:
-        mesh.start()
-    except MeshStartError as exc:
-        mesh.stop()
-        pytest.fail(f"the mesh did not start:\n{exc}", pytrace=False)
-    return mesh
-
-
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     base = tmp_path_factory.mktemp("chaos-mesh")
-    mesh = _start(MeshConfig(training_workers=1, env=dict(MESH_ENV), data_dir=base / "data",
-                             run_dir=base / "run", startup_timeout=120, stop_grace=8.0, restart=RESTART))
-    try:
+    config = MeshConfig(training_workers=1, env=dict(MESH_ENV), data_dir=base / "data",
+                        run_dir=base / "run", startup_timeout=120, stop_grace=8.0, restart=RESTART)
+    with started_mesh(config) as mesh:
         yield mesh
-    finally:
-        mesh.stop()
 
 
 @pytest.fixture
@@ -257,17 +246,14 @@ def test_killed_valkey_comes_back_on_its_port_and_the_services_reconnect(mesh: M
 
 
 def test_stopping_the_mesh_ends_an_open_rest_stream_with_its_final_status_line(tmp_path: Path) -> None:
-    mesh = _start(MeshConfig(services=("realtime",), data_dir=tmp_path / "data", run_dir=tmp_path / "run",
-                             stop_grace=8.0, restart=RESTART))
-    try:
-        with httpx.Client(base_url=mesh.edge_url, timeout=30) as client:
-            stream = StreamReader(client, "/v1/topics:subscribe",
-                                  {"topics": "chaos/stop", "heartbeatInterval": "1s"})
-            stream.wait_for(1, "heartbeat")
-            mesh.stop()
-            assert stream.ended.wait(15)
-    finally:
-        mesh.stop()
+    config = MeshConfig(services=("realtime",), data_dir=tmp_path / "data", run_dir=tmp_path / "run",
+                        stop_grace=8.0, restart=RESTART)
+    with started_mesh(config) as mesh, httpx.Client(base_url=mesh.edge_url, timeout=30) as client:
+        stream = StreamReader(client, "/v1/topics:subscribe",
+                              {"topics": "chaos/stop", "heartbeatInterval": "1s"})
+        stream.wait_for(1, "heartbeat")
+        mesh.stop()  # while the stream is open; started_mesh's own stop is then a no-op
+        assert stream.ended.wait(15)
     assert stream.error is None, stream.error
     last = stream.lines[-1]
     # The service ended the stream (UNAVAILABLE "server shutting down") while Envoy still ran.

@@ -34,8 +34,8 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from services.launcher.mesh import Mesh, MeshConfig, MeshStartError
-from tests.support import grpc_web_frame, grpc_web_frames
+from services.launcher.mesh import Mesh, MeshConfig
+from tests.support import grpc_web_frame, grpc_web_frames, started_mesh
 
 __all__ = [
     "GRPCURL",
@@ -77,16 +77,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         startup_timeout=START_TIMEOUT,
         stop_grace=8.0,
     )
-    instance = Mesh(config)
-    try:
-        instance.start()
-    except MeshStartError as exc:
-        instance.stop()
-        pytest.fail(f"the mesh did not start (logs in {base / 'logs'}):\n{exc}", pytrace=False)
-    try:
+    with started_mesh(config, logs=base / "logs") as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture
