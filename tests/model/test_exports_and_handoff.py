@@ -82,25 +82,108 @@ async def test_state_dict_and_safetensors_exports_hold_the_same_tensors(registry
     assert {e.name.rsplit("/", 1)[1] for e in listed.model_exports} == {"state-dict", "safetensors"}
 
 
-async def test_torchscript_without_architecture_fails_and_onnx_is_unsupported(registry: Registry) -> None:
+async def test_torchscript_and_onnx_without_architecture_fail_with_the_reason(registry: Registry) -> None:
     await make_model(registry.stub, "ts")
     v = await make_version(registry.stub, "ts")
     await upload_all(registry.stub, v.name, state_dict_bytes(torch.nn.Linear(2, 2).state_dict()))
+    for fmt in (mv.ARTIFACT_FORMAT_TORCHSCRIPT, mv.ARTIFACT_FORMAT_ONNX):
+        started = await registry.stub.ExportModelVersion(rr.ExportModelVersionRequest(name=v.name, format=fmt))
+        export = await finished(registry, started.name)
+        assert export.state == me.MODEL_EXPORT_STATE_FAILED and "architecture" in export.error.message
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in registry.stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(
+                    name=v.name, format=fmt)):
+                pass
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+DECODER_PARAMETERS = {"architecture": "decoder_transformer", "model.layers": "2", "model.width": "16",
+                      "model.heads": "2", "model.context_length": "6"}
+
+
+@pytest.mark.parametrize("block_style", ["pre_ln", "grokfast_paper"])
+async def test_every_export_format_loads_and_runs_like_the_pytorch_model(registry: Registry,
+                                                                         block_style: str) -> None:
+    """Issue 8: each format the contract lists is produced, then loaded with its own
+    loader (torch.load / safetensors / torch.jit.load / onnxruntime) and run on token
+    batches of several shapes: the logits match the PyTorch model's."""
+    import numpy as np
+    import onnxruntime
+    from safetensors.torch import load
+
+    torch.manual_seed(3)
+    model = DecoderTransformer(vocab_size=13, width=16, layers=2, heads=2,
+                               context_length=7 if block_style == "grokfast_paper" else 6,
+                               block_style=block_style).eval()
+    model_id = f"every-{block_style.replace('_', '-')}"
+    await make_model(registry.stub, model_id)
+    v = await make_version(registry.stub, model_id, parameters=DECODER_PARAMETERS)
+    await upload_all(registry.stub, v.name, state_dict_bytes(model.state_dict()))
+
+    def rebuilt(state: dict[str, torch.Tensor]) -> DecoderTransformer:
+        copy = DecoderTransformer(vocab_size=13, width=16, layers=2, heads=2, context_length=model.context_length,
+                                  block_style=block_style)
+        copy.load_state_dict(state, strict=True)
+        return copy.eval()
+
+    runners = {}
+    for fmt in (mv.ARTIFACT_FORMAT_STATE_DICT, mv.ARTIFACT_FORMAT_SAFETENSORS, mv.ARTIFACT_FORMAT_TORCHSCRIPT,
+                mv.ARTIFACT_FORMAT_ONNX):
+        started = await registry.stub.ExportModelVersion(rr.ExportModelVersionRequest(name=v.name, format=fmt))
+        export = await finished(registry, started.name)
+        assert export.state == me.MODEL_EXPORT_STATE_SUCCEEDED, (fmt, export.error.message)
+        blob = await download(registry, v.name, fmt)
+        assert hashlib.sha256(blob).hexdigest() == export.sha256
+        if fmt == mv.ARTIFACT_FORMAT_STATE_DICT:
+            runners["state-dict"] = rebuilt(torch.load(io.BytesIO(blob), weights_only=True))
+        elif fmt == mv.ARTIFACT_FORMAT_SAFETENSORS:
+            runners["safetensors"] = rebuilt(load(blob))
+        elif fmt == mv.ARTIFACT_FORMAT_TORCHSCRIPT:
+            runners["torchscript"] = torch.jit.load(io.BytesIO(blob))
+        else:
+            assert export.content_type == "application/x-onnx"
+            session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
+            assert [i.name for i in session.get_inputs()] == ["tokens"]
+            assert [o.name for o in session.get_outputs()] == ["logits"]
+            runners["onnx"] = lambda tokens: torch.from_numpy(session.run(None, {"tokens": tokens.numpy()})[0])
+    gen = torch.Generator().manual_seed(11)
+    for shape in [(1, 6), (4, 6), (2, 3), (5, 1)]:
+        tokens = torch.randint(0, 13, shape, generator=gen)
+        with torch.no_grad():
+            want = model(tokens)
+            for fmt, run in runners.items():
+                got = run(tokens)
+                assert got.shape == want.shape, (fmt, shape)
+                assert np.allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-3), (fmt, shape)
+                if fmt in ("state-dict", "safetensors"):
+                    assert torch.equal(got, want), fmt
+
+
+async def test_an_export_that_does_not_reproduce_the_model_fails(registry: Registry, monkeypatch) -> None:
+    """The verification can fail: an ONNX file whose logits differ is never stored."""
+    from services.model import exports
+
+    torch.manual_seed(4)
+    model = DecoderTransformer(vocab_size=13, width=16, layers=2, heads=2, context_length=6).eval()
+    await make_model(registry.stub, "tampered")
+    v = await make_version(registry.stub, "tampered", parameters=DECODER_PARAMETERS)
+    await upload_all(registry.stub, v.name, state_dict_bytes(model.state_dict()))
+    real_rebuild = exports.rebuild
+
+    def skewed(state, params, fmt="TORCHSCRIPT"):  # the exporter sees other weights than the check
+        module, context = real_rebuild(state, params, fmt)
+        if not getattr(skewed, "done", False):
+            skewed.done = True  # type: ignore[attr-defined]
+            with torch.no_grad():
+                module.head.weight.mul_(1.5)  # (a constant shift would vanish after LayerNorm)
+        return module, context
+
+    monkeypatch.setattr(exports, "rebuild", skewed)
     started = await registry.stub.ExportModelVersion(rr.ExportModelVersionRequest(
-        name=v.name, format=mv.ARTIFACT_FORMAT_TORCHSCRIPT))
+        name=v.name, format=mv.ARTIFACT_FORMAT_ONNX))
     export = await finished(registry, started.name)
-    assert export.state == me.MODEL_EXPORT_STATE_FAILED and "architecture" in export.error.message
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in registry.stub.DownloadModelArtifact(rr.DownloadModelArtifactRequest(
-                name=v.name, format=mv.ARTIFACT_FORMAT_TORCHSCRIPT)):
-            pass
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await registry.stub.ExportModelVersion(rr.ExportModelVersionRequest(
-            name=v.name, format=mv.ARTIFACT_FORMAT_ONNX))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert details(err.value)[0].reason == "EXPORT_FORMAT_UNSUPPORTED"
-    assert "not supported in this deployment" in err.value.details()
+    assert export.state == me.MODEL_EXPORT_STATE_FAILED
+    assert "ONNX verification failed" in export.error.message, export.error.message
 
 
 def write_checkpoint(path: Path) -> tuple[DecoderTransformer, str]:
