@@ -359,6 +359,7 @@ return {
       ["update_time"] = true,
       ["requestId"] = true,
       ["request_id"] = true,
+      ["creator"] = true,
     },
     ["agentforge.training.v1.TrainingJobSpec"] = {
       ["task"] = {message = "agentforge.training.v1.TaskSpec"},

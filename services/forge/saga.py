@@ -33,6 +33,7 @@ from services.forge.catalog import CATALOG
 from services.forge.config import ForgeConfig
 from services.forge.phases.base import Peers, Phase, PhaseContext, Step, StepFailedError
 from services.forge.store import RunStore
+from services.shared.authz import acting_for_var, creator_subject, require_owner
 from services.shared.bus import EventBus
 from services.shared.events import publish_event
 from services.shared.fanout import Fanout, Gap
@@ -124,8 +125,10 @@ class RunManager:
             if existing is not None:
                 return existing
         definition = CATALOG.get(phase_id)
-        if definition is None:
-            raise NotFound(f"phase {phase} does not exist", reason="PHASE_NOT_FOUND")
+        if definition is None:  # a bad field of this request, not a missing resource it acts on
+            known = ", ".join(f"phases/{p}" for p in CATALOG)
+            raise InvalidArgument(f"there is no phase {phase}", [("phase", f"not in the catalog; one of: {known}")],
+                                  reason="PHASE_UNKNOWN")
         if not definition.available:
             raise FailedPrecondition(
                 f"phase {phase} is in the catalog but not implemented in this deployment",
@@ -144,7 +147,7 @@ class RunManager:
         run = pr.PhaseRun(
             name=f"phaseRuns/{run_id}", phase=phase, state=S.PHASE_RUN_STATE_PENDING,
             input_model_version=input_model_version, labels=labels, request_id=request_id,
-            create_time=now, update_time=now,
+            create_time=now, update_time=now, creator=creator_subject(),
         )
         run.parameters.update(params[phase_id] if len(params) == 1 and phase_id in params else
                               {**{k: v for k, v in _plain_struct(parameters).items() if k not in params},
@@ -178,6 +181,7 @@ class RunManager:
         completes even if the caller of CancelPhaseRun goes away.
         """
         run = await self.get(name)
+        require_owner(run.name, run.creator)
         if run.state in TERMINAL:
             raise FailedPrecondition(f"{name} already ended ({S.Name(run.state)})")
         run_id = name.split("/", 1)[1]
@@ -334,6 +338,9 @@ class RunManager:
 
     async def _drive(self, run: pr.PhaseRun) -> None:
         run_id = run.name.split("/", 1)[1]
+        # The saga acts for whoever started the run (its own context, so this stays in
+        # it): the training jobs it creates are theirs (docs/security.md).
+        acting_for_var.set(run.creator)
         try:
             data = await asyncio.to_thread(self._store.saga_data, run_id)
             if "cancel_reason" in data:  # cancelled before the service stopped
@@ -400,6 +407,7 @@ class RunManager:
 
     async def _compensate(self, run: pr.PhaseRun, final: int, reason: str,
                           error: status_pb2.Status | None) -> None:
+        acting_for_var.set(run.creator)  # a task of its own when cancel() started it
         await self._set_state(run, S.PHASE_RUN_STATE_COMPENSATING, reason, error)
         phase = self._phase(run)
         steps = phase.steps()

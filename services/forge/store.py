@@ -2,7 +2,8 @@
 
 The history is what ``WatchPhaseRun`` replays after a cursor. The database's ``epoch`` is
 minted when the file is created; a new file (history lost) means a new epoch, which
-watchers see on every event. Synchronous by design (local SQLite, short transactions);
+watchers see on every event. The schema is versioned (``_MIGRATIONS``,
+services/shared/migrations.py). Synchronous by design (local SQLite, short transactions);
 the service calls it through ``asyncio.to_thread``.
 """
 
@@ -18,10 +19,11 @@ from google.protobuf import timestamp_pb2
 
 from agentforge.forge.v1 import phase_run_event_pb2 as ev
 from agentforge.forge.v1 import phase_run_pb2 as pr
+from services.shared.migrations import Step, migrate
 
 __all__ = ["RunStore"]
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -41,6 +43,13 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
+#: The store's schema, step by step (services/shared/migrations.py). Append only.
+_MIGRATIONS: dict[int, Step] = {
+    1: _SCHEMA_V1,  # idempotent: stores made before versioned migrations adopt it as is
+    # who started the run (the ``sub`` of the start call's token); '' for older runs
+    2: "ALTER TABLE runs ADD COLUMN creator TEXT NOT NULL DEFAULT ''",
+}
+
 
 class RunStore:
     def __init__(self, path: Path) -> None:
@@ -48,8 +57,9 @@ class RunStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
+        with self._lock:
+            migrate(self._db, _MIGRATIONS, store=f"forge store {path}")
         with self._lock:
             row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
             if row is None:
@@ -79,9 +89,10 @@ class RunStore:
         try:
             with self._lock:
                 self._db.execute(
-                    "INSERT INTO runs (id, phase, state, request_id, create_us, snapshot) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO runs (id, phase, state, request_id, create_us, creator, snapshot)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (run_id, run.phase, run.state, run.request_id or None,
-                     _us(run.create_time), run.SerializeToString()),
+                     _us(run.create_time), run.creator, run.SerializeToString()),
                 )
         except sqlite3.IntegrityError:
             return False

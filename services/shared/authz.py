@@ -17,7 +17,10 @@
 4. publishes the caller as :data:`principal_var` for handlers (topic
    rules) and, for a token with an ``exp``, sets :data:`~services.shared.context.
    stream_expiry_var`, so the stream interceptor ends a stream when its token expires;
-5. writes one audit record (JSON line) per call of a ``mutating`` method, allowed or
+5. publishes the method's rule as :data:`rule_var`: for an ``owner_scoped`` method the
+   handler calls :func:`require_owner` with the resource's recorded creator once it has
+   loaded it (trainers act only on what they created; reason ``NOT_RESOURCE_OWNER``);
+6. writes one audit record (JSON line) per call of a ``mutating`` method, allowed or
    refused: time, service, method, subject, role, resource, outcome (gRPC code),
    request id (:class:`AuditLog`).
 
@@ -36,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,10 +60,15 @@ __all__ = [
     "MethodRule",
     "PUBLIC_METHODS",
     "ROLE_NAMES",
+    "acting_for",
+    "acting_for_var",
+    "creator_subject",
     "current_principal",
     "method_rule",
     "outgoing_metadata",
     "principal_var",
+    "require_owner",
+    "rule_var",
     "set_service_identity",
 ]
 
@@ -83,6 +91,13 @@ principal_var: contextvars.ContextVar[auth.Principal | None] = contextvars.Conte
     "af_principal", default=None
 )
 
+#: The access rule of the RPC being handled (owner checks read its ``owner_scoped``).
+rule_var: "contextvars.ContextVar[MethodRule | None]" = contextvars.ContextVar("af_rule", default=None)
+
+#: Work a service does for a user outside that user's RPC (a phase run's saga, resumed
+#: after a restart too): the subject it acts for, sent as ``act_for`` on outgoing calls.
+acting_for_var: contextvars.ContextVar[str] = contextvars.ContextVar("af_acting_for", default="")
+
 _service_name = "unknown"
 
 
@@ -94,6 +109,62 @@ def set_service_identity(name: str) -> None:
 
 def current_principal() -> auth.Principal | None:
     return principal_var.get()
+
+
+def creator_subject(principal: auth.Principal | None = None) -> str:
+    """Who a resource created in this call belongs to: the caller's ``sub``; for a peer
+    service, the user it acts for (its ``act_for`` claim), else the service itself.
+
+    ``act_for`` is honoured only in a service's claims (role ``service``, which only a
+    caller holding the mesh secret can present); a user token's ``act_for`` is ignored.
+    """
+    principal = principal or principal_var.get()
+    if principal is None:
+        return ""
+    if principal.is_service:
+        acted = principal.claims.get("act_for")
+        if isinstance(acted, str) and acted:
+            return acted
+    return principal.subject
+
+
+def require_owner(resource: str, creator: str) -> None:
+    """Refuse a trainer acting on a resource another subject created.
+
+    Applies when the RPC being handled is ``owner_scoped`` (its access option, the one
+    table): the caller passes if it is an operator or above (the ``service`` role
+    included), or if :func:`creator_subject` of the caller equals ``creator``. Otherwise
+    PermissionDenied, reason ``NOT_RESOURCE_OWNER``, metadata ``resource``, ``creator``
+    and ``subject``. A resource without a creator (made before creators were recorded)
+    belongs to nobody: only operators and above may act on it. Outside an RPC (no rule,
+    no caller) it does nothing: the service's own work is not scoped.
+    """
+    rule = rule_var.get()
+    principal = principal_var.get()
+    if rule is None or not rule.owner_scoped or principal is None:
+        return
+    if principal.at_least("operator"):
+        return
+    subject = creator_subject(principal)
+    if creator and subject == creator:
+        return
+    whose = f"was created by {creator!r}" if creator else "has no recorded creator"
+    raise PermissionDenied(
+        f"{resource} {whose}; a {principal.role} may act only on what they created — ask its "
+        "creator or an operator",
+        reason="NOT_RESOURCE_OWNER",
+        metadata={"resource": resource, "creator": creator, "subject": subject},
+    )
+
+
+@contextlib.contextmanager
+def acting_for(subject: str) -> Iterator[None]:
+    """Outgoing calls inside the block say they act for ``subject`` (``act_for``)."""
+    reset = acting_for_var.set(subject)
+    try:
+        yield
+    finally:
+        acting_for_var.reset(reset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +323,7 @@ class AuthInterceptor(CallInterceptor):
                     await self._refuse(call, rule, principal, refusal)
             else:
                 principal_var.set(principal)
+                rule_var.set(rule)
                 if principal is not None and principal.expires_at is not None:
                     stream_expiry_var.set(principal.expires_at)
             yield
@@ -326,9 +398,11 @@ class AuthInterceptor(CallInterceptor):
 def outgoing_metadata(existing: Mapping[str, str] | None = None) -> list[tuple[str, str]]:
     """Headers a service adds to its calls to a peer: the mesh secret and its own claims.
 
-    The claims name the service (role ``service``) and, inside an RPC, the user it acts
-    for (``act_for``), so audit records downstream say who started the work. Headers
-    already present are kept.
+    The claims name the service (role ``service``) and the user it acts for
+    (``act_for``): inside an RPC, its caller (or the user a calling service acted for);
+    in work begun outside one, :func:`acting_for`'s subject. Audit records downstream say
+    who started the work, and what it creates is that user's (:func:`creator_subject`).
+    Headers already present are kept.
     """
     have = {k.lower() for k in (existing or {})}
     items: list[tuple[str, str]] = []
@@ -337,7 +411,11 @@ def outgoing_metadata(existing: Mapping[str, str] | None = None) -> list[tuple[s
     if auth.CLAIMS_HEADER not in have:
         claims = auth.service_claims(_service_name)
         principal = principal_var.get()
-        if principal is not None and not principal.is_service:
-            claims["act_for"] = principal.subject
+        acted = acting_for_var.get()
+        if not acted and principal is not None:
+            # a user's call: that user; a peer service's call: the user it acts for, if any
+            acted = principal.subject if not principal.is_service else str(principal.claims.get("act_for") or "")
+        if acted:
+            claims["act_for"] = acted
         items.append((auth.CLAIMS_HEADER, auth.encode_claims_header(claims)))
     return items

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
+from services.shared.authz import creator_subject, require_owner
 from services.shared.bus import EventBus, TypeMismatch
 from services.shared.fanout import BusFanout, Gap
 from services.shared.context import remaining_seconds
@@ -155,7 +156,7 @@ class JobManager:
         mapping.validate_spec(job.spec, self.config.dataset_root_paths)
         mapping.check_device(job.spec)
         clean = job_pb.TrainingJob(display_name=job.display_name, labels=dict(job.labels), spec=job.spec,
-                                   phase=job.phase, phase_run=job.phase_run)
+                                   phase=job.phase, phase_run=job.phase_run, creator=creator_subject())
         rec, events, created = self.store.create(clean, job_id or uuid.uuid4().hex[:16], request_id)
         # The job is durable now: Redis being away delays it (the reconciler enqueues it
         # later) but never fails or hangs the create, and a retry with the same
@@ -210,10 +211,19 @@ class JobManager:
                 return False
             raise
 
+    def _check_owner(self, name: str) -> None:
+        """PermissionDenied when a trainer controls a job someone else created (the
+        method's ``owner_scoped`` rule, :func:`services.shared.authz.require_owner`);
+        NotFound for an unknown job. The creator never changes, so checking before the
+        control's own transaction is exact."""
+        job = self.store.get(job_id_of(name)).job
+        require_owner(job.name, job.creator)
+
     async def cancel(self, name: str) -> job_pb.TrainingJob:
         """QUEUED/PAUSED: CANCELLED now. RUNNING: the flag is stored (the worker reads it
         from the database every heartbeat, and gets a control request at once); a RUNNING
         job that no live worker holds is CANCELLED here and now."""
+        self._check_owner(name)
         rec, event = self.store.request_cancel(job_id_of(name))
         if event is not None:
             await self._publish([event], budget_s=self._budget())
@@ -240,17 +250,20 @@ class JobManager:
                          rec.job.name, exc)
 
     async def pause(self, name: str) -> job_pb.TrainingJob:
+        self._check_owner(name)
         rec = self.store.request_pause(job_id_of(name))
         await self._signal_best_effort(rec, "pause")
         return rec.job
 
     async def resume(self, name: str) -> job_pb.TrainingJob:
+        self._check_owner(name)
         rec, event = self.store.resume(job_id_of(name))
         await self._publish_and_enqueue([event], rec)
         return self.store.get(rec.id).job
 
     async def adjust(self, name: str, *, learning_rate: float | None, alpha: float | None,
                      lamb: float | None) -> job_pb.TrainingJob:
+        self._check_owner(name)
         values = {k: v for k, v in (("lr", learning_rate), ("alpha", alpha), ("lamb", lamb)) if v is not None}
         if not values:
             raise InvalidArgument("nothing to adjust", [("learning_rate", "set at least one of learning_rate, "
@@ -261,12 +274,14 @@ class JobManager:
         return rec.job
 
     async def checkpoint(self, name: str) -> job_pb.TrainingJob:
+        self._check_owner(name)
         rec = self.store.require_state(job_id_of(name), (RUNNING,), "checkpointed")
         await self._signal(rec, "checkpoint")
         return rec.job
 
     async def delete(self, name: str) -> None:
         job_id = job_id_of(name)
+        self._check_owner(name)
         self.store.delete(job_id)
         await asyncio.to_thread(shutil.rmtree, self.config.run_dir(job_id), True)
         try:

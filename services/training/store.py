@@ -3,8 +3,10 @@
 Tables::
 
     meta(key, value)                  the store's epoch (minted once, at creation)
+    schema_version(version, applied)  the migrations applied (services/shared/migrations.py)
     jobs(seq, id, request_id UNIQUE,  the TrainingJob resource (serialized proto) plus the
-         state, phase, labels, job,   columns the service filters on and the internal
+         state, phase, labels,        columns the service filters on and the internal
+         creator, job,
          last_sequence, failures,     bookkeeping workers need (failed attempts, pending
          cancel/pause_requested,      cancel/pause, adjustments waiting for a resume, the
          pending_adjust, queue_entry) queue entry of the current run)
@@ -41,6 +43,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.shared.migrations import Step, migrate
 from services.training.cursor import WatchCursor
 
 __all__ = ["Appended", "JobRecord", "Store", "TERMINAL", "TRANSITIONS", "job_id_of", "now_ts"]
@@ -60,7 +63,7 @@ TRANSITIONS: dict[int, frozenset[int]] = {
     PAUSED: frozenset({QUEUED, CANCELLED}),
 }
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -100,6 +103,33 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (job_id, step)
 ) WITHOUT ROWID;
 """
+
+
+def _backfill_metric_points(db: sqlite3.Connection) -> None:
+    """A store made before metric_points existed gets its points once (from the events)."""
+    if db.execute("SELECT 1 FROM meta WHERE key='metric_points'").fetchone():
+        return  # done by the code before versioned migrations
+    rows = db.execute("SELECT job_id, sequence, data FROM events ORDER BY job_id, sequence").fetchall()
+    for job_id, sequence, data in rows:
+        event = ev_pb.TrainingJobEvent()
+        event.ParseFromString(data)
+        Store._index_metrics(db, job_id, [(sequence, event)])
+    db.execute("INSERT INTO meta(key, value) VALUES('metric_points', 'v1')")
+
+
+def _add_creator(db: sqlite3.Connection) -> None:
+    """``jobs.creator``: who created the job (the ``sub`` of the create call's token).
+    Jobs from before are left without one (operators and above control those)."""
+    db.execute("ALTER TABLE jobs ADD COLUMN creator TEXT NOT NULL DEFAULT ''")
+    db.execute("CREATE INDEX IF NOT EXISTS jobs_creator ON jobs(creator, seq)")
+
+
+#: The store's schema, step by step (services/shared/migrations.py). Append only.
+_MIGRATIONS: dict[int, Step] = {
+    1: _SCHEMA_V1,  # idempotent: stores made before versioned migrations adopt it as is
+    2: _backfill_metric_points,
+    3: _add_creator,
+}
 
 
 def now_ts() -> Timestamp:
@@ -158,28 +188,14 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
-        for stmt in _SCHEMA.split(";"):
-            if stmt.strip():
-                self._db.execute(stmt)
+        with self._lock:
+            migrate(self._db, _MIGRATIONS, store=f"training store {self.path}")
         with self._tx():
             row = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()
             if row is None:
                 self._db.execute("INSERT INTO meta(key, value) VALUES('epoch', ?)",
                                  (f"{int(time.time()):x}{secrets.token_hex(4)}",))
         self.epoch: str = self._db.execute("SELECT value FROM meta WHERE key='epoch'").fetchone()[0]
-        self._backfill_metric_points()
-
-    def _backfill_metric_points(self) -> None:
-        """Migration: a store made before metric_points existed gets its points once."""
-        with self._tx() as db:
-            if db.execute("SELECT 1 FROM meta WHERE key='metric_points'").fetchone():
-                return
-            rows = db.execute("SELECT job_id, sequence, data FROM events ORDER BY job_id, sequence").fetchall()
-            for job_id, sequence, data in rows:
-                event = ev_pb.TrainingJobEvent()
-                event.ParseFromString(data)
-                self._index_metrics(db, job_id, [(sequence, event)])
-            db.execute("INSERT INTO meta(key, value) VALUES('metric_points', 'v1')")
 
     def close(self) -> None:
         with self._lock:
@@ -275,8 +291,8 @@ class Store:
             job.state = S.TRAINING_JOB_STATE_UNSPECIFIED
             job.create_time.CopyFrom(now_ts())
             cur = db.execute(
-                "INSERT INTO jobs(id, request_id, state, phase, labels, job) VALUES(?,?,?,?,?,?)",
-                (job_id, request_id or None, job.state, job.phase, json.dumps(dict(job.labels)),
+                "INSERT INTO jobs(id, request_id, state, phase, labels, creator, job) VALUES(?,?,?,?,?,?,?)",
+                (job_id, request_id or None, job.state, job.phase, json.dumps(dict(job.labels)), job.creator,
                  job.SerializeToString()),
             )
             rec = JobRecord(job, int(cur.lastrowid or 0))

@@ -138,7 +138,10 @@ def test_evomerge_refuses_parents_of_different_architectures(rest: httpx.Client)
 
 def test_unknown_phase_and_out_of_range_parameters_are_clear_client_errors(rest: httpx.Client) -> None:
     resp = rest.post("/v1/phases/nope:start", json={"parameters": {}})
-    assert resp.status_code == 404 and "phases/nope" in resp.json()["message"], resp.text
+    assert resp.status_code == 400 and "phases/nope" in resp.json()["message"], resp.text
+    assert [v["field"] for d in resp.json()["details"] if d["@type"].endswith("BadRequest")
+            for v in d["fieldViolations"]] == ["phase"], resp.text
+    assert rest.post("/phases/nope/start", json={"phase_name": "nope", "parameters": {}}).status_code == 400
     resp = rest.post("/v1/phases/quietstar:start", json={"parameters": {}})
     assert resp.status_code == 400 and "not implemented" in resp.json()["message"], resp.text
     for phase, params, field in [("cognate", {"max_steps": 0}, "parameters.max_steps"),

@@ -21,6 +21,7 @@ from services.shared.config import ServerConfig
 from services.shared.server import build_server
 from services.shared.valkey import free_port
 from tests.support import field_violations as _violations
+from tests.support import violation_map
 
 
 @pytest.fixture
@@ -95,13 +96,22 @@ async def test_bad_input_is_invalid_argument_naming_the_field(forge, method, req
         ("GetPhaseRun", req.GetPhaseRunRequest(name="phaseRuns/missing")),
         ("CancelPhaseRun", req.CancelPhaseRunRequest(name="phaseRuns/missing")),
         ("WatchPhaseRun", req.WatchPhaseRunRequest(name="phaseRuns/missing")),
-        ("StartPhaseRun", req.StartPhaseRunRequest(phase="phases/nope")),
     ],
 )
 async def test_missing_things_are_not_found(forge, method, request_):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await _call(forge, method, request_)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_unknown_phase_is_invalid_argument_on_the_phase_field(forge):
+    """Issue 11: the phase is a field of the request, not a resource the call acts on."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await forge.StartPhaseRun(req.StartPhaseRunRequest(phase="phases/nope"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = violation_map(err.value)
+    assert "phase" in violations and "phases/cognate" in violations["phase"], violations
+    assert list((await forge.ListPhaseRuns(req.ListPhaseRunsRequest())).phase_runs) == []
 
 
 async def test_a_phase_not_implemented_here_is_failed_precondition_not_a_pretend_run(forge):

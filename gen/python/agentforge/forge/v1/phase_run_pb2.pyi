@@ -64,7 +64,7 @@ COMPENSATION_STATE_SUCCEEDED: CompensationState
 COMPENSATION_STATE_FAILED: CompensationState
 
 class PhaseRun(_message.Message):
-    __slots__ = ("name", "phase", "parameters", "input_model_version", "state", "steps", "progress", "outputs", "error", "create_time", "start_time", "end_time", "update_time", "labels", "request_id")
+    __slots__ = ("name", "phase", "parameters", "input_model_version", "state", "steps", "progress", "outputs", "error", "create_time", "start_time", "end_time", "update_time", "labels", "request_id", "creator")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class PhaseRun(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     phase: str
     parameters: _struct_pb2.Struct
@@ -102,7 +103,8 @@ class PhaseRun(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     labels: _containers.ScalarMap[str, str]
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., phase: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_model_version: _Optional[str] = ..., state: _Optional[_Union[PhaseRunState, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., progress: _Optional[_Union[PhaseRunProgress, _Mapping]] = ..., outputs: _Optional[_Union[PhaseRunOutputs, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    creator: str
+    def __init__(self, name: _Optional[str] = ..., phase: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., input_model_version: _Optional[str] = ..., state: _Optional[_Union[PhaseRunState, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., progress: _Optional[_Union[PhaseRunProgress, _Mapping]] = ..., outputs: _Optional[_Union[PhaseRunOutputs, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., creator: _Optional[str] = ...) -> None: ...
 
 class SagaStep(_message.Message):
     __slots__ = ("name", "state", "resource", "start_time", "end_time", "error", "compensation_state", "compensation_error", "attempts")

@@ -112,7 +112,7 @@ CHECKPOINT_TRIGGER_REQUESTED: CheckpointTrigger
 CHECKPOINT_TRIGGER_PAUSE: CheckpointTrigger
 
 class TrainingJob(_message.Message):
-    __slots__ = ("name", "display_name", "labels", "spec", "phase", "phase_run", "state", "progress", "latest_checkpoint", "error", "attempts", "worker", "final_metrics", "create_time", "start_time", "end_time", "update_time", "request_id")
+    __slots__ = ("name", "display_name", "labels", "spec", "phase", "phase_run", "state", "progress", "latest_checkpoint", "error", "attempts", "worker", "final_metrics", "create_time", "start_time", "end_time", "update_time", "request_id", "creator")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class TrainingJob(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATOR_FIELD_NUMBER: _ClassVar[int]
     name: str
     display_name: str
     labels: _containers.ScalarMap[str, str]
@@ -163,7 +164,8 @@ class TrainingJob(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., phase: _Optional[str] = ..., phase_run: _Optional[str] = ..., state: _Optional[_Union[TrainingJobState, str]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_checkpoint: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    creator: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., spec: _Optional[_Union[TrainingJobSpec, _Mapping]] = ..., phase: _Optional[str] = ..., phase_run: _Optional[str] = ..., state: _Optional[_Union[TrainingJobState, str]] = ..., progress: _Optional[_Union[TrainingProgress, _Mapping]] = ..., latest_checkpoint: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., final_metrics: _Optional[_Mapping[str, float]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., creator: _Optional[str] = ...) -> None: ...
 
 class TrainingJobSpec(_message.Message):
     __slots__ = ("task", "model", "optimizer", "grokfast", "batch_size", "max_steps", "eval_interval", "checkpoint_interval", "progress_interval", "keep_checkpoints", "seed", "device", "priority")
