@@ -103,3 +103,15 @@ def started_mesh(config: "MeshConfig", *, logs: object = None) -> "Iterator[Mesh
         yield mesh
     finally:
         mesh.stop()
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape of ``http://host:port/metrics``: ``{(sample name, sorted labels): value}``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from agentforge.forge.v1 import forge_service_pb2, forge_service_pb2_grpc
 from agentforge.model.v1 import model_service_pb2_grpc
 from agentforge.training.v1 import training_service_pb2_grpc
 from services.forge.config import ForgeConfig
-from services.forge.saga import RunManager
+from services.forge.metrics import PhaseRunsCollector
+from services.forge.saga import BUS_STREAM, RunManager
 from services.forge.servicer import ForgeServicer
 from services.forge.store import RunStore
 from services.shared.bus import BusConfig, EventBus
 from services.shared.readiness import redis_ping
 from services.shared.client import make_channel
+from services.shared.metrics import BusStreamCollector
 from services.shared.server import run_service
 
 __all__ = ["Forge", "main"]
@@ -35,6 +38,7 @@ class Forge:
         self.runs: RunManager | None = None
         self._channels: list[grpc.aio.Channel] = []
         self._bus: EventBus | None = None
+        self._collectors: list[PhaseRunsCollector | BusStreamCollector] = []
 
     async def register(self, server: grpc.aio.Server) -> list[str]:
         self.store = RunStore(self.config.db_path)
@@ -53,7 +57,18 @@ class Forge:
         await self.runs.recover()
         return [SERVICE]
 
+    def bind_metrics(self, registry: CollectorRegistry) -> None:
+        """Phase runs by state, the ``events.forge`` stream, the WatchPhaseRun fan-out."""
+        assert self.runs is not None and self._bus is not None  # register() ran
+        self._collectors = [PhaseRunsCollector(self.config.db_path),
+                            BusStreamCollector(self._bus.config.url, produced=[BUS_STREAM])]
+        for collector in self._collectors:
+            registry.register(collector)
+        self.runs.fanout.bind_metrics(registry)
+
     async def close(self) -> None:
+        for collector in self._collectors:
+            collector.close()
         if self.runs is not None:
             await self.runs.aclose()
         for ch in self._channels:
@@ -67,4 +82,4 @@ class Forge:
 def main() -> None:
     forge = Forge(ForgeConfig.from_env())
     run_service("forge", forge.register, on_shutdown=forge.close,
-                dependencies={"redis": redis_ping(BusConfig.from_env().url)})
+                dependencies={"redis": redis_ping(BusConfig.from_env().url)}, bind_metrics=forge.bind_metrics)

@@ -85,6 +85,7 @@ class UploadSession:
                              "header.size_bytes")
         v = self.version
         await asyncio.to_thread(self._files.append, v.model_id, v.version, offset, data)
+        self._registry.bytes_received["upload"] += len(data)
         await self._store.set_committed(v.model_id, v.version, end)
         self.committed = end
         if end == self.header.size_bytes:
@@ -134,6 +135,11 @@ class ModelRegistry:
         self.max_artifact_bytes = max_artifact_bytes
         self._uploading: set[tuple[str, int]] = set()
         self._export_tasks: set[asyncio.Task[None]] = set()
+        #: Artifact bytes written, by source (``upload``: UploadModelArtifact chunks
+        #: stored; ``handoff``: training checkpoints registered), and bytes of artifacts
+        #: and exports handed to DownloadModelArtifact streams (docs/metrics.md).
+        self.bytes_received: dict[str, int] = {"upload": 0, "handoff": 0}
+        self.bytes_sent = 0
 
     # -- deletes (rows and files) -----------------------------------------------------
     async def delete_model(self, model_id: str, *, force: bool, etag: str) -> None:
@@ -204,6 +210,7 @@ class ModelRegistry:
             data = await asyncio.to_thread(self.files.read, path, position, min(chunk_size, end - position))
             if not data:
                 raise DataLoss(f"the stored file of {v.name} is shorter than recorded", reason="ARTIFACT_TRUNCATED")
+            self.bytes_sent += len(data)
             yield Chunk(v, position, data, size, sha, ctype, out_fmt)
             position += len(data)
 
@@ -320,6 +327,7 @@ async def register_handoff(registry: ModelRegistry, h: Handoff) -> tuple[Version
         return files.write_atomic(target, lambda f: exports.save_state_dict(state, f))
 
     size, sha = await asyncio.to_thread(write)
+    registry.bytes_received["handoff"] += size
     artifact = ArtifactRecord(state="READY", sha256=sha, size_bytes=size, committed_bytes=size,
                               content_type=exports.CONTENT_TYPES["STATE_DICT"], format="STATE_DICT",
                               complete_time=now_us())

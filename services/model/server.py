@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 
 import grpc.aio
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
 
 from agentforge.model.v1 import model_service_pb2, model_service_pb2_grpc
 from services.model.artifacts import ArtifactFiles
@@ -22,12 +24,14 @@ from services.model.config import ModelConfig
 from services.model.domain import ModelRegistry
 from services.model.events import OutboxRelay
 from services.model.handoff import HandoffConsumer
+from services.model.metrics import ArtifactCollector
 from services.model.servicer import ModelServicer
 from services.model.store import Registry
 from services.shared.bus import BusConfig, EventBus
 from services.shared.readiness import redis_ping
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
+from services.shared.metrics import BusStreamCollector
 from services.shared.server import Service, build_server
 from services.shared.tasks import cancel_and_wait
 
@@ -46,6 +50,8 @@ class ModelApp:
     bus: EventBus
     relay: OutboxRelay
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: The domain metrics' collectors (their Redis clients are closed with the app).
+    collectors: list[Collector] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -66,6 +72,9 @@ class ModelApp:
         await self.registry.close()
         await self.bus.aclose()
         self.registry.store.close()
+        for collector in self.collectors:
+            if isinstance(collector, BusStreamCollector):
+                collector.close()
 
 
 async def create_server(
@@ -86,14 +95,26 @@ async def create_server(
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
         return [FULL_NAME]
 
+    collectors: list[Collector] = []
+
+    def bind_metrics(prometheus: CollectorRegistry) -> None:
+        collectors.extend([
+            ArtifactCollector(registry),
+            BusStreamCollector(bus.config.url, produced=[config.events_stream],
+                               consumed=[(config.training_stream, config.consumer_group)] if config.handoff_enabled
+                               else []),
+        ])
+        for collector in collectors:
+            prometheus.register(collector)
+
     try:
         service = await build_server(server_config, SERVICE_NAME, register,
-                                     dependencies={"redis": redis_ping(bus.config.url)})
+                                     dependencies={"redis": redis_ping(bus.config.url)}, bind_metrics=bind_metrics)
     except BaseException:
         await bus.aclose()
         store.close()
         raise
-    app = ModelApp(service, registry, bus, relay)
+    app = ModelApp(service, registry, bus, relay, collectors=collectors)
     app.tasks.append(asyncio.create_task(relay.run(), name="model outbox relay"))
     if config.handoff_enabled:
         consumer = HandoffConsumer(bus, registry, stream=config.training_stream, group=config.consumer_group,

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc.aio
+from prometheus_client import CollectorRegistry
 
 from agentforge.monitoring.v1 import monitoring_service_pb2, monitoring_service_pb2_grpc
 from services.monitoring.alerts import AlertManager
@@ -28,6 +29,7 @@ from services.monitoring.watcher import HealthWatcher, component_name
 from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
+from services.shared.metrics import BusStreamCollector
 from services.shared.server import Service, build_server
 
 __all__ = ["SERVICE_NAME", "MonitoringServer", "create_server", "main", "serve"]
@@ -46,6 +48,7 @@ class MonitoringServer:
     store: MonitoringStore
     bus: EventBus | None
     mirror: HealthMirror | None = None
+    collectors: list[BusStreamCollector] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -64,6 +67,8 @@ class MonitoringServer:
         if self.bus is not None:
             await self.bus.aclose()
         self.store.close()
+        for collector in self.collectors:
+            collector.close()
 
     async def stop(self, grace: float | None = None) -> None:
         """Open watch streams end UNAVAILABLE, the server drains, then resources close."""
@@ -89,8 +94,20 @@ async def create_server(config: MonitoringConfig, server_config: ServerConfig) -
         monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(servicer, server)
         return [_FULL_NAME]
 
+    collectors: list[BusStreamCollector] = []
+
+    def bind_metrics(registry: CollectorRegistry) -> None:
+        """The streams monitoring publishes, and the WatchSystemHealth / WatchAlerts fan-outs."""
+        if config.redis_url:
+            collectors.append(BusStreamCollector(config.redis_url,
+                                                 produced=[config.events_stream, config.alerts_stream]))
+            registry.register(collectors[-1])
+        watcher.fanout.bind_metrics(registry)
+        alerts.fanout.bind_metrics(registry)
+
     others = {name: full for name, full in API_SERVICES.items() if name != SERVICE_NAME}
-    service = await build_server(server_config, SERVICE_NAME, register, reflect_extra=others.values())
+    service = await build_server(server_config, SERVICE_NAME, register, reflect_extra=others.values(),
+                                 bind_metrics=bind_metrics)
     own_metrics = f"127.0.0.1:{service.metrics_port}" if service.metrics_port else None
     own = config.target(SERVICE_NAME)
     if own is None:
@@ -103,7 +120,7 @@ async def create_server(config: MonitoringConfig, server_config: ServerConfig) -
     watcher.add_listener(mirror)
     watcher.start()
     alerts.start()
-    return MonitoringServer(service, watcher, alerts, store, bus, mirror)
+    return MonitoringServer(service, watcher, alerts, store, bus, mirror, collectors)
 
 
 async def serve(config: MonitoringConfig, server_config: ServerConfig) -> None:

@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 import grpc.aio
+from prometheus_client import CollectorRegistry
 
 from agentforge.realtime.v1 import realtime_service_pb2, realtime_service_pb2_grpc
 from services.realtime.bridge import Bridge
@@ -19,6 +20,7 @@ from services.shared.bus import EventBus
 from services.shared.fanout import BusFanout
 from services.shared.readiness import redis_ping
 from services.shared.logging import configure_logging
+from services.shared.metrics import BusStreamCollector
 from services.shared.server import Service, build_server
 
 __all__ = ["RealtimeServer", "create_server", "main"]
@@ -35,6 +37,7 @@ class RealtimeServer:
     hub: Hub
     bridge: Bridge
     _watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+    collectors: list[BusStreamCollector] = field(default_factory=list)
     _closed: bool = field(default=False, repr=False)
 
     @property
@@ -51,6 +54,8 @@ class RealtimeServer:
         await self.hub.close()
         await self.bridge.close()
         await self.store.bus.aclose()
+        for collector in self.collectors:
+            collector.close()
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful shutdown: open subscriptions end with UNAVAILABLE, then close."""
@@ -78,14 +83,23 @@ async def create_server(config: RealtimeConfig) -> RealtimeServer:
         realtime_service_pb2_grpc.add_RealtimeServiceServicer_to_server(servicer, server)
         return [FULL_NAME]
 
+    # The bridge's consumer group on each mesh stream (their producers export the streams).
+    collectors = [BusStreamCollector(config.topic_bus.url,
+                                     consumed=[(r.stream, config.bridge_group) for r in config.bridge_routes])]
+
+    def bind_metrics(registry: CollectorRegistry) -> None:
+        for collector in collectors:
+            registry.register(collector)
+        fanout.bind_metrics(registry)
+
     try:
         service = await build_server(config.server, SERVICE_NAME, register,
-                                     dependencies={"redis": redis_ping(config.topic_bus.url)})
+                                     dependencies={"redis": redis_ping(config.topic_bus.url)},
+                                     bind_metrics=bind_metrics)
     except BaseException:
         await bus.aclose()
         await fanout.aclose()
         raise
-    fanout.bind_metrics(service.registry)
     await hub.start()
     bridge = Bridge(store, config.bridge_routes, group=config.bridge_group, consumer=config.instance_id)
     bridge.start()
@@ -97,7 +111,7 @@ async def create_server(config: RealtimeConfig) -> RealtimeServer:
         await hub.close()
 
     watcher = asyncio.create_task(close_subscriptions_on_stop(), name="realtime-stop-watcher")
-    return RealtimeServer(service, store, hub, bridge, watcher)
+    return RealtimeServer(service, store, hub, bridge, watcher, collectors=collectors)
 
 
 async def _serve(config: RealtimeConfig) -> None:

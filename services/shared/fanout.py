@@ -60,6 +60,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 import zlib
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -277,7 +278,7 @@ class Fanout(Generic[K, T]):
     def bind_metrics(self, registry: object) -> None:
         """Export this fan-out's metrics on ``registry`` (a Prometheus CollectorRegistry)."""
         if self._metrics is None:
-            self._metrics = _Metrics(self, registry)
+            self._metrics = _Metrics.bind(self, registry)
 
     # -- introspection -------------------------------------------------------------
     @property
@@ -418,21 +419,38 @@ class Fanout(Generic[K, T]):
 
 
 class _Metrics:
-    def __init__(self, fanout: Fanout[object, object], registry: object) -> None:
+    """The fan-out metrics of one registry, shared by every fan-out bound to it (a
+    service with several fan-outs, e.g. monitoring's ``health`` and ``alerts``, exports
+    one family each, with one ``fanout`` label value per fan-out)."""
+
+    _by_registry: weakref.WeakKeyDictionary[object, _Metrics] = weakref.WeakKeyDictionary()
+
+    def __init__(self, registry: object) -> None:
         from prometheus_client import Counter, Gauge
 
-        watchers = Gauge("agentforge_fanout_watchers", "Open watchers of the fan-out.",
-                         ("fanout",), registry=registry)
-        watchers.labels(fanout.name).set_function(lambda: fanout.watcher_count)
-        buffered = Gauge("agentforge_fanout_buffered_items",
-                         "Items waiting in the watchers' buffers of the fan-out.",
-                         ("fanout",), registry=registry)
-        buffered.labels(fanout.name).set_function(lambda: fanout.buffered_items)
+        self.watchers = Gauge("agentforge_fanout_watchers",
+                              "Open watchers (server-stream subscribers) of the fan-out.",
+                              ("fanout",), registry=registry)
+        self.buffered = Gauge("agentforge_fanout_buffered_items",
+                              "Items waiting in the watchers' buffers of the fan-out.",
+                              ("fanout",), registry=registry)
         self.items = Counter("agentforge_fanout_items", "Items offered to watchers (one per watcher).",
                              ("fanout",), registry=registry)
         self.gaps = Counter("agentforge_fanout_gaps",
                             "Gap notices sent to watchers (overflow, reconnect, epoch).",
                             ("fanout", "reason"), registry=registry)
+
+    @classmethod
+    def bind(cls, fanout: Fanout[object, object], registry: object) -> _Metrics:
+        metrics = cls._by_registry.get(registry)
+        if metrics is None:
+            metrics = cls._by_registry[registry] = cls(registry)
+        metrics.watchers.labels(fanout.name).set_function(lambda: fanout.watcher_count)
+        metrics.buffered.labels(fanout.name).set_function(lambda: fanout.buffered_items)
+        metrics.items.labels(fanout.name)  # 0 from the start, not absent until the first item
+        for reason in (GAP_OVERFLOW, GAP_RECONNECT, GAP_EPOCH):
+            metrics.gaps.labels(fanout.name, reason)
+        return metrics
 
 
 # ============================================================================ bus

@@ -57,9 +57,12 @@ from services.shared.metrics import GrpcServerMetrics, MetricsEndpoint, start_me
 from services.shared.readiness import Check, DependencyReadiness
 from services.shared.tasks import cancel_and_wait
 
-__all__ = ["Register", "Service", "build_server", "run_service", "serve"]
+__all__ = ["BindMetrics", "Register", "Service", "build_server", "run_service", "serve"]
 
 _log = logging.getLogger(__name__)
+
+#: Adds a service's domain metrics to the server's Prometheus registry.
+BindMetrics = Callable[[CollectorRegistry], None]
 
 #: Adds servicers to the server and returns the full names of the services it added
 #: (may be a coroutine function, for services that connect to Redis etc. first).
@@ -222,8 +225,14 @@ async def build_server(
     *,
     reflect_extra: Iterable[str] = (),
     dependencies: Mapping[str, Check] | None = None,
+    bind_metrics: BindMetrics | None = None,
 ) -> Service:
     """Create, wire and start the server; returns it with the ports actually bound.
+
+    ``bind_metrics``: called with the server's Prometheus registry once ``register`` has
+    run (when metrics are enabled), to add the service's domain metrics beside the
+    ``grpc_server_*`` ones (collectors computed on scrape, fan-outs' gauges; see
+    docs/metrics.md).
 
     ``dependencies``: checks of what the service cannot work without (e.g.
     ``{"redis": redis_ping(url)}``); while one fails, every health status of the server
@@ -246,6 +255,8 @@ async def build_server(
     )
     added = register(server)
     names = list(await added if inspect.isawaitable(added) else added)
+    if metrics is not None and bind_metrics is not None:
+        bind_metrics(registry)
     health = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflected = [*names, *reflect_extra, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -283,9 +294,11 @@ async def serve(
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     stdout: TextIO | None = None,
     dependencies: Mapping[str, Check] | None = None,
+    bind_metrics: BindMetrics | None = None,
 ) -> None:
     """Build the server, print the ready line on stdout, serve until a signal."""
-    service = await build_server(config, service_name, register, dependencies=dependencies)
+    service = await build_server(config, service_name, register, dependencies=dependencies,
+                                 bind_metrics=bind_metrics)
     out = stdout or sys.stdout
     await service.serve_forever(
         on_shutdown=on_shutdown,
@@ -299,8 +312,10 @@ def run_service(
     *,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
     dependencies: Mapping[str, Check] | None = None,
+    bind_metrics: BindMetrics | None = None,
 ) -> None:
     """Process entry point: config from env, JSON logging, serve until SIGTERM."""
     config = ServerConfig.from_env(service_name)
     configure_logging(service_name, config.log_level, fmt=config.log_format)
-    asyncio.run(serve(config, service_name, register, on_shutdown=on_shutdown, dependencies=dependencies))
+    asyncio.run(serve(config, service_name, register, on_shutdown=on_shutdown, dependencies=dependencies,
+                      bind_metrics=bind_metrics))

@@ -16,9 +16,11 @@ import sys
 import logging
 
 import grpc
+from prometheus_client import CollectorRegistry
 
 from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
+from services.shared.metrics import BusStreamCollector
 from services.shared.errors import Unavailable, as_domain_error
 from services.shared.readiness import redis_ping
 from services.shared.tasks import cancel_and_wait
@@ -26,8 +28,9 @@ from services.shared.logging import configure_logging
 from services.shared.server import Service, build_server, serve
 from services.training.config import TrainingConfig
 from services.training.jobs import JobManager
+from services.training.metrics import JobsCollector, QueueCollector
 from services.training.pool import WorkerPool
-from services.training.queue import JobQueue, Keys
+from services.training.queue import GROUP, JobQueue, Keys
 from services.training.reconciler import Reconciler
 from services.training.servicer import TrainingServicer
 from services.training.store import Store
@@ -51,6 +54,7 @@ class TrainingApp:
         self.pool = WorkerPool(config, log_format=log_format, log_level=log_level)
         self.reconciler = Reconciler(self.jobs)
         self._reconciling: asyncio.Task[None] | None = None
+        self._collectors: list[JobsCollector | QueueCollector | BusStreamCollector] = []
 
     async def start(self) -> None:
         """Create the queue groups, enqueue orphaned jobs, start the workers and the
@@ -72,7 +76,27 @@ class TrainingApp:
     def register(self, server: grpc.aio.Server) -> list[str]:
         return self.servicer.register(server)
 
+    def bind_metrics(self, registry: CollectorRegistry) -> None:
+        """Jobs, workers, queue and bus metrics, and the watch fan-out's (docs/metrics.md)."""
+        claim_idle_ms = int(self.config.heartbeat_timeout_s * 1000)
+
+        def live_workers() -> set[int]:
+            return {p.pid for p in self.pool.processes.values() if p.pid is not None and p.is_alive()}
+
+        queues = self.keys.queues()
+        self._collectors = [
+            JobsCollector(self.config.database_path, live_workers, self.pool.pid_of),
+            QueueCollector(self.config.redis_url, self.keys, claim_idle_ms=claim_idle_ms),
+            BusStreamCollector(self.config.redis_url, produced=[*queues, self.keys.training_events],
+                               consumed=[(q, GROUP) for q in queues]),
+        ]
+        for collector in self._collectors:
+            registry.register(collector)
+        self.jobs.fanout.bind_metrics(registry)
+
     async def aclose(self) -> None:
+        for collector in self._collectors:
+            collector.close()
         if self._reconciling is not None:
             await cancel_and_wait([self._reconciling])
         await self.jobs.fanout.aclose()
@@ -87,7 +111,8 @@ async def create_server(config: TrainingConfig, server_config: ServerConfig) -> 
     await app.start()
     try:
         service = await build_server(server_config, "training", app.register,
-                                     dependencies={"redis": redis_ping(config.redis_url)})
+                                     dependencies={"redis": redis_ping(config.redis_url)},
+                                     bind_metrics=app.bind_metrics)
     except BaseException:
         await app.aclose()
         raise
@@ -101,7 +126,8 @@ async def _serve(config: TrainingConfig, server_config: ServerConfig) -> int:
     await app.start()
     try:
         serving = asyncio.create_task(serve(server_config, "training", app.register,
-                                             dependencies={"redis": redis_ping(config.redis_url)}))
+                                             dependencies={"redis": redis_ping(config.redis_url)},
+                                             bind_metrics=app.bind_metrics))
         pool_failed = asyncio.create_task(app.pool.failed.wait())
         await asyncio.wait({serving, pool_failed}, return_when=asyncio.FIRST_COMPLETED)
         if pool_failed.done() and not serving.done():
