@@ -483,6 +483,8 @@ async def run_watches(mesh: Mesh, *, streams: int, jobs: int, steps: int, per_ch
                     if event.stream_end.code:
                         error = event.stream_end.message
                     continue
+                if event.HasField("heartbeat"):
+                    continue  # keepalive of a quiet stream
                 seqs.append(event.sequence)
                 if event.HasField("time"):
                     lags.append(time.time() * 1000 - event.time.ToNanoseconds() / 1e6)

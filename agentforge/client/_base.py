@@ -225,6 +225,21 @@ class _Resume:
     def is_stream_end(msg: _message.Message) -> bool:
         return "kind" in msg.DESCRIPTOR.oneofs_by_name and msg.WhichOneof("kind") == "stream_end"
 
+    @staticmethod
+    def is_heartbeat(msg: _message.Message) -> bool:
+        """A watch stream's keepalive (``agentforge.common.v1.StreamHeartbeat``): not an
+        event, never handed out. (Realtime ``Subscribe`` heartbeats are another type and
+        carry a cursor; they are handed out as before.)"""
+        field = msg.DESCRIPTOR.fields_by_name.get("heartbeat")
+        return (field is not None and field.message_type is not None
+                and field.message_type.full_name == "agentforge.common.v1.StreamHeartbeat"
+                and msg.HasField("heartbeat"))
+
+    @classmethod
+    def is_control(cls, msg: _message.Message) -> bool:
+        """``stream_end`` or a keepalive: messages of the stream, not of the caller."""
+        return cls.is_stream_end(msg) or cls.is_heartbeat(msg)
+
     def accept(self, msg: _message.Message) -> bool:
         """True when ``msg`` is new (and remember it); False for a duplicate."""
         cursor = self.cursor_of(msg)
@@ -333,7 +348,7 @@ class AsyncServiceBase:
         req = _request(req_cls, request, fields)
         try:
             async for msg in self._open(method, req_cls, resp_cls, req, timeout, metadata):
-                if not _Resume.is_stream_end(msg):
+                if not _Resume.is_control(msg):
                     yield msg
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self._path(method)) from None
@@ -359,8 +374,8 @@ class AsyncServiceBase:
             try:
                 async for msg in self._open(method, req_cls, resp_cls, state.with_cursor(req), left, metadata):
                     attempt, lost_at = 0, None
-                    if _Resume.is_stream_end(msg):
-                        continue  # the call's status follows: OK ends, anything else raises below
+                    if _Resume.is_control(msg):
+                        continue  # a keepalive, or stream_end: the call's status follows (OK ends)
                     if state.accept(msg):
                         yield msg
                 return
@@ -451,7 +466,7 @@ class SyncServiceBase:
         req = _request(req_cls, request, fields)
         try:
             for msg in self._open(method, req_cls, resp_cls, req, timeout, metadata):
-                if not _Resume.is_stream_end(msg):
+                if not _Resume.is_control(msg):
                     yield msg
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self._path(method)) from None
@@ -477,8 +492,8 @@ class SyncServiceBase:
             try:
                 for msg in self._open(method, req_cls, resp_cls, state.with_cursor(req), left, metadata):
                     attempt, lost_at = 0, None
-                    if _Resume.is_stream_end(msg):
-                        continue
+                    if _Resume.is_control(msg):
+                        continue  # a keepalive, or stream_end: the call's status follows
                     if state.accept(msg):
                         yield msg
                 return

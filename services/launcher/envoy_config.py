@@ -205,7 +205,8 @@ class EdgeLimits:
     #: Seconds a streaming call (``Watch*``, ``Subscribe``, artifact up/downloads, health
     #: Watch) may see nothing move either way before Envoy resets it: a client that stops
     #: reading stalls the stream (flow control), so it is cut after this long. Above
-    #: every keepalive the services send (``Subscribe`` heartbeats and ``WatchSystemHealth``
+    #: every keepalive the services send (watch heartbeats and health ``Watch``
+    #: re-sends: every 15 s by default; ``Subscribe`` heartbeats and ``WatchSystemHealth``
     #: snapshots: at most every 300 s).
     streaming_idle_timeout_s: float = 900.0
 

@@ -132,6 +132,8 @@ def run_phase(
                 stream = stub.WatchPhaseRun(request_response_pb2.WatchPhaseRunRequest(name=run.name, cursor=cursor),
                                            metadata=md)
                 for event in stream:
+                    if event.WhichOneof("kind") == "heartbeat":
+                        continue  # a keepalive of the quiet stream, not an event
                     cursor = event.cursor or cursor
                     if event.HasField("phase_run"):
                         last = event.phase_run

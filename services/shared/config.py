@@ -63,6 +63,12 @@ class ServerConfig:
     #: last cursor); below the edge's streaming idle timeout (900 s), which would
     #: otherwise reset the quiet stream without a status. 0 = never.
     stream_max_quiet_s: float = 600.0
+    #: Seconds a watch stream (``WatchTrainingJob``, ``WatchPhaseRun``, ``WatchAlerts``)
+    #: may go without a message before the server sends a ``heartbeat``; grpc.health.v1
+    #: ``Watch`` re-sends the current status as often. Keeps quiet streams open through
+    #: proxies' idle timeouts (Envoy's streaming idle timeout: 900 s; many load balancers:
+    #: 60 s). 0 = never.
+    stream_heartbeat_s: float = 15.0
     #: Durable state root (``AF_DATA_DIR``): the runtime keeps its idempotency keys in
     #: ``<data_dir>/idempotency/<service>.db``; empty = in memory only.
     data_dir: str = ""
@@ -95,6 +101,8 @@ class ServerConfig:
             raise ValueError("grace_seconds must be >= 0")
         if self.stream_max_quiet_s < 0:
             raise ValueError("stream_max_quiet_s must be >= 0 (0 = never)")
+        if self.stream_heartbeat_s < 0:
+            raise ValueError("stream_heartbeat_s must be >= 0 (0 = never)")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be json or text, not {self.log_format!r}")
         for name in ("max_send_message_bytes", "max_receive_message_bytes",

@@ -1,9 +1,17 @@
 """grpc.health.v1 servicer whose Watch streams end cleanly on graceful shutdown.
 
 Same behaviour as ``grpc_health.v1.health.aio.HealthServicer`` (Check, List, Watch, set,
-enter_graceful_shutdown), except that once shutdown has begun every Watch stream
-sends NOT_SERVING and then finishes with OK. Open watches (the monitoring service
-keeps one per service) therefore never hold the server for the whole grace period.
+enter_graceful_shutdown), except that
+
+* once shutdown has begun every Watch stream sends NOT_SERVING and then finishes with
+  OK. Open watches (the monitoring service keeps one per service) therefore never hold
+  the server for the whole grace period;
+* a Watch re-sends the current status after ``resend_interval_s`` seconds without a
+  change (a keepalive). The health protocol (grpc/grpc doc/health-checking.md) has no
+  keepalive message and the stream may otherwise stay silent for ever, so proxies with
+  a stream idle timeout (Envoy: 900 s at this edge) reset it, which gRPC clients read
+  as INTERNAL. A repeated status is harmless to health clients: each message is just
+  "the status is now X" (grpc-go's and grpc-java's health clients apply it as such).
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ _UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 class HealthService(health_pb2_grpc.HealthServicer):
     """Per-service serving status; ``""`` is the whole server."""
 
-    def __init__(self) -> None:
+    def __init__(self, resend_interval_s: float | None = None) -> None:
+        self._resend = resend_interval_s or None
         self._status: dict[str, ServingStatus] = {"": _SERVING}
         self._changed = asyncio.Condition()
         self._shutting_down = False
@@ -74,15 +83,19 @@ class HealthService(health_pb2_grpc.HealthServicer):
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         last: ServingStatus | None = None
+        resend = False
         while True:
             async with self._changed:
                 status = self._status.get(request.service, _UNKNOWN)
                 stopping = self._shutting_down
-                if status == last and not stopping:
-                    await self._changed.wait()
+                if status == last and not stopping and not resend:
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), self._resend)
+                    except TimeoutError:
+                        resend = True  # nothing changed for resend_interval_s: keepalive
                     continue
-            if status != last:
-                last = status
+            if status != last or resend:
+                last, resend = status, False
                 yield health_pb2.HealthCheckResponse(status=status)
             if stopping:
                 return

@@ -100,6 +100,9 @@ _MAX_REQUEST_ID = 128
 
 #: The response field that carries a stream's final status (see the contracts).
 STREAM_END_FIELD = "stream_end"
+#: The keepalive field of watch streams' responses (``agentforge.common.v1.StreamHeartbeat``).
+HEARTBEAT_FIELD = "heartbeat"
+_HEARTBEAT_TYPE = "agentforge.common.v1.StreamHeartbeat"
 #: Message of the UNAVAILABLE status that ends open streams when the server stops.
 SHUTDOWN_MESSAGE = "server shutting down"
 UNIMPLEMENTED_MESSAGE = "method not implemented"
@@ -496,11 +499,19 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
       message with ``stream_end`` = UNAVAILABLE "server shutting down", and the call
       ends with the same status (``errors.Unavailable``), without waiting for the grace
       period to run out;
+    * the response also has a ``heartbeat`` field of type
+      ``agentforge.common.v1.StreamHeartbeat`` (``WatchTrainingJob``, ``WatchPhaseRun``,
+      ``WatchAlerts``) and the handler sent nothing for ``heartbeat_s`` seconds → a
+      message with only ``heartbeat`` set (the server time) is sent, also before the
+      handler's first message, and the handler goes on undisturbed. A quiet watch thus
+      stays open through every proxy idle timeout above ``heartbeat_s`` (Envoy's
+      streaming idle timeout, 900 s) and never meets ``max_quiet_s``. Handlers in the
+      ``context.write()`` style get none (the interceptor cannot write between them).
     * the handler sends nothing for ``max_quiet_s`` seconds → likewise, with
       UNAVAILABLE "no message for N s; call again with the last cursor". A watch of
-      something quiet thus ends with a status the client retries, before the edge's
-      streaming idle timeout would reset it with none (gRPC clients would read that
-      reset as INTERNAL). None or 0: no limit.
+      something quiet without heartbeats thus ends with a status the client retries,
+      before the edge's streaming idle timeout would reset it with none (gRPC clients
+      would read that reset as INTERNAL). None or 0: no limit.
     * the caller's token expires (:data:`~services.shared.context.stream_expiry_var`,
       set by the auth interceptor) → likewise, with UNAUTHENTICATED (reason
       ``TOKEN_EXPIRED``): a stream never outlives the credentials that opened it.
@@ -518,12 +529,20 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
         stop: asyncio.Event | None = None,
         pool: descriptor_pool.DescriptorPool | None = None,
         max_quiet_s: float | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
         self._domain = domain
         self._stop = stop
         self._max_quiet = max_quiet_s or None
+        self._heartbeat = heartbeat_s or None
         self._pool = pool or descriptor_pool.Default()
         self._classes: dict[str, type[pb_message.Message] | None] = {}
+
+    @staticmethod
+    def has_heartbeat(end_class: type[pb_message.Message]) -> bool:
+        """True when ``end_class`` has a ``heartbeat`` field of type ``StreamHeartbeat``."""
+        field = end_class.DESCRIPTOR.fields_by_name.get(HEARTBEAT_FIELD)
+        return field is not None and field.message_type is not None and field.message_type.full_name == _HEARTBEAT_TYPE
 
     def stream_end_class(self, method: str) -> type[pb_message.Message] | None:
         """The response class of ``/pkg.Service/Method`` if it has ``stream_end``."""
@@ -578,6 +597,12 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
     def _end_message(self, end_class: type[pb_message.Message], status: status_pb2.Status) -> Any:
         message = end_class()
         getattr(message, STREAM_END_FIELD).CopyFrom(status)
+        return message
+
+    @staticmethod
+    def _heartbeat_message(end_class: type[pb_message.Message]) -> Any:
+        message = end_class()
+        getattr(message, HEARTBEAT_FIELD).time.GetCurrentTime()
         return message
 
     def _status_for(self, exc: BaseException) -> status_pb2.Status:
@@ -665,6 +690,8 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
             stopping = False
             sent = 0
             failure: BaseException | None = None
+            heartbeat = self._heartbeat if self.has_heartbeat(end_class) else None
+            last_sent = time.monotonic()
 
             def on_stop() -> None:
                 nonlocal stopping
@@ -677,11 +704,25 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                     while True:
                         if self._stopped():
                             raise _Stopping
-                        pending = loop.create_task(_next_message(responses), context=ctx)
-                        timeout = _earliest(self._max_quiet, _time_left(expiry))
-                        done, _ = await asyncio.wait((pending,), timeout=timeout)
+                        if pending is None:
+                            pending = loop.create_task(_next_message(responses), context=ctx)
+                        now = time.monotonic()
+                        # Wake for the next heartbeat (the handler's pending step goes on)
+                        # or for the quiet limit, whichever comes first.
+                        idle = _earliest(heartbeat, self._max_quiet)
+                        idle_left = None if idle is None else max(0.0, last_sent + idle - now)
+                        done, _ = await asyncio.wait((pending,), timeout=_earliest(idle_left, _time_left(expiry)))
                         if not done:
-                            raise _Expired if _expired(expiry) else _Quiet
+                            if _expired(expiry):
+                                raise _Expired
+                            quiet_for = time.monotonic() - last_sent
+                            if heartbeat is not None and quiet_for >= heartbeat:
+                                yield self._heartbeat_message(end_class)
+                                sent += 1
+                                last_sent = time.monotonic()
+                            elif self._max_quiet is not None and quiet_for >= self._max_quiet:
+                                raise _Quiet
+                            continue
                         task, pending = pending, None
                         if stopping and (task.cancelled() or not isinstance(task.exception(), grpc.aio.AbortError)):
                             raise _Stopping
@@ -690,6 +731,7 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                             break
                         yield message
                         sent += 1
+                        last_sent = time.monotonic()
             except _Stopping:
                 failure = self._stopping_error()
             except _Quiet:
@@ -950,13 +992,16 @@ def default_interceptors(
     stream_max_quiet_s: float | None = None,
     idempotency: grpc.aio.ServerInterceptor | None = None,
     service: str | None = None,
+    stream_heartbeat_s: float | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
     """The standard chain, outermost first (metrics omitted when None).
 
     ``stop`` is the server's stop event (``Service.stop_requested``): once it is set,
     open streams with a ``stream_end`` field end with UNAVAILABLE; so do those that
-    send nothing for ``stream_max_quiet_s`` seconds (None/0: never). ``service`` names
-    the service in its audit log (``AuthInterceptor``).
+    send nothing for ``stream_max_quiet_s`` seconds (None/0: never). Streams whose
+    response has a ``StreamHeartbeat heartbeat`` field get one after every
+    ``stream_heartbeat_s`` seconds without a message (None/0: never).
+    ``service`` names the service in its audit log (``AuthInterceptor``).
     """
     from services.shared.authz import AuthInterceptor  # authz builds on this module
 
@@ -967,7 +1012,7 @@ def default_interceptors(
     chain += [
         DeadlineInterceptor(),
         ErrorInterceptor(domain),
-        StreamEndInterceptor(domain, stop, max_quiet_s=stream_max_quiet_s),
+        StreamEndInterceptor(domain, stop, max_quiet_s=stream_max_quiet_s, heartbeat_s=stream_heartbeat_s),
         DecodeInterceptor(),
         ValidationInterceptor(),
     ]

@@ -249,7 +249,8 @@ async def build_server(
     stop = StopEvent()  # Service.stop_requested; the stream interceptor watches it
     server = grpc.aio.server(
         interceptors=default_interceptors(metrics, domain=DOMAIN, stop=stop,
-                                          stream_max_quiet_s=config.stream_max_quiet_s, service=service_name,
+                                          stream_max_quiet_s=config.stream_max_quiet_s,
+                                          stream_heartbeat_s=config.stream_heartbeat_s, service=service_name,
                                           idempotency=IdempotencyInterceptor(_idempotency_keys(config, service_name))),
         options=config.grpc_options(),
     )
@@ -257,7 +258,7 @@ async def build_server(
     names = list(await added if inspect.isawaitable(added) else added)
     if metrics is not None and bind_metrics is not None:
         bind_metrics(registry)
-    health = HealthService()
+    health = HealthService(resend_interval_s=config.stream_heartbeat_s)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflected = [*names, *reflect_extra, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME, REFLECTION_V1]

@@ -103,6 +103,8 @@ class ChaosTraining:
                                 into.errors.append(grpc.StatusCode(  # type: ignore[call-arg]
                                     next(c for c in grpc.StatusCode if c.value[0] == event.stream_end.code)))
                             continue
+                        if event.HasField("heartbeat"):
+                            continue  # a keepalive of the quiet stream: no event, no cursor
                         into.events.append(event)
                         cursor = event.cursor
                         if event.HasField("state_changed") and event.state_changed.to_state in TERMINAL:

@@ -90,6 +90,61 @@ def test_resume_state_drops_duplicates_by_cursor_and_sequence() -> None:
     assert sub.accept(msg) and not sub.accept(msg) and sub.cursor == "k1"
 
 
+def test_watch_keepalives_are_never_handed_out_and_never_move_the_cursor() -> None:
+    from types import SimpleNamespace
+
+    from agentforge.client._base import SyncServiceBase
+    from agentforge.client.retry import RetryPolicy
+    from agentforge.common.v1 import common_pb2
+    from agentforge.monitoring.v1 import alert_pb2
+    from google.rpc import code_pb2
+
+    Event = training_job_event_pb2.TrainingJobEvent
+    beat = Event(heartbeat=common_pb2.StreamHeartbeat())
+    beat.heartbeat.time.GetCurrentTime()
+    ev = lambda seq: Event(sequence=seq, cursor=f"c{seq}", epoch="e1")  # noqa: E731
+    dropped = _FakeError(grpc.StatusCode.UNAVAILABLE, "connection reset", None)
+    # First call: a heartbeat, event 1, a heartbeat, then the connection drops; the
+    # second (resumed after c1): a heartbeat, event 2, the OK end.
+    calls = [[beat, ev(1), beat, dropped], [beat, ev(2), beat, Event(stream_end=status_pb2.Status(code=code_pb2.OK))]]
+    requests: list[training_rr.WatchTrainingJobRequest] = []
+
+    class _Call:
+        def __init__(self, items: list[object]) -> None:
+            self.items = items
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for item in self.items:
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+
+        def cancel(self) -> None:
+            pass
+
+    def unary_stream(path: str, **_: object):  # type: ignore[no-untyped-def]
+        def call(request, timeout=None, metadata=None):  # type: ignore[no-untyped-def]
+            requests.append(request)
+            return _Call(calls.pop(0))
+        return call
+
+    transport = SimpleNamespace(channel=SimpleNamespace(unary_stream=unary_stream), metadata=lambda md: md,
+                                config=SimpleNamespace(retry=RetryPolicy(initial_backoff_s=0.001, max_backoff_s=0.001),
+                                                       reconnect_timeout_s=5.0))
+    service = SyncServiceBase(transport)  # type: ignore[arg-type]
+    got = list(service._resumable_stream("WatchTrainingJob", training_rr.WatchTrainingJobRequest, Event, None,
+                                         {"name": "trainingJobs/a"}, None, ()))
+    assert [e.sequence for e in got] == [1, 2]
+    assert [r.cursor for r in requests] == ["", "c1"]
+    # Which messages are keepalives: the common StreamHeartbeat, on every watch stream.
+    assert _Resume.is_heartbeat(beat) and not _Resume.is_heartbeat(ev(1))
+    assert _Resume.is_heartbeat(alert_pb2.AlertEvent(heartbeat=common_pb2.StreamHeartbeat()))
+    assert not _Resume.is_heartbeat(alert_pb2.AlertEvent(sequence=1))
+    # Subscribe's own heartbeat carries a cursor and stays visible to callers.
+    sub_beat = realtime_rr.SubscribeResponse(heartbeat=message_pb2.Heartbeat(cursor="k1"))
+    assert not _Resume.is_heartbeat(sub_beat) and not _Resume.is_control(sub_beat)
+
+
 class _FakeError(grpc.RpcError):
     def __init__(self, code: grpc.StatusCode, details: str, status: status_pb2.Status | None) -> None:
         self._code, self._details = code, details

@@ -23,6 +23,8 @@ import grpc
 import grpc.aio
 import pytest
 from buf.validate import validate_pb2
+from grpc_health.v1 import health_pb2 as grpc_health_pb2
+from grpc_health.v1 import health_pb2_grpc
 
 from agentforge.monitoring.v1 import monitoring_service_pb2_grpc, request_response_pb2 as mon_rr
 from agentforge.realtime.v1 import request_response_pb2 as rt_rr
@@ -154,7 +156,9 @@ def test_streaming_idle_timeout_default_is_above_every_service_keepalive() -> No
         longest = rules.duration.lte.seconds
         assert 0 < longest < EdgeLimits().streaming_idle_timeout_s, field.full_name
     assert EdgeLimits().streaming_idle_timeout_s >= 2 * 300
-    # A watch with nothing to say is ended by its service first, with a status.
+    # A watch with nothing to say sends heartbeats well inside both limits; one without
+    # heartbeats is ended by its service first, with a status.
+    assert 0 < ServerConfig().stream_heartbeat_s < ServerConfig().stream_max_quiet_s
     assert 0 < ServerConfig().stream_max_quiet_s < EdgeLimits().streaming_idle_timeout_s
 
 
@@ -179,6 +183,53 @@ async def test_a_quiet_watch_ends_with_unavailable_from_its_service_not_an_edge_
         assert last["streamEnd"]["code"] == grpc.StatusCode.UNAVAILABLE.value[0], last
         assert resp.trailers["grpc-status"] == str(grpc.StatusCode.UNAVAILABLE.value[0])
         assert _stat(edge, "http.edge.downstream_rq_idle_timeout") == 0
+
+
+async def test_quiet_watches_stay_open_through_the_edge_on_heartbeats(tmp_path: Path) -> None:
+    # Heartbeats every 0.5 s; the services' quiet limit is 1 s and the edge's streaming
+    # idle timeout 2 s: for 3 idle timeouts a watch with nothing to say stays open over
+    # gRPC, REST (NDJSON) and grpc.health.v1 Watch, and nothing is cut by the edge.
+    seconds = 3 * LIMITS.streaming_idle_timeout_s
+    with ExitStack() as stack:
+        edge = start_edge_stack(stack, tmp_path / "edge", limits=LIMITS,
+                                upstream_env={"AF_STREAM_HEARTBEAT_S": "0.5", "AF_STREAM_MAX_QUIET_S": "1"})
+        async with grpc.aio.insecure_channel(edge.grpc_target) as channel:
+            alerts = monitoring_service_pb2_grpc.MonitoringServiceStub(channel).WatchAlerts(mon_rr.WatchAlertsRequest())
+            health = health_pb2_grpc.HealthStub(channel).Watch(grpc_health_pb2.HealthCheckRequest(service=""))
+            try:
+                beats, statuses = await asyncio.gather(_read_for(alerts, seconds), _read_for(health, seconds))
+            finally:
+                alerts.cancel()
+                health.cancel()
+            assert len(beats) >= 4 and all(b.HasField("heartbeat") and not b.HasField("alert") for b in beats)
+            assert len(statuses) >= 4
+            assert {s.status for s in statuses} == {grpc_health_pb2.HealthCheckResponse.SERVING}
+
+        with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as sock:
+            sock.sendall(_request("/v1/alerts:watch"))
+            lines: list[dict[str, Any]] = []
+
+            def on_chunk(resp: Any) -> None:
+                lines[:] = [json.loads(line) for line in resp.body.splitlines() if line.strip()]
+                if len(lines) >= 8:  # 4 s: twice the idle timeout
+                    sock.shutdown(socket.SHUT_RDWR)
+
+            resp = read_chunked(sock, on_chunk)
+        assert resp.status_line.startswith("HTTP/1.1 200"), resp.status_line
+        assert len(lines) >= 8 and all(set(line) == {"heartbeat"} for line in lines), lines
+        assert _stat(edge, "http.edge.downstream_rq_idle_timeout") == 0
+
+
+async def _read_for(call: Any, seconds: float) -> list[Any]:
+    """Messages of a stream read until ``seconds`` passed; fails if it ends first."""
+    got: list[Any] = []
+    end = time.monotonic() + seconds
+    async with asyncio.timeout(seconds + 10):
+        while time.monotonic() < end:
+            message = await call.read()
+            assert message is not grpc.aio.EOF, f"the stream ended: {await call.code()} {await call.details()}"
+            got.append(message)
+    return got
 
 
 async def _until_error(call: Any) -> AsyncIterator[Any]:

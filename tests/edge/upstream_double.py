@@ -10,6 +10,9 @@ reflection, graceful shutdown).
 - ``MonitoringService.WatchSystemHealth`` streams a fresh snapshot every
   ``AF_EDGE_DOUBLE_PERIOD`` seconds (default 0.25); on SIGTERM the shared runtime ends
   it with UNAVAILABLE and a final ``stream_end`` message, as for every real stream.
+- ``MonitoringService.WatchAlerts`` is a watch with nothing to say: it never sends an
+  event, so all the client sees are the shared runtime's heartbeats
+  (``AF_STREAM_HEARTBEAT_S``), as on a real quiet watch.
 - The other four services are registered with their generated base servicers
   (every method UNIMPLEMENTED) so their health status and reflection exist.
 
@@ -31,6 +34,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from agentforge.forge.v1 import forge_service_pb2, forge_service_pb2_grpc
 from agentforge.model.v1 import model_service_pb2, model_service_pb2_grpc
 from agentforge.monitoring.v1 import (
+    alert_pb2,
     health_pb2,
     monitoring_service_pb2,
     monitoring_service_pb2_grpc,
@@ -72,7 +76,7 @@ def fixed_system_health() -> health_pb2.SystemHealth:
 
 
 class EdgeTestMonitoringDouble(monitoring_service_pb2_grpc.MonitoringServiceServicer):
-    """Test double of MonitoringService's two health RPCs, for the edge tests."""
+    """Test double of MonitoringService's two health RPCs and a quiet WatchAlerts, for the edge tests."""
 
     def __init__(self, period: float) -> None:
         self.period = period
@@ -90,6 +94,14 @@ class EdgeTestMonitoringDouble(monitoring_service_pb2_grpc.MonitoringServiceServ
         while True:
             yield fixed_system_health()
             await asyncio.sleep(self.period)
+
+
+    async def WatchAlerts(
+        self, request: request_response_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[alert_pb2.AlertEvent]:
+        # Quiet until cancelled: the runtime's heartbeats are all that flows.
+        await asyncio.Event().wait()
+        yield alert_pb2.AlertEvent()  # unreachable; makes this an async generator
 
 
 async def _serve() -> None:

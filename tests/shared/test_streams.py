@@ -441,3 +441,148 @@ def test_stream_max_quiet_is_configured_per_service_or_for_all() -> None:
     assert ServerConfig.from_env("forge", {"AF_FORGE_STREAM_MAX_QUIET_S": "0"}).stream_max_quiet_s == 0.0
     with pytest.raises(ValueError, match="stream_max_quiet_s"):
         ServerConfig.from_env("forge", {"AF_STREAM_MAX_QUIET_S": "-1"})
+
+
+# --- heartbeats ------------------------------------------------------------------------
+
+HEARTBEAT_S = 0.15
+
+
+@pytest.fixture
+async def served_heartbeat() -> AsyncIterator[tuple[Servers, Service, grpc.aio.Channel]]:
+    """Like ``served_quiet``, with a heartbeat every HEARTBEAT_S seconds of quiet."""
+    servers = Servers()
+    service = await build_server(ServerConfig(grace_seconds=GRACE_SECONDS, metrics_port=-1,
+                                              stream_max_quiet_s=QUIET_S, stream_heartbeat_s=HEARTBEAT_S),
+                                 "forge", servers.register)
+    servers.forge.stopping = service.stop_requested
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        yield servers, service, channel
+    finally:
+        await channel.close()
+        await service.shutdown(0)
+
+
+async def _read_for(call: Any, seconds: float) -> list[Any]:
+    """Messages read until ``seconds`` have passed (a stream that sends nothing fails
+    the test after 10 s more; a timed-out read() would cancel the call); fails if the
+    stream ends meanwhile."""
+    got: list[Any] = []
+    end = time.monotonic() + seconds
+    async with asyncio.timeout(seconds + 10):
+        while time.monotonic() < end:
+            message = await call.read()
+            assert message is not grpc.aio.EOF, f"the stream ended: {await call.code()} {await call.details()}"
+            got.append(message)
+    return got
+
+
+async def test_a_quiet_watch_gets_heartbeats_and_outlives_the_quiet_limit(served_heartbeat: Any) -> None:
+    servers, _, channel = served_heartbeat
+    # Events 1-3, then nothing (the handler waits for the server's stop).
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/aborts-on-stop"))
+    try:
+        messages = await _read_for(call, 4 * QUIET_S)
+        assert [m.sequence for m in messages[:3]] == [1, 2, 3]
+        beats = messages[3:]
+        assert len(beats) >= 3, messages  # about 13; never ended as quiet
+        for beat in beats:
+            assert beat.WhichOneof("kind") == "heartbeat"
+            assert beat.heartbeat.time.seconds > 0
+            assert not beat.cursor and not beat.sequence and not beat.HasField("phase_run")
+        assert not servers.forge.closed.is_set()  # the handler was never disturbed
+    finally:
+        call.cancel()
+
+
+async def test_a_watch_quiet_from_the_start_gets_heartbeats_before_its_first_event(served_heartbeat: Any) -> None:
+    _, _, channel = served_heartbeat
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/silent"))
+    try:
+        beats = await _read_for(call, 3 * QUIET_S)
+        assert len(beats) >= 3 and all(b.HasField("heartbeat") for b in beats)
+    finally:
+        call.cancel()
+
+
+async def test_a_busy_watch_gets_no_heartbeats(served_heartbeat: Any) -> None:
+    _, _, channel = served_heartbeat
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/forever"))
+    try:
+        messages = await _read_for(call, 3 * HEARTBEAT_S)
+        # An event every 20 ms: never HEARTBEAT_S without a message (allowing for one
+        # hiccup of this loaded machine), and the events keep their order.
+        assert sum(m.HasField("heartbeat") for m in messages) <= 1
+        events = [m.sequence for m in messages if not m.HasField("heartbeat")]
+        assert events == list(range(1, len(events) + 1)) and len(events) > 5
+    finally:
+        call.cancel()
+
+
+async def test_errors_after_a_heartbeat_still_end_with_their_status(served_heartbeat: Any) -> None:
+    servers, service, channel = served_heartbeat
+    call = forge_service_pb2_grpc.ForgeServiceStub(channel).WatchPhaseRun(Watch(name="phaseRuns/silent"))
+    first = await asyncio.wait_for(call.read(), 5)
+    assert first.HasField("heartbeat")
+    service.stop_requested.set()
+    rest = await asyncio.wait_for(_drain(call), 5)
+    assert rest[-1].stream_end.code == code_pb2.UNAVAILABLE
+    assert await call.code() == grpc.StatusCode.UNAVAILABLE
+    await asyncio.wait_for(servers.forge.closed.wait(), 5)
+
+
+async def test_streams_without_a_heartbeat_field_get_none(served_heartbeat: Any) -> None:
+    # WatchSystemHealth has its own keepalive (a snapshot every `interval`): it is left
+    # alone and still ends as quiet.
+    _, _, channel = served_heartbeat
+    call = monitoring_service_pb2_grpc.MonitoringServiceStub(channel).WatchSystemHealth(
+        monitoring_rr.WatchSystemHealthRequest(kinds=[health_pb2.COMPONENT_KIND_SERVICE]))
+    messages = await _drain(call)
+    assert len(messages) == 3 and messages[-1].stream_end.code == code_pb2.UNAVAILABLE
+
+
+def test_stream_heartbeat_is_configured_per_service_or_for_all() -> None:
+    assert ServerConfig().stream_heartbeat_s == 15.0
+    assert 0 < ServerConfig().stream_heartbeat_s < ServerConfig().stream_max_quiet_s
+    assert ServerConfig.from_env("forge", {"AF_STREAM_HEARTBEAT_S": "2"}).stream_heartbeat_s == 2.0
+    assert ServerConfig.from_env("forge", {"AF_FORGE_STREAM_HEARTBEAT_S": "0"}).stream_heartbeat_s == 0.0
+    with pytest.raises(ValueError, match="stream_heartbeat_s"):
+        ServerConfig.from_env("forge", {"AF_STREAM_HEARTBEAT_S": "-1"})
+
+
+def test_the_watch_streams_have_a_heartbeat_and_subscribe_keeps_its_own() -> None:
+    from agentforge.monitoring.v1 import alert_pb2
+    from agentforge.realtime.v1 import request_response_pb2 as rt_rr
+    from agentforge.training.v1 import training_job_event_pb2
+
+    for cls in (training_job_event_pb2.TrainingJobEvent, phase_run_event_pb2.PhaseRunEvent, alert_pb2.AlertEvent):
+        assert StreamEndInterceptor.has_heartbeat(cls), cls.DESCRIPTOR.full_name
+    # Subscribe's Heartbeat carries a cursor and comes at the client's interval: not ours.
+    assert not StreamEndInterceptor.has_heartbeat(rt_rr.SubscribeResponse)
+    assert not StreamEndInterceptor.has_heartbeat(health_pb2.SystemHealth)
+
+
+async def test_grpc_health_watch_resends_the_status_while_nothing_changes() -> None:
+    from grpc_health.v1 import health_pb2 as grpc_health_pb2
+    from grpc_health.v1 import health_pb2_grpc
+
+    service = await build_server(ServerConfig(metrics_port=-1, stream_heartbeat_s=HEARTBEAT_S), "forge",
+                                 Servers().register)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            call = health_pb2_grpc.HealthStub(channel).Watch(grpc_health_pb2.HealthCheckRequest(service=""))
+            try:
+                statuses = [m.status for m in await _read_for(call, 4 * HEARTBEAT_S)]
+                assert len(statuses) >= 3, statuses
+                assert set(statuses) == {grpc_health_pb2.HealthCheckResponse.SERVING}
+                await service.health.set("", grpc_health_pb2.HealthCheckResponse.NOT_SERVING)
+                changed = await asyncio.wait_for(call.read(), 5)
+                assert changed is not grpc.aio.EOF, (await call.code(), await call.details())
+                while changed.status == grpc_health_pb2.HealthCheckResponse.SERVING:  # a resend in flight
+                    changed = await asyncio.wait_for(call.read(), 5)
+                assert changed.status == grpc_health_pb2.HealthCheckResponse.NOT_SERVING
+            finally:
+                call.cancel()
+    finally:
+        await service.shutdown(0)

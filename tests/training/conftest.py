@@ -83,6 +83,8 @@ class Training:
                 if event.HasField("stream_end"):  # the shared runtime's last message
                     self.stream_ends.append(event.stream_end)
                     continue
+                if event.HasField("heartbeat"):  # a keepalive of the quiet stream
+                    continue
                 events.append(event)
                 if until is not None and until(event):
                     self.drains.append(asyncio.create_task(self._drain(stream)))

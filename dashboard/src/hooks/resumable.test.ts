@@ -49,6 +49,41 @@ function run(total: number, drops: number[], extra: Partial<ConstructorParameter
 }
 
 describe("ResumableStream", () => {
+  it("skips keepalives: not delivered, no duplicate counted, the stream goes live on one", async () => {
+    const got: bigint[] = [];
+    const statuses: StreamStatus[] = [];
+    const opened: string[] = [];
+    let call = 0;
+    const stream = new ResumableStream<Msg & { beat?: boolean }>({
+      open: async function* (cursor) {
+        opened.push(cursor);
+        yield { seq: 0n, beat: true }; // a quiet stream's heartbeat before any event
+        if (call++ === 0) {
+          yield { seq: 1n };
+          yield { seq: 0n, beat: true };
+          throw new ConnectError("connection reset", Code.Unavailable);
+        }
+        yield { seq: 2n };
+        yield { seq: 0n, beat: true };
+        yield { seq: 0n, end: { code: 0, message: "" } };
+      },
+      position: (m) => (m.end || m.beat ? null : { sequence: m.seq, cursor: cursorOf(m.seq) }),
+      keepalive: (m) => m.beat === true,
+      end: (m) => m.end ?? null,
+      onMessages: (batch) => got.push(...batch.map((m) => m.seq)),
+      onStatus: (s) => statuses.push(s),
+      sleep: noSleep,
+    });
+    await stream.start();
+    expect(got).toEqual([1n, 2n]);
+    expect(opened).toEqual(["", "c1"]); // a keepalive never moves the cursor
+    expect(statuses[1].state).toBe("live"); // live on the first heartbeat, before any event
+    const last = statuses[statuses.length - 1];
+    expect(last.state).toBe("ended");
+    expect(last.duplicatesDropped).toBe(0);
+    expect(last.gaps).toBe(0);
+  });
+
   it("reopens after drops from the last cursor: every message once, in order", async () => {
     const { stream, got, statuses, srv } = run(10, [3, 2, 4]);
     await stream.start();

@@ -10,6 +10,10 @@
  *
  * The last message of a stream may carry `stream_end` (a google.rpc.Status): OK ends
  * the stream for good; an error status is handled like the call's error.
+ *
+ * A quiet watch gets a keepalive (`heartbeat`, an agentforge.common.v1.StreamHeartbeat)
+ * every 15 s of silence: it shows the stream is live but is not delivered (no
+ * sequence, no cursor; see `keepalive`).
  */
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describeError, type Problem } from "../api/errors";
@@ -37,6 +41,8 @@ export interface ResumableOptions<M> {
   open: (cursor: string, signal: AbortSignal) => AsyncIterable<M>;
   /** The message's sequence and cursor, or null for streams without them. */
   position?: (m: M) => Position | null;
+  /** True for a keepalive (`heartbeat`): it marks the stream live and is not delivered. */
+  keepalive?: (m: M) => boolean;
   /** The stream's end marker: `{code, message}` of `stream_end`, or null. */
   end?: (m: M) => { code: number; message: string } | null;
   onMessages: (batch: M[]) => void;
@@ -120,6 +126,14 @@ export class ResumableStream<M> {
               return;
             }
             throw new ConnectError(end.message, end.code);
+          }
+          if (this.opts.keepalive?.(m)) {
+            if (!delivered || this.status.state !== "live") {
+              delivered = true;
+              failures = 0;
+              this.setStatus({ state: "live", problem: null });
+            }
+            continue;
           }
           const pos = this.opts.position?.(m) ?? null;
           if (pos) {

@@ -16,6 +16,7 @@ export function AlertsPage() {
       // The stream starts with the retained history, then follows live changes.
       open: (cursor, signal) => monitoring.watchAlerts({ cursor }, { signal }),
       position: (e) => (e.cursor ? { sequence: e.sequence, cursor: e.cursor } : null),
+      keepalive: (e) => e.heartbeat !== undefined,
       end: (e) => (e.streamEnd ? { code: e.streamEnd.code, message: e.streamEnd.message } : null),
       onMessages: (batch) =>
         setAlerts((prev) => {

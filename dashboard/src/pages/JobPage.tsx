@@ -57,6 +57,7 @@ export function JobPage({ id }: { id: string }) {
         yield* training.watchTrainingJob({ name, cursor }, { signal });
       },
       position: (e) => ({ sequence: e.sequence, cursor: e.cursor }),
+      keepalive: (e) => e.kind.case === "heartbeat",
       end: (e) => (e.kind.case === "streamEnd" ? { code: e.kind.value.code, message: e.kind.value.message } : null),
       onMessages: (batch) => {
         let changed = false;

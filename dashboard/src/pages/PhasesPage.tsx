@@ -145,6 +145,7 @@ export function PhaseRunPage({ id }: { id: string }) {
     () => ({
       open: (cursor, signal) => forge.watchPhaseRun({ name, cursor }, { signal }),
       position: (e) => (e.cursor ? { sequence: e.sequence, cursor: e.cursor } : null),
+      keepalive: (e) => e.kind.case === "heartbeat",
       end: (e) => (e.kind.case === "streamEnd" ? { code: e.kind.value.code, message: e.kind.value.message } : null),
       onMessages: (batch) => {
         for (const e of batch) {

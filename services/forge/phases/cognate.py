@@ -183,8 +183,10 @@ class Cognate(Phase):
                 try:
                     async for event in ctx.peers.training.WatchTrainingJob(
                             treq.WatchTrainingJobRequest(name=job_name, cursor=cursor), timeout=None):
-                        cursor, retries = event.cursor, 0
                         kind = event.WhichOneof("kind")
+                        if kind == "heartbeat":
+                            continue  # a keepalive of the quiet stream, not an event
+                        cursor, retries = event.cursor, 0
                         if kind == "progress":
                             p = event.progress
                             fractions[job_name] = p.fraction_done

@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentforge.common.v1 import common_pb2 as agentforge_dot_common_dot_v1_dot_common__pb2
 from agentforge.forge.v1 import phase_run_pb2 as agentforge_dot_forge_dot_v1_dot_phase__run__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)agentforge/forge/v1/phase_run_event.proto\x12\x13\x61gentforge.forge.v1\x1a#agentforge/forge/v1/phase_run.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xf8\x03\n\rPhaseRunEvent\x12\x36\n\tphase_run\x18\x01 \x01(\x0b\x32\x1d.agentforge.forge.v1.PhaseRunB\x04\xe2\x41\x01\x03\x12\x16\n\x08sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x63ursor\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65poch\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12H\n\rstate_changed\x18\n \x01(\x0b\x32).agentforge.forge.v1.PhaseRunStateChangedB\x04\xe2\x41\x01\x03H\x00\x12\x42\n\x0cstep_changed\x18\x0b \x01(\x0b\x32$.agentforge.forge.v1.SagaStepChangedB\x04\xe2\x41\x01\x03H\x00\x12?\n\x08progress\x18\x0c \x01(\x0b\x32%.agentforge.forge.v1.PhaseRunProgressB\x04\xe2\x41\x01\x03H\x00\x12\x35\n\x03log\x18\r \x01(\x0b\x32 .agentforge.forge.v1.PhaseRunLogB\x04\xe2\x41\x01\x03H\x00\x12.\n\nstream_end\x18\x0e \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03H\x00\x42\x06\n\x04kind\"\xcf\x01\n\x14PhaseRunStateChanged\x12<\n\nfrom_state\x18\x01 \x01(\x0e\x32\".agentforge.forge.v1.PhaseRunStateB\x04\xe2\x41\x01\x03\x12:\n\x08to_state\x18\x02 \x01(\x0e\x32\".agentforge.forge.v1.PhaseRunStateB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\"Y\n\x0fSagaStepChanged\x12\x31\n\x04step\x18\x01 \x01(\x0b\x32\x1d.agentforge.forge.v1.SagaStepB\x04\xe2\x41\x01\x03\x12\x13\n\x05index\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\"r\n\x0bPhaseRunLog\x12\x38\n\x08severity\x18\x01 \x01(\x0e\x32 .agentforge.forge.v1.LogSeverityB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04step\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03*\x8c\x01\n\x0bLogSeverity\x12\x1c\n\x18LOG_SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12LOG_SEVERITY_DEBUG\x10\x01\x12\x15\n\x11LOG_SEVERITY_INFO\x10\x02\x12\x18\n\x14LOG_SEVERITY_WARNING\x10\x03\x12\x16\n\x12LOG_SEVERITY_ERROR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)agentforge/forge/v1/phase_run_event.proto\x12\x13\x61gentforge.forge.v1\x1a!agentforge/common/v1/common.proto\x1a#agentforge/forge/v1/phase_run.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xba\x04\n\rPhaseRunEvent\x12\x36\n\tphase_run\x18\x01 \x01(\x0b\x32\x1d.agentforge.forge.v1.PhaseRunB\x04\xe2\x41\x01\x03\x12\x16\n\x08sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x63ursor\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65poch\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12H\n\rstate_changed\x18\n \x01(\x0b\x32).agentforge.forge.v1.PhaseRunStateChangedB\x04\xe2\x41\x01\x03H\x00\x12\x42\n\x0cstep_changed\x18\x0b \x01(\x0b\x32$.agentforge.forge.v1.SagaStepChangedB\x04\xe2\x41\x01\x03H\x00\x12?\n\x08progress\x18\x0c \x01(\x0b\x32%.agentforge.forge.v1.PhaseRunProgressB\x04\xe2\x41\x01\x03H\x00\x12\x35\n\x03log\x18\r \x01(\x0b\x32 .agentforge.forge.v1.PhaseRunLogB\x04\xe2\x41\x01\x03H\x00\x12.\n\nstream_end\x18\x0e \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03H\x00\x12@\n\theartbeat\x18\x0f \x01(\x0b\x32%.agentforge.common.v1.StreamHeartbeatB\x04\xe2\x41\x01\x03H\x00\x42\x06\n\x04kind\"\xcf\x01\n\x14PhaseRunStateChanged\x12<\n\nfrom_state\x18\x01 \x01(\x0e\x32\".agentforge.forge.v1.PhaseRunStateB\x04\xe2\x41\x01\x03\x12:\n\x08to_state\x18\x02 \x01(\x0e\x32\".agentforge.forge.v1.PhaseRunStateB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\"Y\n\x0fSagaStepChanged\x12\x31\n\x04step\x18\x01 \x01(\x0b\x32\x1d.agentforge.forge.v1.SagaStepB\x04\xe2\x41\x01\x03\x12\x13\n\x05index\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x03\"r\n\x0bPhaseRunLog\x12\x38\n\x08severity\x18\x01 \x01(\x0e\x32 .agentforge.forge.v1.LogSeverityB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x12\n\x04step\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03*\x8c\x01\n\x0bLogSeverity\x12\x1c\n\x18LOG_SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12LOG_SEVERITY_DEBUG\x10\x01\x12\x15\n\x11LOG_SEVERITY_INFO\x10\x02\x12\x18\n\x14LOG_SEVERITY_WARNING\x10\x03\x12\x16\n\x12LOG_SEVERITY_ERROR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,6 +56,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHASERUNEVENT'].fields_by_name['log']._serialized_options = b'\342A\001\003'
   _globals['_PHASERUNEVENT'].fields_by_name['stream_end']._loaded_options = None
   _globals['_PHASERUNEVENT'].fields_by_name['stream_end']._serialized_options = b'\342A\001\003'
+  _globals['_PHASERUNEVENT'].fields_by_name['heartbeat']._loaded_options = None
+  _globals['_PHASERUNEVENT'].fields_by_name['heartbeat']._serialized_options = b'\342A\001\003'
   _globals['_PHASERUNSTATECHANGED'].fields_by_name['from_state']._loaded_options = None
   _globals['_PHASERUNSTATECHANGED'].fields_by_name['from_state']._serialized_options = b'\342A\001\003'
   _globals['_PHASERUNSTATECHANGED'].fields_by_name['to_state']._loaded_options = None
@@ -73,14 +76,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PHASERUNLOG'].fields_by_name['message']._serialized_options = b'\342A\001\003'
   _globals['_PHASERUNLOG'].fields_by_name['step']._loaded_options = None
   _globals['_PHASERUNLOG'].fields_by_name['step']._serialized_options = b'\342A\001\003'
-  _globals['_LOGSEVERITY']._serialized_start=1119
-  _globals['_LOGSEVERITY']._serialized_end=1259
-  _globals['_PHASERUNEVENT']._serialized_start=195
-  _globals['_PHASERUNEVENT']._serialized_end=699
-  _globals['_PHASERUNSTATECHANGED']._serialized_start=702
-  _globals['_PHASERUNSTATECHANGED']._serialized_end=909
-  _globals['_SAGASTEPCHANGED']._serialized_start=911
-  _globals['_SAGASTEPCHANGED']._serialized_end=1000
-  _globals['_PHASERUNLOG']._serialized_start=1002
-  _globals['_PHASERUNLOG']._serialized_end=1116
+  _globals['_LOGSEVERITY']._serialized_start=1220
+  _globals['_LOGSEVERITY']._serialized_end=1360
+  _globals['_PHASERUNEVENT']._serialized_start=230
+  _globals['_PHASERUNEVENT']._serialized_end=800
+  _globals['_PHASERUNSTATECHANGED']._serialized_start=803
+  _globals['_PHASERUNSTATECHANGED']._serialized_end=1010
+  _globals['_SAGASTEPCHANGED']._serialized_start=1012
+  _globals['_SAGASTEPCHANGED']._serialized_end=1101
+  _globals['_PHASERUNLOG']._serialized_start=1103
+  _globals['_PHASERUNLOG']._serialized_end=1217
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from agentforge.common.v1 import common_pb2 as _common_pb2
 from agentforge.forge.v1 import phase_run_pb2 as _phase_run_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -26,7 +27,7 @@ LOG_SEVERITY_WARNING: LogSeverity
 LOG_SEVERITY_ERROR: LogSeverity
 
 class PhaseRunEvent(_message.Message):
-    __slots__ = ("phase_run", "sequence", "cursor", "epoch", "time", "state_changed", "step_changed", "progress", "log", "stream_end")
+    __slots__ = ("phase_run", "sequence", "cursor", "epoch", "time", "state_changed", "step_changed", "progress", "log", "stream_end", "heartbeat")
     PHASE_RUN_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +38,7 @@ class PhaseRunEvent(_message.Message):
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     LOG_FIELD_NUMBER: _ClassVar[int]
     STREAM_END_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     phase_run: _phase_run_pb2.PhaseRun
     sequence: int
     cursor: str
@@ -47,7 +49,8 @@ class PhaseRunEvent(_message.Message):
     progress: _phase_run_pb2.PhaseRunProgress
     log: PhaseRunLog
     stream_end: _status_pb2.Status
-    def __init__(self, phase_run: _Optional[_Union[_phase_run_pb2.PhaseRun, _Mapping]] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[PhaseRunStateChanged, _Mapping]] = ..., step_changed: _Optional[_Union[SagaStepChanged, _Mapping]] = ..., progress: _Optional[_Union[_phase_run_pb2.PhaseRunProgress, _Mapping]] = ..., log: _Optional[_Union[PhaseRunLog, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    heartbeat: _common_pb2.StreamHeartbeat
+    def __init__(self, phase_run: _Optional[_Union[_phase_run_pb2.PhaseRun, _Mapping]] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[PhaseRunStateChanged, _Mapping]] = ..., step_changed: _Optional[_Union[SagaStepChanged, _Mapping]] = ..., progress: _Optional[_Union[_phase_run_pb2.PhaseRunProgress, _Mapping]] = ..., log: _Optional[_Union[PhaseRunLog, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., heartbeat: _Optional[_Union[_common_pb2.StreamHeartbeat, _Mapping]] = ...) -> None: ...
 
 class PhaseRunStateChanged(_message.Message):
     __slots__ = ("from_state", "to_state", "reason", "error")

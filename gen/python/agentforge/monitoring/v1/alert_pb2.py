@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentforge.common.v1 import common_pb2 as agentforge_dot_common_dot_v1_dot_common__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentforge/monitoring/v1/alert.proto\x12\x18\x61gentforge.monitoring.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc0\x05\n\x05\x41lert\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04rule\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12?\n\x08severity\x18\x03 \x01(\x0e\x32\'.agentforge.monitoring.v1.AlertSeverityB\x04\xe2\x41\x01\x03\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32$.agentforge.monitoring.v1.AlertStateB\x04\xe2\x41\x01\x03\x12\x15\n\x07summary\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x41\n\x06labels\x18\x07 \x03(\x0b\x32+.agentforge.monitoring.v1.Alert.LabelsEntryB\x04\xe2\x41\x01\x03\x12\x33\n\tfire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0cresolve_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x10\x61\x63knowledge_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x61\x63knowledged_by\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12!\n\x13\x61\x63knowledge_comment\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05value\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:8\xea\x41\x35\n\x14\x61gentforge.dev/Alert\x12\x0e\x61lerts/{alert}*\x06\x61lerts2\x05\x61lert\"\xa2\x02\n\nAlertEvent\x12\x34\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1f.agentforge.monitoring.v1.AlertB\x04\xe2\x41\x01\x03\x12=\n\x04kind\x18\x02 \x01(\x0e\x32).agentforge.monitoring.v1.AlertChangeKindB\x04\xe2\x41\x01\x03\x12\x16\n\x08sequence\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x63ursor\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65poch\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12,\n\nstream_end\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03*\x81\x01\n\rAlertSeverity\x12\x1e\n\x1a\x41LERT_SEVERITY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_SEVERITY_INFO\x10\x01\x12\x1a\n\x16\x41LERT_SEVERITY_WARNING\x10\x02\x12\x1b\n\x17\x41LERT_SEVERITY_CRITICAL\x10\x03*y\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x1c\n\x18\x41LERT_STATE_ACKNOWLEDGED\x10\x02\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x03*\x96\x01\n\x0f\x41lertChangeKind\x12!\n\x1d\x41LERT_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41LERT_CHANGE_KIND_RAISED\x10\x01\x12\"\n\x1e\x41LERT_CHANGE_KIND_ACKNOWLEDGED\x10\x02\x12\x1e\n\x1a\x41LERT_CHANGE_KIND_RESOLVED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentforge/monitoring/v1/alert.proto\x12\x18\x61gentforge.monitoring.v1\x1a!agentforge/common/v1/common.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xc0\x05\n\x05\x41lert\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x12\n\x04rule\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12?\n\x08severity\x18\x03 \x01(\x0e\x32\'.agentforge.monitoring.v1.AlertSeverityB\x04\xe2\x41\x01\x03\x12\x39\n\x05state\x18\x04 \x01(\x0e\x32$.agentforge.monitoring.v1.AlertStateB\x04\xe2\x41\x01\x03\x12\x15\n\x07summary\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x64\x65scription\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x41\n\x06labels\x18\x07 \x03(\x0b\x32+.agentforge.monitoring.v1.Alert.LabelsEntryB\x04\xe2\x41\x01\x03\x12\x33\n\tfire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x36\n\x0cresolve_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12:\n\x10\x61\x63knowledge_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x61\x63knowledged_by\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\x12!\n\x13\x61\x63knowledge_comment\x18\x0c \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05value\x18\r \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:8\xea\x41\x35\n\x14\x61gentforge.dev/Alert\x12\x0e\x61lerts/{alert}*\x06\x61lerts2\x05\x61lert\"\xe2\x02\n\nAlertEvent\x12\x34\n\x05\x61lert\x18\x01 \x01(\x0b\x32\x1f.agentforge.monitoring.v1.AlertB\x04\xe2\x41\x01\x03\x12=\n\x04kind\x18\x02 \x01(\x0e\x32).agentforge.monitoring.v1.AlertChangeKindB\x04\xe2\x41\x01\x03\x12\x16\n\x08sequence\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x63ursor\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65poch\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12,\n\nstream_end\x18\x07 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12>\n\theartbeat\x18\x08 \x01(\x0b\x32%.agentforge.common.v1.StreamHeartbeatB\x04\xe2\x41\x01\x03*\x81\x01\n\rAlertSeverity\x12\x1e\n\x1a\x41LERT_SEVERITY_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41LERT_SEVERITY_INFO\x10\x01\x12\x1a\n\x16\x41LERT_SEVERITY_WARNING\x10\x02\x12\x1b\n\x17\x41LERT_SEVERITY_CRITICAL\x10\x03*y\n\nAlertState\x12\x1b\n\x17\x41LERT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41LERT_STATE_FIRING\x10\x01\x12\x1c\n\x18\x41LERT_STATE_ACKNOWLEDGED\x10\x02\x12\x18\n\x14\x41LERT_STATE_RESOLVED\x10\x03*\x96\x01\n\x0f\x41lertChangeKind\x12!\n\x1d\x41LERT_CHANGE_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41LERT_CHANGE_KIND_RAISED\x10\x01\x12\"\n\x1e\x41LERT_CHANGE_KIND_ACKNOWLEDGED\x10\x02\x12\x1e\n\x1a\x41LERT_CHANGE_KIND_RESOLVED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -81,16 +82,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ALERTEVENT'].fields_by_name['time']._serialized_options = b'\342A\001\003'
   _globals['_ALERTEVENT'].fields_by_name['stream_end']._loaded_options = None
   _globals['_ALERTEVENT'].fields_by_name['stream_end']._serialized_options = b'\342A\001\003'
-  _globals['_ALERTSEVERITY']._serialized_start=1185
-  _globals['_ALERTSEVERITY']._serialized_end=1314
-  _globals['_ALERTSTATE']._serialized_start=1316
-  _globals['_ALERTSTATE']._serialized_end=1437
-  _globals['_ALERTCHANGEKIND']._serialized_start=1440
-  _globals['_ALERTCHANGEKIND']._serialized_end=1590
-  _globals['_ALERT']._serialized_start=185
-  _globals['_ALERT']._serialized_end=889
-  _globals['_ALERT_LABELSENTRY']._serialized_start=786
-  _globals['_ALERT_LABELSENTRY']._serialized_end=831
-  _globals['_ALERTEVENT']._serialized_start=892
-  _globals['_ALERTEVENT']._serialized_end=1182
+  _globals['_ALERTEVENT'].fields_by_name['heartbeat']._loaded_options = None
+  _globals['_ALERTEVENT'].fields_by_name['heartbeat']._serialized_options = b'\342A\001\003'
+  _globals['_ALERTSEVERITY']._serialized_start=1284
+  _globals['_ALERTSEVERITY']._serialized_end=1413
+  _globals['_ALERTSTATE']._serialized_start=1415
+  _globals['_ALERTSTATE']._serialized_end=1536
+  _globals['_ALERTCHANGEKIND']._serialized_start=1539
+  _globals['_ALERTCHANGEKIND']._serialized_end=1689
+  _globals['_ALERT']._serialized_start=220
+  _globals['_ALERT']._serialized_end=924
+  _globals['_ALERT_LABELSENTRY']._serialized_start=821
+  _globals['_ALERT_LABELSENTRY']._serialized_end=866
+  _globals['_ALERTEVENT']._serialized_start=927
+  _globals['_ALERTEVENT']._serialized_end=1281
 # @@protoc_insertion_point(module_scope)

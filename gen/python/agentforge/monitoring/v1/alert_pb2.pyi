@@ -1,5 +1,6 @@
 import datetime
 
+from agentforge.common.v1 import common_pb2 as _common_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.api import resource_pb2 as _resource_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -86,7 +87,7 @@ class Alert(_message.Message):
     def __init__(self, name: _Optional[str] = ..., rule: _Optional[str] = ..., severity: _Optional[_Union[AlertSeverity, str]] = ..., state: _Optional[_Union[AlertState, str]] = ..., summary: _Optional[str] = ..., description: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., fire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledge_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., acknowledged_by: _Optional[str] = ..., acknowledge_comment: _Optional[str] = ..., value: _Optional[float] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AlertEvent(_message.Message):
-    __slots__ = ("alert", "kind", "sequence", "cursor", "epoch", "time", "stream_end")
+    __slots__ = ("alert", "kind", "sequence", "cursor", "epoch", "time", "stream_end", "heartbeat")
     ALERT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +95,7 @@ class AlertEvent(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STREAM_END_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     alert: Alert
     kind: AlertChangeKind
     sequence: int
@@ -101,4 +103,5 @@ class AlertEvent(_message.Message):
     epoch: str
     time: _timestamp_pb2.Timestamp
     stream_end: _status_pb2.Status
-    def __init__(self, alert: _Optional[_Union[Alert, _Mapping]] = ..., kind: _Optional[_Union[AlertChangeKind, str]] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    heartbeat: _common_pb2.StreamHeartbeat
+    def __init__(self, alert: _Optional[_Union[Alert, _Mapping]] = ..., kind: _Optional[_Union[AlertChangeKind, str]] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., heartbeat: _Optional[_Union[_common_pb2.StreamHeartbeat, _Mapping]] = ...) -> None: ...

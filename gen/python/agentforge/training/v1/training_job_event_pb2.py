@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentforge.common.v1 import common_pb2 as agentforge_dot_common_dot_v1_dot_common__pb2
 from agentforge.training.v1 import training_job_pb2 as agentforge_dot_training_dot_v1_dot_training__job__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/agentforge/training/v1/training_job_event.proto\x12\x16\x61gentforge.training.v1\x1a)agentforge/training/v1/training_job.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xee\x04\n\x10TrainingJobEvent\x12\x1a\n\x0ctraining_job\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x63ursor\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65poch\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x42\n\x08progress\x18\n \x01(\x0b\x32(.agentforge.training.v1.TrainingProgressB\x04\xe2\x41\x01\x03H\x00\x12\x43\n\rstate_changed\x18\x0b \x01(\x0b\x32$.agentforge.training.v1.StateChangedB\x04\xe2\x41\x01\x03H\x00\x12\x46\n\x12\x63heckpoint_written\x18\x0c \x01(\x0b\x32\".agentforge.training.v1.CheckpointB\x04\xe2\x41\x01\x03H\x00\x12\x43\n\x0e\x65val_completed\x18\r \x01(\x0b\x32#.agentforge.training.v1.EvalMetricsB\x04\xe2\x41\x01\x03H\x00\x12\x34\n\x03log\x18\x0e \x01(\x0b\x32\x1f.agentforge.training.v1.LogLineB\x04\xe2\x41\x01\x03H\x00\x12G\n\x0f\x63ontrol_applied\x18\x0f \x01(\x0b\x32&.agentforge.training.v1.ControlAppliedB\x04\xe2\x41\x01\x03H\x00\x12.\n\nstream_end\x18\x10 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03H\x00\x42\x06\n\x04kind\"\xe9\x01\n\x0cStateChanged\x12\x42\n\nfrom_state\x18\x01 \x01(\x0e\x32(.agentforge.training.v1.TrainingJobStateB\x04\xe2\x41\x01\x03\x12@\n\x08to_state\x18\x02 \x01(\x0e\x32(.agentforge.training.v1.TrainingJobStateB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x14\n\x06worker\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\"]\n\x07LogLine\x12;\n\x08severity\x18\x01 \x01(\x0e\x32#.agentforge.training.v1.LogSeverityB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\xe6\x01\n\x0e\x43ontrolApplied\x12\x12\n\x04step\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12 \n\rlearning_rate\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12!\n\x0egrokfast_alpha\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x01\x88\x01\x01\x12 \n\rgrokfast_lamb\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x02\x88\x01\x01\x12\"\n\x14\x63heckpoint_requested\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x42\x10\n\x0e_learning_rateB\x11\n\x0f_grokfast_alphaB\x10\n\x0e_grokfast_lamb*\x8c\x01\n\x0bLogSeverity\x12\x1c\n\x18LOG_SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12LOG_SEVERITY_DEBUG\x10\x01\x12\x15\n\x11LOG_SEVERITY_INFO\x10\x02\x12\x18\n\x14LOG_SEVERITY_WARNING\x10\x03\x12\x16\n\x12LOG_SEVERITY_ERROR\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/agentforge/training/v1/training_job_event.proto\x12\x16\x61gentforge.training.v1\x1a!agentforge/common/v1/common.proto\x1a)agentforge/training/v1/training_job.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\xb0\x05\n\x10TrainingJobEvent\x12\x1a\n\x0ctraining_job\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08sequence\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x14\n\x06\x63ursor\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x13\n\x05\x65poch\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12.\n\x04time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x42\n\x08progress\x18\n \x01(\x0b\x32(.agentforge.training.v1.TrainingProgressB\x04\xe2\x41\x01\x03H\x00\x12\x43\n\rstate_changed\x18\x0b \x01(\x0b\x32$.agentforge.training.v1.StateChangedB\x04\xe2\x41\x01\x03H\x00\x12\x46\n\x12\x63heckpoint_written\x18\x0c \x01(\x0b\x32\".agentforge.training.v1.CheckpointB\x04\xe2\x41\x01\x03H\x00\x12\x43\n\x0e\x65val_completed\x18\r \x01(\x0b\x32#.agentforge.training.v1.EvalMetricsB\x04\xe2\x41\x01\x03H\x00\x12\x34\n\x03log\x18\x0e \x01(\x0b\x32\x1f.agentforge.training.v1.LogLineB\x04\xe2\x41\x01\x03H\x00\x12G\n\x0f\x63ontrol_applied\x18\x0f \x01(\x0b\x32&.agentforge.training.v1.ControlAppliedB\x04\xe2\x41\x01\x03H\x00\x12.\n\nstream_end\x18\x10 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03H\x00\x12@\n\theartbeat\x18\x11 \x01(\x0b\x32%.agentforge.common.v1.StreamHeartbeatB\x04\xe2\x41\x01\x03H\x00\x42\x06\n\x04kind\"\xe9\x01\n\x0cStateChanged\x12\x42\n\nfrom_state\x18\x01 \x01(\x0e\x32(.agentforge.training.v1.TrainingJobStateB\x04\xe2\x41\x01\x03\x12@\n\x08to_state\x18\x02 \x01(\x0e\x32(.agentforge.training.v1.TrainingJobStateB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\'\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.google.rpc.StatusB\x04\xe2\x41\x01\x03\x12\x14\n\x06worker\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\"]\n\x07LogLine\x12;\n\x08severity\x18\x01 \x01(\x0e\x32#.agentforge.training.v1.LogSeverityB\x04\xe2\x41\x01\x03\x12\x15\n\x07message\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\xe6\x01\n\x0e\x43ontrolApplied\x12\x12\n\x04step\x18\x01 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12 \n\rlearning_rate\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x00\x88\x01\x01\x12!\n\x0egrokfast_alpha\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x01\x88\x01\x01\x12 \n\rgrokfast_lamb\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03H\x02\x88\x01\x01\x12\"\n\x14\x63heckpoint_requested\x18\x05 \x01(\x08\x42\x04\xe2\x41\x01\x03\x42\x10\n\x0e_learning_rateB\x11\n\x0f_grokfast_alphaB\x10\n\x0e_grokfast_lamb*\x8c\x01\n\x0bLogSeverity\x12\x1c\n\x18LOG_SEVERITY_UNSPECIFIED\x10\x00\x12\x16\n\x12LOG_SEVERITY_DEBUG\x10\x01\x12\x15\n\x11LOG_SEVERITY_INFO\x10\x02\x12\x18\n\x14LOG_SEVERITY_WARNING\x10\x03\x12\x16\n\x12LOG_SEVERITY_ERROR\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,6 +60,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGJOBEVENT'].fields_by_name['control_applied']._serialized_options = b'\342A\001\003'
   _globals['_TRAININGJOBEVENT'].fields_by_name['stream_end']._loaded_options = None
   _globals['_TRAININGJOBEVENT'].fields_by_name['stream_end']._serialized_options = b'\342A\001\003'
+  _globals['_TRAININGJOBEVENT'].fields_by_name['heartbeat']._loaded_options = None
+  _globals['_TRAININGJOBEVENT'].fields_by_name['heartbeat']._serialized_options = b'\342A\001\003'
   _globals['_STATECHANGED'].fields_by_name['from_state']._loaded_options = None
   _globals['_STATECHANGED'].fields_by_name['from_state']._serialized_options = b'\342A\001\003'
   _globals['_STATECHANGED'].fields_by_name['to_state']._loaded_options = None
@@ -83,14 +86,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTROLAPPLIED'].fields_by_name['grokfast_lamb']._serialized_options = b'\342A\001\003'
   _globals['_CONTROLAPPLIED'].fields_by_name['checkpoint_requested']._loaded_options = None
   _globals['_CONTROLAPPLIED'].fields_by_name['checkpoint_requested']._serialized_options = b'\342A\001\003'
-  _globals['_LOGSEVERITY']._serialized_start=1399
-  _globals['_LOGSEVERITY']._serialized_end=1539
-  _globals['_TRAININGJOBEVENT']._serialized_start=210
-  _globals['_TRAININGJOBEVENT']._serialized_end=832
-  _globals['_STATECHANGED']._serialized_start=835
-  _globals['_STATECHANGED']._serialized_end=1068
-  _globals['_LOGLINE']._serialized_start=1070
-  _globals['_LOGLINE']._serialized_end=1163
-  _globals['_CONTROLAPPLIED']._serialized_start=1166
-  _globals['_CONTROLAPPLIED']._serialized_end=1396
+  _globals['_LOGSEVERITY']._serialized_start=1500
+  _globals['_LOGSEVERITY']._serialized_end=1640
+  _globals['_TRAININGJOBEVENT']._serialized_start=245
+  _globals['_TRAININGJOBEVENT']._serialized_end=933
+  _globals['_STATECHANGED']._serialized_start=936
+  _globals['_STATECHANGED']._serialized_end=1169
+  _globals['_LOGLINE']._serialized_start=1171
+  _globals['_LOGLINE']._serialized_end=1264
+  _globals['_CONTROLAPPLIED']._serialized_start=1267
+  _globals['_CONTROLAPPLIED']._serialized_end=1497
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from agentforge.common.v1 import common_pb2 as _common_pb2
 from agentforge.training.v1 import training_job_pb2 as _training_job_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -26,7 +27,7 @@ LOG_SEVERITY_WARNING: LogSeverity
 LOG_SEVERITY_ERROR: LogSeverity
 
 class TrainingJobEvent(_message.Message):
-    __slots__ = ("training_job", "sequence", "cursor", "epoch", "time", "progress", "state_changed", "checkpoint_written", "eval_completed", "log", "control_applied", "stream_end")
+    __slots__ = ("training_job", "sequence", "cursor", "epoch", "time", "progress", "state_changed", "checkpoint_written", "eval_completed", "log", "control_applied", "stream_end", "heartbeat")
     TRAINING_JOB_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +40,7 @@ class TrainingJobEvent(_message.Message):
     LOG_FIELD_NUMBER: _ClassVar[int]
     CONTROL_APPLIED_FIELD_NUMBER: _ClassVar[int]
     STREAM_END_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     training_job: str
     sequence: int
     cursor: str
@@ -51,7 +53,8 @@ class TrainingJobEvent(_message.Message):
     log: LogLine
     control_applied: ControlApplied
     stream_end: _status_pb2.Status
-    def __init__(self, training_job: _Optional[str] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_training_job_pb2.TrainingProgress, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., checkpoint_written: _Optional[_Union[_training_job_pb2.Checkpoint, _Mapping]] = ..., eval_completed: _Optional[_Union[_training_job_pb2.EvalMetrics, _Mapping]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., control_applied: _Optional[_Union[ControlApplied, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+    heartbeat: _common_pb2.StreamHeartbeat
+    def __init__(self, training_job: _Optional[str] = ..., sequence: _Optional[int] = ..., cursor: _Optional[str] = ..., epoch: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., progress: _Optional[_Union[_training_job_pb2.TrainingProgress, _Mapping]] = ..., state_changed: _Optional[_Union[StateChanged, _Mapping]] = ..., checkpoint_written: _Optional[_Union[_training_job_pb2.Checkpoint, _Mapping]] = ..., eval_completed: _Optional[_Union[_training_job_pb2.EvalMetrics, _Mapping]] = ..., log: _Optional[_Union[LogLine, _Mapping]] = ..., control_applied: _Optional[_Union[ControlApplied, _Mapping]] = ..., stream_end: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., heartbeat: _Optional[_Union[_common_pb2.StreamHeartbeat, _Mapping]] = ...) -> None: ...
 
 class StateChanged(_message.Message):
     __slots__ = ("from_state", "to_state", "reason", "error", "worker")

@@ -4,6 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { StreamHeartbeat } from "../../common/v1/common_pb";
+import { file_agentforge_common_v1_common } from "../../common/v1/common_pb";
 import type { PhaseRun, PhaseRunProgress, PhaseRunState, SagaStep } from "./phase_run_pb";
 import { file_agentforge_forge_v1_phase_run } from "./phase_run_pb";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb";
@@ -17,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentforge/forge/v1/phase_run_event.proto.
  */
 export const file_agentforge_forge_v1_phase_run_event: GenFile = /*@__PURE__*/
-  fileDesc("CilhZ2VudGZvcmdlL2ZvcmdlL3YxL3BoYXNlX3J1bl9ldmVudC5wcm90bxITYWdlbnRmb3JnZS5mb3JnZS52MSL4AwoNUGhhc2VSdW5FdmVudBI2CglwaGFzZV9ydW4YASABKAsyHS5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuQgTiQQEDEhYKCHNlcXVlbmNlGAIgASgDQgTiQQEDEhQKBmN1cnNvchgDIAEoCUIE4kEBAxITCgVlcG9jaBgEIAEoCUIE4kEBAxIuCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxJICg1zdGF0ZV9jaGFuZ2VkGAogASgLMikuYWdlbnRmb3JnZS5mb3JnZS52MS5QaGFzZVJ1blN0YXRlQ2hhbmdlZEIE4kEBA0gAEkIKDHN0ZXBfY2hhbmdlZBgLIAEoCzIkLmFnZW50Zm9yZ2UuZm9yZ2UudjEuU2FnYVN0ZXBDaGFuZ2VkQgTiQQEDSAASPwoIcHJvZ3Jlc3MYDCABKAsyJS5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuUHJvZ3Jlc3NCBOJBAQNIABI1CgNsb2cYDSABKAsyIC5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuTG9nQgTiQQEDSAASLgoKc3RyZWFtX2VuZBgOIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzQgTiQQEDSABCBgoEa2luZCLPAQoUUGhhc2VSdW5TdGF0ZUNoYW5nZWQSPAoKZnJvbV9zdGF0ZRgBIAEoDjIiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW5TdGF0ZUIE4kEBAxI6Cgh0b19zdGF0ZRgCIAEoDjIiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW5TdGF0ZUIE4kEBAxIUCgZyZWFzb24YAyABKAlCBOJBAQMSJwoFZXJyb3IYBCABKAsyEi5nb29nbGUucnBjLlN0YXR1c0IE4kEBAyJZCg9TYWdhU3RlcENoYW5nZWQSMQoEc3RlcBgBIAEoCzIdLmFnZW50Zm9yZ2UuZm9yZ2UudjEuU2FnYVN0ZXBCBOJBAQMSEwoFaW5kZXgYAiABKAVCBOJBAQMicgoLUGhhc2VSdW5Mb2cSOAoIc2V2ZXJpdHkYASABKA4yIC5hZ2VudGZvcmdlLmZvcmdlLnYxLkxvZ1NldmVyaXR5QgTiQQEDEhUKB21lc3NhZ2UYAiABKAlCBOJBAQMSEgoEc3RlcBgDIAEoCUIE4kEBAyqMAQoLTG9nU2V2ZXJpdHkSHAoYTE9HX1NFVkVSSVRZX1VOU1BFQ0lGSUVEEAASFgoSTE9HX1NFVkVSSVRZX0RFQlVHEAESFQoRTE9HX1NFVkVSSVRZX0lORk8QAhIYChRMT0dfU0VWRVJJVFlfV0FSTklORxADEhYKEkxPR19TRVZFUklUWV9FUlJPUhAEYgZwcm90bzM", [file_agentforge_forge_v1_phase_run, file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("CilhZ2VudGZvcmdlL2ZvcmdlL3YxL3BoYXNlX3J1bl9ldmVudC5wcm90bxITYWdlbnRmb3JnZS5mb3JnZS52MSK6BAoNUGhhc2VSdW5FdmVudBI2CglwaGFzZV9ydW4YASABKAsyHS5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuQgTiQQEDEhYKCHNlcXVlbmNlGAIgASgDQgTiQQEDEhQKBmN1cnNvchgDIAEoCUIE4kEBAxITCgVlcG9jaBgEIAEoCUIE4kEBAxIuCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxJICg1zdGF0ZV9jaGFuZ2VkGAogASgLMikuYWdlbnRmb3JnZS5mb3JnZS52MS5QaGFzZVJ1blN0YXRlQ2hhbmdlZEIE4kEBA0gAEkIKDHN0ZXBfY2hhbmdlZBgLIAEoCzIkLmFnZW50Zm9yZ2UuZm9yZ2UudjEuU2FnYVN0ZXBDaGFuZ2VkQgTiQQEDSAASPwoIcHJvZ3Jlc3MYDCABKAsyJS5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuUHJvZ3Jlc3NCBOJBAQNIABI1CgNsb2cYDSABKAsyIC5hZ2VudGZvcmdlLmZvcmdlLnYxLlBoYXNlUnVuTG9nQgTiQQEDSAASLgoKc3RyZWFtX2VuZBgOIAEoCzISLmdvb2dsZS5ycGMuU3RhdHVzQgTiQQEDSAASQAoJaGVhcnRiZWF0GA8gASgLMiUuYWdlbnRmb3JnZS5jb21tb24udjEuU3RyZWFtSGVhcnRiZWF0QgTiQQEDSABCBgoEa2luZCLPAQoUUGhhc2VSdW5TdGF0ZUNoYW5nZWQSPAoKZnJvbV9zdGF0ZRgBIAEoDjIiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW5TdGF0ZUIE4kEBAxI6Cgh0b19zdGF0ZRgCIAEoDjIiLmFnZW50Zm9yZ2UuZm9yZ2UudjEuUGhhc2VSdW5TdGF0ZUIE4kEBAxIUCgZyZWFzb24YAyABKAlCBOJBAQMSJwoFZXJyb3IYBCABKAsyEi5nb29nbGUucnBjLlN0YXR1c0IE4kEBAyJZCg9TYWdhU3RlcENoYW5nZWQSMQoEc3RlcBgBIAEoCzIdLmFnZW50Zm9yZ2UuZm9yZ2UudjEuU2FnYVN0ZXBCBOJBAQMSEwoFaW5kZXgYAiABKAVCBOJBAQMicgoLUGhhc2VSdW5Mb2cSOAoIc2V2ZXJpdHkYASABKA4yIC5hZ2VudGZvcmdlLmZvcmdlLnYxLkxvZ1NldmVyaXR5QgTiQQEDEhUKB21lc3NhZ2UYAiABKAlCBOJBAQMSEgoEc3RlcBgDIAEoCUIE4kEBAyqMAQoLTG9nU2V2ZXJpdHkSHAoYTE9HX1NFVkVSSVRZX1VOU1BFQ0lGSUVEEAASFgoSTE9HX1NFVkVSSVRZX0RFQlVHEAESFQoRTE9HX1NFVkVSSVRZX0lORk8QAhIYChRMT0dfU0VWRVJJVFlfV0FSTklORxADEhYKEkxPR19TRVZFUklUWV9FUlJPUhAEYgZwcm90bzM", [file_agentforge_common_v1_common, file_agentforge_forge_v1_phase_run, file_google_api_field_behavior, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * One event in a phase run's history, as `WatchPhaseRun` streams it. Events of one run
@@ -115,6 +117,15 @@ export type PhaseRunEvent = Message<"agentforge.forge.v1.PhaseRunEvent"> & {
      */
     value: Status;
     case: "streamEnd";
+  } | {
+    /**
+     * A keepalive while nothing happens (see `StreamHeartbeat`): not an event, so
+     * `phase_run`, `sequence`, `cursor` and `epoch` are empty; skip it.
+     *
+     * @generated from field: agentforge.common.v1.StreamHeartbeat heartbeat = 15;
+     */
+    value: StreamHeartbeat;
+    case: "heartbeat";
   } | { case: undefined; value?: undefined };
 };
 
