@@ -58,6 +58,7 @@ __all__ = [
     "AuditLog",
     "AuthInterceptor",
     "MethodRule",
+    "PRINCIPAL_CACHE_SIZE",
     "PUBLIC_METHODS",
     "ROLE_NAMES",
     "acting_for",
@@ -176,6 +177,9 @@ class MethodRule:
     owner_scoped: bool
     declared: bool  # False: no option on the method (admin only)
 
+
+#: Distinct claims headers whose decoded Principal an AuthInterceptor keeps (then it starts over).
+PRINCIPAL_CACHE_SIZE = 4096
 
 _ADMIN_ONLY = MethodRule("admin", mutating=True, owner_scoped=False, declared=False)
 _rules: dict[str, MethodRule] = {}
@@ -297,6 +301,13 @@ class AuthInterceptor(CallInterceptor):
         self._audit = audit or AuditLog(service)
         self._resources: dict[int, str] = {}
         self._pending: dict[int, tuple[MethodRule, auth.Principal | None, ForgeError]] = {}
+        # Claims header value -> its Principal: the header is the same on every call of
+        # one token (Envoy forwards the verified payload unchanged), so it is decoded once.
+        self._principals: dict[str, auth.Principal] = {}
+
+    @property
+    def domain(self) -> str:
+        return self._domain
 
     @contextlib.asynccontextmanager
     async def around(self, call: CallInfo) -> AsyncIterator[None]:
@@ -337,6 +348,8 @@ class AuthInterceptor(CallInterceptor):
             self._pending.pop(key, None)
 
     async def on_request(self, call: CallInfo, message: Any) -> None:
+        if call.method.startswith(PUBLIC_METHODS):
+            return
         key = id(call)
         if key not in self._resources:
             self._resources[key] = _resource_of(message)
@@ -352,38 +365,60 @@ class AuthInterceptor(CallInterceptor):
 
     def _write_audit(self, call: CallInfo, rule: MethodRule, principal: auth.Principal | None,
                      outcome: str) -> None:
+        self.write_audit(call.method, principal, self._resources.get(id(call), ""), outcome)
+
+    def write_audit(self, method: str, principal: auth.Principal | None, resource: str, outcome: str) -> None:
+        """One audit record for a call of ``method`` (the request id is the running RPC's)."""
         on_behalf = principal.claims.get("act_for") if principal is not None else None
         self._audit.record(
-            method=call.method,
+            method=method,
             subject=principal.subject if principal else None,
             role=principal.role if principal else None,
             on_behalf_of=on_behalf,
-            resource=self._resources.get(id(call), ""),
+            resource=resource,
             outcome=outcome,
             request_id=request_id_var.get(),
         )
 
     def _authenticate(self, call: CallInfo) -> auth.Principal:
         md = _metadata(call.context)
-        presented = md.get(auth.MESH_IDENTITY_HEADER, "").encode()
+        return self.authenticate(md.get(auth.MESH_IDENTITY_HEADER), md.get(auth.CLAIMS_HEADER))
+
+    def authenticate(self, mesh_identity: str | None, claims_header: str | None) -> auth.Principal:
+        """The caller named by the two headers Envoy adds; :class:`Unauthenticated` if none.
+
+        ``mesh_identity``/``claims_header``: the first string value of
+        :data:`~services.shared.auth.MESH_IDENTITY_HEADER` / :data:`~services.shared.auth.CLAIMS_HEADER`.
+        Decoded claims are kept per header value (at most :data:`PRINCIPAL_CACHE_SIZE`);
+        expiry is checked on every call.
+        """
+        presented = (mesh_identity or "").encode()
         if not presented or not hmac.compare_digest(presented, self._secret):
             raise Unauthenticated(
                 "this service accepts calls only through the edge (Envoy); send them there",
                 reason="MESH_IDENTITY_REQUIRED",
             )
-        raw = md.get(auth.CLAIMS_HEADER)
-        if not raw:
+        if not claims_header:
             raise Unauthenticated("no verified token: send authorization: Bearer <token>",
                                   reason="TOKEN_REQUIRED")
-        try:
-            principal = auth.Principal.from_claims(auth.decode_claims_header(raw))
-        except ValueError as exc:
-            raise Unauthenticated(f"unreadable claims: {exc}", reason="TOKEN_INVALID") from None
-        if not principal.subject or not principal.role:
-            raise Unauthenticated("the token names no subject or role", reason="TOKEN_INVALID")
+        principal = self._principals.get(claims_header)
+        if principal is None:
+            try:
+                principal = auth.Principal.from_claims(auth.decode_claims_header(claims_header))
+            except ValueError as exc:
+                raise Unauthenticated(f"unreadable claims: {exc}", reason="TOKEN_INVALID") from None
+            if not principal.subject or not principal.role:
+                raise Unauthenticated("the token names no subject or role", reason="TOKEN_INVALID")
+            if len(self._principals) >= PRINCIPAL_CACHE_SIZE:
+                self._principals.clear()
+            self._principals[claims_header] = principal
         if principal.expires_at is not None and principal.expires_at + auth.CLOCK_SKEW_S < time.time():
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
         return principal
+
+    def authorize(self, rule: MethodRule, principal: auth.Principal) -> None:
+        """:class:`PermissionDenied` unless ``principal``'s role meets ``rule``."""
+        self._authorize(rule, principal)
 
     @staticmethod
     def _authorize(rule: MethodRule, principal: auth.Principal) -> None:

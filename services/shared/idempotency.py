@@ -113,6 +113,10 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
+        request_class = getattr(handler.request_deserializer, "__self__", None)
+        descriptor = getattr(request_class, "DESCRIPTOR", None)
+        if descriptor is not None and REQUEST_ID_FIELD not in descriptor.fields_by_name:
+            return handler  # no request_id: nothing to check, no wrapper to pay for
         method = handler_call_details.method
         inner = handler.unary_unary
         keys = self._keys

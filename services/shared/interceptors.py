@@ -26,6 +26,14 @@ the chain, so it is logged, counted and answered like any other bad request.
 AuthInterceptor (:mod:`services.shared.authz`) refuses a call before anything else
 runs; refusals are still logged and counted by the three outside it.
 
+Servers get the chain as one :class:`RuntimeInterceptor` (:func:`default_interceptors`):
+it composes the chain once per method instead of on every call (grpc.aio runs each
+interceptor's ``intercept_service`` per call), and handles unary-unary calls with one
+function that does the hooks' work in the same order, from a per-method plan (metric
+series, access rule, validator): the generic hooks cost more than the work they did
+(benchmarks/edge_unary.py, docs/benchmarks.md). Streams go through the composed chain.
+A change to a hook's behaviour for unary calls goes in ``_fused_unary`` too.
+
 StreamEnd sits inside ErrorInterceptor, so the status it puts in ``stream_end`` and the
 status ErrorInterceptor gives the call come from the same exception; and outside
 ValidationInterceptor, so an invalid message mid-stream (bidi) also ends with a
@@ -40,9 +48,9 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import os
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,12 +86,14 @@ from services.shared.metrics import GrpcServerMetrics
 __all__ = [
     "CallInfo",
     "CallInterceptor",
+    "ChainInterceptor",
     "DeadlineInterceptor",
     "DecodeInterceptor",
     "ErrorInterceptor",
     "LoggingInterceptor",
     "MetricsInterceptor",
     "RequestIdInterceptor",
+    "RuntimeInterceptor",
     "SHUTDOWN_MESSAGE",
     "STREAM_END_FIELD",
     "StopEvent",
@@ -276,6 +286,11 @@ def _valid_request_id(value: str) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable() and value.isascii()
 
 
+def _mint_request_id() -> str:
+    """32 hex digits of 128 random bits (what ``uuid4().hex`` gives, without the UUID object)."""
+    return os.urandom(16).hex()
+
+
 class RequestIdInterceptor(CallInterceptor):
     """Adopt ``x-request-id`` from the caller or mint one; echo it back.
 
@@ -288,7 +303,7 @@ class RequestIdInterceptor(CallInterceptor):
     async def around(self, call: CallInfo) -> AsyncIterator[None]:
         incoming = {m.key: m.value for m in (call.context.invocation_metadata() or ())}
         candidate = incoming.get(REQUEST_ID_KEY)
-        request_id = candidate if isinstance(candidate, str) and _valid_request_id(candidate) else uuid.uuid4().hex
+        request_id = candidate if isinstance(candidate, str) and _valid_request_id(candidate) else _mint_request_id()
         request_id_var.set(request_id)
         method_var.set(call.method)
         call.context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
@@ -320,21 +335,36 @@ class LoggingInterceptor(CallInterceptor):
             error = exc
             raise
         finally:
-            code = outcome_code(error, call.context)
-            level = logging.ERROR if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-                                              grpc.StatusCode.DATA_LOSS) else logging.INFO
-            _rpc_log.log(
-                level,
-                "rpc finished",
-                extra={
-                    "request_id": request_id_var.get(),
-                    "method": call.method,
-                    "grpc_code": code.name,
-                    "grpc_type": call.grpc_type,
-                    "duration_ms": round((time.perf_counter() - start) * 1000, 3),
-                    "peer": peer,
-                },
-            )
+            log_finished(call.method, call.grpc_type, outcome_code(error, call.context), start, peer,
+                         request_id_var.get())
+
+
+_ERROR_CODES = frozenset((grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS))
+
+
+def log_finished(method: str, grpc_type: str, code: grpc.StatusCode, start: float, peer: str,
+                 request_id: str | None) -> None:
+    """The one ``rpc finished`` line of a call (ERROR for INTERNAL/UNKNOWN/DATA_LOSS, else INFO).
+
+    ``start`` is the call's ``time.perf_counter()`` at its start. The record is made and
+    handled directly: ``Logger.log`` would also walk the stack for the caller's file and
+    line, which no formatter here prints, on every RPC.
+    """
+    level = logging.ERROR if code in _ERROR_CODES else logging.INFO
+    if not _rpc_log.isEnabledFor(level):
+        return
+    record = _rpc_log.makeRecord(
+        _rpc_log.name, level, __file__, 0, "rpc finished", (), None, "log_finished",
+        {
+            "request_id": request_id,
+            "method": method,
+            "grpc_code": code.name,
+            "grpc_type": grpc_type,
+            "duration_ms": round((time.perf_counter() - start) * 1000, 3),
+            "peer": peer,
+        },
+    )
+    _rpc_log.handle(record)
 
 
 class MetricsInterceptor(CallInterceptor):
@@ -342,15 +372,20 @@ class MetricsInterceptor(CallInterceptor):
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self._metrics = metrics
+        self._children: dict[tuple[str, str], MethodMetrics] = {}
 
-    @staticmethod
-    def _labels(call: CallInfo) -> tuple[str, str, str]:
-        return (call.grpc_type, call.service, call.method_name)
+    def for_method(self, grpc_type: str, method: str) -> MethodMetrics:
+        """The labelled children of one method's series (made once, then reused)."""
+        key = (grpc_type, method)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = MethodMetrics(self._metrics, grpc_type, method)
+        return found
 
     @contextlib.asynccontextmanager
     async def around(self, call: CallInfo) -> AsyncIterator[None]:
-        labels = self._labels(call)
-        self._metrics.started.labels(*labels).inc()
+        series = self.for_method(call.grpc_type, call.method)
+        series.started.inc()
         start = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -359,15 +394,37 @@ class MetricsInterceptor(CallInterceptor):
             error = exc
             raise
         finally:
-            code = outcome_code(error, call.context)
-            self._metrics.handled.labels(*labels, code.name).inc()
-            self._metrics.handling_seconds.labels(*labels).observe(time.perf_counter() - start)
+            series.handled(outcome_code(error, call.context)).inc()
+            series.handling_seconds.observe(time.perf_counter() - start)
 
     async def on_request(self, call: CallInfo, message: Any) -> None:
-        self._metrics.msg_received.labels(*self._labels(call)).inc()
+        self.for_method(call.grpc_type, call.method).msg_received.inc()
 
     async def on_response(self, call: CallInfo, message: Any) -> None:
-        self._metrics.msg_sent.labels(*self._labels(call)).inc()
+        self.for_method(call.grpc_type, call.method).msg_sent.inc()
+
+
+class MethodMetrics:
+    """One method's children of the five server metrics (labels resolved once)."""
+
+    __slots__ = ("_handled", "_handled_by_code", "handling_seconds", "msg_received", "msg_sent", "started")
+
+    def __init__(self, metrics: GrpcServerMetrics, grpc_type: str, method: str) -> None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        labels = (grpc_type, service, name)
+        self.started = metrics.started.labels(*labels)
+        self.handling_seconds = metrics.handling_seconds.labels(*labels)
+        self.msg_received = metrics.msg_received.labels(*labels)
+        self.msg_sent = metrics.msg_sent.labels(*labels)
+        self._handled = (metrics.handled, labels)
+        self._handled_by_code: dict[grpc.StatusCode, Any] = {}
+
+    def handled(self, code: grpc.StatusCode) -> Any:
+        child = self._handled_by_code.get(code)
+        if child is None:
+            parent, labels = self._handled
+            child = self._handled_by_code[code] = parent.labels(*labels, code.name)
+        return child
 
 
 class DeadlineInterceptor(CallInterceptor):
@@ -953,13 +1010,18 @@ class DecodeInterceptor(CallInterceptor):
 
     async def on_request(self, call: CallInfo, message: Any) -> None:
         if isinstance(message, Undecodable):
-            detail = _decode_error_text(message.error)
-            if message.field:
-                violation = (message.field, "not valid UTF-8 (a string field must be UTF-8)")
-            else:
-                violation = ("", f"not a valid protobuf message ({message.size} bytes): {detail}")
-            raise InvalidArgument(f"request message could not be decoded: {detail}", [violation],
-                                  reason="MALFORMED_REQUEST")
+            raise undecodable_error(message)
+
+
+def undecodable_error(message: Undecodable) -> InvalidArgument:
+    """The INVALID_ARGUMENT (reason ``MALFORMED_REQUEST``) for a request that did not decode."""
+    detail = _decode_error_text(message.error)
+    if message.field:
+        violation = (message.field, "not valid UTF-8 (a string field must be UTF-8)")
+    else:
+        violation = ("", f"not a valid protobuf message ({message.size} bytes): {detail}")
+    return InvalidArgument(f"request message could not be decoded: {detail}", [violation],
+                           reason="MALFORMED_REQUEST")
 
 
 class ValidationInterceptor(CallInterceptor):
@@ -973,6 +1035,10 @@ class ValidationInterceptor(CallInterceptor):
         self._validator = validator or protovalidate.Validator()
 
     async def on_request(self, call: CallInfo, message: Any) -> None:
+        self.check(message)
+
+    def check(self, message: Any) -> None:
+        """Raise :class:`InvalidArgument` when ``message`` (a protobuf message) breaks a rule."""
         if not isinstance(message, pb_message.Message):
             return
         violations = self._validator.collect_violations(message)
@@ -985,6 +1051,235 @@ class ValidationInterceptor(CallInterceptor):
             )
 
 
+class ChainInterceptor(grpc.aio.ServerInterceptor):
+    """Several server interceptors as one, composed once per method.
+
+    grpc.aio runs every interceptor of a server on every call (a coroutine each, and
+    each of ours builds a new wrapped handler). This one composes ``chain`` (outermost
+    first) the first time a method is called and keeps the result: later calls of the
+    method get the same wrapped handler. Valid for interceptors whose wrapping depends
+    on the method alone, not on the call's metadata — every interceptor in this module.
+    """
+
+    def __init__(self, chain: Sequence[grpc.aio.ServerInterceptor]) -> None:
+        self.chain = list(chain)
+        self._handlers: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler | None]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._handlers.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = await self.wrap(handler, handler_call_details)
+        self._handlers[method] = (handler, wrapped)
+        return wrapped
+
+    async def wrap(self, handler: grpc.RpcMethodHandler,
+                   details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        """``handler`` wrapped by the whole chain, innermost first."""
+        wrapped: grpc.RpcMethodHandler | None = handler
+        for icpt in reversed(self.chain):
+            wrapped = await icpt.intercept_service(_returning(wrapped), details)
+            if wrapped is None:
+                return None
+        return wrapped
+
+
+def _returning(handler: grpc.RpcMethodHandler | None) -> Callable[[Any], Awaitable[Any]]:
+    async def continuation(_details: Any) -> Any:
+        return handler
+    return continuation
+
+
+class RuntimeInterceptor(ChainInterceptor):
+    """The standard chain (:func:`default_interceptors`) as one interceptor, with unary
+    calls handled by one function.
+
+    Streams (and any chain that is not the standard one) go through the composed chain.
+    A unary-unary method of the standard chain gets, once, a plan (its metric series,
+    access rule, validator, lenient deserializer, idempotency wrapper) and one handler
+    that does what the chain's hooks do, in the same order and with the same results:
+    request id, log line, metrics, authentication and authorization (with the audit
+    record), deadline, error mapping, decoding and validation. Profiling showed the
+    generic hooks (an async context manager, a context proxy and a coroutine per hook
+    and call, for nine interceptors) cost more than the work they do.
+    """
+
+    def __init__(self, chain: Sequence[grpc.aio.ServerInterceptor]) -> None:
+        super().__init__(chain)
+        self._parts = _standard_parts(self.chain)
+
+    async def wrap(self, handler: grpc.RpcMethodHandler,
+                   details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if self._parts is None or handler.unary_unary is None:
+            return await super().wrap(handler, details)
+        parts = self._parts
+        method = details.method
+        inner = handler
+        if parts.idempotency is not None:
+            inner = await parts.idempotency.intercept_service(_returning(handler), details)
+            if inner is None:
+                return None
+        deserializer = handler.request_deserializer
+        return grpc.unary_unary_rpc_method_handler(
+            _fused_unary(parts, method, inner.unary_unary),
+            request_deserializer=None if deserializer is None else _lenient(deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+
+@dataclass
+class _Parts:
+    request_id: RequestIdInterceptor
+    logging: LoggingInterceptor
+    metrics: MetricsInterceptor | None
+    auth: Any  # services.shared.authz.AuthInterceptor
+    error: ErrorInterceptor
+    validation: ValidationInterceptor
+    idempotency: grpc.aio.ServerInterceptor | None
+
+
+def _standard_parts(chain: Sequence[grpc.aio.ServerInterceptor]) -> _Parts | None:
+    """The parts of ``chain`` when it is exactly the standard one (else None)."""
+    from services.shared.authz import AuthInterceptor
+    from services.shared.idempotency import IdempotencyInterceptor
+
+    items = list(chain)
+    kinds = [type(i) for i in items]
+    metrics = items[2] if len(items) > 2 and kinds[2] is MetricsInterceptor else None
+    core = [RequestIdInterceptor, LoggingInterceptor, *([MetricsInterceptor] if metrics else []), AuthInterceptor,
+            DeadlineInterceptor, ErrorInterceptor, StreamEndInterceptor, DecodeInterceptor, ValidationInterceptor]
+    if kinds[:len(core)] != core:
+        return None
+    rest = items[len(core):]
+    if len(rest) > 1 or (rest and type(rest[0]) is not IdempotencyInterceptor):
+        return None
+    at = 2 + (metrics is not None)
+    return _Parts(request_id=items[0], logging=items[1], metrics=metrics, auth=items[at],
+                  error=items[at + 2], validation=items[at + 5], idempotency=rest[0] if rest else None)
+
+
+def _fused_unary(parts: _Parts, method: str, inner: Callable[[Any, Any], Awaitable[Any]]) -> Any:
+    """One unary-unary handler doing the standard chain's work (see RuntimeInterceptor).
+
+    The steps below are the chain's hooks in its order, outermost first; comments name
+    the interceptor each step comes from.
+    """
+    from services.shared.auth import CLAIMS_HEADER, MESH_IDENTITY_HEADER
+    from services.shared.authz import PUBLIC_METHODS, method_rule, principal_var
+
+    grpc_type = "unary"
+    series = parts.metrics.for_method(grpc_type, method) if parts.metrics is not None else None
+    auth = parts.auth
+    public = method.startswith(PUBLIC_METHODS)
+    rule = None if public else method_rule(method)
+    audited = rule is not None and rule.mutating
+    domain = parts.error._domain
+    auth_domain = auth.domain
+    check = parts.validation.check
+    abort_error = grpc.aio.AbortError
+    perf_counter = time.perf_counter
+
+    async def unary_unary(request: Any, context: Any) -> Any:
+        # RequestIdInterceptor (and AuthInterceptor's headers, read in the same pass).
+        candidate = mesh = claims = None
+        for key, value in context.invocation_metadata() or ():
+            if key == REQUEST_ID_KEY:
+                candidate = value
+            elif key == MESH_IDENTITY_HEADER:
+                if mesh is None and isinstance(value, str):
+                    mesh = value
+            elif key == CLAIMS_HEADER and claims is None and isinstance(value, str):
+                claims = value
+        request_id = candidate if isinstance(candidate, str) and _valid_request_id(candidate) else _mint_request_id()
+        request_id_var.set(request_id)
+        method_var.set(method)
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        # LoggingInterceptor
+        start = perf_counter()
+        peer = context.peer()
+        # MetricsInterceptor
+        if series is not None:
+            series.started.inc()
+        error: BaseException | None = None
+        response = None
+        try:
+            if series is not None:
+                series.msg_received.inc()
+            if rule is None:
+                response = await _after_auth(request, context)
+            else:
+                # AuthInterceptor
+                principal = refusal = None
+                try:
+                    principal = auth.authenticate(mesh, claims)
+                    auth.authorize(rule, principal)
+                except ForgeError as exc:
+                    refusal = exc
+                auth_error: BaseException | None = None
+                try:
+                    if refusal is not None:
+                        if audited:
+                            auth.write_audit(method, principal, _audit_resource(request), refusal.code.name)
+                        await abort_with(context, refusal, auth_domain)
+                    principal_var.set(principal)
+                    if principal is not None and principal.expires_at is not None:
+                        stream_expiry_var.set(principal.expires_at)
+                    response = await _after_auth(request, context)
+                except BaseException as exc:
+                    auth_error = exc
+                    raise
+                finally:
+                    if refusal is None and audited:
+                        auth.write_audit(method, principal, _audit_resource(request),
+                                         outcome_code(auth_error, context).name)
+            if response is not None and series is not None:
+                series.msg_sent.inc()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            code = outcome_code(error, context)
+            if series is not None:
+                series.handled(code).inc()
+                series.handling_seconds.observe(perf_counter() - start)
+            log_finished(method, grpc_type, code, start, peer, request_id)
+        if response is not None:
+            # RequestIdInterceptor.on_response: the id in the initial metadata as well.
+            with contextlib.suppress(Exception):
+                await context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+        return response
+
+    async def _after_auth(request: Any, context: Any) -> Any:
+        # DeadlineInterceptor
+        remaining = context.time_remaining()
+        deadline_var.set(None if remaining is None else time.monotonic() + remaining)
+        # ErrorInterceptor around DecodeInterceptor, ValidationInterceptor, the handler.
+        try:
+            if isinstance(request, Undecodable):
+                raise undecodable_error(request)
+            check(request)
+            return await inner(request, context)
+        except abort_error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped, unknown ones logged in abort_with
+            await abort_with(context, _domain_error(exc), domain)
+
+    return unary_unary
+
+
+def _audit_resource(request: Any) -> str:
+    from services.shared.authz import _resource_of
+    return _resource_of(request)
+
+
 def default_interceptors(
     metrics: GrpcServerMetrics | None,
     domain: str = DOMAIN,
@@ -994,7 +1289,8 @@ def default_interceptors(
     service: str | None = None,
     stream_heartbeat_s: float | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The standard chain, outermost first (metrics omitted when None).
+    """The standard chain (outermost first; metrics omitted when None), as one
+    :class:`RuntimeInterceptor` (its ``chain`` lists the parts).
 
     ``stop`` is the server's stop event (``Service.stop_requested``): once it is set,
     open streams with a ``stream_end`` field end with UNAVAILABLE; so do those that
@@ -1018,4 +1314,4 @@ def default_interceptors(
     ]
     if idempotency is not None:  # innermost: only valid requests get a key
         chain.append(idempotency)
-    return chain
+    return [RuntimeInterceptor(chain)]

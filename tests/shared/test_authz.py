@@ -243,3 +243,24 @@ def test_audit_log_defaults_to_the_data_dir() -> None:
     assert AuditLog.default_path("model", {"AF_DATA_DIR": "/d"}) == Path("/d/audit/model.jsonl")
     assert AuditLog.default_path("model", {"AF_AUDIT_LOG": "/a.jsonl", "AF_DATA_DIR": "/d"}) == Path("/a.jsonl")
     assert AuditLog.default_path("model", {}) is None
+
+
+async def test_claims_decoded_once_still_expire(served: tuple[Service, FakeRealtime],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interceptor keeps a decoded claims header for the next call of the same token,
+    but checks its expiry on every call: a token that worked is refused once it expires."""
+    service, fake = served
+    exp = int(time.time()) + 3600
+    claims = auth.encode_claims_header({"sub": "alice", "role": "admin", "exp": exp})
+    md = ((auth.MESH_IDENTITY_HEADER, auth.mesh_secret()), (auth.CLAIMS_HEADER, claims))
+    async with anonymous_channel(_target(service)) as channel:
+        await _publish(channel, metadata=md)
+        await _publish(channel, metadata=md)
+        assert [p.subject for p in fake.callers if p is not None] == ["alice", "alice"]
+        later = time.time() + 3600 + auth.CLOCK_SKEW_S + 1
+        monkeypatch.setattr("services.shared.authz.time.time", lambda: later)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await _publish(channel, metadata=md)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _reason(refused.value) == "TOKEN_EXPIRED"
+    assert len(fake.callers) == 2

@@ -13,7 +13,7 @@ from agentforge.training.v1 import request_response_pb2 as rr
 from google.protobuf import empty_pb2, wrappers_pb2
 from grpc_status import rpc_status
 
-from services.shared.interceptors import field_path
+from services.shared.interceptors import CallInfo, CallInterceptor, ChainInterceptor, field_path
 from services.shared.logging import JsonFormatter
 
 from .conftest import EchoServer, rpc
@@ -114,3 +114,44 @@ def _oneof(field: str, value: object):  # type: ignore[no-untyped-def]
     from protobuf import Oneof
 
     return Oneof(field, value)
+
+
+class _CountingWraps(CallInterceptor):
+    """Counts how often it wraps a handler, and the calls it sees."""
+
+    def __init__(self) -> None:
+        self.wraps = 0
+        self.calls = 0
+
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        self.wraps += 1
+        return await super().intercept_service(continuation, handler_call_details)
+
+    async def on_request(self, call: CallInfo, message: object) -> None:
+        self.calls += 1
+
+
+async def test_a_chain_is_composed_once_per_method_and_still_runs_on_every_call() -> None:
+    counting = _CountingWraps()
+    server = grpc.aio.server(interceptors=[ChainInterceptor([counting])])
+    handler = grpc.unary_unary_rpc_method_handler(
+        lambda request, context: _echo(request), request_deserializer=S.FromString,
+        response_serializer=S.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Once", {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary("/test.v1.Once/Echo", request_serializer=S.SerializeToString,
+                                       response_deserializer=S.FromString)
+            assert [(await echo(S(value=str(i)), timeout=5)).value for i in range(3)] == ["0", "1", "2"]
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await channel.unary_unary("/test.v1.Once/Nope")(b"", timeout=5)
+            assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(0)
+    assert (counting.wraps, counting.calls) == (1, 3)
+
+
+async def _echo(request: S) -> S:
+    return request
