@@ -81,6 +81,11 @@ KNOWN: dict[str, Bench] = {
         quick_args=("--max-steps", "10", "--population", "2", "--generations", "1", "--qat-steps", "5"),
         json_flag="--json",
     ),
+    "artifact_transfer": Bench(
+        args=("--size-mib", "256", "--repeat", "2"),
+        quick_args=("--size-mib", "8", "--repeat", "1"),
+        json_flag="--json",
+    ),
     "training_service": Bench(
         args=("--steps", "150", "--jobs", "6", "--job-steps", "50", "--workers", "2"),
         quick_args=("--steps", "20", "--jobs", "2", "--job-steps", "10", "--workers", "2"),
