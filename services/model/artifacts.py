@@ -6,11 +6,13 @@ Layout under the root::
     <model>/<version>/artifact.part     an upload in progress (committed bytes)
     <model>/<version>/export-<format>   a finished export
 
-Uploads append to ``artifact.part`` and fsync before the committed offset is stored,
-so after a crash the part file holds at least the committed bytes (extra bytes are
+Uploads append to ``artifact.part`` through a :class:`PartWriter` (one open file and
+the running sha256 of its bytes, so the digest is known when the last byte arrives
+without reading the file again) and fsync before the committed offset is stored, so
+after a crash the part file holds at least the committed bytes (extra bytes are
 truncated on resume). A verified upload is ``os.replace``d into place; exports are
-written to a temporary file and replaced likewise. All methods block: call them with
-``asyncio.to_thread``.
+written to a temporary file and replaced likewise. All methods block: call them on a
+worker thread (``asyncio.to_thread``, or the upload's own single-thread executor).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["ArtifactFiles", "sha256_file"]
+__all__ = ["ArtifactFiles", "PartWriter", "sha256_file"]
 
 _READ = 1024 * 1024
 
@@ -34,6 +36,49 @@ def sha256_file(path: Path) -> str:
         while block := f.read(_READ):
             digest.update(block)
     return digest.hexdigest()
+
+
+class PartWriter:
+    """An upload's part file open for appending, with the sha256 of every byte in it.
+
+    Opening hashes the bytes already there (a resumed upload's committed prefix) once;
+    :meth:`append` writes and hashes each chunk as it comes; :meth:`sync` makes the bytes
+    durable (fsync) and returns how many there are. Not thread-safe: one thread at a time
+    (the upload's single-thread executor keeps the calls in order).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._digest = hashlib.sha256()
+        self._file = path.open("r+b")
+        try:
+            while block := self._file.read(_READ):
+                self._digest.update(block)
+            self.size = self._file.tell()
+        except BaseException:
+            self._file.close()
+            raise
+        self.synced = self.size
+
+    def append(self, data: bytes) -> int:
+        """Write ``data`` at the end and hash it; returns the new size in bytes."""
+        self._file.write(data)
+        self._digest.update(data)  # hashlib releases the GIL for large buffers
+        self.size += len(data)
+        return self.size
+
+    def sync(self) -> int:
+        """fsync the file; returns the size now durable."""
+        if self.synced != self.size:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.synced = self.size
+        return self.synced
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -80,18 +125,9 @@ class ArtifactFiles:
             return committed
         return size  # shorter than recorded (should not happen): resume from what is there
 
-    def append(self, model_id: str, version: int, offset: int, data: bytes) -> int:
-        """Write ``data`` at ``offset`` of the part file, fsync; return the new length."""
-        with self.part_path(model_id, version).open("r+b") as f:
-            f.seek(offset)
-            f.write(data)
-            f.truncate()
-            f.flush()
-            os.fsync(f.fileno())
-            return f.tell()
-
-    def part_sha256(self, model_id: str, version: int) -> str:
-        return sha256_file(self.part_path(model_id, version))
+    def open_part(self, model_id: str, version: int) -> PartWriter:
+        """The part file (as :meth:`resume_part` left it) open for appending."""
+        return PartWriter(self.part_path(model_id, version))
 
     def commit_part(self, model_id: str, version: int) -> Path:
         """Move the verified part file into place."""
@@ -125,6 +161,11 @@ class ArtifactFiles:
         with path.open("rb") as f:
             f.seek(offset)
             return f.read(size)
+
+    @staticmethod
+    def open_read(path: Path) -> int:
+        """A file descriptor for :func:`os.pread` (the caller closes it)."""
+        return os.open(path, os.O_RDONLY)
 
     def remove_version(self, model_id: str, version: int) -> None:
         shutil.rmtree(self.version_dir(model_id, version), ignore_errors=True)

@@ -28,6 +28,14 @@ class ModelConfig:
     data_dir: Path = Path("data/model")
     #: Largest artifact an upload may declare, in bytes. Env ``AF_MODEL_MAX_ARTIFACT_BYTES``.
     max_artifact_bytes: int = 8 * _GIB
+    #: An upload makes its bytes durable (fsync) and stores ``committed_bytes`` at least
+    #: every this many bytes (also when the client pauses and when the stream ends); a
+    #: server crash loses at most this much of an upload in progress (the client resumes
+    #: from ``committed_bytes``). Env ``AF_MODEL_UPLOAD_SYNC_BYTES``.
+    upload_sync_bytes: int = 64 * 1024 * 1024
+    #: Seconds an upload stream may wait for its next chunk before what arrived is made
+    #: durable and stored as ``committed_bytes``. Env ``AF_MODEL_UPLOAD_IDLE_SYNC_S``.
+    upload_idle_sync_s: float = 0.2
     #: Stream the registry publishes ModelVersionCreated / AliasMoved to.
     #: Env ``AF_MODEL_EVENTS_STREAM``.
     events_stream: str = "events.model"
@@ -62,4 +70,8 @@ class ModelConfig:
         config = cls(**values)
         if config.max_artifact_bytes < 1:
             raise ValueError("AF_MODEL_MAX_ARTIFACT_BYTES must be >= 1")
+        if config.upload_sync_bytes < 1:
+            raise ValueError("AF_MODEL_UPLOAD_SYNC_BYTES must be >= 1")
+        if config.upload_idle_sync_s <= 0:
+            raise ValueError("AF_MODEL_UPLOAD_IDLE_SYNC_S must be > 0")
         return config

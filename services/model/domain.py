@@ -4,25 +4,32 @@ exports, deletes and the training hand-off. No gRPC here.
 Upload protocol (see ``UploadModelArtifact`` in the contract): :meth:`ModelRegistry.upload`
 opens an :class:`UploadSession` for one stream; it checks the header against the upload
 in progress, accepts chunks only at the committed offset (``UPLOAD_OFFSET_MISMATCH``
-otherwise), persists every chunk before advancing ``committed_bytes`` and verifies size
-and sha256 after the last byte (``CHECKSUM_MISMATCH``/``SIZE_MISMATCH`` →
-INVALID_ARGUMENT, a client's mistake: bytes discarded, upload again from 0).
+otherwise), makes the bytes durable (fsync) before it stores them as ``committed_bytes``
+(every ``upload_sync_bytes``, when the client pauses and when the stream ends — so a
+broken stream resumes at every byte that arrived, a crashed server at most
+``upload_sync_bytes`` earlier) and verifies size and sha256 after the last byte
+(``CHECKSUM_MISMATCH``/``SIZE_MISMATCH`` → INVALID_ARGUMENT, a client's mistake: bytes
+discarded, upload again from 0).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
+import os
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from services.model import exports
 from services.shared.errors import DataLoss, OutOfRange
-from services.model.artifacts import ArtifactFiles, sha256_file
+from services.model.artifacts import ArtifactFiles, PartWriter, sha256_file
 from services.model.store import ArtifactRecord, ExportRecord, Lineage, Registry, VersionRecord, now_us
 from services.shared.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from services.shared.tasks import cancel_and_wait
@@ -30,6 +37,9 @@ from services.shared.tasks import cancel_and_wait
 __all__ = ["Chunk", "Handoff", "ModelRegistry", "UploadHeader", "UploadSession", "register_handoff"]
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
+#: Chunks of one upload queued for its writer thread before the stream waits for them.
+_WRITES_IN_FLIGHT = 4
 _INVALID_ARGUMENT = 3
 _INTERNAL = 13
 _FAILED_PRECONDITION = 9
@@ -59,17 +69,40 @@ class Chunk:
 
 
 class UploadSession:
-    """One upload stream on one version; use through :meth:`ModelRegistry.upload`."""
+    """One upload stream on one version; use through :meth:`ModelRegistry.upload`.
 
-    def __init__(self, registry: ModelRegistry, version: VersionRecord, header: UploadHeader, committed: int) -> None:
+    Chunks are written and hashed on the session's own thread while the stream goes on
+    receiving (at most ``_WRITES_IN_FLIGHT`` chunks queued, so memory stays bounded
+    whatever the file's size). The bytes received are made durable (fsync) and recorded
+    as ``committed_bytes`` every ``sync_bytes``, when the client pauses (:meth:`sync`,
+    called by the servicer) and when the stream ends however it ends; the sha256 is the
+    running digest of the bytes written, so the last byte needs no second read.
+    """
+
+    def __init__(self, registry: ModelRegistry, version: VersionRecord, header: UploadHeader, committed: int,
+                 writer: PartWriter, executor: ThreadPoolExecutor) -> None:
         self._registry = registry
         self._store = registry.store
         self._files = registry.files
+        self._sync_bytes = registry.upload_sync_bytes
+        self._writer = writer
+        self._executor = executor
+        self._writes: collections.deque[asyncio.Future[int]] = collections.deque()
         self.version = version
         self.header = header
+        #: Bytes received in order (durable once :meth:`sync` returned).
         self.committed = committed
+        self._recorded = committed  # fsynced and stored as committed_bytes
         self.complete = False
         self.sha256 = ""
+        self._closed = False
+
+    def _on_thread(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _drain(self) -> None:
+        while self._writes:
+            await self._writes.popleft()
 
     async def write(self, offset: int, data: bytes) -> None:
         """Append one chunk at ``offset``; verifies the whole file after its last byte."""
@@ -83,20 +116,49 @@ class UploadSession:
         if end > self.header.size_bytes:
             await self._fail(f"upload exceeds the declared size_bytes {self.header.size_bytes}", "SIZE_MISMATCH",
                              "header.size_bytes")
-        v = self.version
-        await asyncio.to_thread(self._files.append, v.model_id, v.version, offset, data)
+        self._writes.append(self._on_thread(self._writer.append, data))
         self._registry.bytes_received["upload"] += len(data)
-        await self._store.set_committed(v.model_id, v.version, end)
         self.committed = end
+        while self._writes and (len(self._writes) > _WRITES_IN_FLIGHT or self._writes[0].done()):
+            await self._writes.popleft()  # raises what the write raised (a full disk, ...)
         if end == self.header.size_bytes:
             await self._verify()
+        elif end - self._recorded >= self._sync_bytes:
+            await self.sync()
+
+    async def sync(self) -> None:
+        """Make every byte received so far durable and store it as ``committed_bytes``."""
+        await self._drain()
+        if self.complete or self._closed or self.committed == self._recorded:
+            return
+        committed = self.committed
+        await self._on_thread(self._writer.sync)
+        v = self.version
+        await self._store.set_committed(v.model_id, v.version, committed)
+        self._recorded = committed
+
+    async def close(self) -> None:
+        """End of the stream (any end): record what arrived, release the file."""
+        try:
+            if not self._closed:
+                try:
+                    await self.sync()
+                finally:
+                    self._closed = True
+                    await self._on_thread(self._writer.close)
+        finally:
+            self._executor.shutdown(wait=False)
 
     async def _verify(self) -> None:
         v = self.version
-        actual = await asyncio.to_thread(self._files.part_sha256, v.model_id, v.version)
+        await self._drain()
+        actual = self._writer.hexdigest()
         if actual != self.header.sha256:
             await self._fail(f"sha256 of the uploaded bytes is {actual}, the header declared {self.header.sha256}",
                              "CHECKSUM_MISMATCH", "header.sha256")
+        await self._on_thread(self._writer.sync)
+        await self._on_thread(self._writer.close)
+        self._closed = True
         await asyncio.to_thread(self._files.commit_part, v.model_id, v.version)
         artifact = self._artifact("READY", self.committed)
         artifact.complete_time = now_us()
@@ -108,11 +170,15 @@ class UploadSession:
         """Discard the upload and raise INVALID_ARGUMENT: the client declared a size or
         digest its bytes do not have (never 5xx: nothing was lost on our side)."""
         v = self.version
+        with contextlib.suppress(Exception):
+            await self._drain()
+        self._closed = True
+        await self._on_thread(self._writer.close)
         await asyncio.to_thread(self._files.discard_part, v.model_id, v.version)
         artifact = self._artifact("FAILED", 0)
         artifact.error_code, artifact.error_message = _INVALID_ARGUMENT, message
         self.version = await self._store.set_artifact(v.model_id, v.version, artifact, state="FAILED")
-        self.committed = 0
+        self.committed = self._recorded = 0
         raise InvalidArgument(message + "; the bytes were discarded, upload again from offset 0",
                               [(field, message)], reason=reason)
 
@@ -122,6 +188,8 @@ class UploadSession:
                               content_type=h.content_type, format=h.format)
 
     async def current(self) -> VersionRecord:
+        """The version as stored, after making what arrived durable (:meth:`sync`)."""
+        await self.sync()
         self.version = await self._store.get_version(self.version.model_id, self.version.version)
         return self.version
 
@@ -129,10 +197,13 @@ class UploadSession:
 class ModelRegistry:
     """The registry's use cases over a :class:`Registry` (SQLite) and :class:`ArtifactFiles`."""
 
-    def __init__(self, store: Registry, files: ArtifactFiles, *, max_artifact_bytes: int) -> None:
+    def __init__(self, store: Registry, files: ArtifactFiles, *, max_artifact_bytes: int,
+                 upload_sync_bytes: int = 64 * 1024 * 1024) -> None:
         self.store = store
         self.files = files
         self.max_artifact_bytes = max_artifact_bytes
+        #: An upload fsyncs and stores ``committed_bytes`` at least this often (bytes).
+        self.upload_sync_bytes = upload_sync_bytes
         self._uploading: set[tuple[str, int]] = set()
         self._export_tasks: set[asyncio.Task[None]] = set()
         #: Artifact bytes written, by source (``upload``: UploadModelArtifact chunks
@@ -178,7 +249,18 @@ class ModelRegistry:
                                           size_bytes=header.size_bytes, committed_bytes=committed,
                                           content_type=header.content_type, format=header.format)
                 current = await self.store.set_artifact(model_id, version, artifact, state="REGISTERING")
-            yield UploadSession(self, current, header, committed)
+            executor = ThreadPoolExecutor(1, thread_name_prefix=f"upload-{model_id}-{version}")
+            try:
+                writer = await asyncio.get_running_loop().run_in_executor(
+                    executor, self.files.open_part, model_id, version)
+            except BaseException:
+                executor.shutdown(wait=False)
+                raise
+            session = UploadSession(self, current, header, committed, writer, executor)
+            try:
+                yield session
+            finally:
+                await session.close()
         finally:
             self._uploading.discard(key)
 
@@ -205,14 +287,31 @@ class ModelRegistry:
             raise OutOfRange(f"offset {offset} is not below the file size {size}", reason="OFFSET_OUT_OF_RANGE",
                              metadata={"size_bytes": str(size)})
         end = size if read_limit <= 0 else min(size, offset + read_limit)
-        position = offset
-        while position < end:
-            data = await asyncio.to_thread(self.files.read, path, position, min(chunk_size, end - position))
-            if not data:
-                raise DataLoss(f"the stored file of {v.name} is shorter than recorded", reason="ARTIFACT_TRUNCATED")
-            self.bytes_sent += len(data)
-            yield Chunk(v, position, data, size, sha, ctype, out_fmt)
-            position += len(data)
+        fd = await asyncio.to_thread(self.files.open_read, path)
+        loop = asyncio.get_running_loop()
+
+        def read_at(position: int) -> asyncio.Future[bytes] | None:
+            if position >= end:
+                return None
+            return loop.run_in_executor(None, os.pread, fd, min(chunk_size, end - position), position)
+
+        # The next chunk is read while the current one is being sent (one read ahead).
+        position, pending = offset, read_at(offset)
+        try:
+            while pending is not None:
+                data = await pending
+                if not data:
+                    raise DataLoss(f"the stored file of {v.name} is shorter than recorded",
+                                   reason="ARTIFACT_TRUNCATED")
+                pending = read_at(position + len(data))
+                self.bytes_sent += len(data)
+                yield Chunk(v, position, data, size, sha, ctype, out_fmt)
+                position += len(data)
+        finally:
+            if pending is not None:
+                with contextlib.suppress(BaseException):
+                    await pending
+            os.close(fd)
 
     # -- export ---------------------------------------------------------------------------------
     async def export(self, model_id: str, version: int, fmt: str, *, force: bool) -> ExportRecord:

@@ -87,12 +87,14 @@ async def create_server(
     server_config = server_config or ServerConfig.from_env(SERVICE_NAME)
     bus = EventBus(bus_config or BusConfig.from_env())
     store = Registry(config.db_path)
-    registry = ModelRegistry(store, ArtifactFiles(config.artifacts_dir), max_artifact_bytes=config.max_artifact_bytes)
+    registry = ModelRegistry(store, ArtifactFiles(config.artifacts_dir), max_artifact_bytes=config.max_artifact_bytes,
+                             upload_sync_bytes=config.upload_sync_bytes)
     relay = OutboxRelay(store, bus, config.events_stream, poll_s=config.outbox_poll_s)
     store.set_event_listener(relay.notify)
 
     def register(server: grpc.aio.Server) -> list[str]:
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(registry), server)
+        servicer = ModelServicer(registry, upload_idle_sync_s=config.upload_idle_sync_s)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
         return [FULL_NAME]
 
     collectors: list[Collector] = []

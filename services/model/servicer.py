@@ -7,8 +7,10 @@ ErrorInterceptor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import grpc.aio
 from google.protobuf import empty_pb2
@@ -25,6 +27,8 @@ from services.model.domain import ModelRegistry, UploadHeader
 from services.shared.errors import InvalidArgument, NotFound
 
 __all__ = ["ModelServicer"]
+
+T = TypeVar("T")
 
 #: Largest response message we send unasked: gRPC's default receive limit (grpcurl, a
 #: default Python or Go channel), 4 MiB, counting the whole message, not only `data`.
@@ -50,6 +54,34 @@ _EXPORT_IDS = {
 }
 
 
+_END = object()
+
+
+async def _syncing_when_idle(
+    messages: AsyncIterator[T], idle_s: float, on_idle: Callable[[], Awaitable[None]],
+) -> AsyncIterator[T]:
+    """``messages``, calling ``on_idle`` whenever the next one takes over ``idle_s`` to come.
+
+    The read is never cancelled for it (a cancelled read would end the stream): it runs
+    as a task that the wait only watches.
+    """
+    iterator = aiter(messages)
+    while True:
+        task = asyncio.ensure_future(anext(iterator, _END))
+        try:
+            if not task.done():
+                done, _ = await asyncio.wait((task,), timeout=idle_s)
+                if not done:
+                    await on_idle()
+            message = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        if message is _END:
+            return
+        yield message  # type: ignore[misc]
+
+
 def _model_id(name: str) -> str:
     return name.split("/")[1]
 
@@ -66,9 +98,10 @@ def _labels(selector: str) -> dict[str, str]:
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """Thin adapter over :class:`ModelRegistry`."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, upload_idle_sync_s: float = 0.2) -> None:
         self._registry = registry
         self._store = registry.store
+        self._upload_idle_sync_s = upload_idle_sync_s
 
     # -- models -------------------------------------------------------------------
     async def CreateModel(self, request: rr.CreateModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
@@ -176,7 +209,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                               content_type=h.content_type or "application/octet-stream",
                               format=convert.format_from_proto(h.format))
         async with self._registry.upload(model_id, int(ref), header) as session:
-            async for message in request_iterator:
+            async for message in _syncing_when_idle(request_iterator, self._upload_idle_sync_s, session.sync):
                 if message.WhichOneof("kind") != "chunk":
                     raise InvalidArgument("only the first message may be a header",
                                           [("header", "only the first message may be a header")])
@@ -193,15 +226,18 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         chunks = self._registry.download(
             model_id, ref, offset=request.offset, read_limit=request.read_limit,
             chunk_size=request.chunk_size or _DEFAULT_CHUNK, fmt=convert.format_from_proto(request.format))
-        async for chunk in chunks:
-            head = rr.DownloadModelArtifactResponse(
-                model_version=chunk.version.name, total_size_bytes=chunk.total_size, sha256=chunk.sha256,
-                content_type=chunk.content_type, format=convert.format_to_proto(chunk.format))
-            for offset, data in _fit(head, chunk.offset, chunk.data):
-                message = rr.DownloadModelArtifactResponse()
-                message.CopyFrom(head)
-                message.offset, message.data = offset, data
-                yield message
+        head: rr.DownloadModelArtifactResponse | None = None
+        async with contextlib.aclosing(chunks):  # its file is closed when the stream ends
+            async for chunk in chunks:
+                if head is None:  # the same for every chunk of one download
+                    head = rr.DownloadModelArtifactResponse(
+                        model_version=chunk.version.name, total_size_bytes=chunk.total_size, sha256=chunk.sha256,
+                        content_type=chunk.content_type, format=convert.format_to_proto(chunk.format))
+                for offset, data in _fit(head, chunk.offset, chunk.data):
+                    message = rr.DownloadModelArtifactResponse()
+                    message.CopyFrom(head)
+                    message.offset, message.data = offset, data
+                    yield message
 
     # -- exports --------------------------------------------------------------------
     async def ExportModelVersion(

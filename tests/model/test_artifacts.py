@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -15,7 +20,12 @@ from agentforge.model.v1 import model_service_pb2_grpc
 from agentforge.model.v1 import model_version_pb2 as mv
 from agentforge.model.v1 import request_response_pb2 as rr
 
-from .conftest import Registry, chunk, details, header, make_model, make_version, upload_all
+from services.model.config import ModelConfig
+from services.model.server import create_server
+from services.shared.config import ServerConfig
+from services.shared.valkey import EmbeddedValkey
+
+from .conftest import Registry, bus_config, chunk, details, header, make_model, make_version, upload_all
 
 DATA = os.urandom(300_000)
 CHUNK = 64 * 1024
@@ -162,3 +172,91 @@ async def test_largest_chunk_size_is_receivable_by_a_default_grpc_client(registr
     assert max(m.ByteSize() for m in messages) <= 4 * 1024 * 1024
     assert b"".join(m.data for m in messages) == data
     assert [m.offset for m in messages] == list(itertools.accumulate([0] + [len(m.data) for m in messages[:-1]]))
+
+
+# -- the upload's write path: chunks written on a thread, fsync + committed_bytes at sync
+# points (every upload_sync_bytes, when the client pauses, at the end of the stream).
+
+@contextlib.asynccontextmanager
+async def _registry(tmp_path: Path, valkey: EmbeddedValkey, stream_prefix: str, **config: Any) -> AsyncIterator[Any]:
+    cfg = ModelConfig(data_dir=tmp_path / "model", events_stream=stream_prefix + "events.model",
+                      training_stream=stream_prefix + "events.training", outbox_poll_s=0.2, **config)
+    app = await create_server(cfg, server_config=ServerConfig(grace_seconds=0.5, metrics_port=-1),
+                              bus_config=bus_config(valkey.url))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield model_service_pb2_grpc.ModelServiceStub(channel), cfg
+    finally:
+        await app.close()
+
+
+async def test_uneven_chunks_across_sync_points_arrive_byte_exact(
+        tmp_path: Path, valkey: EmbeddedValkey, stream_prefix: str) -> None:
+    data = random.Random(7).randbytes(1_500_000 + 17)
+    sizes = random.Random(8)
+    chunks, offset = [], 0
+    while offset < len(data):  # 1 B to 200 kB, crossing every 100 kB sync point at odd places
+        n = sizes.choice([1, 7, 4096, 65_537, 99_999, 100_001, 200_000])
+        chunks.append(chunk(offset, data[offset:offset + n]))
+        offset += n
+    async with _registry(tmp_path, valkey, stream_prefix, upload_sync_bytes=100_000) as (stub, cfg):
+        await make_model(stub, "uneven")
+        v = await make_version(stub, "uneven")
+        response = await stub.UploadModelArtifact(iter([header(v.name, data)] + chunks))
+        assert response.complete and response.committed_bytes == len(data)
+        assert response.sha256 == hashlib.sha256(data).hexdigest()
+        assert response.model_version.artifact.committed_bytes == len(data)
+        assert (cfg.artifacts_dir / "uneven" / "1" / "artifact").read_bytes() == data
+        assert not (cfg.artifacts_dir / "uneven" / "1" / "artifact.part").exists()
+
+
+async def test_committed_bytes_move_at_sync_points_and_a_resumed_upload_hashes_its_prefix(
+        tmp_path: Path, valkey: EmbeddedValkey, stream_prefix: str) -> None:
+    """With the idle sync out of the way, committed_bytes advances every upload_sync_bytes
+    and when the stream ends; the resumed stream's sha256 covers the bytes of the first."""
+    data = os.urandom(400_000)
+    step = 50_000
+    async with _registry(tmp_path, valkey, stream_prefix, upload_sync_bytes=100_000,
+                         upload_idle_sync_s=3600) as (stub, cfg):
+        await make_model(stub, "sync")
+        v = await make_version(stub, "sync")
+        call = stub.UploadModelArtifact()
+        await call.write(header(v.name, data))
+        for o in range(0, 150_000, step):
+            await call.write(chunk(o, data[o:o + step]))
+
+        async def committed_is(n: int) -> bool:
+            state = await stub.GetModelVersion(rr.GetModelVersionRequest(name=v.name))
+            return state.artifact.committed_bytes == n
+
+        # 100,000 bytes are past the sync point; the last 50,000 wait for the next one.
+        async with asyncio.timeout(10):
+            while not await committed_is(100_000):
+                await asyncio.sleep(0.02)
+        part = cfg.artifacts_dir / "sync" / "1" / "artifact.part"
+        call.cancel()  # the stream breaks: what arrived is made durable and recorded
+        async with asyncio.timeout(10):
+            while not await committed_is(150_000):
+                await asyncio.sleep(0.02)
+        assert part.read_bytes() == data[:150_000]
+
+        rest = [chunk(o, data[o:o + step]) for o in range(150_000, len(data), step)]
+        response = await stub.UploadModelArtifact(iter([header(v.name, data)] + rest))
+        assert response.complete and response.sha256 == hashlib.sha256(data).hexdigest()
+        assert (cfg.artifacts_dir / "sync" / "1" / "artifact").read_bytes() == data
+
+
+async def test_a_wrong_checksum_across_sync_points_is_still_caught(
+        tmp_path: Path, valkey: EmbeddedValkey, stream_prefix: str) -> None:
+    data = os.urandom(300_000)
+    async with _registry(tmp_path, valkey, stream_prefix, upload_sync_bytes=64 * 1024) as (stub, cfg):
+        await make_model(stub, "flip")
+        v = await make_version(stub, "flip")
+        flipped = data[:200_000] + bytes([data[200_000] ^ 1]) + data[200_001:]
+        messages = [header(v.name, data)] + [chunk(o, flipped[o:o + CHUNK]) for o in range(0, len(data), CHUNK)]
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.UploadModelArtifact(iter(messages))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(err.value)[0].reason == "CHECKSUM_MISMATCH"
+        assert not (cfg.artifacts_dir / "flip" / "1" / "artifact.part").exists()
+        assert (await upload_all(stub, v.name, data)).complete

@@ -227,9 +227,12 @@ class ModelServiceServicer:
         """Uploads a version's weights as a client stream: one `header`, then `chunk`s of at
         most 4 MiB whose offsets continue exactly at the server's committed bytes.
 
-        Resumable: the server commits every chunk it receives. After a broken stream, read
-        `artifact.committed_bytes` (`GetModelVersion`), open a new stream, send the same
-        header and continue with chunks from that offset. When the last byte arrives the
+        Resumable: the server commits (fsyncs and records as `artifact.committed_bytes`) the
+        chunks it received when the stream ends, however it ends, when the client pauses, and
+        every 64 MiB in between (`AF_MODEL_UPLOAD_SYNC_BYTES`): after a broken stream every
+        byte that arrived counts, after a server crash at most that much is sent again. After
+        a broken stream, read `artifact.committed_bytes` (`GetModelVersion`), open a new
+        stream, send the same header and continue with chunks from that offset. When the last byte arrives the
         server verifies size and sha256: on success the artifact and the version become
         READY; on mismatch the stream ends with INVALID_ARGUMENT (ErrorInfo
         `CHECKSUM_MISMATCH`, or `SIZE_MISMATCH` for bytes past `size_bytes`; a client's
