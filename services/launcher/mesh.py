@@ -10,7 +10,9 @@
    address (``AF_<PEER>_ADDR``) is known before anything starts. A service is up when it
    printed its ready line and grpc.health.v1 ``Check`` answers SERVING;
 4. renders Envoy's config from the one template (``render_envoy_config``) and starts
-   Envoy; up when admin ``/ready`` says LIVE and every service's upstream host is healthy.
+   Envoy; up when admin ``/ready`` says LIVE and every service's upstream host is healthy;
+5. writes the metrics endpoints to ``<run_dir>/prometheus/agentforge.json`` for
+   Prometheus (file-based discovery, :mod:`.prometheus`; removed on stop).
 
 Every child's stdout and stderr go to ``<log_dir>/<name>.log`` (and to ``echo`` when
 given, e.g. the console in ``make up``). A failure at any point stops what was started
@@ -78,6 +80,7 @@ from services.launcher.pidfile import (
     group_members,
     terminate_groups,
 )
+from services.launcher.prometheus import file_sd_groups, remove_targets, write_targets
 from services.shared import auth
 from services.shared.process import mark_long_lived, parent_death_signal_hook, unmark_long_lived
 from services.shared.supervision import RestartBudget, RestartPolicy
@@ -687,6 +690,9 @@ class Mesh:
             envoy_yaml.write_text(self._render_envoy())
             self._spawn("envoy")
             self._wait_envoy(self._children["envoy"], deadline)
+        # What Prometheus scrapes (deploy/prometheus.yml reads it): every process is up.
+        write_targets(self.run_dir, file_sd_groups(
+            self._ports.metrics, envoy_admin_port=self._ports.admin if cfg.with_envoy else None))
 
     def _prepare_dirs(self) -> None:
         cfg = self.config
@@ -846,6 +852,8 @@ class Mesh:
             if self._pid_file is not None:
                 self._pid_file.remove()
                 self._pid_file = None
+            if self._run_dir is not None:
+                remove_targets(self._run_dir)
             self._stopped.set()
             supervisor, self._supervisor = self._supervisor, None
             self._cleanup.close()

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis import Redis as SyncRedis
@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+
+# No ``<counter>_created`` / ``<histogram>_created`` gauge beside every counter and
+# histogram: Prometheus does not use them (the Go client never had them), and they double
+# the series a scrape carries. Process-wide; every service imports this module.
+disable_created_metrics()
 
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 # go-grpc-prometheus default buckets.
@@ -196,10 +201,12 @@ class BusStreamCollector(ScrapeCollector):
         self._redis.close()
 
     def families(self) -> list[Metric]:
-        return [
+        produced = [
             CounterMetricFamily("agentforge_bus_entries_added",
                                 "Entries appended to the stream (XINFO STREAM entries-added): the publish rate.",
                                 labels=("stream",)),
+        ]
+        consumed = [
             CounterMetricFamily("agentforge_bus_group_entries_read",
                                 "Entries delivered to the consumer group (XINFO GROUPS entries-read): "
                                 "the consume rate.", labels=("stream", "group")),
@@ -216,6 +223,8 @@ class BusStreamCollector(ScrapeCollector):
                               "Entries in the stream's dead-letter stream <stream>:dlq now.",
                               labels=("stream",)),
         ]
+        # Only the families this service has streams for (a scrape lists no empty family).
+        return (produced if self.produced else []) + (consumed if self.consumed else [])
 
     def fill(self, families: dict[str, Metric]) -> None:
         groups_of: dict[str, list[str]] = {}
