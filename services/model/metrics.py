@@ -25,7 +25,7 @@ class ArtifactCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         received = CounterMetricFamily(
             "agentforge_model_artifact_received_bytes",
-            "Artifact bytes stored: UploadModelArtifact chunks (source=upload) and registered "
+            "Artifact bytes received: UploadModelArtifact chunks accepted (source=upload) and registered "
             "training checkpoints (source=handoff).", labels=("source",))
         for source, count in sorted(self._registry.bytes_received.items()):
             received.add_metric([source], float(count))
