@@ -25,7 +25,7 @@ DASHBOARD := dashboard/dist/index.html
 DASHBOARD_SRC := $(shell find dashboard/src gen/ts -type f 2>/dev/null) dashboard/index.html \
 	dashboard/vite.config.ts dashboard/tsconfig.json dashboard/package-lock.json
 
-.PHONY: setup browser gen check-gen lint breaking test test-fast up run restart bench token secrets clean
+.PHONY: setup browser gen check-gen lint breaking test test-fast up run restart bench token revoke secrets clean
 
 setup: $(STAMP) $(NPM_STAMP) $(DASHBOARD) browser
 
@@ -89,6 +89,12 @@ token:
 	@test -n "$(ROLE)" || { echo "usage: make token ROLE=viewer|trainer|operator|admin [TTL=1h] [SUB=name]" >&2; exit 2; }
 	@$(MAKE) --no-print-directory setup >&2
 	@$(PY) -m services.shared.auth token --role "$(ROLE)" --ttl "$(TTL)" $(if $(SUB),--sub "$(SUB)")
+
+# Revoke one token mesh-wide (through the running edge, as a development admin):
+# make revoke JTI=<jti> [EXP=<unix s>]  or  make revoke TOKEN=<token>
+revoke: $(STAMP) secrets
+	@test -n "$(JTI)$(TOKEN)" || { echo "usage: make revoke JTI=<jti> [EXP=<unix s>] | make revoke TOKEN=<token>" >&2; exit 2; }
+	@$(PY) -m services.shared.revocation $(if $(JTI),--jti "$(JTI)") $(if $(EXP),--exp "$(EXP)") $(if $(TOKEN),--token "$(TOKEN)")
 
 up: $(STAMP) $(DASHBOARD) secrets
 	$(PY) -m services.launcher up --edge-port $(EDGE_PORT)

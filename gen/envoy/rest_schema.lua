@@ -79,6 +79,10 @@ return {
      template = "/{phase=phases/*}/start", rpc = "agentforge.forge.v1.ForgeService/StartPhaseRun",
      message = "agentforge.forge.v1.StartPhaseRunRequest", prefix = "",
      stream = false},
+    {method = "POST", pattern = "^/v1/revokedTokens$",
+     template = "/v1/revokedTokens", rpc = "agentforge.monitoring.v1.MonitoringService/RevokeToken",
+     message = "agentforge.monitoring.v1.RevokeTokenRequest", prefix = "",
+     stream = false},
     {method = "POST", pattern = "^/v1/trainingJobs$",
      template = "/v1/trainingJobs", rpc = "agentforge.training.v1.TrainingService/CreateTrainingJob",
      message = "agentforge.training.v1.TrainingJob", prefix = "trainingJob",
@@ -244,6 +248,12 @@ return {
       ["for_duration"] = true,
       ["rateWindow"] = true,
       ["rate_window"] = true,
+    },
+    ["agentforge.monitoring.v1.RevokeTokenRequest"] = {
+      ["jti"] = true,
+      ["expireTime"] = true,
+      ["expire_time"] = true,
+      ["reason"] = true,
     },
     ["agentforge.realtime.v1.PublishRequest"] = {
       ["topic"] = true,

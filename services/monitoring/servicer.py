@@ -29,6 +29,8 @@ from services.monitoring.health import Kind, UnknownComponent
 from services.monitoring.paging import page
 from services.monitoring.promtext import method_stats, pick_baseline
 from services.monitoring.watcher import HealthWatcher
+from services.shared import revocation
+from services.shared.authz import current_principal
 from services.shared.errors import FailedPrecondition, NotFound, Unavailable
 from services.shared.fanout import Gap
 
@@ -162,6 +164,24 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         self, request: rr.AcknowledgeAlertRequest, context: grpc.aio.ServicerContext
     ) -> alert_pb2.Alert:
         return await self._alerts.acknowledge(request.name, request.acknowledged_by, request.comment)
+
+    # -- tokens ------------------------------------------------------------------------
+    async def RevokeToken(  # noqa: N802
+        self, request: rr.RevokeTokenRequest, context: grpc.aio.ServicerContext
+    ) -> rr.RevokedToken:
+        """Put the ``jti`` on the mesh's revocation list (services/shared/revocation.py)."""
+        revocations = revocation.process_list()
+        if revocations is None:
+            raise Unavailable("this deployment has no revocation list (the services run without REDIS_URL)",
+                              reason="DEPENDENCY_UNAVAILABLE", metadata={"dependency": "redis"})
+        expires_at = (request.expire_time.ToNanoseconds() / 1e9) if request.HasField("expire_time") else None
+        kept = await revocations.revoke(request.jti, expires_at)
+        principal = current_principal()
+        out = rr.RevokedToken(jti=request.jti, revoked_by=principal.subject if principal else "",
+                              reason=request.reason)
+        out.expire_time.FromNanoseconds(int(kept * 1e9))
+        out.revoke_time.GetCurrentTime()
+        return out
 
     async def WatchAlerts(  # noqa: N802
         self, request: rr.WatchAlertsRequest, context: grpc.aio.ServicerContext

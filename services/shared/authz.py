@@ -9,7 +9,9 @@
    went around the edge is refused with UNAUTHENTICATED (reason ``MESH_IDENTITY_REQUIRED``);
 2. reads the claims Envoy verified from :data:`~services.shared.auth.CLAIMS_HEADER`
    (base64url JSON); none, unreadable, or expired beyond
-   :data:`~services.shared.auth.CLOCK_SKEW_S` → UNAUTHENTICATED;
+   :data:`~services.shared.auth.CLOCK_SKEW_S` → UNAUTHENTICATED; a ``jti`` on the
+   mesh's revocation list (:mod:`services.shared.revocation`) → UNAUTHENTICATED
+   ``TOKEN_REVOKED``, and a stream opened with a token revoked later ends with it;
 3. looks up the method's ``(agentforge.common.v1.access)`` option (the one permission
    table, in the contracts) and refuses a role below it with PERMISSION_DENIED (reason
    ``ROLE_REQUIRED``, metadata ``required_role`` and ``role``). A method without the
@@ -50,7 +52,8 @@ from google.protobuf import message as pb_message
 
 from agentforge.common.v1 import access_pb2
 from services.shared import auth
-from services.shared.context import request_id_var, stream_expiry_var
+from services.shared import revocation
+from services.shared.context import request_id_var, stream_expiry_var, stream_revoked_var
 from services.shared.errors import ForgeError, PermissionDenied, Unauthenticated, abort_with
 from services.shared.interceptors import CallInfo, CallInterceptor, outcome_code
 
@@ -324,6 +327,7 @@ class AuthInterceptor(CallInterceptor):
             refusal = exc
         key = id(call)
         error: BaseException | None = None
+        watching = contextlib.ExitStack()
         try:
             if refusal is not None:
                 if call.grpc_type in ("unary", "server_stream"):
@@ -337,11 +341,16 @@ class AuthInterceptor(CallInterceptor):
                 rule_var.set(rule)
                 if principal is not None and principal.expires_at is not None:
                     stream_expiry_var.set(principal.expires_at)
+                revocations = revocation.process_list()
+                jti = _jti(principal)
+                if revocations is not None and jti and call.grpc_type in ("server_stream", "bidi_stream"):
+                    stream_revoked_var.set(watching.enter_context(revocations.watch(jti)))
             yield
         except BaseException as exc:
             error = exc
             raise
         finally:
+            watching.close()
             if refusal is None and rule.mutating:
                 self._write_audit(call, rule, principal, outcome_code(error, call.context).name)
             self._resources.pop(key, None)
@@ -414,6 +423,9 @@ class AuthInterceptor(CallInterceptor):
             self._principals[claims_header] = principal
         if principal.expires_at is not None and principal.expires_at + auth.CLOCK_SKEW_S < time.time():
             raise Unauthenticated("the token has expired", reason="TOKEN_EXPIRED")
+        revocations = revocation.process_list()
+        if revocations is not None and revocations.is_revoked(_jti(principal)):
+            raise Unauthenticated("the token was revoked; get a new one", reason="TOKEN_REVOKED")
         return principal
 
     def authorize(self, rule: MethodRule, principal: auth.Principal) -> None:
@@ -428,6 +440,11 @@ class AuthInterceptor(CallInterceptor):
                 reason="ROLE_REQUIRED",
                 metadata={"required_role": rule.role, "role": principal.role},
             )
+
+
+def _jti(principal: auth.Principal | None) -> str:
+    jti = principal.claims.get("jti") if principal is not None else None
+    return jti if isinstance(jti, str) else ""
 
 
 def outgoing_metadata(existing: Mapping[str, str] | None = None) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ without any argument passing.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 
@@ -17,6 +18,7 @@ __all__ = [
     "remaining_seconds",
     "request_id_var",
     "stream_expiry_var",
+    "stream_revoked_var",
 ]
 
 #: Metadata key carrying the request id in and out of every RPC.
@@ -46,4 +48,11 @@ def remaining_seconds() -> float | None:
 #: set by the auth interceptor, read by the stream interceptor, which ends a stream then.
 stream_expiry_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
     "af_stream_expiry", default=None
+)
+
+#: Set when the caller's token is revoked while its stream is open (the auth
+#: interceptor registers the stream's ``jti`` with the revocation list); the stream
+#: interceptor ends the stream then, like at expiry.
+stream_revoked_var: contextvars.ContextVar[asyncio.Event | None] = contextvars.ContextVar(
+    "af_stream_revoked", default=None
 )

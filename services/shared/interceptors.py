@@ -67,6 +67,7 @@ from services.shared.context import (
     method_var,
     request_id_var,
     stream_expiry_var,
+    stream_revoked_var,
 )
 from services.shared.errors import (
     DOMAIN,
@@ -522,6 +523,20 @@ class _Expired(Exception):
     """Internal: the caller's token expired while the stream was open."""
 
 
+class _Revoked(Exception):
+    """Internal: the caller's token was revoked while the stream was open."""
+
+
+TOKEN_REVOKED_MESSAGE = "the token was revoked; get a new one (and reconnect with the last cursor)"
+
+
+async def _until_revoked(revoked: asyncio.Event | None) -> None:
+    if revoked is None:
+        await asyncio.Future()  # never
+    else:
+        await revoked.wait()
+
+
 def _time_left(expiry: float | None) -> float | None:
     """Seconds until ``expiry`` (wall clock), None without one."""
     return None if expiry is None else max(0.0, expiry - time.time())
@@ -571,7 +586,9 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
       would read that reset as INTERNAL). None or 0: no limit.
     * the caller's token expires (:data:`~services.shared.context.stream_expiry_var`,
       set by the auth interceptor) → likewise, with UNAUTHENTICATED (reason
-      ``TOKEN_EXPIRED``): a stream never outlives the credentials that opened it.
+      ``TOKEN_EXPIRED``): a stream never outlives the credentials that opened it;
+      likewise when they are revoked (:data:`~services.shared.context.stream_revoked_var`,
+      reason ``TOKEN_REVOKED``).
 
     An error before the first message sends no ``stream_end``: the call stays
     trailers-only (REST clients get the mapped HTTP status and a ``google.rpc.Status``
@@ -678,6 +695,10 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
     def _expired_error() -> Unauthenticated:
         return Unauthenticated(TOKEN_EXPIRED_MESSAGE, reason="TOKEN_EXPIRED")
 
+    @staticmethod
+    def _revoked_error() -> Unauthenticated:
+        return Unauthenticated(TOKEN_REVOKED_MESSAGE, reason="TOKEN_REVOKED")
+
     @contextlib.contextmanager
     def _on_stop(self, callback: Callable[[], None]) -> Iterator[None]:
         """Run ``callback`` when the stop event is set, while the block runs.
@@ -742,6 +763,8 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
             ctx = contextvars.copy_context()
             loop = asyncio.get_running_loop()
             expiry = stream_expiry_var.get()
+            revoked = stream_revoked_var.get()
+            revocation = loop.create_task(_until_revoked(revoked)) if revoked is not None else None
             responses = inner(request, context)
             pending: asyncio.Task[Any] | None = None
             stopping = False
@@ -768,7 +791,11 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                         # or for the quiet limit, whichever comes first.
                         idle = _earliest(heartbeat, self._max_quiet)
                         idle_left = None if idle is None else max(0.0, last_sent + idle - now)
-                        done, _ = await asyncio.wait((pending,), timeout=_earliest(idle_left, _time_left(expiry)))
+                        waits = (pending,) if revocation is None else (pending, revocation)
+                        done, _ = await asyncio.wait(waits, timeout=_earliest(idle_left, _time_left(expiry)),
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        if revoked is not None and revoked.is_set():
+                            raise _Revoked
                         if not done:
                             if _expired(expiry):
                                 raise _Expired
@@ -795,6 +822,8 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                 failure = self._quiet_error()
             except _Expired:
                 failure = self._expired_error()
+            except _Revoked:
+                failure = self._revoked_error()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
@@ -802,6 +831,7 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 # Also when the client went away (CancelledError) or the caller closed
                 # this generator: stop the handler and let its finally blocks run.
+                await self._cancel(revocation)
                 await self._cancel(pending)
                 await self._close(responses)
             if failure is None:
@@ -825,6 +855,7 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
             loop = asyncio.get_running_loop()
             failure: BaseException | None = None
             work: asyncio.Task[None] | None = None
+            revocation: asyncio.Task[None] | None = None
             stopping = False
 
             def on_stop() -> None:
@@ -839,12 +870,19 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                         raise _Stopping
                     work = loop.create_task(run(request, counting), context=contextvars.copy_context())
                     expiry = stream_expiry_var.get()
+                    revoked = stream_revoked_var.get()
+                    if revoked is not None:
+                        revocation = loop.create_task(_until_revoked(revoked))
                     while True:
                         timeout = None
                         if self._max_quiet is not None:
                             timeout = max(0.0, counting.last_write + self._max_quiet - time.monotonic())
-                        done, _ = await asyncio.wait((work,), timeout=_earliest(timeout, _time_left(expiry)))
-                        if done:
+                        waits = (work,) if revocation is None else (work, revocation)
+                        done, _ = await asyncio.wait(waits, timeout=_earliest(timeout, _time_left(expiry)),
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        if revoked is not None and revoked.is_set():
+                            raise _Revoked
+                        if work in done:
                             break
                         if _expired(expiry):
                             raise _Expired
@@ -859,11 +897,14 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
                 failure = self._quiet_error()
             except _Expired:
                 failure = self._expired_error()
+            except _Revoked:
+                failure = self._revoked_error()
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:  # noqa: BLE001 - re-raised below for ErrorInterceptor
                 failure = exc
             finally:
+                await self._cancel(revocation)
                 await self._cancel(work)
             if failure is None:
                 await context.write(self._end_message(end_class, status_pb2.Status(code=code_pb2.OK)))
@@ -1173,7 +1214,7 @@ def _fused_unary(parts: _Parts, method: str, inner: Callable[[Any, Any], Awaitab
     the interceptor each step comes from.
     """
     from services.shared.auth import CLAIMS_HEADER, MESH_IDENTITY_HEADER
-    from services.shared.authz import PUBLIC_METHODS, method_rule, principal_var
+    from services.shared.authz import PUBLIC_METHODS, method_rule, principal_var, rule_var
 
     grpc_type = "unary"
     series = parts.metrics.for_method(grpc_type, method) if parts.metrics is not None else None
@@ -1230,6 +1271,7 @@ def _fused_unary(parts: _Parts, method: str, inner: Callable[[Any, Any], Awaitab
                             auth.write_audit(method, principal, _audit_resource(request), refusal.code.name)
                         await abort_with(context, refusal, auth_domain)
                     principal_var.set(principal)
+                    rule_var.set(rule)  # owner_scoped methods check the creator (authz.require_owner)
                     if principal is not None and principal.expires_at is not None:
                         stream_expiry_var.set(principal.expires_at)
                     response = await _after_auth(request, context)

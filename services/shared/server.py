@@ -32,6 +32,7 @@ import asyncio
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -46,6 +47,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
+from services.shared import revocation
 from services.shared.authz import set_service_identity
 from services.shared.config import ServerConfig
 from services.shared.errors import DOMAIN
@@ -89,6 +91,8 @@ class Service:
     #: Follows the dependencies given to ``build_server`` (None without any).
     readiness: DependencyReadiness | None = None
     _readiness_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    #: Holds the process's revocation list (released at shutdown).
+    _revocations: bool = field(default=False, repr=False)
 
     @property
     def metrics_port(self) -> int | None:
@@ -132,6 +136,9 @@ class Service:
         if self._readiness_task is not None:
             await cancel_and_wait([self._readiness_task])
         await self.server.stop(grace)
+        if self._revocations:
+            self._revocations = False
+            await revocation.release()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.close)
         _log.info("stopped")
@@ -267,6 +274,10 @@ async def build_server(
     port = server.add_insecure_port(f"{config.host}:{config.port}")
     if port == 0:
         raise OSError(f"could not bind {config.host}:{config.port}")
+    # The mesh's revoked tokens (services/shared/revocation.py), read before serving.
+    redis_url = os.environ.get("REDIS_URL", "").strip()
+    if redis_url:
+        await revocation.acquire(redis_url)
     await server.start()
     endpoint = None
     if metrics is not None:
@@ -274,11 +285,13 @@ async def build_server(
             endpoint = start_metrics_endpoint(registry, config.metrics_host, config.metrics_port)
         except OSError:
             await server.stop(None)
+            if redis_url:
+                await revocation.release()
             raise
     for name in names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     service = Service(service_name, config, server, health, port, names, registry, endpoint,
-                      stop_requested=stop)
+                      stop_requested=stop, _revocations=bool(redis_url))
     if dependencies:
         service.readiness = DependencyReadiness(health, names, dependencies)
         service._readiness_task = asyncio.ensure_future(service.readiness.run())

@@ -189,6 +189,21 @@ class AsyncMonitoringService(AsyncServiceBase):
         """
         return await self._unary('ListMethodMetrics', _m0.ListMethodMetricsRequest, _m0.ListMethodMetricsResponse, request, fields, timeout, metadata, keyed=False)
 
+    async def revoke_token(self, request: _m0.RevokeTokenRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m0.RevokedToken:
+        """Revokes one token by its `jti` claim: every service of the mesh refuses it within
+        about a second (UNAUTHENTICATED, reason TOKEN_REVOKED), and streams already open with
+        it end with that status. The mesh keeps the `jti` on its revocation list (Valkey)
+        until `expire_time`, the token's own expiry, after which the token is refused anyway.
+        Revoking twice is harmless (the later expiry is kept). UNAVAILABLE while Valkey is
+        away: the revocation was not recorded, retry (docs/security.md).
+
+        Request: ``agentforge.monitoring.v1.RevokeTokenRequest`` (pass one, or its fields as keyword
+        arguments). Returns ``agentforge.monitoring.v1.RevokedToken``.
+        Sent once (not idempotent): UNAVAILABLE is raised, never retried.
+        Raises :class:`agentforge.client.ApiError` (a subclass per status code).
+        """
+        return await self._unary('RevokeToken', _m0.RevokeTokenRequest, _m0.RevokedToken, request, fields, timeout, metadata, keyed=False)
+
 
 class MonitoringService(SyncServiceBase):
     """Watches the mesh: probes every service, dependency and the edge for health, keeps
@@ -345,3 +360,18 @@ class MonitoringService(SyncServiceBase):
         Raises :class:`agentforge.client.ApiError` (a subclass per status code).
         """
         return self._unary('ListMethodMetrics', _m0.ListMethodMetricsRequest, _m0.ListMethodMetricsResponse, request, fields, timeout, metadata, keyed=False)
+
+    def revoke_token(self, request: _m0.RevokeTokenRequest | None = None, /, *, timeout: float | None = None, metadata: Sequence[tuple[str, str]] = (), **fields: Any) -> _m0.RevokedToken:
+        """Revokes one token by its `jti` claim: every service of the mesh refuses it within
+        about a second (UNAUTHENTICATED, reason TOKEN_REVOKED), and streams already open with
+        it end with that status. The mesh keeps the `jti` on its revocation list (Valkey)
+        until `expire_time`, the token's own expiry, after which the token is refused anyway.
+        Revoking twice is harmless (the later expiry is kept). UNAVAILABLE while Valkey is
+        away: the revocation was not recorded, retry (docs/security.md).
+
+        Request: ``agentforge.monitoring.v1.RevokeTokenRequest`` (pass one, or its fields as keyword
+        arguments). Returns ``agentforge.monitoring.v1.RevokedToken``.
+        Sent once (not idempotent): UNAVAILABLE is raised, never retried.
+        Raises :class:`agentforge.client.ApiError` (a subclass per status code).
+        """
+        return self._unary('RevokeToken', _m0.RevokeTokenRequest, _m0.RevokedToken, request, fields, timeout, metadata, keyed=False)

@@ -105,6 +105,11 @@ class MonitoringServiceStub:
                 request_serializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.ListMethodMetricsRequest.SerializeToString,
                 response_deserializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.ListMethodMetricsResponse.FromString,
                 _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/agentforge.monitoring.v1.MonitoringService/RevokeToken',
+                request_serializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.RevokedToken.FromString,
+                _registered_method=True)
 
 
 class MonitoringServiceServicer:
@@ -219,6 +224,18 @@ class MonitoringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeToken(self, request, context):
+        """Revokes one token by its `jti` claim: every service of the mesh refuses it within
+        about a second (UNAUTHENTICATED, reason TOKEN_REVOKED), and streams already open with
+        it end with that status. The mesh keeps the `jti` on its revocation list (Valkey)
+        until `expire_time`, the token's own expiry, after which the token is refused anyway.
+        Revoking twice is harmless (the later expiry is kept). UNAVAILABLE while Valkey is
+        away: the revocation was not recorded, retry (docs/security.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MonitoringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +303,11 @@ def add_MonitoringServiceServicer_to_server(servicer, server):
                     servicer.ListMethodMetrics,
                     request_deserializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.ListMethodMetricsRequest.FromString,
                     response_serializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.ListMethodMetricsResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.RevokedToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -641,6 +663,33 @@ class MonitoringService:
             '/agentforge.monitoring.v1.MonitoringService/ListMethodMetrics',
             agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.ListMethodMetricsRequest.SerializeToString,
             agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.ListMethodMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentforge.monitoring.v1.MonitoringService/RevokeToken',
+            agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.RevokeTokenRequest.SerializeToString,
+            agentforge_dot_monitoring_dot_v1_dot_request__response__pb2.RevokedToken.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,6 +86,14 @@ class MonitoringServiceStub:
     """Deletes an alert rule and resolves its open alerts."""
     ListMethodMetrics: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.ListMethodMetricsRequest, _request_response_pb2.ListMethodMetricsResponse]
     """Lists per-method request metrics of one service, or of all with `services/-`."""
+    RevokeToken: _grpc.UnaryUnaryMultiCallable[_request_response_pb2.RevokeTokenRequest, _request_response_pb2.RevokedToken]
+    """Revokes one token by its `jti` claim: every service of the mesh refuses it within
+    about a second (UNAUTHENTICATED, reason TOKEN_REVOKED), and streams already open with
+    it end with that status. The mesh keeps the `jti` on its revocation list (Valkey)
+    until `expire_time`, the token's own expiry, after which the token is refused anyway.
+    Revoking twice is harmless (the later expiry is kept). UNAVAILABLE while Valkey is
+    away: the revocation was not recorded, retry (docs/security.md).
+    """
 
 @_typing.type_check_only
 class MonitoringServiceAsyncStub(MonitoringServiceStub):
@@ -141,6 +149,14 @@ class MonitoringServiceAsyncStub(MonitoringServiceStub):
     """Deletes an alert rule and resolves its open alerts."""
     ListMethodMetrics: _aio.UnaryUnaryMultiCallable[_request_response_pb2.ListMethodMetricsRequest, _request_response_pb2.ListMethodMetricsResponse]  # type: ignore[assignment]
     """Lists per-method request metrics of one service, or of all with `services/-`."""
+    RevokeToken: _aio.UnaryUnaryMultiCallable[_request_response_pb2.RevokeTokenRequest, _request_response_pb2.RevokedToken]  # type: ignore[assignment]
+    """Revokes one token by its `jti` claim: every service of the mesh refuses it within
+    about a second (UNAUTHENTICATED, reason TOKEN_REVOKED), and streams already open with
+    it end with that status. The mesh keeps the `jti` on its revocation list (Valkey)
+    until `expire_time`, the token's own expiry, after which the token is refused anyway.
+    Revoking twice is harmless (the later expiry is kept). UNAVAILABLE while Valkey is
+    away: the revocation was not recorded, retry (docs/security.md).
+    """
 
 class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
     """Watches the mesh: probes every service, dependency and the edge for health, keeps
@@ -271,5 +287,19 @@ class MonitoringServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_request_response_pb2.ListMethodMetricsResponse, _abc.Awaitable[_request_response_pb2.ListMethodMetricsResponse]]:
         """Lists per-method request metrics of one service, or of all with `services/-`."""
+
+    @_abc_1.abstractmethod
+    def RevokeToken(
+        self,
+        request: _request_response_pb2.RevokeTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_request_response_pb2.RevokedToken, _abc.Awaitable[_request_response_pb2.RevokedToken]]:
+        """Revokes one token by its `jti` claim: every service of the mesh refuses it within
+        about a second (UNAUTHENTICATED, reason TOKEN_REVOKED), and streams already open with
+        it end with that status. The mesh keeps the `jti` on its revocation list (Valkey)
+        until `expire_time`, the token's own expiry, after which the token is refused anyway.
+        Revoking twice is harmless (the later expiry is kept). UNAVAILABLE while Valkey is
+        away: the revocation was not recorded, retry (docs/security.md).
+        """
 
 def add_MonitoringServiceServicer_to_server(servicer: MonitoringServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

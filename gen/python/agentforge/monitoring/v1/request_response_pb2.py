@@ -30,9 +30,10 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/agentforge/monitoring/v1/request_response.proto\x12\x18\x61gentforge.monitoring.v1\x1a$agentforge/monitoring/v1/alert.proto\x1a)agentforge/monitoring/v1/alert_rule.proto\x1a%agentforge/monitoring/v1/health.proto\x1a-agentforge/monitoring/v1/method_metrics.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\"i\n\x16GetSystemHealthRequest\x12O\n\x05kinds\x18\x01 \x03(\x0e\x32\'.agentforge.monitoring.v1.ComponentKindB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"\xad\x01\n\x18WatchSystemHealthRequest\x12O\n\x05kinds\x18\x01 \x03(\x0e\x32\'.agentforge.monitoring.v1.ComponentKindB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\x12@\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x13\xe2\x41\x01\x01\xbaH\x0c\xaa\x01\t\"\x03\x08\xac\x02\x32\x02\x08\x01\"Z\n\x19GetComponentHealthRequest\x12=\n\x04name\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r&2$^components/[a-z0-9][a-z0-9-]{0,62}$\"\xbf\x02\n\x11ListAlertsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x0e\xe2\x41\x01\x01\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12 \n\npage_token\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x04\x12M\n\x06states\x18\x03 \x03(\x0e\x32$.agentforge.monitoring.v1.AlertStateB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\x12T\n\nseverities\x18\x04 \x03(\x0e\x32\'.agentforge.monitoring.v1.AlertSeverityB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\x12@\n\x04rule\x18\x05 \x01(\tB2\xe2\x41\x01\x01\xbaH+r)2\'^(alertRules/[a-z0-9][a-z0-9-]{0,62})?$\"j\n\x12ListAlertsResponse\x12\x35\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1f.agentforge.monitoring.v1.AlertB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"L\n\x0fGetAlertRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xbaH$r\"2 ^alerts/[a-z0-9][a-z0-9-]{0,62}$\"\x88\x01\n\x12WatchAlertsRequest\x12\x1c\n\x06\x63ursor\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x02\x12T\n\nseverities\x18\x02 \x03(\x0e\x32\'.agentforge.monitoring.v1.AlertSeverityB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"\x9c\x01\n\x17\x41\x63knowledgeAlertRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xbaH$r\"2 ^alerts/[a-z0-9][a-z0-9-]{0,62}$\x12\'\n\x0f\x61\x63knowledged_by\x18\x02 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1d\n\x07\x63omment\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x08\"\xc1\x03\n\x16\x43reateAlertRuleRequest\x12\xa0\x02\n\nalert_rule\x18\x01 \x01(\x0b\x32#.agentforge.monitoring.v1.AlertRuleB\xe6\x01\xe2\x41\x01\x02\xbaH\xde\x01\xba\x01\x85\x01\n$create_alert_rule.condition_required\x12-needs a condition: metric or component_status\x1a.has(this.metric) || has(this.component_status)\xba\x01O\n#create_alert_rule.severity_required\x12\x14severity is required\x1a\x12this.severity != 0\xc8\x01\x01\x12>\n\ralert_rule_id\x18\x02 \x01(\tB\'\xe2\x41\x01\x01\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{0,62})?$\x12\x44\n\nrequest_id\x18\x03 \x01(\tB0\xe2\x41\x01\x01\xbaH)r\'\x18@2#^([A-Za-z0-9][A-Za-z0-9_-]{0,63})?$\"T\n\x13GetAlertRuleRequest\x12=\n\x04name\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r&2$^alertRules/[a-z0-9][a-z0-9-]{0,62}$\"\\\n\x15ListAlertRulesRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x0e\xe2\x41\x01\x01\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12 \n\npage_token\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x04\"w\n\x16ListAlertRulesResponse\x12>\n\x0b\x61lert_rules\x18\x01 \x03(\x0b\x32#.agentforge.monitoring.v1.AlertRuleB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\xf7\x02\n\x16UpdateAlertRuleRequest\x12\xcb\x01\n\nalert_rule\x18\x01 \x01(\x0b\x32#.agentforge.monitoring.v1.AlertRuleB\x91\x01\xe2\x41\x01\x02\xbaH\x89\x01\xba\x01\x82\x01\n\x1fupdate_alert_rule.name_required\x12$name must be alertRules/{alert_rule}\x1a\x39this.name.matches(\'^alertRules/[a-z0-9][a-z0-9-]{0,62}$\')\xc8\x01\x01\x12\x8e\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB]\xe2\x41\x01\x01\xbaHV\xe2\x01S\x12\x01*\x12\x0c\x64isplay_name\x12\x0b\x64\x65scription\x12\x06metric\x12\x10\x63omponent_status\x12\x08severity\x12\x07\x65nabled\x12\x06labels\"W\n\x16\x44\x65leteAlertRuleRequest\x12=\n\x04name\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r&2$^alertRules/[a-z0-9][a-z0-9-]{0,62}$\"\x9f\x01\n\x18ListMethodMetricsRequest\x12>\n\x06parent\x18\x01 \x01(\tB.\xe2\x41\x01\x02\xbaH\'r%2#^services/([a-z][a-z0-9-]{0,62}|-)$\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x0e\xe2\x41\x01\x01\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12 \n\npage_token\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x04\"\x81\x01\n\x19ListMethodMetricsResponse\x12\x45\n\x0emethod_metrics\x18\x01 \x03(\x0b\x32\'.agentforge.monitoring.v1.MethodMetricsB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/agentforge/monitoring/v1/request_response.proto\x12\x18\x61gentforge.monitoring.v1\x1a$agentforge/monitoring/v1/alert.proto\x1a)agentforge/monitoring/v1/alert_rule.proto\x1a%agentforge/monitoring/v1/health.proto\x1a-agentforge/monitoring/v1/method_metrics.proto\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x16GetSystemHealthRequest\x12O\n\x05kinds\x18\x01 \x03(\x0e\x32\'.agentforge.monitoring.v1.ComponentKindB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"\xad\x01\n\x18WatchSystemHealthRequest\x12O\n\x05kinds\x18\x01 \x03(\x0e\x32\'.agentforge.monitoring.v1.ComponentKindB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\x12@\n\x08interval\x18\x02 \x01(\x0b\x32\x19.google.protobuf.DurationB\x13\xe2\x41\x01\x01\xbaH\x0c\xaa\x01\t\"\x03\x08\xac\x02\x32\x02\x08\x01\"Z\n\x19GetComponentHealthRequest\x12=\n\x04name\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r&2$^components/[a-z0-9][a-z0-9-]{0,62}$\"\xbf\x02\n\x11ListAlertsRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x0e\xe2\x41\x01\x01\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12 \n\npage_token\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x04\x12M\n\x06states\x18\x03 \x03(\x0e\x32$.agentforge.monitoring.v1.AlertStateB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\x12T\n\nseverities\x18\x04 \x03(\x0e\x32\'.agentforge.monitoring.v1.AlertSeverityB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\x12@\n\x04rule\x18\x05 \x01(\tB2\xe2\x41\x01\x01\xbaH+r)2\'^(alertRules/[a-z0-9][a-z0-9-]{0,62})?$\"j\n\x12ListAlertsResponse\x12\x35\n\x06\x61lerts\x18\x01 \x03(\x0b\x32\x1f.agentforge.monitoring.v1.AlertB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"L\n\x0fGetAlertRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xbaH$r\"2 ^alerts/[a-z0-9][a-z0-9-]{0,62}$\"\x88\x01\n\x12WatchAlertsRequest\x12\x1c\n\x06\x63ursor\x18\x01 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x02\x12T\n\nseverities\x18\x02 \x03(\x0e\x32\'.agentforge.monitoring.v1.AlertSeverityB\x17\xe2\x41\x01\x01\xbaH\x10\x92\x01\r\x10\x03\x18\x01\"\x07\x82\x01\x04\x10\x01 \x00\"\x9c\x01\n\x17\x41\x63knowledgeAlertRequest\x12\x39\n\x04name\x18\x01 \x01(\tB+\xe2\x41\x01\x02\xbaH$r\"2 ^alerts/[a-z0-9][a-z0-9-]{0,62}$\x12\'\n\x0f\x61\x63knowledged_by\x18\x02 \x01(\tB\x0e\xe2\x41\x01\x02\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1d\n\x07\x63omment\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x08\"\xc1\x03\n\x16\x43reateAlertRuleRequest\x12\xa0\x02\n\nalert_rule\x18\x01 \x01(\x0b\x32#.agentforge.monitoring.v1.AlertRuleB\xe6\x01\xe2\x41\x01\x02\xbaH\xde\x01\xba\x01\x85\x01\n$create_alert_rule.condition_required\x12-needs a condition: metric or component_status\x1a.has(this.metric) || has(this.component_status)\xba\x01O\n#create_alert_rule.severity_required\x12\x14severity is required\x1a\x12this.severity != 0\xc8\x01\x01\x12>\n\ralert_rule_id\x18\x02 \x01(\tB\'\xe2\x41\x01\x01\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{0,62})?$\x12\x44\n\nrequest_id\x18\x03 \x01(\tB0\xe2\x41\x01\x01\xbaH)r\'\x18@2#^([A-Za-z0-9][A-Za-z0-9_-]{0,63})?$\"T\n\x13GetAlertRuleRequest\x12=\n\x04name\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r&2$^alertRules/[a-z0-9][a-z0-9-]{0,62}$\"\\\n\x15ListAlertRulesRequest\x12!\n\tpage_size\x18\x01 \x01(\x05\x42\x0e\xe2\x41\x01\x01\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12 \n\npage_token\x18\x02 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x04\"w\n\x16ListAlertRulesResponse\x12>\n\x0b\x61lert_rules\x18\x01 \x03(\x0b\x32#.agentforge.monitoring.v1.AlertRuleB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\xf7\x02\n\x16UpdateAlertRuleRequest\x12\xcb\x01\n\nalert_rule\x18\x01 \x01(\x0b\x32#.agentforge.monitoring.v1.AlertRuleB\x91\x01\xe2\x41\x01\x02\xbaH\x89\x01\xba\x01\x82\x01\n\x1fupdate_alert_rule.name_required\x12$name must be alertRules/{alert_rule}\x1a\x39this.name.matches(\'^alertRules/[a-z0-9][a-z0-9-]{0,62}$\')\xc8\x01\x01\x12\x8e\x01\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB]\xe2\x41\x01\x01\xbaHV\xe2\x01S\x12\x01*\x12\x0c\x64isplay_name\x12\x0b\x64\x65scription\x12\x06metric\x12\x10\x63omponent_status\x12\x08severity\x12\x07\x65nabled\x12\x06labels\"W\n\x16\x44\x65leteAlertRuleRequest\x12=\n\x04name\x18\x01 \x01(\tB/\xe2\x41\x01\x02\xbaH(r&2$^alertRules/[a-z0-9][a-z0-9-]{0,62}$\"\x9f\x01\n\x18ListMethodMetricsRequest\x12>\n\x06parent\x18\x01 \x01(\tB.\xe2\x41\x01\x02\xbaH\'r%2#^services/([a-z][a-z0-9-]{0,62}|-)$\x12!\n\tpage_size\x18\x02 \x01(\x05\x42\x0e\xe2\x41\x01\x01\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12 \n\npage_token\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x04\"\x81\x01\n\x19ListMethodMetricsResponse\x12\x45\n\x0emethod_metrics\x18\x01 \x03(\x0b\x32\'.agentforge.monitoring.v1.MethodMetricsB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fnext_page_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\"\x9a\x01\n\x12RevokeTokenRequest\x12/\n\x03jti\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xbaH\x1br\x19\x10\x01\x18\x80\x01\x32\x12^[A-Za-z0-9._~-]+$\x12\x35\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x1c\n\x06reason\x18\x03 \x01(\tB\x0c\xe2\x41\x01\x01\xbaH\x05r\x03\x18\x80\x02\"\xbf\x01\n\x0cRevokedToken\x12\x11\n\x03jti\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x65xpire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0brevoke_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\nrevoked_by\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x14\n\x06reason\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -105,36 +106,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMETHODMETRICSRESPONSE'].fields_by_name['method_metrics']._serialized_options = b'\342A\001\003'
   _globals['_LISTMETHODMETRICSRESPONSE'].fields_by_name['next_page_token']._loaded_options = None
   _globals['_LISTMETHODMETRICSRESPONSE'].fields_by_name['next_page_token']._serialized_options = b'\342A\001\003'
-  _globals['_GETSYSTEMHEALTHREQUEST']._serialized_start=372
-  _globals['_GETSYSTEMHEALTHREQUEST']._serialized_end=477
-  _globals['_WATCHSYSTEMHEALTHREQUEST']._serialized_start=480
-  _globals['_WATCHSYSTEMHEALTHREQUEST']._serialized_end=653
-  _globals['_GETCOMPONENTHEALTHREQUEST']._serialized_start=655
-  _globals['_GETCOMPONENTHEALTHREQUEST']._serialized_end=745
-  _globals['_LISTALERTSREQUEST']._serialized_start=748
-  _globals['_LISTALERTSREQUEST']._serialized_end=1067
-  _globals['_LISTALERTSRESPONSE']._serialized_start=1069
-  _globals['_LISTALERTSRESPONSE']._serialized_end=1175
-  _globals['_GETALERTREQUEST']._serialized_start=1177
-  _globals['_GETALERTREQUEST']._serialized_end=1253
-  _globals['_WATCHALERTSREQUEST']._serialized_start=1256
-  _globals['_WATCHALERTSREQUEST']._serialized_end=1392
-  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_start=1395
-  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_end=1551
-  _globals['_CREATEALERTRULEREQUEST']._serialized_start=1554
-  _globals['_CREATEALERTRULEREQUEST']._serialized_end=2003
-  _globals['_GETALERTRULEREQUEST']._serialized_start=2005
-  _globals['_GETALERTRULEREQUEST']._serialized_end=2089
-  _globals['_LISTALERTRULESREQUEST']._serialized_start=2091
-  _globals['_LISTALERTRULESREQUEST']._serialized_end=2183
-  _globals['_LISTALERTRULESRESPONSE']._serialized_start=2185
-  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2304
-  _globals['_UPDATEALERTRULEREQUEST']._serialized_start=2307
-  _globals['_UPDATEALERTRULEREQUEST']._serialized_end=2682
-  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2684
-  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2771
-  _globals['_LISTMETHODMETRICSREQUEST']._serialized_start=2774
-  _globals['_LISTMETHODMETRICSREQUEST']._serialized_end=2933
-  _globals['_LISTMETHODMETRICSRESPONSE']._serialized_start=2936
-  _globals['_LISTMETHODMETRICSRESPONSE']._serialized_end=3065
+  _globals['_REVOKETOKENREQUEST'].fields_by_name['jti']._loaded_options = None
+  _globals['_REVOKETOKENREQUEST'].fields_by_name['jti']._serialized_options = b'\342A\001\002\272H\033r\031\020\001\030\200\0012\022^[A-Za-z0-9._~-]+$'
+  _globals['_REVOKETOKENREQUEST'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_REVOKETOKENREQUEST'].fields_by_name['expire_time']._serialized_options = b'\342A\001\001'
+  _globals['_REVOKETOKENREQUEST'].fields_by_name['reason']._loaded_options = None
+  _globals['_REVOKETOKENREQUEST'].fields_by_name['reason']._serialized_options = b'\342A\001\001\272H\005r\003\030\200\002'
+  _globals['_REVOKEDTOKEN'].fields_by_name['jti']._loaded_options = None
+  _globals['_REVOKEDTOKEN'].fields_by_name['jti']._serialized_options = b'\342A\001\003'
+  _globals['_REVOKEDTOKEN'].fields_by_name['expire_time']._loaded_options = None
+  _globals['_REVOKEDTOKEN'].fields_by_name['expire_time']._serialized_options = b'\342A\001\003'
+  _globals['_REVOKEDTOKEN'].fields_by_name['revoke_time']._loaded_options = None
+  _globals['_REVOKEDTOKEN'].fields_by_name['revoke_time']._serialized_options = b'\342A\001\003'
+  _globals['_REVOKEDTOKEN'].fields_by_name['revoked_by']._loaded_options = None
+  _globals['_REVOKEDTOKEN'].fields_by_name['revoked_by']._serialized_options = b'\342A\001\003'
+  _globals['_REVOKEDTOKEN'].fields_by_name['reason']._loaded_options = None
+  _globals['_REVOKEDTOKEN'].fields_by_name['reason']._serialized_options = b'\342A\001\003'
+  _globals['_GETSYSTEMHEALTHREQUEST']._serialized_start=405
+  _globals['_GETSYSTEMHEALTHREQUEST']._serialized_end=510
+  _globals['_WATCHSYSTEMHEALTHREQUEST']._serialized_start=513
+  _globals['_WATCHSYSTEMHEALTHREQUEST']._serialized_end=686
+  _globals['_GETCOMPONENTHEALTHREQUEST']._serialized_start=688
+  _globals['_GETCOMPONENTHEALTHREQUEST']._serialized_end=778
+  _globals['_LISTALERTSREQUEST']._serialized_start=781
+  _globals['_LISTALERTSREQUEST']._serialized_end=1100
+  _globals['_LISTALERTSRESPONSE']._serialized_start=1102
+  _globals['_LISTALERTSRESPONSE']._serialized_end=1208
+  _globals['_GETALERTREQUEST']._serialized_start=1210
+  _globals['_GETALERTREQUEST']._serialized_end=1286
+  _globals['_WATCHALERTSREQUEST']._serialized_start=1289
+  _globals['_WATCHALERTSREQUEST']._serialized_end=1425
+  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_start=1428
+  _globals['_ACKNOWLEDGEALERTREQUEST']._serialized_end=1584
+  _globals['_CREATEALERTRULEREQUEST']._serialized_start=1587
+  _globals['_CREATEALERTRULEREQUEST']._serialized_end=2036
+  _globals['_GETALERTRULEREQUEST']._serialized_start=2038
+  _globals['_GETALERTRULEREQUEST']._serialized_end=2122
+  _globals['_LISTALERTRULESREQUEST']._serialized_start=2124
+  _globals['_LISTALERTRULESREQUEST']._serialized_end=2216
+  _globals['_LISTALERTRULESRESPONSE']._serialized_start=2218
+  _globals['_LISTALERTRULESRESPONSE']._serialized_end=2337
+  _globals['_UPDATEALERTRULEREQUEST']._serialized_start=2340
+  _globals['_UPDATEALERTRULEREQUEST']._serialized_end=2715
+  _globals['_DELETEALERTRULEREQUEST']._serialized_start=2717
+  _globals['_DELETEALERTRULEREQUEST']._serialized_end=2804
+  _globals['_LISTMETHODMETRICSREQUEST']._serialized_start=2807
+  _globals['_LISTMETHODMETRICSREQUEST']._serialized_end=2966
+  _globals['_LISTMETHODMETRICSRESPONSE']._serialized_start=2969
+  _globals['_LISTMETHODMETRICSRESPONSE']._serialized_end=3098
+  _globals['_REVOKETOKENREQUEST']._serialized_start=3101
+  _globals['_REVOKETOKENREQUEST']._serialized_end=3255
+  _globals['_REVOKEDTOKEN']._serialized_start=3258
+  _globals['_REVOKEDTOKEN']._serialized_end=3449
 # @@protoc_insertion_point(module_scope)
