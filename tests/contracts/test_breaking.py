@@ -66,11 +66,15 @@ def test_renaming_an_rpc_is_caught(workspace):
 def test_adding_a_field_passes(workspace):
     path = workspace / JOB
     text = path.read_text()
+    # the next free number of TrainingJob, whatever fields it has gained since
+    body = text[text.index("message TrainingJob {"):]
+    body = body[:body.index("\n}\n")]
+    free = max(int(n) for n in re.findall(r"= (\d+)[ ;\[]", body)) + 1
     text = text.replace(
         '  string request_id = 18 [(google.api.field_behavior) = OUTPUT_ONLY];\n',
         '  string request_id = 18 [(google.api.field_behavior) = OUTPUT_ONLY];\n'
-        '  // Added later.\n  string note = 19 [(google.api.field_behavior) = OUTPUT_ONLY];\n',
+        f'  // Added later.\n  string note = {free} [(google.api.field_behavior) = OUTPUT_ONLY];\n',
     )
-    assert "note = 19" in text
+    assert f"note = {free}" in text
     path.write_text(text)
     assert _breaking(workspace).returncode == 0
