@@ -148,22 +148,146 @@ def rate_limited_status_details() -> str:
     """``grpc-status-details-bin`` of a rate-limited gRPC call (base64, no padding): the
     google.rpc.Status Envoy's local reply carries (code RESOURCE_EXHAUSTED, message
     ``local_rate_limited``), with ErrorInfo (reason RESOURCE_EXHAUSTED) and RetryInfo (1 s)."""
+    return grpc_status_details("RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "local_rate_limited", retry_after_s=1,
+                               metadata={"limit": "per token subject and route class"})
+
+
+#: Envoy's own replies to gRPC and grpc-web clients, by the HTTP status Envoy chose:
+#: ``(gRPC code, reason, message)`` of the google.rpc.Status in ``grpc-status-details-bin``
+#: (docs/api.md, error catalogue). Envoy's default gRPC mapping of these statuses
+#: (grpc/doc/http-grpc-status-mapping.md) makes a client's mistake INTERNAL (400) or
+#: UNKNOWN (405, 413, 431) and a timeout UNAVAILABLE (504, which clients retry).
+GRPC_LOCAL_REPLIES: dict[int, tuple[str, str, str]] = {
+    400: ("INVALID_ARGUMENT", "MALFORMED_REQUEST", "the edge could not read the request (e.g. grpc-web-text "
+                                                   "that is not base64, or an invalid header)"),
+    401: ("UNAUTHENTICATED", "UNAUTHENTICATED", "the request is not authenticated"),
+    403: ("PERMISSION_DENIED", "PERMISSION_DENIED", "the edge refused the request"),
+    # gRPC's convention for an unknown service or method (grpcurl and reflection clients
+    # rely on it); the reason says the edge has no route.
+    404: ("UNIMPLEMENTED", "ROUTE_NOT_FOUND", "no such method behind the edge"),
+    405: ("UNIMPLEMENTED", "ROUTE_NOT_FOUND", "gRPC methods are called with POST"),
+    408: ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "the request did not arrive in time"),
+    413: ("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE", "the request is larger than the edge accepts"),
+    429: ("RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED", "local_rate_limited"),
+    431: ("RESOURCE_EXHAUSTED", "REQUEST_TOO_LARGE", "the request headers are larger than the edge accepts"),
+    500: ("INTERNAL", "INTERNAL", "the edge failed"),
+    501: ("UNIMPLEMENTED", "UNIMPLEMENTED", "not implemented by the edge"),
+    502: ("UNAVAILABLE", "UNAVAILABLE", "the service behind the edge is unavailable; retry"),
+    503: ("UNAVAILABLE", "UNAVAILABLE", "the service behind the edge is unavailable; retry"),
+    504: ("DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED", "the call took longer than the edge allows (see envoy/README.md, "
+                                                   "timeouts)"),
+}
+#: jwt_authn's failures (its ``jwt_failure.message``) → reason; any other is TOKEN_INVALID.
+JWT_FAILURE_REASONS = {"Jwt is missing": "TOKEN_REQUIRED", "Jwt is expired": "TOKEN_EXPIRED"}
+
+
+def grpc_status_details(code: str, reason: str, message: str, *, retry_after_s: int = 0,
+                        metadata: Mapping[str, str] | None = None) -> str:
+    """``grpc-status-details-bin`` (base64 without padding, as gRPC sends binary headers)
+    of a ``google.rpc.Status`` with one ``ErrorInfo`` (domain agentforge.dev, ``reason``
+    from the catalogue) and, with ``retry_after_s``, a ``RetryInfo``."""
     import base64
 
     from google.protobuf import any_pb2, duration_pb2
     from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-    from services.shared.errors import DOMAIN
+    from services.shared.errors import DOMAIN, REASONS
 
-    details = []
-    for message in (error_details_pb2.ErrorInfo(reason="RESOURCE_EXHAUSTED", domain=DOMAIN,
-                                                metadata={"limit": "per token subject and route class"}),
-                    error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))):
-        packed = any_pb2.Any()
-        packed.Pack(message)
-        details.append(packed)
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message="local_rate_limited", details=details)
+    if reason not in REASONS:
+        raise TemplateError(f"reason {reason!r} is not in the error catalogue")
+    details = [error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=dict(metadata or {}))]
+    if retry_after_s:
+        details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s)))
+    packed = []
+    for detail in details:
+        item = any_pb2.Any()
+        item.Pack(detail)
+        packed.append(item)
+    status = status_pb2.Status(code=code_pb2.Code.Value(code), message=message, details=packed)
     return base64.b64encode(status.SerializeToString()).decode().rstrip("=")
+
+
+_MAPPER_INDENT = " " * 12
+#: Matches a gRPC or grpc-web client (application/grpc[+codec], or grpc-web's binary or
+#: text proto types, which grpc_web turns into application/grpc; not
+#: application/grpc-web+json, which grpc_web leaves alone and the transcoder serves as
+#: REST), and not a REST request the transcoder rewrote to gRPC.
+_GRPC_CLIENT_FILTERS = """\
+- header_filter:
+    header:
+      name: content-type
+      string_match: {safe_regex: {regex: "application/grpc(\\\\+[a-z]+|-web(\\\\+proto)?|-web-text(\\\\+proto)?)?(;.*)?"}}
+- header_filter:
+    header: {name: x-envoy-original-path, present_match: true, invert_match: true}
+"""
+
+
+def _grpc_mapper(comment: str, extra_filters: str, code: str, reason: str, message: str, *,
+                 retry_after_s: int = 0) -> str:
+    from google.rpc import code_pb2
+
+    details = (rate_limited_status_details() if retry_after_s else
+               grpc_status_details(code, reason, message))
+    filters = _GRPC_CLIENT_FILTERS + extra_filters
+    text = f"- filter:  # {comment}\n    and_filter:\n      filters:\n"
+    text += "".join(f"      {line}\n" for line in filters.strip("\n").splitlines())
+    # HTTP 200, as gRPC requires of a (trailers-only) response: Envoy does so for a gRPC
+    # local reply anyway, but grpc_web's own rejections (bad base64) kept the 4xx and it
+    # then derived grpc-status from it (400 -> INTERNAL), overwriting ours.
+    text += "  status_code: 200\n"
+    # No body: grpc_web's rejections are not gRPC local replies (Envoy does not count
+    # grpc-web as gRPC), and grpc_web rewrites any such reply with a body into its own
+    # grpc-status (from the HTTP status: 400 -> INTERNAL); a headers-only reply that
+    # carries grpc-status passes. grpc-message is the Status's message, exactly (rich
+    # status clients, e.g. grpcio-status, reject a call whose two messages differ);
+    # Envoy's own reason is in the access log (details: %RESPONSE_CODE_DETAILS%).
+    text += ("  body_format_override:\n"
+             "    text_format_source: {inline_string: \"\"}\n"
+             "    content_type: application/grpc\n")
+    text += ("  headers_to_add:\n"
+             f"  - header: {{key: grpc-message, value: \"{message}\"}}\n"
+             "    append_action: OVERWRITE_IF_EXISTS_OR_ADD\n"
+             f"  - header: {{key: grpc-status, value: \"{code_pb2.Code.Value(code)}\"}}\n"
+             "    append_action: OVERWRITE_IF_EXISTS_OR_ADD\n"
+             f"  - header: {{key: grpc-status-details-bin, value: \"{details}\"}}\n"
+             "    append_action: OVERWRITE_IF_EXISTS_OR_ADD\n")
+    return text
+
+
+def render_grpc_local_replies() -> str:
+    """``local_reply_config`` mappers for Envoy's own replies to gRPC / grpc-web clients
+    (whole YAML lines): ``grpc-status`` per :data:`GRPC_LOCAL_REPLIES` (jwt_authn's
+    rejections: UNAUTHENTICATED with TOKEN_REQUIRED / TOKEN_EXPIRED / TOKEN_INVALID) and
+    ``grpc-status-details-bin`` with the google.rpc.Status. Envoy sends a gRPC local reply
+    as trailers-only, so these headers are the call's trailers; ``grpc-message`` stays
+    Envoy's own text (why it answered)."""
+    out: list[str] = []
+
+    def jwt_filter(match: str) -> str:
+        return ("- metadata_filter:\n"
+                "    matcher:\n"
+                "      filter: envoy.filters.http.jwt_authn\n"
+                "      path: [{key: jwt_failure}, {key: message}]\n"
+                f"      value: {match}\n"
+                "    match_if_key_not_found: false\n")
+
+    for message, reason in JWT_FAILURE_REASONS.items():
+        out.append(_grpc_mapper(f"jwt_authn: {message} -> {reason}", jwt_filter(f'{{string_match: {{exact: "{message}"}}}}'),
+                                "UNAUTHENTICATED", reason, f"{message}: send authorization: Bearer <token>"))
+    # jwt_authn answers a token for another audience with 403; every token it rejects
+    # is UNAUTHENTICATED (PERMISSION_DENIED is for a valid caller's role).
+    out.append(_grpc_mapper("jwt_authn: any other rejected token -> TOKEN_INVALID",
+                            jwt_filter("{present_match: true}"), "UNAUTHENTICATED", "TOKEN_INVALID",
+                            "the token was rejected (signature, issuer, audience or claims)"))
+    for http, (code, reason, message) in sorted(GRPC_LOCAL_REPLIES.items()):
+        status = ("- status_code_filter: {comparison: {op: EQ, value: "
+                  f"{{default_value: {http}, runtime_key: edge.local_reply.grpc_{http}}}}}}}\n")
+        out.append(_grpc_mapper(f"HTTP {http} -> {code} ({reason})", status, code, reason, message,
+                                retry_after_s=1 if http == 429 else 0))
+    out.append(_grpc_mapper("any other status -> UNKNOWN (reason INTERNAL)", "", "UNKNOWN", "INTERNAL",
+                            "the edge answered with an unexpected status"))
+    return "\n".join(_MAPPER_INDENT + line if line else line
+                     for block in out for line in block.rstrip("\n").splitlines())
 
 
 _PLAINTEXT_BLOCK = re.compile(r"^[ \t]*# \[plaintext-begin\].*?^[ \t]*# \[plaintext-end\][^\n]*\n", re.M | re.S)
@@ -209,6 +333,14 @@ class EdgeLimits:
     #: re-sends: every 15 s by default; ``Subscribe`` heartbeats and ``WatchSystemHealth``
     #: snapshots: at most every 300 s).
     streaming_idle_timeout_s: float = 900.0
+    #: Seconds a unary call without a ``grpc-timeout`` (REST calls, gRPC calls with no
+    #: deadline) may take: Envoy answers DEADLINE_EXCEEDED (504) after it.
+    unary_timeout_s: float = 30.0
+    #: Seconds a unary call *with* a ``grpc-timeout`` may take at most. Below this its
+    #: own deadline applies (the client and the service enforce it; Envoy forwards the
+    #: header); a longer ``grpc-timeout`` is cut here. Such calls' idle timeout is this
+    #: too (a long call has nothing moving while the service works).
+    grpc_timeout_max_s: float = 300.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -239,6 +371,8 @@ class EdgeLimits:
             "REQUEST_HEADERS_TIMEOUT": _duration(self.request_headers_timeout_s),
             "STREAM_IDLE_TIMEOUT": _duration(self.stream_idle_timeout_s),
             "STREAMING_IDLE_TIMEOUT": _duration(self.streaming_idle_timeout_s),
+            "UNARY_TIMEOUT": _duration(self.unary_timeout_s),
+            "GRPC_TIMEOUT_MAX": _duration(self.grpc_timeout_max_s),
         }
 
 
@@ -488,6 +622,7 @@ def render_envoy_config(
         "JWT_AUDIENCE": _check_text("JWT_AUDIENCE", jwt_audience or auth.audience()),
         "RATE_LIMIT_DESCRIPTORS": _descriptors(RATE_LIMITS if rate_limits is None else rate_limits),
         "RATE_LIMITED_STATUS_DETAILS": rate_limited_status_details(),
+        "GRPC_LOCAL_REPLIES": render_grpc_local_replies(),
     })
     text = default_template_path().read_text() if template is None else template
     return render_template(_plaintext(text, plaintext), values)

@@ -6,6 +6,7 @@ The service and method lists come from the descriptor set Envoy loads
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -16,10 +17,12 @@ from typing import Any
 import pytest
 import yaml
 from google.protobuf import descriptor_pb2
+from google.rpc import status_pb2
 
 from services.launcher.envoy_config import (
     DEFAULT_CORS_ALLOW_ORIGIN_REGEX,
     SERVICES,
+    EdgeLimits,
     TemplateError,
     default_descriptor_path,
     default_template_path,
@@ -82,10 +85,33 @@ def _transcoder(hcm: dict[str, Any]) -> dict[str, Any]:
     return f["typed_config"]
 
 
-def _first_match(routes: list[dict[str, Any]], path: str) -> dict[str, Any]:
-    """The route Envoy picks for ``path`` (no header matchers are used)."""
+def _header_matches(matcher: dict[str, Any], headers: dict[str, str]) -> bool:
+    value = headers.get(matcher["name"])
+    if "present_match" in matcher:
+        hit = (value is not None) == matcher["present_match"]
+    else:
+        string = matcher["string_match"]
+        if value is None:
+            hit = False
+        elif "prefix" in string:
+            hit = value.startswith(string["prefix"])
+        elif "exact" in string:
+            hit = value == string["exact"]
+        elif "contains" in string:
+            hit = string["contains"] in value
+        else:
+            hit = re.fullmatch(string["safe_regex"]["regex"], value) is not None
+    return hit != matcher.get("invert_match", False)
+
+
+def _first_match(routes: list[dict[str, Any]], path: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The route Envoy picks for ``path`` with ``headers`` (default: a gRPC POST
+    without grpc-timeout)."""
+    request = {":method": "POST", "content-type": "application/grpc", **(headers or {})}
     for route in routes:
         match = route["match"]
+        if not all(_header_matches(h, request) for h in match.get("headers", [])):
+            continue
         if "path" in match and match["path"] == path:
             return route
         if "safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path):
@@ -177,6 +203,51 @@ def test_streams_have_no_timeout_and_are_never_retried(
             else:
                 assert action["timeout"] != "0s", method.name
     assert streaming > 0
+
+
+def test_unary_calls_take_the_unary_timeout_or_their_own_grpc_timeout_up_to_the_maximum(
+    routes: list[dict[str, Any]], api_services: dict[str, list[Any]],
+) -> None:
+    """Issue 8: every unary method: 30 s without grpc-timeout; with one, Envoy allows up
+    to the maximum (300 s) and the call's own deadline applies below it; the twin keeps
+    the route class (rate limits) and the read routes' retries, without a per-try cap."""
+    limits = EdgeLimits()
+    for service, methods in api_services.items():
+        for method in methods:
+            if method.server_streaming or method.client_streaming:
+                continue
+            path = f"/{service}/{method.name}"
+            plain = _first_match(routes, path)
+            timed = _first_match(routes, path, {"grpc-timeout": "100S"})
+            assert plain["route"]["timeout"] == f"{limits.unary_timeout_s:g}s", path
+            assert timed["route"]["timeout"] == f"{limits.grpc_timeout_max_s:g}s", path
+            assert timed["route"]["idle_timeout"] == f"{limits.grpc_timeout_max_s:g}s", path
+            assert timed["metadata"] == plain["metadata"] and timed["route"]["cluster"] == plain["route"]["cluster"]
+            assert ("retry_policy" in timed["route"]) == ("retry_policy" in plain["route"]), path
+            assert "per_try_timeout" not in timed["route"].get("retry_policy", {}), path
+
+
+def test_a_grpc_request_that_is_not_a_post_is_answered_by_the_edge(routes: list[dict[str, Any]]) -> None:
+    for content_type in ("application/grpc", "application/grpc+proto", "application/grpc-web+proto",
+                         "application/grpc-web-text"):
+        route = _first_match(routes, "/agentforge.model.v1.ModelService/GetModel",
+                             {":method": "GET", "content-type": content_type})
+        assert route["direct_response"]["status"] == 405, content_type
+    rest = _first_match(routes, "/v1/models/m", {":method": "PATCH", "content-type": "application/grpc-web+json"})
+    assert "route" in rest, "grpc-web+json is REST for the transcoder"
+
+
+def test_every_grpc_local_reply_carries_a_catalogued_status() -> None:
+    from google.rpc import code_pb2
+    from services.launcher.envoy_config import GRPC_LOCAL_REPLIES, grpc_status_details
+    from services.shared.errors import REASONS
+
+    for http, (code, reason, message) in GRPC_LOCAL_REPLIES.items():
+        assert reason in REASONS, http
+        raw = grpc_status_details(code, reason, message)
+        status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+        assert status.code == code_pb2.Code.Value(code) and status.message == message
+        assert code not in ("INTERNAL", "UNKNOWN") or http >= 500, http  # a client's mistake is never those
 
 
 def test_only_idempotent_unary_reads_are_retried_and_only_on_unavailable(

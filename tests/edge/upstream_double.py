@@ -13,6 +13,9 @@ reflection, graceful shutdown).
 - ``MonitoringService.WatchAlerts`` is a watch with nothing to say: it never sends an
   event, so all the client sees are the shared runtime's heartbeats
   (``AF_STREAM_HEARTBEAT_S``), as on a real quiet watch.
+- ``MonitoringService.GetComponentHealth`` of ``components/slow-<ms>`` answers after
+  ``<ms>`` milliseconds (a legitimately long unary call, for the edge's timeouts), and
+  ``AcknowledgeAlert`` of ``alerts/slow-<ms>`` likewise (a non-read unary route).
 - The other four services are registered with their generated base servicers
   (every method UNIMPLEMENTED) so their health status and reflection exist.
 
@@ -86,6 +89,19 @@ class EdgeTestMonitoringDouble(monitoring_service_pb2_grpc.MonitoringServiceServ
     ) -> health_pb2.SystemHealth:
         return fixed_system_health()
 
+    async def GetComponentHealth(
+        self, request: request_response_pb2.GetComponentHealthRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.ComponentHealth:
+        await _slow(request.name, "components/slow-", context)
+        return health_pb2.ComponentHealth(name=request.name, kind=health_pb2.COMPONENT_KIND_SERVICE,
+                                          status=health_pb2.HEALTH_STATUS_SERVING)
+
+    async def AcknowledgeAlert(
+        self, request: request_response_pb2.AcknowledgeAlertRequest, context: grpc.aio.ServicerContext
+    ) -> alert_pb2.Alert:
+        await _slow(request.name, "alerts/slow-", context)
+        return alert_pb2.Alert(name=request.name)
+
     async def WatchSystemHealth(
         self, request: request_response_pb2.WatchSystemHealthRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.SystemHealth]:
@@ -95,13 +111,18 @@ class EdgeTestMonitoringDouble(monitoring_service_pb2_grpc.MonitoringServiceServ
             yield fixed_system_health()
             await asyncio.sleep(self.period)
 
-
     async def WatchAlerts(
         self, request: request_response_pb2.WatchAlertsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[alert_pb2.AlertEvent]:
         # Quiet until cancelled: the runtime's heartbeats are all that flows.
         await asyncio.Event().wait()
         yield alert_pb2.AlertEvent()  # unreachable; makes this an async generator
+
+
+async def _slow(name: str, prefix: str, context: grpc.aio.ServicerContext) -> None:
+    if not name.startswith(prefix) or not name.removeprefix(prefix).isdigit():
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"{name} is not a {prefix}<ms> name")
+    await asyncio.sleep(int(name.removeprefix(prefix)) / 1000)
 
 
 async def _serve() -> None:
