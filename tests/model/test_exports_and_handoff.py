@@ -21,7 +21,7 @@ from services.model.artifacts import sha256_file
 from services.shared.bus import Envelope
 from services.training.engine.model import DecoderTransformer
 
-from .conftest import Registry, details, make_model, make_version, upload_all
+from .conftest import Registry, make_model, make_version, upload_all
 
 
 def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
@@ -145,7 +145,7 @@ async def test_every_export_format_loads_and_runs_like_the_pytorch_model(registr
             session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
             assert [i.name for i in session.get_inputs()] == ["tokens"]
             assert [o.name for o in session.get_outputs()] == ["logits"]
-            runners["onnx"] = lambda tokens: torch.from_numpy(session.run(None, {"tokens": tokens.numpy()})[0])
+            runners["onnx"] = lambda tokens, s=session: torch.from_numpy(s.run(None, {"tokens": tokens.numpy()})[0])
     gen = torch.Generator().manual_seed(11)
     for shape in [(1, 6), (4, 6), (2, 3), (5, 1)]:
         tokens = torch.randint(0, 13, shape, generator=gen)
