@@ -16,6 +16,7 @@ env                             field
 ``AF_TRAINING_KEY_PREFIX``      ``key_prefix`` (Redis key prefix, for tests)
 ``AF_TRAINING_RECONCILE_INTERVAL_S``  ``reconcile_interval_s``
 ``AF_TRAINING_ENQUEUE_BUDGET_S``  ``enqueue_budget_s``
+``AF_TRAINING_OUTBOX_POLL_S``   ``outbox_poll_s``
 ==============================  ===========================================================
 """
 
@@ -65,6 +66,10 @@ class TrainingConfig:
     #: watchers' event) before answering anyway: the job is stored, and the reconciler
     #: enqueues it once Redis is back. The call's own deadline shortens it.
     enqueue_budget_s: float = 2.0
+    #: Seconds between the outbox relay's passes (it is also woken by the service's own
+    #: writes): how soon a state change or TrainingJobCompleted a worker stored reaches
+    #: ``events.training``.
+    outbox_poll_s: float = 0.25
     #: Directories a job's ``dataset.path`` may name files under, separated by ``:``
     #: (``os.pathsep``); empty = ``<data_dir>/datasets`` only. Paths are resolved
     #: (symlinks, ``..``) before the check. Env ``AF_TRAINING_DATASET_ROOTS``.
@@ -77,6 +82,8 @@ class TrainingConfig:
             raise ValueError("need 0 < heartbeat_interval_s < heartbeat_timeout_s")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if self.outbox_poll_s <= 0:
+            raise ValueError("outbox_poll_s must be > 0")
         if self.reconcile_interval_s <= 0 or self.enqueue_budget_s < 0:
             raise ValueError("need reconcile_interval_s > 0 and enqueue_budget_s >= 0")
         if self.torch_threads < 0:

@@ -22,7 +22,6 @@ from services.shared.bus import EventBus, TypeMismatch
 from services.shared.fanout import BusFanout, Gap
 from services.shared.context import remaining_seconds
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, Unavailable, as_domain_error
-from services.shared.events import publish_event
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.cursor import MalformedCursor, WatchCursor
@@ -80,8 +79,10 @@ class JobManager:
         return budget
 
     async def _publish(self, events: Sequence[ev_pb.TrainingJobEvent], *, budget_s: float | None = None) -> None:
-        """Send stored events to watchers and ``events.training``; best effort within
-        ``budget_s`` overall (None: the bus's own budget per call). The store has them."""
+        """Send stored events to watchers (the job's event stream); best effort within
+        ``budget_s`` overall (None: the bus's own budget per call). The store has them,
+        and watchers resume from it. State changes reach ``events.training`` through the
+        store's outbox (:class:`~services.shared.outbox.OutboxRelay`), not from here."""
         deadline = None if budget_s is None else time.monotonic() + budget_s
 
         def left() -> float | None:
@@ -91,12 +92,9 @@ class JobManager:
             try:
                 await self.bus.publish(self.keys.job_events(job_id_of(event.training_job)), event,
                                        subject=event.training_job, budget_s=left())
-                if event.HasField("state_changed"):
-                    await publish_event(self.bus, self.keys.training_events, event, source="training",
-                                        subject=event.training_job, budget_s=left())
-                    if event.state_changed.to_state in TERMINAL:
-                        await self.bus.client.expire(self.keys.job_events(job_id_of(event.training_job)),
-                                                     _JOB_STREAM_TTL_S)
+                if _is_terminal(event):
+                    await self.bus.client.expire(self.keys.job_events(job_id_of(event.training_job)),
+                                                 _JOB_STREAM_TTL_S)
             except Exception as exc:  # noqa: BLE001 - the store has it; watchers poll the store too
                 if isinstance(as_domain_error(exc), Unavailable):
                     _log.warning("publish skipped, Redis unavailable: %r", exc, extra={"job": event.training_job})

@@ -31,6 +31,7 @@ from services.training.jobs import JobManager
 from services.training.metrics import JobsCollector, QueueCollector
 from services.training.pool import WorkerPool
 from services.training.queue import GROUP, JobQueue, Keys
+from services.shared.outbox import OutboxRelay
 from services.training.reconciler import Reconciler
 from services.training.servicer import TrainingServicer
 from services.training.store import Store
@@ -54,6 +55,9 @@ class TrainingApp:
         self.pool = WorkerPool(config, log_format=log_format, log_level=log_level)
         self.reconciler = Reconciler(self.jobs)
         self._reconciling: asyncio.Task[None] | None = None
+        #: Publishes the store's outbox (state changes, TrainingJobCompleted) onto
+        #: ``events.training``, also those the workers wrote; created in :meth:`start`.
+        self.relay: OutboxRelay | None = None
         self._collectors: list[JobsCollector | QueueCollector | BusStreamCollector] = []
 
     async def start(self) -> None:
@@ -70,6 +74,11 @@ class TrainingApp:
             if not isinstance(as_domain_error(exc), Unavailable):
                 raise
             _log.warning("Redis unavailable at start (%r); the reconciler will enqueue jobs once it is back", exc)
+        self.relay = OutboxRelay("training", pending=self.store.outbox_pending, ack=self.store.outbox_ack,
+                                 bus=self.bus, stream=self.keys.training_events,
+                                 poll_s=self.config.outbox_poll_s, size=self.store.outbox_size)
+        self.store.on_outbox = self.relay.notify
+        self.relay.start()
         self.pool.start()
         self._reconciling = asyncio.get_running_loop().create_task(self.reconciler.run())
 
@@ -93,12 +102,17 @@ class TrainingApp:
         for collector in self._collectors:
             registry.register(collector)
         self.jobs.fanout.bind_metrics(registry)
+        if self.relay is not None:
+            self.relay.bind_metrics(registry)
 
     async def aclose(self) -> None:
         for collector in self._collectors:
             collector.close()
         if self._reconciling is not None:
             await cancel_and_wait([self._reconciling])
+        if self.relay is not None:
+            self.store.on_outbox = None
+            await self.relay.aclose()
         await self.jobs.fanout.aclose()
         await self.pool.aclose()
         await self.bus.aclose()

@@ -12,6 +12,11 @@ Tables::
          pending_adjust, queue_entry) queue entry of the current run)
     events(job_id, sequence, data)    append-only history: serialized TrainingJobEvent
     checkpoints(job_id, step, data)   Checkpoint resources (sha256, metrics, trigger)
+    outbox(id, event_id UNIQUE,       lifecycle events for ``events.training`` (serialized
+           subject, data,             agentforge.events.v1.Event envelopes: every state
+           create_time)               change, TrainingJobCompleted), written in the
+                                      transaction that makes the change; the relay
+                                      (services/shared/outbox.py) publishes and deletes them
     metric_points(job_id, sequence,   the progress and eval events again, as chart points:
          kind, step, value, data)     kind 0 = TrainingProgress, 1 = EvalMetrics; value is
                                       the series LTTB downsamples on (train_loss, loss);
@@ -37,16 +42,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 
 from services.shared.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.shared.events import envelope
 from services.shared.migrations import Step, migrate
 from services.training.cursor import WatchCursor
 
 __all__ = ["Appended", "JobRecord", "Store", "TERMINAL", "TRANSITIONS", "job_id_of", "now_ts"]
+
+#: ``source`` of the service's Event envelopes.
+SOURCE = "training"
 
 S = job_pb.TrainingJobState
 QUEUED, RUNNING, PAUSED = S.TRAINING_JOB_STATE_QUEUED, S.TRAINING_JOB_STATE_RUNNING, S.TRAINING_JOB_STATE_PAUSED
@@ -124,11 +135,24 @@ def _add_creator(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS jobs_creator ON jobs(creator, seq)")
 
 
+#: The transactional outbox of ``events.training`` (see :meth:`Store.outbox_pending`):
+#: ``id`` orders the entries, ``event_id`` is the envelope's id (consumers dedupe by it).
+_OUTBOX = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    data BLOB NOT NULL,
+    create_time INTEGER NOT NULL
+)
+"""
+
 #: The store's schema, step by step (services/shared/migrations.py). Append only.
 _MIGRATIONS: dict[int, Step] = {
     1: _SCHEMA_V1,  # idempotent: stores made before versioned migrations adopt it as is
     2: _backfill_metric_points,
     3: _add_creator,
+    4: _OUTBOX,
 }
 
 
@@ -184,6 +208,11 @@ class Store:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        #: Called (on the writing thread, after the commit) when a transaction of this
+        #: process added outbox entries: the relay's wake-up. Other processes sharing the
+        #: file (the workers) are seen by the relay's poll.
+        self.on_outbox: Callable[[], None] | None = None
+        self._outboxed = False
         self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -209,9 +238,14 @@ class Store:
             try:
                 yield self._db
             except BaseException:
+                self._outboxed = False
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            if self._outboxed:
+                self._outboxed = False
+                if self.on_outbox is not None:
+                    self.on_outbox()
 
     # ------------------------------------------------------------------ rows
     @staticmethod
@@ -257,6 +291,30 @@ class Store:
         db.execute("INSERT INTO events(job_id, sequence, data) VALUES(?,?,?)", (rec.id, rec.last_sequence, data))
         self._index_metrics(db, rec.id, [(rec.last_sequence, event)])
         return event
+
+    def _outbox(self, db: sqlite3.Connection, payload: Message, subject: str) -> None:
+        """Add ``payload``, wrapped in an Event envelope, to the outbox (in ``db``'s transaction)."""
+        event = envelope(payload, source=SOURCE, subject=subject)
+        db.execute("INSERT INTO outbox(event_id, subject, data, create_time) VALUES(?,?,?,?)",
+                   (event.id, subject, event.SerializeToString(), time.time_ns() // 1000))
+        self._outboxed = True
+
+    def outbox_pending(self, limit: int = 100) -> list[tuple[int, bytes]]:
+        """The oldest ``limit`` outbox entries, in order: ``(id, serialized Event)``."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, data FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [(int(i), bytes(d)) for i, d in rows]
+
+    def outbox_ack(self, ids: Sequence[int]) -> None:
+        """Forget published entries (idempotent)."""
+        if ids:
+            with self._tx() as db:
+                db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+
+    def outbox_size(self) -> int:
+        """Entries not yet published."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     @staticmethod
     def _index_metrics(db: sqlite3.Connection, job_id: str,
@@ -397,15 +455,21 @@ class Store:
         change = ev_pb.StateChanged(from_state=frm, to_state=to, reason=reason, worker=worker or rec.job.worker)
         if error is not None:
             change.error.CopyFrom(error)
-        return self._append(db, rec, ev_pb.TrainingJobEvent(state_changed=change, time=now))
+        event = self._append(db, rec, ev_pb.TrainingJobEvent(state_changed=change, time=now))
+        self._outbox(db, event, rec.job.name)  # events.training: every state change
+        return event
 
     def transition(self, job_id: str, to: int, reason: str, *, worker: str | None = None,
                    error: status_pb2.Status | None = None, expect_worker: str | None = None,
-                   mutate: Mutator | None = None) -> tuple[JobRecord, ev_pb.TrainingJobEvent]:
+                   mutate: Mutator | None = None,
+                   completed_step: int | None = None) -> tuple[JobRecord, ev_pb.TrainingJobEvent]:
         """Move the job to ``to`` (FailedPrecondition if illegal) and record the event.
 
         ``expect_worker`` fences a worker's write: if another worker owns the job now,
         FailedPrecondition (reason ``NOT_OWNER``). ``mutate`` runs before the state changes.
+        ``completed_step`` (with ``to`` = SUCCEEDED): also put the registry's hand-off,
+        ``TrainingJobCompleted`` with the job and its checkpoint at that step, in the
+        outbox, in the same transaction.
         """
         with self._tx() as db:
             rec = self._load(db, job_id)
@@ -416,6 +480,14 @@ class Store:
                 mutate(rec)
             event = self._transition(db, rec, to, reason, worker=worker, error=error)
             self._save(db, rec)
+            if completed_step is not None and to == SUCCEEDED:
+                row = db.execute("SELECT data FROM checkpoints WHERE job_id=? AND step=?",
+                                 (job_id, completed_step)).fetchone()
+                checkpoint = job_pb.Checkpoint()
+                if row is not None:
+                    checkpoint.ParseFromString(row[0])
+                self._outbox(db, event_pb2.TrainingJobCompleted(training_job=rec.job, checkpoint=checkpoint),
+                             rec.job.name)
             return rec, event
 
     # ------------------------------------------------------------------ requests

@@ -42,7 +42,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 from google.rpc import code_pb2, status_pb2
@@ -50,7 +49,6 @@ from google.rpc import code_pb2, status_pb2
 from services.shared.bus import BusConfig, EventBus
 from services.shared.errors import FailedPrecondition, NotFound, Unavailable, as_domain_error
 from services.shared.logging import configure_logging
-from services.shared.events import publish_event
 from services.training import mapping
 from services.training.config import TrainingConfig
 from services.training.queue import Claim, JobQueue, Keys
@@ -175,8 +173,9 @@ class Worker:
 
     # ---------------------------------------------------------------- publishing
     async def publish(self, event: ev_pb.TrainingJobEvent) -> None:
-        """Send a stored event to watchers (per-job stream) and, for state changes, to
-        ``events.training``. Failures are logged: the store holds the event anyway."""
+        """Send a stored event to watchers (per-job stream). Failures are logged: the
+        store holds the event, and state changes reach ``events.training`` through the
+        store's outbox (relayed by the service process), whatever happens here."""
         await self.publish_many([event])
 
     async def publish_many(self, events: Sequence[ev_pb.TrainingJobEvent],
@@ -190,10 +189,6 @@ class Worker:
         try:
             await self.bus.publish_many(self.keys.job_events(job.rpartition("/")[2]), events, subject=job,
                                         serialized=serialized, budget_s=_PUBLISH_BUDGET_S)
-            for event in events:
-                if event.HasField("state_changed"):
-                    await publish_event(self.bus, self.keys.training_events, event, source="training",
-                                        subject=job, budget_s=_PUBLISH_BUDGET_S)
         except Exception as exc:  # noqa: BLE001
             if isinstance(as_domain_error(exc), Unavailable):
                 _log.warning("publish skipped, Redis unavailable (the events are stored): %r", exc,
@@ -373,10 +368,10 @@ class JobRun:
                 r.job.final_metrics.clear()
                 r.job.final_metrics.update(metrics)
 
+            # The hand-off (TrainingJobCompleted) goes into the outbox with the transition.
             rec, event = self.store.transition(self.job_id, SUCCEEDED, "completed", worker=name,
-                                               expect_worker=name, mutate=done)
+                                               expect_worker=name, mutate=done, completed_step=outcome.step)
             await self.worker.publish(event)
-            await self._announce(rec, outcome.step)
             await self.queue.ack(self.claim)
         elif status_name == "cancelled":
             _, event = self.store.transition(self.job_id, CANCELLED, f"cancelled by request at step {outcome.step}",
@@ -438,16 +433,6 @@ class JobRun:
             await self.queue.dead_letter(self.claim, self.worker.name, message)
         else:
             await self.queue.ack(self.claim)
-
-    async def _announce(self, rec: JobRecord, step: int) -> None:
-        """TrainingJobCompleted on ``events.training``: the registry's hand-off."""
-        ckpt = self.store.checkpoints(self.job_id).get(step, job_pb.Checkpoint())
-        message = event_pb2.TrainingJobCompleted(training_job=rec.job, checkpoint=ckpt)
-        try:
-            await publish_event(self.bus, self.worker.keys.training_events, message, source="training",
-                                subject=rec.job.name)
-        except Exception:  # noqa: BLE001
-            _log.exception("could not announce completion", extra={"job": self.job_id})
 
     # ---------------------------------------------------------------- loops
     async def _pump(self, events: asyncio.Queue[Any], job_name: str, total_steps: int) -> None:

@@ -16,8 +16,12 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
+from agentforge.events.v1 import event_pb2
+from agentforge.training.v1 import request_response_pb2 as rr
 from agentforge.training.v1 import training_job_pb2 as job_pb
 from grpc_health.v1 import health_pb2
+
+from services.shared.bus import Cursor
 
 from tests.training.conftest import tiny_spec
 
@@ -117,3 +121,52 @@ async def test_jobs_queued_before_a_full_restart_on_an_empty_valkey_run(
         assert (await t.wait_terminal(job.name, timeout=90)).state == SUCCEEDED
     assert (await t.wait_terminal((await t.create(tiny_spec())).name, timeout=60)).state == SUCCEEDED
 
+
+
+async def test_lifecycle_events_stored_while_valkey_is_away_are_published_once_it_is_back(
+        training_on_private_valkey: Callable[..., Awaitable[ChaosTraining]]) -> None:
+    # A job finishes and another is cancelled while Valkey is down: their state changes
+    # and the registry's hand-off (TrainingJobCompleted) used to be lost for good. Now
+    # they wait in the training store's outbox and reach events.training after the
+    # restart, in order, each once (by envelope id).
+    t = await training_on_private_valkey(workers=1)
+    running = await t.create(tiny_spec(max_steps=300, checkpoint_interval=100, eval_interval=100,
+                                       progress_interval=10))
+    queued = await t.create(tiny_spec())  # one worker: waits behind `running`
+
+    async def progressed() -> bool:
+        job = await t.get(running.name)
+        return job.state == S.TRAINING_JOB_STATE_RUNNING and job.progress.step >= 10
+    await _until(progressed, 240, "the first job runs")  # worker spawn + torch import under load
+
+    t.valkey.kill()
+    await t.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=queued.name), timeout=10)
+    done = await t.wait_terminal(running.name, timeout=120)  # finishes on the database alone
+    assert done.state == SUCCEEDED
+    waiting = []
+    for _id, data in t.app.store.outbox_pending(1000):
+        waiting.append(event_pb2.Event())
+        waiting[-1].ParseFromString(data)
+    kinds = {(e.subject, e.WhichOneof("payload")) for e in waiting}
+    assert (running.name, "training_job_completed") in kinds and (queued.name, "training_job_event") in kinds
+
+    t.valkey.start()  # same port, empty
+
+    async def relayed() -> bool:
+        return t.app.store.outbox_size() == 0
+    await _until(relayed, 30, "the outbox relayed after the restart")
+    stream = t.app.keys.training_events
+    published = [item.unpack(event_pb2.Event) for item in
+                 await t.app.bus.read(stream, Cursor(await t.app.bus.epoch(stream), "0-0"), count=10_000)]
+    ids = [e.id for e in published]
+    assert len(ids) == len(set(ids)), "an entry was published twice"
+    assert ids[:len(waiting)] == [e.id for e in waiting]  # in the order they were stored
+    completed = [e for e in published if e.WhichOneof("payload") == "training_job_completed"]
+    assert [e.subject for e in completed] == [running.name]
+    handoff = completed[0].training_job_completed
+    assert handoff.training_job.state == SUCCEEDED and handoff.checkpoint.step == 300
+    assert handoff.checkpoint.sha256
+    changes = [(e.subject, e.training_job_event.state_changed.to_state) for e in published
+               if e.WhichOneof("payload") == "training_job_event"]
+    assert (queued.name, S.TRAINING_JOB_STATE_CANCELLED) in changes
+    assert [to for name, to in changes if name == running.name][-1] == SUCCEEDED

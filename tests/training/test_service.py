@@ -77,15 +77,21 @@ async def test_create_then_watch_streams_sequenced_progress_to_succeeded(trainin
     assert final.final and final.trigger == job_pb.CHECKPOINT_TRIGGER_FINAL and len(final.sha256) == 64
     assert Path(final.uri.removeprefix("file://")).stat().st_size == final.size_bytes
 
-    # The registry's hand-off: TrainingJobCompleted on events.training.
+    # The registry's hand-off: TrainingJobCompleted on events.training (relayed from the
+    # store's outbox, a poll interval after the worker stored it).
     bus = training.app.bus
     found = None
-    for item in await bus.read(training.app.keys.training_events, Cursor(await bus.epoch(training.app.keys.training_events), "0-0"), count=1000):
-        # Cross-service streams carry agentforge.events.v1.Event envelopes only.
-        envelope = item.unpack(event_pb2.Event)
-        if envelope.WhichOneof("payload") == "training_job_completed" and envelope.subject == job.name:
-            assert envelope.type == event_pb2.TrainingJobCompleted.DESCRIPTOR.full_name and envelope.source == "training"
-            found = envelope.training_job_completed
+    deadline = asyncio.get_running_loop().time() + 10
+    while found is None and asyncio.get_running_loop().time() < deadline:
+        for item in await bus.read(training.app.keys.training_events,
+                                   Cursor(await bus.epoch(training.app.keys.training_events), "0-0"), count=1000):
+            # Cross-service streams carry agentforge.events.v1.Event envelopes only.
+            envelope = item.unpack(event_pb2.Event)
+            if envelope.WhichOneof("payload") == "training_job_completed" and envelope.subject == job.name:
+                assert envelope.type == event_pb2.TrainingJobCompleted.DESCRIPTOR.full_name
+                assert envelope.source == "training"
+                found = envelope.training_job_completed
+        await asyncio.sleep(0.1)
     assert found is not None and found.checkpoint.step == 40 and found.training_job.final_metrics["train_loss"] > 0
 
 
