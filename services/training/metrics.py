@@ -76,6 +76,10 @@ class JobsCollector(ScrapeCollector):
             GaugeMetricFamily("agentforge_training_job_loss",
                               "A RUNNING job's training loss at its last reported step (NaN once diverged).",
                               labels=job),
+            GaugeMetricFamily("agentforge_training_job_last_update_timestamp_seconds",
+                              "Unix time a RUNNING job's worker last recorded something (progress, "
+                              "evaluation, checkpoint); time() minus it is how long the job has been silent.",
+                              labels=job),
         ]
 
     def _rows(self) -> tuple[list[tuple[int, int]], list[bytes]]:
@@ -101,6 +105,8 @@ class JobsCollector(ScrapeCollector):
             families["agentforge_training_job_steps_per_second"].add_metric([job.name], p.steps_per_second)
             families["agentforge_training_job_examples_per_second"].add_metric([job.name], p.examples_per_second)
             families["agentforge_training_job_loss"].add_metric([job.name], p.train_loss)
+            families["agentforge_training_job_last_update_timestamp_seconds"].add_metric(
+                [job.name], job.update_time.ToNanoseconds() / 1e9)
         busy = min(busy, len(live))
         families["agentforge_training_workers"].add_metric(["busy"], float(busy))
         families["agentforge_training_workers"].add_metric(["idle"], float(len(live) - busy))

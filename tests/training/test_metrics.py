@@ -104,6 +104,8 @@ async def test_running_job_series_exist_while_it_runs_and_vanish_after(training:
     assert value("agentforge_training_job_steps_per_second", training_job=job.name) > 0
     assert value("agentforge_training_job_examples_per_second", training_job=job.name) > 0
     assert value("agentforge_training_job_loss", training_job=job.name) > 0
+    assert time.time() - 60 < value("agentforge_training_job_last_update_timestamp_seconds",
+                                    training_job=job.name) <= time.time()
     busy, idle = value("agentforge_training_workers", state="busy"), value("agentforge_training_workers", state="idle")
     assert busy >= 1 and busy + idle == training.config.workers
     # The queue and the bus are exported too (the job's entry is pending, not waiting).
