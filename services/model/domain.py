@@ -207,7 +207,7 @@ class ModelRegistry:
         self._uploading: set[tuple[str, int]] = set()
         self._export_tasks: set[asyncio.Task[None]] = set()
         #: Artifact bytes received, by source (``upload``: UploadModelArtifact chunks
-        #: stored; ``handoff``: training checkpoints registered), and bytes of artifacts
+        #: accepted; ``handoff``: training checkpoints registered), and bytes of artifacts
         #: and exports handed to DownloadModelArtifact streams (docs/metrics.md).
         self.bytes_received: dict[str, int] = {"upload": 0, "handoff": 0}
         self.bytes_sent = 0
