@@ -33,6 +33,7 @@ from services.forge.catalog import CATALOG
 from services.forge.config import ForgeConfig
 from services.forge.phases.base import Peers, Phase, PhaseContext, Step, StepFailedError
 from services.forge.store import RunStore
+from services.shared import tracing
 from services.shared.authz import acting_for_var, creator_subject, require_owner
 from services.shared.bus import EventBus
 from services.shared.events import publish_event
@@ -265,8 +266,9 @@ class RunManager:
     def _launch(self, run: pr.PhaseRun) -> None:
         run_id = run.name.split("/", 1)[1]
         # A fresh context: the saga outlives the RPC that started it, so it must not
-        # inherit that call's deadline (propagated to outgoing calls) or request id.
-        task = asyncio.create_task(self._drive(run), name=f"saga {run.name}", context=contextvars.Context())
+        # inherit that call's deadline (propagated to outgoing calls) or request id; it
+        # keeps the call's trace, so the saga's calls are part of it.
+        task = asyncio.create_task(self._drive(run), name=f"saga {run.name}", context=tracing.fresh_context())
         self._tasks[run_id] = task
         task.add_done_callback(lambda t: self._forget(run_id, t))
 
@@ -337,6 +339,10 @@ class RunManager:
                             in_pipeline=bool(step.phase), save=save, log=log, report=report)
 
     async def _drive(self, run: pr.PhaseRun) -> None:
+        with tracing.internal_span(f"saga {run.phase.rpartition('/')[2]}", {"agentforge.phase_run": run.name}):
+            await self._drive_steps(run)
+
+    async def _drive_steps(self, run: pr.PhaseRun) -> None:
         run_id = run.name.split("/", 1)[1]
         # The saga acts for whoever started the run (its own context, so this stays in
         # it): the training jobs it creates are theirs (docs/security.md).
@@ -356,7 +362,8 @@ class RunManager:
             for index, step in enumerate(steps):
                 if run.steps[index].state == pr.SAGA_STEP_STATE_SUCCEEDED:
                     continue
-                await self._run_step(run, index, step, self._context(run, step, index, params, data, phase))
+                with tracing.internal_span(f"saga step {step.name}", {"agentforge.phase_run": run.name}):
+                    await self._run_step(run, index, step, self._context(run, step, index, params, data, phase))
             await self._finish(run)
         except asyncio.CancelledError:
             raise  # cancel() compensates; at shutdown recover() resumes the run later

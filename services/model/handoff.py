@@ -26,6 +26,8 @@ from urllib.parse import unquote, urlparse
 
 from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import training_job_pb2
+from opentelemetry import trace
+
 from services.model.domain import Handoff, ModelRegistry, register_handoff
 from services.model.exports import ARCHITECTURE
 from services.shared.bus import Envelope, EventBus
@@ -116,6 +118,9 @@ class HandoffConsumer:
             return
         handoff = handoff_from_event(event.training_job_completed, self._default_model)
         version, created = await register_handoff(self._registry, handoff)
+        # On the bus consumer's span (services.shared.bus): the trace shows what the hand-off made.
+        trace.get_current_span().set_attributes({"agentforge.model_version": version.name,
+                                                 "agentforge.model_version.created": created})
         _log.info("training hand-off %s", "registered" if created else "already registered",
                   extra={"model_version": version.name, "checkpoint": handoff.checkpoint,
                          "event_id": envelope.id})

@@ -32,6 +32,7 @@ from services.shared.readiness import redis_ping
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
 from services.shared.metrics import BusStreamCollector
+from services.shared.tracing import configure_tracing
 from services.shared.server import Service, build_server
 from services.shared.tasks import cancel_and_wait
 
@@ -138,4 +139,5 @@ def main() -> None:
     """Process entry point (``python -m services.model``)."""
     server_config = ServerConfig.from_env(SERVICE_NAME)
     configure_logging(SERVICE_NAME, server_config.log_level, fmt=server_config.log_format)
+    configure_tracing(SERVICE_NAME)
     asyncio.run(_serve())

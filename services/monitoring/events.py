@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 from agentforge.common.v1 import common_pb2
 from agentforge.events.v1 import event_pb2
-from services.shared.bus import BusError, EventBus, new_traceparent
+from services.shared.bus import BusError, EventBus
+from services.shared.tracing import current_traceparent
 
 from services.monitoring.convert import timestamp
 
@@ -60,7 +61,7 @@ class EventPublisher:
             id=uuid.uuid4().hex,
             source=self._source,
             time=timestamp(self._clock()),
-            trace_context=common_pb2.TraceContext(traceparent=new_traceparent()),
+            trace_context=common_pb2.TraceContext(traceparent=current_traceparent()),
             subject=subject,
             sequence=seq,
         )

@@ -30,6 +30,7 @@ from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
 from services.shared.metrics import BusStreamCollector
+from services.shared.tracing import configure_tracing
 from services.shared.server import Service, build_server
 
 __all__ = ["SERVICE_NAME", "MonitoringServer", "create_server", "main", "serve"]
@@ -136,5 +137,6 @@ def main() -> None:
     """Process entry point (``python -m services.monitoring``)."""
     server_config = ServerConfig.from_env(SERVICE_NAME)
     configure_logging(SERVICE_NAME, server_config.log_level, fmt=server_config.log_format)
+    configure_tracing(SERVICE_NAME)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(MonitoringConfig.from_env(), server_config))

@@ -21,6 +21,7 @@ from services.shared.fanout import BusFanout
 from services.shared.readiness import redis_ping
 from services.shared.logging import configure_logging
 from services.shared.metrics import BusStreamCollector
+from services.shared.tracing import configure_tracing
 from services.shared.server import Service, build_server
 
 __all__ = ["RealtimeServer", "create_server", "main"]
@@ -130,4 +131,5 @@ def main() -> None:
     """Process entry point (``python -m services.realtime``)."""
     config = RealtimeConfig.from_env()
     configure_logging(SERVICE_NAME, config.server.log_level, fmt=config.server.log_format)
+    configure_tracing(SERVICE_NAME)
     asyncio.run(_serve(config))

@@ -8,7 +8,7 @@ One event is one stream entry with these fields (all bytes on the wire):
 ``subject``    what the event is about (e.g. ``trainingJobs/42``)
 ``seq``        per-(stream, subject) sequence, 1, 2, 3…; allocated in the same
                Lua script as the XADD, so sequence order == stream order
-``traceparent`` W3C trace context (generated when the publisher has none)
+``traceparent`` W3C trace context: the publisher's span (below)
 ``epoch``      the stream's epoch (below)
 ``time``       unix milliseconds at publish
 ``data``       the serialized message
@@ -28,6 +28,12 @@ returns, XAUTOCLAIM of entries idle longer than ``claim_idle_ms`` (a dead consum
 or a failed handler's), and a dead-letter stream ``<stream>:dlq`` once an entry has
 been delivered ``max_deliveries`` times. Delivery is at-least-once. ``NOGROUP`` (Redis
 restarted) recreates the group; connection errors back off with jitter and retry.
+
+Tracing (:mod:`services.shared.tracing`). A publish without an explicit
+``trace_context`` runs in a ``send <stream>`` PRODUCER span, child of whatever span is
+current, and the entries carry that span's context; :meth:`EventBus.consume` hands each
+entry to its handler inside a ``process <stream>`` CONSUMER span, child of and linked to
+the entry's ``traceparent``. So a trace continues across the bus.
 
 Redis must run with ``maxmemory-policy noeviction``: an evicted epoch key would look
 like lost history.
@@ -62,6 +68,8 @@ from redis import exceptions as redis_errors
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+
+from services.shared import tracing
 
 __all__ = [
     "Backoff",
@@ -507,20 +515,27 @@ class EventBus:
     ) -> Cursor:
         """Append ``message`` to ``stream``; return the new entry's cursor.
 
-        ``trace_context`` is a W3C ``traceparent``; a new one is generated when absent.
+        ``trace_context`` is a W3C ``traceparent``; when absent the publish runs in a
+        ``send <stream>`` span and carries its context (a new traceparent without tracing).
         While Redis is unreachable the call retries with backoff, keeping the same event
         id, for up to ``budget_s`` seconds (default ``publish_timeout_s``; callers inside
         an RPC pass what is left of its deadline), then raises :class:`BusUnavailable`.
         """
-        if trace_context is None:
-            trace_context = new_traceparent()
-        elif not _TRACEPARENT.match(trace_context):
+        if trace_context is not None and not _TRACEPARENT.match(trace_context):
             raise ValueError(f"not a W3C traceparent: {trace_context!r}")
+        event_id = event_id or uuid.uuid4().hex
+        if trace_context is not None:
+            return await self._publish(stream, message, subject, event_id, trace_context, budget_s)
+        with tracing.producer_span(stream, message_id=event_id, subject=subject) as traceparent:
+            return await self._publish(stream, message, subject, event_id, traceparent or new_traceparent(), budget_s)
+
+    async def _publish(self, stream: str, message: Message, subject: str, event_id: str, trace_context: str,
+                       budget_s: float | None) -> Cursor:
         keys = [stream, _epoch_key(stream), _seq_key(stream)]
         args: list[str | bytes | int] = [
             _new_epoch(),
             self.config.maxlen,
-            event_id or uuid.uuid4().hex,
+            event_id,
             message.DESCRIPTOR.full_name,
             subject,
             trace_context,
@@ -555,7 +570,8 @@ class EventBus:
         to 256 of them, so no other publisher's entry lands between them. ``serialized``
         gives the messages' bytes when the caller has them already (not checked against
         the messages); ``event_ids`` their ids (uuid4 hex otherwise); ``trace_context``
-        one traceparent for all (a new one per entry otherwise). Retries like
+        one traceparent for all (otherwise that of one ``send <stream>`` span around the
+        whole call, or a new one per entry without tracing). Retries like
         :meth:`publish`, keeping the ids; a chunk that failed for good raises
         :class:`BusUnavailable` and the chunks after it are not sent.
         """
@@ -565,6 +581,14 @@ class EventBus:
             raise ValueError("event_ids must hold one entry per message")
         if trace_context is not None and not _TRACEPARENT.match(trace_context):
             raise ValueError(f"not a W3C traceparent: {trace_context!r}")
+        if trace_context is not None or not messages:
+            return await self._publish_many(stream, messages, subject, serialized, event_ids, trace_context, budget_s)
+        with tracing.producer_span(stream, subject=subject, count=len(messages)) as traceparent:
+            return await self._publish_many(stream, messages, subject, serialized, event_ids, traceparent, budget_s)
+
+    async def _publish_many(self, stream: str, messages: Sequence[Message], subject: str,
+                            serialized: Sequence[bytes] | None, event_ids: Sequence[str] | None,
+                            trace_context: str | None, budget_s: float | None) -> list[Cursor]:
         keys = [stream, _epoch_key(stream), _seq_key(stream)]
         now = int(time.time() * 1000)
         cursors: list[Cursor] = []
@@ -802,7 +826,9 @@ class EventBus:
             await self.dead_letter(stream, group, consumer, envelope, error)
             return
         try:
-            await handler(envelope)
+            with tracing.consumer_span(stream, envelope.traceparent, message_id=envelope.id, group=group,
+                                       subject=envelope.subject):
+                await handler(envelope)
         except Exception as exc:  # noqa: BLE001 - any handler failure is a failed delivery
             if envelope.deliveries >= limit:
                 await self.dead_letter(stream, group, consumer, envelope, f"{type(exc).__name__}: {exc}")

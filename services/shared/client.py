@@ -11,12 +11,16 @@ caller; every other method is attempted once. The policy is the public client's
 * applies ``default_timeout`` to calls with a single response when none was given
   (streams with many responses keep no deadline unless propagated or explicit);
 * forwards the current ``x-request-id``;
+* makes a CLIENT span per call (:mod:`services.shared.tracing`) and sends its context as
+  ``traceparent``, so the callee's span is its child;
 * adds the mesh identity and the calling service's claims
   (:func:`services.shared.authz.outgoing_metadata`), which every peer requires.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
@@ -27,6 +31,8 @@ import grpc.aio
 from agentforge.client.retry import RetryPolicy, service_config
 from services.shared.authz import outgoing_metadata
 from services.shared.context import REQUEST_ID_KEY, remaining_seconds, request_id_var
+from services.shared.tracing import (TRACEPARENT, end_client_span_when_done, end_rpc_span, start_client_span,
+                                     traceparent_of)
 
 __all__ = [
     "DeadlineInterceptor",
@@ -54,7 +60,8 @@ class _DeadlineHooks:
     def __init__(self, default_timeout: float | None = None) -> None:
         self._default = default_timeout
 
-    def _details(self, details: grpc.aio.ClientCallDetails, single_response: bool) -> grpc.aio.ClientCallDetails:
+    def _details(self, details: grpc.aio.ClientCallDetails, single_response: bool,
+                 span: Any = None) -> grpc.aio.ClientCallDetails:
         own = details.timeout
         if own is None and single_response:
             own = self._default
@@ -62,33 +69,60 @@ class _DeadlineHooks:
         request_id = request_id_var.get()
         if request_id is not None and REQUEST_ID_KEY not in metadata:
             metadata.add(REQUEST_ID_KEY, request_id)
+        if span is not None:
+            traceparent = traceparent_of(span)
+            if traceparent is not None:
+                metadata[TRACEPARENT] = traceparent
         for key, value in outgoing_metadata({k: "" for k, _ in metadata}):
             metadata.add(key, value)
         return grpc.aio.ClientCallDetails(
             details.method, effective_timeout(own), metadata, details.credentials, details.wait_for_ready
         )
 
+    async def _call(self, continuation: Any, details: Any, request: Any, single_response: bool) -> Any:
+        span = start_client_span(details.method)
+        try:
+            call = await continuation(self._details(details, single_response, span), request)
+        except BaseException:
+            if span is not None:
+                end_rpc_span(span, grpc.StatusCode.UNKNOWN, server=False)
+            raise
+        if span is not None:
+            call.add_done_callback(functools.partial(_end_when_done, span))
+        return call
+
+
+#: Tasks that end client spans, held until they ran (the loop keeps weak references).
+_ENDING: set[asyncio.Task[None]] = set()
+
+
+def _end_when_done(span: Any, call: Any) -> None:
+    # A done callback cannot await call.code(); a task does, at once (the call is done).
+    task = asyncio.ensure_future(end_client_span_when_done(span, call))
+    _ENDING.add(task)
+    task.add_done_callback(_ENDING.discard)
+
 
 # grpc.aio files an interceptor under the FIRST of the four interfaces it implements
 # (an if/elif chain in Channel.__init__), so one class per kind of call.
 class _UnaryUnaryDeadline(_DeadlineHooks, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details, True), request)
+        return await self._call(continuation, client_call_details, request, True)
 
 
 class _UnaryStreamDeadline(_DeadlineHooks, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return await continuation(self._details(client_call_details, False), request)
+        return await self._call(continuation, client_call_details, request, False)
 
 
 class _StreamUnaryDeadline(_DeadlineHooks, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details, True), request_iterator)
+        return await self._call(continuation, client_call_details, request_iterator, True)
 
 
 class _StreamStreamDeadline(_DeadlineHooks, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(self, continuation: Any, client_call_details: Any, request_iterator: Any) -> Any:
-        return await continuation(self._details(client_call_details, False), request_iterator)
+        return await self._call(continuation, client_call_details, request_iterator, False)
 
 
 def DeadlineInterceptor(default_timeout: float | None = None) -> list[grpc.aio.ClientInterceptor]:  # noqa: N802

@@ -10,11 +10,13 @@ from __future__ import annotations
 import uuid
 
 from google.protobuf import timestamp_pb2
+from opentelemetry import trace
 from google.protobuf.message import Message
 
 from agentforge.common.v1 import common_pb2
 from agentforge.events.v1 import event_pb2
-from services.shared.bus import Cursor, EventBus, new_traceparent
+from services.shared import tracing
+from services.shared.bus import Cursor, EventBus
 
 __all__ = ["envelope", "publish_event"]
 
@@ -24,7 +26,8 @@ _PAYLOAD_FIELDS = {
 
 
 def envelope(payload: Message, *, source: str, subject: str, traceparent: str | None = None) -> event_pb2.Event:
-    """An ``Event`` carrying ``payload`` in its typed oneof field, with id, time and trace."""
+    """An ``Event`` carrying ``payload`` in its typed oneof field, with id, time and trace
+    (``traceparent``, default: the current span's, :func:`services.shared.tracing.current_traceparent`)."""
     field = _PAYLOAD_FIELDS.get(payload.DESCRIPTOR.full_name)
     if field is None:
         raise TypeError(f"{payload.DESCRIPTOR.full_name} is not an agentforge.events.v1.Event payload")
@@ -36,7 +39,7 @@ def envelope(payload: Message, *, source: str, subject: str, traceparent: str | 
         source=source,
         time=now,
         subject=subject,
-        trace_context=common_pb2.TraceContext(traceparent=traceparent or new_traceparent()),
+        trace_context=common_pb2.TraceContext(traceparent=traceparent or tracing.current_traceparent()),
     )
     getattr(event, field).CopyFrom(payload)
     return event
@@ -47,7 +50,11 @@ async def publish_event(bus: EventBus, stream: str, payload: Message, *, source:
     """Wrap ``payload`` in an envelope and publish it (the bus assigns the per-subject sequence).
 
     ``budget_s``: how long to retry while Redis is unreachable (see :meth:`EventBus.publish`).
+    The publish runs in a ``send <stream>`` span; the envelope and the entry carry its context.
     """
-    event = envelope(payload, source=source, subject=subject)
-    return await bus.publish(stream, event, subject=subject, event_id=event.id,
-                             trace_context=event.trace_context.traceparent, budget_s=budget_s)
+    with tracing.producer_span(stream, subject=subject) as traceparent:
+        event = envelope(payload, source=source, subject=subject, traceparent=traceparent)
+        if tracing.enabled():
+            trace.get_current_span().set_attribute("messaging.message.id", event.id)
+        return await bus.publish(stream, event, subject=subject, event_id=event.id,
+                                 trace_context=event.trace_context.traceparent, budget_s=budget_s)

@@ -57,6 +57,7 @@ all labelled ``fanout`` with the fan-out's name.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -688,7 +689,10 @@ class BusFanout(Fanout[str, Envelope]):
             return
         self._started = True
         for reader in self._readers:
-            reader.task = asyncio.create_task(reader.run(), name=f"fanout-{self.name}-reader-{reader.index}")
+            # An empty context: readers serve every watcher, so they must not keep the
+            # request id or the trace of the call whose first watcher started them.
+            reader.task = asyncio.create_task(reader.run(), name=f"fanout-{self.name}-reader-{reader.index}",
+                                              context=contextvars.Context())
 
     async def _keys_added(self, keys: Sequence[str]) -> None:
         by_reader: dict[_Reader, list[str]] = {}

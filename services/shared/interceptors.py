@@ -14,7 +14,7 @@ open streams with UNAVAILABLE as soon as the server's stop event is set.
 
 Order used by the server (outermost first)::
 
-    RequestIdInterceptor → LoggingInterceptor → MetricsInterceptor
+    TracingInterceptor → RequestIdInterceptor → LoggingInterceptor → MetricsInterceptor
       → AuthInterceptor → DeadlineInterceptor → ErrorInterceptor → StreamEndInterceptor
       → DecodeInterceptor → ValidationInterceptor → IdempotencyInterceptor → handler
 
@@ -83,6 +83,8 @@ from services.shared.errors import (
     to_rpc_status,
 )
 from services.shared.metrics import GrpcServerMetrics
+from services.shared.tracing import enabled as tracing_enabled
+from services.shared.tracing import TRACEPARENT, TRACESTATE, end_rpc_span, open_server_span, start_server_span
 
 __all__ = [
     "CallInfo",
@@ -99,6 +101,7 @@ __all__ = [
     "STREAM_END_FIELD",
     "StopEvent",
     "StreamEndInterceptor",
+    "TracingInterceptor",
     "ValidationInterceptor",
     "default_interceptors",
     "field_path",
@@ -281,6 +284,32 @@ def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method:
             await co_inner(arg, _ContextProxy(context, icpt, call))
 
     return make(streaming_co, **serdes)
+
+
+class TracingInterceptor(CallInterceptor):
+    """One OpenTelemetry SERVER span per call, parent from the ``traceparent`` metadata
+    (:mod:`services.shared.tracing`; nothing when tracing is off).
+
+    Our own and not the contrib ``opentelemetry-instrumentation-grpc`` aio server
+    interceptor: that one iterates every streaming handler's result, so a handler that
+    writes with ``context.write()`` (our coroutine streams) fails with UNKNOWN
+    ("'async for' requires an object with __aiter__ method, got coroutine").
+    """
+
+    @contextlib.asynccontextmanager
+    async def around(self, call: CallInfo) -> AsyncIterator[None]:
+        span = start_server_span(call.method, call.context.invocation_metadata())
+        if span is None:
+            yield
+            return
+        error: BaseException | None = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            end_rpc_span(span, outcome_code(error, call.context), server=True, error=error)
 
 
 def _valid_request_id(value: str) -> bool:
@@ -1178,6 +1207,7 @@ class RuntimeInterceptor(ChainInterceptor):
 
 @dataclass
 class _Parts:
+    tracing: TracingInterceptor | None
     request_id: RequestIdInterceptor
     logging: LoggingInterceptor
     metrics: MetricsInterceptor | None
@@ -1193,6 +1223,7 @@ def _standard_parts(chain: Sequence[grpc.aio.ServerInterceptor]) -> _Parts | Non
     from services.shared.idempotency import IdempotencyInterceptor
 
     items = list(chain)
+    tracing = items.pop(0) if items and type(items[0]) is TracingInterceptor else None
     kinds = [type(i) for i in items]
     metrics = items[2] if len(items) > 2 and kinds[2] is MetricsInterceptor else None
     core = [RequestIdInterceptor, LoggingInterceptor, *([MetricsInterceptor] if metrics else []), AuthInterceptor,
@@ -1203,7 +1234,7 @@ def _standard_parts(chain: Sequence[grpc.aio.ServerInterceptor]) -> _Parts | Non
     if len(rest) > 1 or (rest and type(rest[0]) is not IdempotencyInterceptor):
         return None
     at = 2 + (metrics is not None)
-    return _Parts(request_id=items[0], logging=items[1], metrics=metrics, auth=items[at],
+    return _Parts(tracing=tracing, request_id=items[0], logging=items[1], metrics=metrics, auth=items[at],
                   error=items[at + 2], validation=items[at + 5], idempotency=rest[0] if rest else None)
 
 
@@ -1227,10 +1258,12 @@ def _fused_unary(parts: _Parts, method: str, inner: Callable[[Any, Any], Awaitab
     check = parts.validation.check
     abort_error = grpc.aio.AbortError
     perf_counter = time.perf_counter
+    traced = parts.tracing is not None
 
     async def unary_unary(request: Any, context: Any) -> Any:
-        # RequestIdInterceptor (and AuthInterceptor's headers, read in the same pass).
-        candidate = mesh = claims = None
+        # RequestIdInterceptor (and AuthInterceptor's and TracingInterceptor's headers,
+        # read in the same pass).
+        candidate = mesh = claims = traceparent = tracestate = None
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
                 candidate = value
@@ -1239,6 +1272,12 @@ def _fused_unary(parts: _Parts, method: str, inner: Callable[[Any, Any], Awaitab
                     mesh = value
             elif key == CLAIMS_HEADER and claims is None and isinstance(value, str):
                 claims = value
+            elif key == TRACEPARENT:
+                traceparent = value
+            elif key == TRACESTATE:
+                tracestate = value
+        # TracingInterceptor (outermost: the span covers the whole call and its log line).
+        span = open_server_span(method, traceparent, tracestate) if traced else None
         request_id = candidate if isinstance(candidate, str) and _valid_request_id(candidate) else _mint_request_id()
         request_id_var.set(request_id)
         method_var.set(method)
@@ -1293,6 +1332,8 @@ def _fused_unary(parts: _Parts, method: str, inner: Callable[[Any, Any], Awaitab
                 series.handled(code).inc()
                 series.handling_seconds.observe(perf_counter() - start)
             log_finished(method, grpc_type, code, start, peer, request_id)
+            if span is not None:
+                end_rpc_span(span, code, server=True, error=error)
         if response is not None:
             # RequestIdInterceptor.on_response: the id in the initial metadata as well.
             with contextlib.suppress(Exception):
@@ -1331,7 +1372,8 @@ def default_interceptors(
     service: str | None = None,
     stream_heartbeat_s: float | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
-    """The standard chain (outermost first; metrics omitted when None), as one
+    """The standard chain (outermost first; metrics omitted when None; tracing when
+    :func:`services.shared.tracing.configure_tracing` ran in this process), as one
     :class:`RuntimeInterceptor` (its ``chain`` lists the parts).
 
     ``stop`` is the server's stop event (``Service.stop_requested``): once it is set,
@@ -1344,6 +1386,8 @@ def default_interceptors(
     from services.shared.authz import AuthInterceptor  # authz builds on this module
 
     chain: list[grpc.aio.ServerInterceptor] = [RequestIdInterceptor(), LoggingInterceptor()]
+    if tracing_enabled():  # configure_tracing() ran in this process (run_service does)
+        chain.insert(0, TracingInterceptor())
     if metrics is not None:
         chain.append(MetricsInterceptor(metrics))
     chain.append(AuthInterceptor(domain, service or "unknown"))

@@ -1,7 +1,9 @@
 """Structured logging: one JSON object per line.
 
 Every record carries ``ts``, ``level``, ``service``, ``logger``, ``msg`` and, inside an
-RPC, ``request_id`` and ``method`` (from :mod:`services.shared.context`). Anything passed
+RPC, ``request_id`` and ``method`` (from :mod:`services.shared.context`), and inside a
+traced operation ``trace_id`` and ``span_id`` (W3C hex, as ``forge trace`` takes them).
+Anything passed
 as ``extra={...}`` is added as top-level keys. Logs go to stderr; stdout is kept for
 machine-readable lines such as the server's ready line.
 """
@@ -15,6 +17,8 @@ import logging
 import sys
 import time
 from typing import Any, TextIO
+
+from opentelemetry import trace
 
 from services.shared.context import method_var, request_id_var
 
@@ -66,6 +70,10 @@ class JsonFormatter(logging.Formatter):
             "request_id": attrs.get("request_id") or request_id_var.get(),
             "method": attrs.get("method") or method_var.get(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            doc["trace_id"] = f"{span.trace_id:032x}"
+            doc["span_id"] = f"{span.span_id:016x}"
         for key, value in attrs.items():
             if key not in _RESERVED and key[:1] != "_":
                 doc[key] = value

@@ -58,6 +58,7 @@ from services.shared.logging import configure_logging
 from services.shared.metrics import GrpcServerMetrics, MetricsEndpoint, start_metrics_endpoint
 from services.shared.readiness import Check, DependencyReadiness
 from services.shared.tasks import cancel_and_wait
+from services.shared.tracing import configure_tracing
 
 __all__ = ["BindMetrics", "Register", "Service", "build_server", "run_service", "serve"]
 
@@ -328,8 +329,9 @@ def run_service(
     dependencies: Mapping[str, Check] | None = None,
     bind_metrics: BindMetrics | None = None,
 ) -> None:
-    """Process entry point: config from env, JSON logging, serve until SIGTERM."""
+    """Process entry point: config from env, JSON logging, tracing, serve until SIGTERM."""
     config = ServerConfig.from_env(service_name)
     configure_logging(service_name, config.log_level, fmt=config.log_format)
+    configure_tracing(service_name)
     asyncio.run(serve(config, service_name, register, on_shutdown=on_shutdown, dependencies=dependencies,
                       bind_metrics=bind_metrics))

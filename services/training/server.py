@@ -25,6 +25,7 @@ from services.shared.errors import Unavailable, as_domain_error
 from services.shared.readiness import redis_ping
 from services.shared.tasks import cancel_and_wait
 from services.shared.logging import configure_logging
+from services.shared.tracing import configure_tracing
 from services.shared.server import Service, build_server, serve
 from services.training.config import TrainingConfig
 from services.training.jobs import JobManager
@@ -157,4 +158,5 @@ async def _serve(config: TrainingConfig, server_config: ServerConfig) -> int:
 def main() -> None:
     server_config = ServerConfig.from_env("training")
     configure_logging("training", server_config.log_level, fmt=server_config.log_format)
+    configure_tracing("training")
     sys.exit(asyncio.run(_serve(TrainingConfig.from_env(), server_config)))

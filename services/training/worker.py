@@ -49,9 +49,10 @@ from google.rpc import code_pb2, status_pb2
 from services.shared.bus import BusConfig, EventBus
 from services.shared.errors import FailedPrecondition, NotFound, Unavailable, as_domain_error
 from services.shared.logging import configure_logging
+from services.shared.tracing import configure_tracing, consumer_span, untraced
 from services.training import mapping
 from services.training.config import TrainingConfig
-from services.training.queue import Claim, JobQueue, Keys
+from services.training.queue import GROUP, Claim, JobQueue, Keys
 from services.training.store import (CANCELLED, FAILED, PAUSED, QUEUED, RUNNING, SUCCEEDED, TERMINAL,
                                      JobRecord, Store, now_ts)
 
@@ -93,6 +94,7 @@ def worker_main(config: TrainingConfig, index: int, log_format: str = "json", lo
     """Entry point of a spawned worker process."""
     _die_with_parent()
     configure_logging("training-worker", log_level, fmt=log_format)
+    configure_tracing("training", process=f"training-worker-{index}")
     import torch
 
     torch.set_num_threads(config.threads_per_worker())
@@ -230,6 +232,19 @@ class JobRun:
 
     # ---------------------------------------------------------------- lifecycle
     async def run(self) -> None:
+        """Run the claimed entry in a ``process training.jobs.<priority>`` span: a child
+        of (and linked to) the span that enqueued it, so the job is part of the trace of
+        the call that created it, and so is what it publishes (the registry's hand-off)."""
+        envelope = self.claim.envelope
+        with consumer_span(self.claim.stream, envelope.traceparent, message_id=envelope.id, group=GROUP,
+                           subject=envelope.subject) as span:
+            if span is not None and span.is_recording():
+                span.set_attributes({"agentforge.training_job": self.claim.message.training_job,
+                                     "agentforge.worker": self.worker.name,
+                                     "messaging.message.delivery_count": self.claim.deliveries})
+            await self._run()
+
+    async def _run(self) -> None:
         name = self.worker.name
         try:
             rec = self.store.get(self.job_id)
@@ -305,8 +320,9 @@ class JobRun:
             return trainer.run()
 
         pump = asyncio.create_task(self._pump(events, job.name, int(job.spec.max_steps)))
-        beat = asyncio.create_task(self._heartbeat())
-        listen = asyncio.create_task(self._listen(control))
+        with untraced():  # their Redis commands every heartbeat are not part of the job's trace
+            beat = asyncio.create_task(self._heartbeat())
+            listen = asyncio.create_task(self._listen(control))
         outcome, error = None, None
         try:
             outcome = await asyncio.to_thread(train)
