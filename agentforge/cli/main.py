@@ -89,6 +89,10 @@ class CommandFailed(Exception):
     """The thing the command waited for failed (exit 1); the message says what."""
 
 
+class NothingFound(Exception):
+    """What the user named is not there (exit 4), outside the API (e.g. a trace)."""
+
+
 @dataclass
 class State:
     edge: str | None = None
@@ -955,6 +959,52 @@ def topics_subscribe(
         raise
 
 
+# --- traces ------------------------------------------------------------------------------
+
+
+@app.command()
+def trace(
+    trace_id: Annotated[str | None, typer.Argument(help="A trace id (32 hex digits, or a unique prefix); "
+                                                        "none: list the newest traces.")] = None,
+    directory: Annotated[Path | None, typer.Option("--dir", help="The trace files "
+                                                   "[default: AF_TRACES_DIR, else .run/traces]")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many traces to list.")] = 20,
+    json_: JsonOpt = False,
+) -> None:
+    """Print a trace as a tree, from the mesh's OTLP/JSON trace files (written when no
+    collector is configured; docs/observability.md). Reads files only: no edge, no token."""
+    from agentforge.cli import traces
+
+    where = directory or traces.default_traces_dir()
+    if not where.is_dir():
+        raise NothingFound(f"no trace directory {where} (is the mesh running with AF_TRACES_DIR there?)")
+    if trace_id is None:
+        found = traces.summaries(traces.load_spans(where))[:limit]
+        if _json_mode(json_):
+            for t in found:
+                _emit_json({"traceId": t.trace_id, "root": t.root, "service": t.service, "spans": t.spans,
+                            "startTimeUnixNano": str(t.start_ns), "durationMs": round(t.duration_ms, 3)})
+            return
+        _table(["trace", "root span", "service", "spans", "duration"],
+               [[t.trace_id, t.root, t.service, t.spans, f"{t.duration_ms:.1f} ms"] for t in found])
+        return
+    if len(trace_id) < 8 or any(c not in "0123456789abcdef" for c in trace_id.lower()):
+        raise UsageFailure(f"{trace_id!r}: a trace id is hex, at least 8 digits of it")
+    try:
+        full, spans = traces.find_trace(where, trace_id)
+    except LookupError as exc:
+        raise NothingFound(str(exc)) from None
+    if _json_mode(json_):
+        for s in sorted(spans, key=lambda s: s.start_ns):
+            _emit_json({"traceId": s.trace_id, "spanId": s.span_id, "parentSpanId": s.parent_id, "name": s.name,
+                        "kind": s.kind, "service": s.service, "startTimeUnixNano": str(s.start_ns),
+                        "endTimeUnixNano": str(s.end_ns), "status": s.status, "attributes": s.attributes,
+                        "links": [{"traceId": t, "spanId": i} for t, i in s.links]})
+        return
+    for line in traces.render_tree(full, spans):
+        out.print(Text(clean(line)), soft_wrap=True)
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
@@ -964,7 +1014,7 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, (UnavailableError, ResourceExhaustedError)):
         return EXIT_UNAVAILABLE
-    if isinstance(exc, (NotFoundError, AuthError)):
+    if isinstance(exc, (NotFoundError, AuthError, NothingFound)):
         return EXIT_NOT_FOUND
     return EXIT_FAILED
 
@@ -1005,7 +1055,7 @@ def main(argv: list[str] | None = None) -> None:
     json_errors = "--json" in args  # a command's own --json too, even when it fails before output
     try:
         app(args=args, prog_name="forge", standalone_mode=True)
-    except (ApiError, UsageFailure, CommandFailed) as exc:
+    except (ApiError, UsageFailure, CommandFailed, NothingFound) as exc:
         _state.json = _state.json or json_errors
         _fail(exc)
     except KeyboardInterrupt:

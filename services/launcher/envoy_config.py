@@ -37,6 +37,9 @@ reads the same values from the environment::
                                0: TLS only (the compose/production profile)
     EDGE_RATE_LIMIT_<CLASS>    "<per second>/<burst>" per token subject, CLASS in READ,
                                WRITE, STREAM (defaults: :data:`RATE_LIMITS`)
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL
+                               the collector Envoy sends its spans to (as the services do;
+                               :func:`otlp_endpoint_from_env`); unset: none
 
 Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
 A placeholder without a value, or a value without a placeholder, raises
@@ -49,9 +52,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import sys
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +76,9 @@ __all__ = [
     "default_rest_schema_path",
     "default_rest_strict_body_path",
     "default_template_path",
+    "OtlpEndpoint",
     "main",
+    "otlp_endpoint_from_env",
     "render_dashboard_routes",
     "render_envoy_config",
     "render_template",
@@ -502,6 +509,82 @@ def render_dashboard_routes(dist: str | os.PathLike[str]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True, slots=True)
+class OtlpEndpoint:
+    """Where the edge's spans go: an OTLP collector (``grpc`` or ``http/protobuf``)."""
+
+    host: str
+    port: int
+    protocol: str = "grpc"
+    tls: bool = False
+    #: The URL path of OTLP/HTTP (``/v1/traces``).
+    path: str = "/v1/traces"
+
+
+def otlp_endpoint_from_env(environ: Mapping[str, str] | None = None) -> OtlpEndpoint | None:
+    """The collector of the OpenTelemetry SDK variables, read as the services read them:
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (the full URL of the traces endpoint) or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL; OTLP/HTTP appends ``/v1/traces``), and
+    ``OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`` (``grpc`` by default, or ``http/protobuf``).
+    None when no endpoint is set. :class:`TemplateError` for a URL without a host."""
+    env = os.environ if environ is None else environ
+    traces_url = (env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or "").strip()
+    base_url = (env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    url = traces_url or base_url
+    if not url:
+        return None
+    protocol = (env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "grpc").strip()
+    if protocol not in ("grpc", "http/protobuf"):
+        raise TemplateError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: the edge speaks grpc or http/protobuf")
+    parsed = urllib.parse.urlsplit(url if "://" in url else f"http://{url}")
+    if not parsed.hostname:
+        raise TemplateError(f"OTLP endpoint {url!r}: no host")
+    tls = parsed.scheme == "https"
+    port = parsed.port or (4317 if protocol == "grpc" else 4318 if not tls else 443)
+    if protocol == "grpc":
+        return OtlpEndpoint(_check_text("OTLP host", parsed.hostname), port, protocol, tls)
+    path = parsed.path if traces_url else parsed.path.rstrip("/") + "/v1/traces"
+    return OtlpEndpoint(_check_text("OTLP host", parsed.hostname), port, protocol, tls, path or "/v1/traces")
+
+
+def _trace_exporter(endpoint: OtlpEndpoint | None) -> str:
+    """The tracer's exporter (one YAML line): always ``otel_collector``; Envoy's
+    OpenTelemetry tracer must have one, and without a collector that cluster has no
+    endpoint, so spans are dropped at once while the trace context still propagates."""
+    if endpoint is not None and endpoint.protocol == "http/protobuf":
+        scheme = "https" if endpoint.tls else "http"
+        uri = f"{scheme}://{endpoint.host}:{endpoint.port}{endpoint.path}"
+        return "http_service: " + json.dumps({"http_uri": {"uri": uri, "cluster": "otel_collector", "timeout": "2s"}})
+    return "grpc_service: " + json.dumps({"envoy_grpc": {"cluster_name": "otel_collector"}, "timeout": "2s"})
+
+
+def _collector_cluster(endpoint: OtlpEndpoint | None) -> str:
+    """The ``otel_collector`` cluster (one YAML flow mapping; no endpoint without a collector)."""
+    cluster: dict[str, object] = {
+        "name": "otel_collector",
+        "type": "STRICT_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": "otel_collector", "endpoints": []},
+    }
+    if endpoint is None or endpoint.protocol == "grpc":
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }}
+    if endpoint is not None:
+        address = {"socket_address": {"address": endpoint.host, "port_value": endpoint.port}}
+        cluster["load_assignment"] = {"cluster_name": "otel_collector",
+                                      "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]}
+        if endpoint.tls:
+            cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": endpoint.host}}
+    return json.dumps(cluster)
+
+
 def render_template(template: str, values: Mapping[str, str]) -> str:
     """Replace every ``${NAME}``; raise on a missing or an unused value."""
     used: set[str] = set()
@@ -566,6 +649,7 @@ def render_envoy_config(
     jwt_audience: str | None = None,
     plaintext: bool = True,
     rate_limits: Mapping[str, RateLimit] | None = None,
+    otlp_endpoint: OtlpEndpoint | None = None,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
@@ -587,6 +671,10 @@ def render_envoy_config(
     missing); ``jwt_issuer`` / ``jwt_audience`` to :func:`services.shared.auth.issuer` /
     ``audience``. ``plaintext=False`` drops the loopback plaintext filter chain (TLS only).
     ``rate_limits``: per class (default :data:`RATE_LIMITS`).
+
+    Tracing: Envoy starts a W3C trace for every request that has none and continues the
+    caller's ``traceparent`` otherwise (OpenTelemetry tracer); its spans go to
+    ``otlp_endpoint`` (:func:`otlp_endpoint_from_env`), or nowhere when None.
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -623,6 +711,8 @@ def render_envoy_config(
         "RATE_LIMIT_DESCRIPTORS": _descriptors(RATE_LIMITS if rate_limits is None else rate_limits),
         "RATE_LIMITED_STATUS_DETAILS": rate_limited_status_details(),
         "GRPC_LOCAL_REPLIES": render_grpc_local_replies(),
+        "EDGE_TRACE_EXPORTER": _trace_exporter(otlp_endpoint),
+        "OTEL_COLLECTOR_CLUSTER": _collector_cluster(otlp_endpoint),
     })
     text = default_template_path().read_text() if template is None else template
     return render_template(_plaintext(text, plaintext), values)
@@ -672,6 +762,7 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "tls_key_path": env.get("EDGE_TLS_KEY") or None,
         "plaintext": (env.get("EDGE_PLAINTEXT") or "1").strip().lower() not in ("0", "false", "no", "off"),
         "rate_limits": rate_limits_from_env(env),
+        "otlp_endpoint": otlp_endpoint_from_env(env),
     }
 
 

@@ -231,6 +231,7 @@ def service_env(
     bind_host: str = LOOPBACK,
     peer_hosts: Mapping[str, str] | None = None,
     secrets_dir: str | Path | None = None,
+    traces_dir: str | Path | None = None,
 ) -> dict[str, str]:
     """The environment the launcher gives service ``name`` (the process contract).
 
@@ -240,6 +241,9 @@ def service_env(
     peer's metrics endpoint is on, its Prometheus address (``AF_<PEER>_METRICS_ADDR``,
     scraped by monitoring for error rates and ``ListMethodMetrics``). ``AF_SECRETS_DIR``
     names the secrets directory (the mesh secret every peer checks; docs/security.md).
+    ``AF_TRACES_DIR`` (default ``<data_dir>/traces``; the launcher gives ``<run dir>/traces``)
+    is where spans go as OTLP/JSON files when no collector is configured
+    (:mod:`services.shared.tracing`).
     """
     svc = name.upper()
     hosts = dict(peer_hosts or {})
@@ -257,6 +261,7 @@ def service_env(
         "AF_TRAINING_WORKERS": str(config.training_workers),
         "AF_LOG_FORMAT": config.log_format,
         "AF_SECRETS_DIR": str(secrets_dir or auth.secrets_dir()),
+        "AF_TRACES_DIR": str(traces_dir or Path(data_dir) / "traces"),
     }
     for peer, port in ports.grpc.items():
         env[f"AF_{peer.upper()}_ADDR"] = f"{hosts.get(peer, LOOPBACK)}:{port}"
@@ -277,12 +282,14 @@ def process_specs(
     root: str | Path = REPO_ROOT,
     python: str = sys.executable,
     envoy_bin: str = "envoy",
+    traces_dir: str | Path | None = None,
 ) -> list[ProcessSpec]:
     """The services in start order, then Envoy, with the environment the launcher sets."""
     specs = []
     for name in ordered_services(config.services):
         argv = list(config.commands.get(name) or [python, "-m", f"services.{name}"])
-        env = service_env(name, config=config, ports=ports, redis_url=redis_url, data_dir=data_dir, root=root)
+        env = service_env(name, config=config, ports=ports, redis_url=redis_url, data_dir=data_dir, root=root,
+                          traces_dir=traces_dir)
         specs.append(ProcessSpec(name, argv, env))
     specs.append(ProcessSpec("envoy", envoy_argv(envoy_bin, envoy_config_path, config.envoy_log_level), {}))
     return specs
@@ -579,6 +586,11 @@ class Mesh:
         return self._run_dir
 
     @property
+    def traces_dir(self) -> Path:
+        """Where the services write their spans without a collector (``<run dir>/traces``)."""
+        return self.run_dir / "traces"
+
+    @property
     def log_dir(self) -> Path:
         if self._log_dir is None:
             raise RuntimeError("mesh not started")
@@ -676,6 +688,7 @@ class Mesh:
             data_dir=self.data_dir,
             envoy_config_path=envoy_yaml,
             envoy_bin=find_envoy(cfg.envoy_bin) if cfg.with_envoy else "envoy",
+            traces_dir=self.traces_dir,
         )
         for spec in specs:
             self._children[spec.name] = _Child(spec, self.log_path(spec.name), self._echo)
@@ -768,7 +781,8 @@ class Mesh:
 
     def _render_envoy(self) -> str:
         try:
-            from services.launcher.envoy_config import rate_limits_from_env, render_envoy_config
+            from services.launcher.envoy_config import (otlp_endpoint_from_env, rate_limits_from_env,
+                                                        render_envoy_config)
         except ImportError as exc:  # the module is written separately
             raise MeshStartError(f"cannot render the Envoy config: {exc}") from exc
         ports = self._need_ports()
@@ -785,6 +799,7 @@ class Mesh:
             descriptor_path=str(REPO_ROOT / DESCRIPTOR_PATH),
             limits=self.config.edge_limits,
             rate_limits=rate_limits_from_env({**os.environ, **self.config.env}),
+            otlp_endpoint=otlp_endpoint_from_env({**os.environ, **self.config.env}),
         )
 
     def _wait_envoy(self, child: _Child, deadline: float) -> None:

@@ -290,6 +290,9 @@ class TracingInterceptor(CallInterceptor):
     """One OpenTelemetry SERVER span per call, parent from the ``traceparent`` metadata
     (:mod:`services.shared.tracing`; nothing when tracing is off).
 
+    For unary calls :class:`RuntimeInterceptor` does the same in its fused handler
+    (:func:`services.shared.tracing.open_server_span` / ``end_rpc_span``).
+
     Our own and not the contrib ``opentelemetry-instrumentation-grpc`` aio server
     interceptor: that one iterates every streaming handler's result, so a handler that
     writes with ``context.write()`` (our coroutine streams) fails with UNKNOWN

@@ -56,11 +56,13 @@ ORIGIN = "http://localhost:5173"
 #: Seconds for the whole mesh to come up (Valkey, five services, Envoy healthy).
 START_TIMEOUT = 90.0
 #: Environment for the e2e mesh: fast heartbeats so a killed worker's job is reclaimed
-#: within seconds, and one torch thread per worker (2 workers on 2 cores).
+#: within seconds, one torch thread per worker (2 workers on 2 cores), spans written often.
 MESH_ENV = {
     "AF_TRAINING_HEARTBEAT_INTERVAL_S": "0.5",
     "AF_TRAINING_HEARTBEAT_TIMEOUT_S": "3",
     "AF_TRAINING_TORCH_THREADS": "1",
+    # Spans reach the trace files within 0.2 s (tests/e2e/test_tracing_e2e.py).
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
 }
 
 

@@ -377,3 +377,52 @@ def test_edge_limits_render_into_the_listener_and_read_edge_variables() -> None:
         EdgeLimits.from_env({"EDGE_MAX_CONNECTIONS": "lots"})
     with pytest.raises(TemplateError, match="EDGE_STREAM_IDLE_TIMEOUT_S must be > 0"):
         EdgeLimits.from_env({"EDGE_STREAM_IDLE_TIMEOUT_S": "0"})
+
+
+def _collector(config: dict[str, Any]) -> dict[str, Any]:
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "otel_collector"]
+    return cluster
+
+
+def test_tracing_starts_or_continues_a_w3c_trace_with_no_collector_by_default(
+        config: dict[str, Any], hcm: dict[str, Any]) -> None:
+    provider = hcm["tracing"]["provider"]
+    assert provider["name"] == "envoy.tracers.opentelemetry"
+    assert provider["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "otel_collector"
+    assert _collector(config)["load_assignment"]["endpoints"] == []  # spans dropped, context propagated
+    assert hcm["request_id_extension"]["typed_config"]["pack_trace_reason"] is False  # x-request-id kept as sent
+
+
+@pytest.mark.parametrize(("env", "service", "address", "tls"), [
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}, "grpc_service", ("collector", 4317), False),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "collector.local"}, "grpc_service", ("collector.local", 4317), False),
+    ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://otel.example:443/v1/traces",
+      "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}, "http_service", ("otel.example", 443), True),
+])
+def test_otlp_endpoint_sends_the_edges_spans_to_that_collector(
+        tmp_path: Path, env: dict[str, str], service: str, address: tuple[str, int], tls: bool) -> None:
+    from services.launcher.envoy_config import otlp_endpoint_from_env
+    text = _render(otlp_endpoint=otlp_endpoint_from_env(env))
+    config = yaml.safe_load(text)
+    (listener,) = config["static_resources"]["listeners"]
+    exporter = listener["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]["provider"]["typed_config"]
+    assert service in exporter
+    if service == "http_service":
+        assert exporter["http_service"]["http_uri"]["uri"] == "https://otel.example:443/v1/traces"
+    cluster = _collector(config)
+    [[endpoint]] = [e["lb_endpoints"] for e in cluster["load_assignment"]["endpoints"]]
+    socket = endpoint["endpoint"]["address"]["socket_address"]
+    assert (socket["address"], socket["port_value"]) == address
+    assert ("transport_socket" in cluster) == tls
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_a_bad_otlp_protocol_is_refused() -> None:
+    from services.launcher.envoy_config import otlp_endpoint_from_env
+    assert otlp_endpoint_from_env({}) is None
+    with pytest.raises(TemplateError, match="grpc or http/protobuf"):
+        otlp_endpoint_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})

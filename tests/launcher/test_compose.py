@@ -27,7 +27,7 @@ from services.launcher.mesh import (
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 #: Variables whose values name hosts, ports or paths, so they differ between the two.
-PLACEMENT = re.compile(r"^(AF_[A-Z]+_(HOST|PORT|ADDR|METRICS_HOST|METRICS_PORT|METRICS_ADDR)|AF_ENVOY_(ADMIN|EDGE)_ADDR|REDIS_URL|AF_DATA_DIR|AF_SECRETS_DIR|PYTHONPATH)$")
+PLACEMENT = re.compile(r"^(AF_[A-Z]+_(HOST|PORT|ADDR|METRICS_HOST|METRICS_PORT|METRICS_ADDR)|AF_ENVOY_(ADMIN|EDGE)_ADDR|REDIS_URL|AF_DATA_DIR|AF_SECRETS_DIR|AF_TRACES_DIR|PYTHONPATH)$")
 
 
 @pytest.fixture(scope="module")

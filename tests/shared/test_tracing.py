@@ -147,11 +147,17 @@ async def test_untraced_health_checks_are_not_recorded(traced_echo: EchoServer, 
     assert not named(spans, "grpc.health.v1.Health/Check")
 
 
-def test_tracing_interceptor_is_in_the_chain_only_when_tracing_is_on(spans: InMemorySpanExporter) -> None:
-    from services.shared.interceptors import default_interceptors
-    assert isinstance(default_interceptors(None)[0], TracingInterceptor)
+def test_tracing_interceptor_is_in_the_chain_only_when_tracing_is_on_and_unary_calls_stay_fused(
+        spans: InMemorySpanExporter) -> None:
+    from services.shared.interceptors import _standard_parts, default_interceptors
+    [runtime] = default_interceptors(None)
+    assert isinstance(runtime.chain[0], TracingInterceptor)
+    parts = _standard_parts(runtime.chain)  # the fused unary path, tracing included
+    assert parts is not None and parts.tracing is runtime.chain[0]
     tracing.uninstall()
-    assert not any(isinstance(i, TracingInterceptor) for i in default_interceptors(None))
+    [runtime] = default_interceptors(None)
+    assert not any(isinstance(i, TracingInterceptor) for i in runtime.chain)
+    assert _standard_parts(runtime.chain) is not None
 
 
 # ------------------------------------------------------------------------ the bus
