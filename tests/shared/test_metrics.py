@@ -95,3 +95,39 @@ def test_sqlite_reader_reads_a_snapshot_and_never_writes(tmp_path) -> None:
     finally:
         reader.close()
         db.close()
+
+
+def test_a_redis_that_accepts_but_never_answers_costs_a_scrape_its_timeout_only() -> None:
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # accept connections, read nothing, answer nothing
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    collector = BusStreamCollector(f"redis://127.0.0.1:{port}/0", produced=["s"], consumed=[("s", "g")],
+                                   timeout_s=0.3)
+    try:
+        started = time.monotonic()
+        assert _values(collector) == {}
+        assert time.monotonic() - started < 3, "a silent Redis must not hold a scrape"
+    finally:
+        collector.close()
+        stop.set()
+        thread.join(2)
+        for conn in held:
+            conn.close()
+        listener.close()
