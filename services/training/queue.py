@@ -10,7 +10,10 @@ with JUSTID, which resets the idle time without counting a delivery, and only wh
 still owns the entry), so idle time > heartbeat timeout means exactly "its worker is
 gone". The entry is acked when the job is terminal or paused; a failed attempt
 *releases* it (idle set past the timeout) so any worker retries it at once; a job out of
-attempts goes to the bus's dead-letter stream ``<stream>:dlq``.
+attempts goes to the bus's dead-letter stream ``<stream>:dlq``. An entry that is not a
+``TrainingJobQueued`` naming a job (wrong type, bytes that do not parse, no job name) is a
+poison message: retrying cannot fix its bytes, so the worker that claims it moves it to
+``<stream>:dlq`` at once, with the reason, and claims the next entry.
 
 The queue is a fast path that may forget (a Redis restart without persistence loses
 streams and groups; an operator may XDEL or trim an entry). The job database is the
@@ -23,17 +26,25 @@ is gone is a no-op.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
 from agentforge.events.v1 import event_pb2
 from agentforge.training.v1 import training_job_pb2 as job_pb
-
+from google.protobuf.message import DecodeError
 from redis import exceptions as redis_errors
 
-from services.shared.bus import Cursor, Envelope, EventBus, decode_entry, dlq_stream, is_nogroup
+from services.shared.bus import (Cursor, Envelope, EventBus, TypeMismatch, decode_entry, dlq_stream,
+                                 is_nogroup)
 
-__all__ = ["Claim", "EntryState", "JobQueue", "Keys", "GROUP", "PRIORITY_NAMES", "entry_key"]
+__all__ = ["Claim", "EntryState", "JobQueue", "Keys", "GROUP", "PRIORITY_NAMES", "PoisonEntry", "entry_key"]
+
+_log = logging.getLogger(__name__)
+
+
+class PoisonEntry(ValueError):
+    """A queue entry that is not a TrainingJobQueued naming a job."""
 
 #: Where a job's queue entry is: delivered and not acked (``pending``), not delivered yet
 #: (``waiting``), or neither (``gone``: acked, trimmed, deleted, or Redis restarted).
@@ -119,6 +130,12 @@ class Claim:
         return self.message.training_job.rpartition("/")[2]
 
 
+class _Poisoned(Exception):
+    def __init__(self, stream: str, envelope: Envelope, error: PoisonEntry) -> None:
+        super().__init__(str(error))
+        self.stream, self.envelope, self.error = stream, envelope, error
+
+
 class JobQueue:
     """Enqueue, claim, touch, release, ack and dead-letter job entries."""
 
@@ -143,8 +160,24 @@ class JobQueue:
     async def claim(self, consumer: str) -> Claim | None:
         """The next entry for ``consumer``: lapsed ones first, then new, high priority first.
 
-        A group that Redis forgot (``NOGROUP``) is recreated and the read repeated.
+        A group that Redis forgot (``NOGROUP``) is recreated and the read repeated. A
+        poison entry (:class:`PoisonEntry`) is dead-lettered and the next one claimed.
         """
+        while True:
+            try:
+                return await self._claim_next(consumer)
+            except _Poisoned as poisoned:
+                _log.error("dead-lettering a poison queue entry", extra={
+                    "stream": poisoned.stream, "entry": poisoned.envelope.cursor.entry_id,
+                    "error": str(poisoned.error)})
+                try:
+                    await self.bus.dead_letter(poisoned.stream, GROUP, consumer, poisoned.envelope,
+                                               f"poison entry, not retried: {poisoned.error}")
+                except redis_errors.ResponseError as exc:
+                    if not is_nogroup(exc):
+                        raise
+
+    async def _claim_next(self, consumer: str) -> Claim | None:
         if not self._groups_ready:
             await self.ensure_groups()
         client = self.bus.client
@@ -170,9 +203,14 @@ class JobQueue:
         return None
 
     def _claim(self, stream: str, entry_id: bytes, fields: dict, deliveries: int, *, reclaimed: bool) -> Claim:
-
         envelope = decode_entry(stream, entry_id, fields, deliveries)
-        message = envelope.unpack(event_pb2.TrainingJobQueued)
+        try:
+            message = envelope.unpack(event_pb2.TrainingJobQueued)
+        except (TypeMismatch, DecodeError) as exc:
+            raise _Poisoned(stream, envelope, PoisonEntry(f"not a TrainingJobQueued: {exc}")) from exc
+        if not message.training_job.startswith("trainingJobs/") or not message.training_job.rpartition("/")[2]:
+            raise _Poisoned(stream, envelope, PoisonEntry(
+                f"names no training job ({message.training_job[:100]!r})"))
         return Claim(stream, envelope, message, deliveries, reclaimed)
 
     async def touch(self, claim: Claim, consumer: str) -> bool:
