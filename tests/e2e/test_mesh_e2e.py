@@ -149,3 +149,29 @@ def test_rest_bad_request_to_each_service_is_400_status(rest: httpx.Client, meth
     assert bad and field in [v["field"] for v in bad[0]["fieldViolations"]], status
     info = [d for d in status["details"] if d["@type"].endswith("google.rpc.ErrorInfo")]
     assert info and info[0]["reason"] == "INVALID_ARGUMENT" and info[0]["domain"] == "agentforge.dev"
+
+
+def test_plus_in_a_label_selector_is_a_space_against_the_real_model_service(rest: httpx.Client) -> None:
+    """Issue 8: ``?labelSelector=team%3Dml+ops`` found nothing although a model labelled
+    ``team=ml ops`` exists (the ``+`` reached the service as a plus)."""
+    spaced = rest.post("/v1/models", params={"modelId": "label-plus-spaced"},
+                       json={"displayName": "spaced", "labels": {"team": "ml ops"}})
+    assert spaced.status_code == 200, spaced.text
+    plus = rest.post("/v1/models", params={"modelId": "label-plus-literal"},
+                     json={"displayName": "literal", "labels": {"team": "ml+ops"}})
+    assert plus.status_code == 200, plus.text
+
+    def names(query: str) -> set[str]:
+        resp = rest.get(f"/v1/models?{query}")
+        assert resp.status_code == 200, resp.text
+        return {m["name"] for m in resp.json().get("models", [])}
+
+    # As forms, urlencode, httpx and URLSearchParams send it ('+' for the space) ...
+    assert names("labelSelector=team%3Dml+ops") == {"models/label-plus-spaced"}
+    assert names("labelSelector=team=ml+ops") == {"models/label-plus-spaced"}
+    # ... percent-encoded ...
+    assert names("labelSelector=team%3Dml%20ops") == {"models/label-plus-spaced"}
+    # ... and a real '+' is %2B.
+    assert names("labelSelector=team%3Dml%2Bops") == {"models/label-plus-literal"}
+    via_httpx = rest.get("/v1/models", params={"labelSelector": "team=ml ops"})
+    assert {m["name"] for m in via_httpx.json()["models"]} == {"models/label-plus-spaced"}
