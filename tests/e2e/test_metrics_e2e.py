@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +85,17 @@ def test_promql_metrics_finds_names_not_functions_or_labels() -> None:
 # --- the scrape ---------------------------------------------------------------------------
 
 
+@dataclass
+class Scrape:
+    #: ``{service: {family name: family}}``
+    families: dict[str, dict[str, Any]]
+    #: The training job that was RUNNING during the scrape.
+    job: str
+
+
 @pytest.fixture(scope="module")
-def scraped(mesh: Mesh) -> dict[str, dict[str, Any]]:
-    """``{service: {family name: family}}`` of every service, while a job is RUNNING."""
+def scraped(mesh: Mesh) -> Scrape:
+    """One scrape of every service, while a job is RUNNING."""
     with httpx.Client(base_url=mesh.edge_url, timeout=30) as rest:
         for path in ("/v1/trainingJobs", "/v1/models", "/v1/topics", "/v1/alertRules", "/v1/phaseRuns"):
             assert rest.get(path).status_code == 200, path  # a call to every service
@@ -101,13 +110,12 @@ def scraped(mesh: Mesh) -> dict[str, dict[str, Any]]:
             for service, port in mesh.metrics_ports.items():
                 text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
                 out[service] = {f.name: f for f in text_string_to_metric_families(text)}
-            out["_job"] = {"name": name}
         finally:
             rest.post(f"/v1/{name}:cancel", json={})
-    return out
+    return Scrape(out, name)
 
 
-def test_every_documented_metric_is_served_with_its_type_labels_and_unit(scraped: dict[str, Any]) -> None:
+def test_every_documented_metric_is_served_with_its_type_labels_and_unit(scraped: Scrape) -> None:
     docs = documented()
     assert len(docs) >= 25
     for name, row in docs.items():
@@ -117,7 +125,7 @@ def test_every_documented_metric_is_served_with_its_type_labels_and_unit(scraped
             assert name.endswith("_total"), name
         assert row["services"] <= set(ALL_SERVICES), name
         for service in row["services"]:
-            family = scraped[service].get(family_name(name, row["type"]))
+            family = scraped.families[service].get(family_name(name, row["type"]))
             assert family is not None, f"{name} is documented for {service} but not served by it"
             assert family.type == row["type"], (name, service, family.type)
             samples = [s for s in family.samples if not s.name.endswith("_created")]
@@ -127,18 +135,18 @@ def test_every_documented_metric_is_served_with_its_type_labels_and_unit(scraped
                 assert labels == row["labels"], (name, service, sorted(labels))
 
 
-def test_every_metric_the_services_serve_is_documented(scraped: dict[str, Any]) -> None:
+def test_every_metric_the_services_serve_is_documented(scraped: Scrape) -> None:
     docs = {family_name(n, r["type"]): (n, r) for n, r in documented().items()}
     for service in ALL_SERVICES:
-        for family in scraped[service]:
+        for family in scraped.families[service]:
             if OURS.match(family):
                 assert family in docs, f"{service} serves {family}, which docs/metrics.md does not list"
                 assert service in docs[family][1]["services"], f"{family} is served by {service} too"
 
 
-def test_the_running_job_has_its_series_and_labels_stay_bounded(scraped: dict[str, Any]) -> None:
-    training = scraped["training"]
-    job = scraped["_job"]["name"]
+def test_the_running_job_has_its_series_and_labels_stay_bounded(scraped: Scrape) -> None:
+    training = scraped.families["training"]
+    job = scraped.job
     for family in ("agentforge_training_job_step", "agentforge_training_job_steps_per_second",
                    "agentforge_training_job_examples_per_second", "agentforge_training_job_loss"):
         values = {s.labels["training_job"]: s.value for s in training[family].samples}
@@ -149,8 +157,8 @@ def test_the_running_job_has_its_series_and_labels_stay_bounded(scraped: dict[st
     assert workers["busy"] >= 1 and workers["busy"] + workers["idle"] == 2
 
 
-def test_every_grafana_expression_names_only_served_metrics(scraped: dict[str, Any]) -> None:
-    served = {s.name for service in ALL_SERVICES for f in scraped[service].values() for s in f.samples}
+def test_every_grafana_expression_names_only_served_metrics(scraped: Scrape) -> None:
+    served = {s.name for service in ALL_SERVICES for f in scraped.families[service].values() for s in f.samples}
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     assert exprs
