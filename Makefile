@@ -25,7 +25,7 @@ DASHBOARD := dashboard/dist/index.html
 DASHBOARD_SRC := $(shell find dashboard/src gen/ts -type f 2>/dev/null) dashboard/index.html \
 	dashboard/vite.config.ts dashboard/tsconfig.json dashboard/package-lock.json
 
-.PHONY: setup browser gen check-gen lint breaking test test-fast up run restart bench token revoke secrets clean
+.PHONY: setup browser loadgen gen check-gen lint breaking test test-fast up run restart bench token revoke secrets clean
 
 setup: $(STAMP) $(NPM_STAMP) $(DASHBOARD) browser
 
@@ -52,6 +52,15 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing (apt-get install chromium): the browser tests will fail" >&2; fi; }
+
+# Native HTTP load generators for the edge benchmarks (a Python client saturates before
+# Envoy does): Debian's wrk and nghttp2-client (h2load), installed when missing and we may.
+loadgen:
+	@command -v wrk >/dev/null && command -v h2load >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nghttp2-client >/dev/null; \
+	  else echo "wrk/h2load are missing (apt-get install wrk nghttp2-client): REST edge benchmarks skip" >&2; fi; }
 
 gen: $(STAMP) $(NPM_STAMP)
 	$(PY) tools/vendor_protos.py --check
@@ -107,7 +116,7 @@ restart: $(STAMP)
 	@test -n "$(SERVICE)" || { echo "usage: make restart SERVICE=<service|envoy|valkey>"; exit 2; }
 	$(PY) -m services.launcher restart $(SERVICE)
 
-bench: setup
+bench: setup loadgen
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -21,8 +21,12 @@ everything).
 Then a bounded closed loop (``--concurrency`` client tasks, each sending its next
 request when the previous one answered, for ``--seconds`` after ``--warmup``) for:
 bare gRPC direct, runtime gRPC direct, gRPC through Envoy, and REST (HTTP/1.1 JSON,
-httpx, keep-alive, one connection per task) through Envoy. Prints qps, p50 and p99
-and their ratios against the bare server measured in the same run.
+keep-alive, one connection per client) through Envoy with Debian's ``wrk`` (a native
+load generator: the Python httpx client saturated a core at a third of the edge's rate;
+``--rest-client httpx`` still runs it). Prints qps, p50 and p99 and their ratios against
+the bare server measured in the same run, and for scenarios that reach the runtime
+server its event-loop lag (``agentforge_event_loop_lag_seconds``, scraped before and
+after each scenario).
 
 The client is one asyncio process sharing the machine's cores with the servers and
 Envoy, so the figures measure the whole box, not one component; the CPU% columns
@@ -94,8 +98,8 @@ class EchoMonitoring(monitoring_service_pb2_grpc.MonitoringServiceServicer):
         )
 
 
-def _print_ready(port: int) -> None:
-    print(json.dumps({"event": "ready", "grpc_port": port}), flush=True)
+def _print_ready(port: int, metrics_port: int | None = None) -> None:
+    print(json.dumps({"event": "ready", "grpc_port": port, "metrics_port": metrics_port}), flush=True)
 
 
 async def _serve_bare() -> None:
@@ -128,7 +132,7 @@ async def _serve_runtime() -> None:
     # Envoy health-checks each cluster with its own service name; all point here.
     for name in SERVICES:
         await service.set_serving(f"agentforge.{name}.v1.{name.capitalize()}Service", True)
-    await service.serve_forever(on_ready=lambda: _print_ready(service.port))
+    await service.serve_forever(on_ready=lambda: _print_ready(service.port, service.metrics_port))
 
 
 # -- child processes -----------------------------------------------------------------
@@ -189,6 +193,11 @@ class Children:
 
 def _read_ready_port(child: Child) -> int:
     """Wait for the child's ready JSON line on stdout; return its gRPC port."""
+    return int(_read_ready(child)["grpc_port"])
+
+
+def _read_ready(child: Child) -> dict[str, Any]:
+    """Wait for the child's ready JSON line on stdout; return it."""
     assert child.proc.stdout is not None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     stdout: IO[bytes] = child.proc.stdout
@@ -204,7 +213,7 @@ def _read_ready_port(child: Child) -> int:
                 with contextlib.suppress(ValueError):
                     msg = json.loads(line)
                     if isinstance(msg, dict) and msg.get("event") == "ready":
-                        return int(msg["grpc_port"])
+                        return msg
         time.sleep(0.05)
     raise RuntimeError(f"{child.name} not ready within {STARTUP_TIMEOUT_S:.0f}s:\n{child.log_tail()}")
 
@@ -277,6 +286,11 @@ class Result:
     mean_ms: float
     cpu_percent: dict[str, float] = field(default_factory=dict)
     first_error: str = ""
+    #: The runtime server's event-loop lag during the scenario (ms; upper bucket bounds).
+    loop_lag_p50_ms: float = float("nan")
+    loop_lag_p99_ms: float = float("nan")
+    loop_lag_max_ms: float = float("nan")
+    client: str = "grpc.aio (Python)"
 
 
 def percentile(sorted_samples: Sequence[float], q: float) -> float:
@@ -366,6 +380,108 @@ async def closed_loop(
     )
 
 
+class LoopLag:
+    """The runtime server's ``agentforge_event_loop_lag_seconds`` histogram, scraped
+    before and after a scenario: quantiles of the lag observed in between."""
+
+    def __init__(self, metrics_port: int | None) -> None:
+        self._url = None if metrics_port is None else f"http://127.0.0.1:{metrics_port}/metrics"
+        self._before: dict[float, float] = {}
+
+    def _buckets(self) -> dict[float, float]:
+        if self._url is None:
+            return {}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = _http_get(self._url)
+        if status != 200:
+            return {}
+        return {float(s.labels["le"]): s.value for fam in text_string_to_metric_families(text)
+                if fam.name == "agentforge_event_loop_lag_seconds"
+                for s in fam.samples if s.name.endswith("_bucket")}
+
+    def start(self) -> None:
+        self._before = self._buckets()
+
+    def stop(self, result: Result) -> None:
+        after = self._buckets()
+        delta = sorted((le, after[le] - self._before.get(le, 0.0)) for le in after)
+        total = delta[-1][1] if delta else 0.0
+        if total <= 0:
+            return
+
+        def quantile(q: float) -> float:
+            return next(le for le, n in delta if n >= q * total) * 1e3
+
+        result.loop_lag_p50_ms = quantile(0.5)
+        result.loop_lag_p99_ms = quantile(0.99)
+        result.loop_lag_max_ms = quantile(1.0)
+
+
+def find_wrk() -> str | None:
+    """Debian's ``wrk`` (``make bench`` installs it with apt-get when missing)."""
+    import shutil
+
+    return shutil.which("wrk")
+
+
+_WRK_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _wrk_ms(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _WRK_UNITS[m.group(2)]
+
+
+def parse_wrk(output: str, seconds: float) -> tuple[int, int, float, float, float, float]:
+    """(requests, errors, qps, p50 ms, p99 ms, mean ms) from ``wrk --latency`` output."""
+    import re
+
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    qps = float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))  # type: ignore[union-attr]
+    mean = _wrk_ms(re.search(r"Latency\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _wrk_ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _wrk_ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    errors = 0
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    if non2xx:
+        errors += int(non2xx.group(1))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    return requests, errors, qps, p50, p99, mean
+
+
+def run_wrk(wrk: str, url: str, token: str, *, concurrency: int, seconds: float, warmup: float,
+            meter: CpuMeter) -> Result:
+    """REST through Envoy with wrk: ``concurrency`` keep-alive HTTP/1.1 connections on one
+    thread, closed loop; a ``warmup`` run first, unmeasured."""
+    base = [wrk, "--latency", "-t", "1", "-c", str(concurrency), "-H", f"authorization: Bearer {token}"]
+    if warmup > 0:
+        subprocess.run([*base, "-d", f"{max(1, round(warmup))}s", url], capture_output=True, check=False)
+    import resource
+
+    meter.start()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen([*base, "-d", f"{max(1, round(seconds))}s", url], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output, _ = proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = meter.stop(seconds)
+    cpu["client"] = round(100 * ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)) / seconds, 1)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {output[-500:]}")
+    requests, errors, qps, p50, p99, mean = parse_wrk(output, seconds)
+    return Result(scenario="REST via Envoy (wrk)", requests=requests, errors=errors, seconds=seconds, qps=qps,
+                  p50_ms=p50, p99_ms=p99, mean_ms=mean, cpu_percent=cpu,
+                  first_error="non-2xx responses or socket errors (see wrk)" if errors else "",
+                  client="wrk (native, 1 thread)")
+
+
 def _credentials() -> dict[str, Any]:
     """Call metadata per path: (b) gets what Envoy sends, (c) a bearer token."""
     from services.shared.auth import mint_token
@@ -427,7 +543,8 @@ async def sanity_checks(bare: grpc.aio.Channel, runtime: grpc.aio.Channel, edge:
         raise RuntimeError(f"envoy rest: an invalid name gave HTTP {bad.status_code}, not 400")
 
 
-async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int]) -> list[Result]:
+async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[str, int],
+                   metrics_port: int | None = None) -> list[Result]:
     options = [("grpc.max_concurrent_streams", 1000)]
     bare = grpc.aio.insecure_channel(f"127.0.0.1:{ports['bare']}", options=options)
     runtime = grpc.aio.insecure_channel(f"127.0.0.1:{ports['runtime']}", options=options)
@@ -439,18 +556,36 @@ async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[s
                              headers={"authorization": md["edge"][0][1]})
     try:
         await sanity_checks(bare, runtime, edge, rest)
-        scenarios: list[tuple[str, Callable[[], Awaitable[None]], list[str]]] = [
+        scenarios: list[tuple[str, Callable[[], Awaitable[None]] | None, list[str]]] = [
             ("bare gRPC direct", _grpc_caller(bare), ["client", "bare"]),
             ("runtime gRPC direct", _grpc_caller(runtime, md["runtime"]), ["client", "runtime"]),
             ("gRPC via Envoy", _grpc_caller(edge, md["edge"]), ["client", "runtime", "envoy"]),
-            ("REST via Envoy", _rest_caller(rest), ["client", "runtime", "envoy"]),
         ]
+        wrk = find_wrk()
+        if args.rest_client == "httpx":
+            scenarios.append(("REST via Envoy (httpx)", _rest_caller(rest), ["client", "runtime", "envoy"]))
+        elif wrk is not None:
+            scenarios.append(("REST via Envoy (wrk)", None, ["runtime", "envoy"]))
+        else:
+            print("wrk not found: REST via Envoy not measured (make bench installs it: apt-get install wrk)",
+                  file=sys.stderr)
+        token = md["edge"][0][1].removeprefix("Bearer ")
+        lag = LoopLag(metrics_port)
         rounds: dict[str, list[Result]] = {name: [] for name, _, _ in scenarios}
         for r in range(args.rounds):
             for name, call, who in scenarios:
                 meter = CpuMeter({k: pids[k] for k in who})
-                result = await closed_loop(name, call, concurrency=args.concurrency, seconds=args.seconds,
-                                           warmup=args.warmup, meter=meter)
+                lag.start()
+                if call is None:
+                    assert wrk is not None
+                    result = await asyncio.to_thread(
+                        run_wrk, wrk, f"http://127.0.0.1:{ports['edge']}{REST_PATH}", token,
+                        concurrency=args.concurrency, seconds=args.seconds, warmup=args.warmup, meter=meter)
+                else:
+                    result = await closed_loop(name, call, concurrency=args.concurrency, seconds=args.seconds,
+                                               warmup=args.warmup, meter=meter)
+                if "runtime" in who:
+                    lag.stop(result)
                 rounds[name].append(result)
                 print(f"  round {r + 1}/{args.rounds} {name:<20} {result.qps:>8.0f} qps  "
                       f"p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms  errors {result.errors}",
@@ -490,7 +625,7 @@ def _ratio(x: float, base: float) -> str:
 def format_table(results: Sequence[Result]) -> str:
     base = results[0]
     head = ["scenario", "qps", "p50 ms", "p99 ms", "qps/bare", "p50/bare", "p99/bare", "errors",
-            "CPU% client/server/envoy"]
+            "CPU% client/server/envoy", "loop lag p99/max ms"]
     rows = []
     for r in results:
         cpu = r.cpu_percent
@@ -498,7 +633,8 @@ def format_table(results: Sequence[Result]) -> str:
         envoy = f"{cpu['envoy']:.0f}" if "envoy" in cpu else "-"
         rows.append([r.scenario, f"{r.qps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                      _ratio(r.qps, base.qps), _ratio(r.p50_ms, base.p50_ms), _ratio(r.p99_ms, base.p99_ms),
-                     str(r.errors), f"{cpu.get('client', float('nan')):.0f}/{server:.0f}/{envoy}"])
+                     str(r.errors), f"{cpu.get('client', float('nan')):.0f}/{server:.0f}/{envoy}",
+                     "-" if math.isnan(r.loop_lag_p99_ms) else f"{r.loop_lag_p99_ms:g}/{r.loop_lag_max_ms:g}"])
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
              "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -526,6 +662,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each scenario")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat the four scenarios, interleaved; report each one's median-qps round")
+    ap.add_argument("--rest-client", choices=["wrk", "httpx"], default="wrk",
+                    help="REST load generator: wrk (native; the default) or the Python httpx client, "
+                         "which saturates before the edge does")
     ap.add_argument("--json", metavar="OUT", help="also write the results here")
     ap.add_argument("--serve", choices=["bare", "runtime"], help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args(argv)
@@ -548,11 +687,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
             bare = children.spawn("bare", [*me, "bare"], ready_line=True)
             runtime = children.spawn("runtime", [*me, "runtime"], ready_line=True)
-            ports = {"bare": _read_ready_port(bare), "runtime": _read_ready_port(runtime)}
+            runtime_ready = _read_ready(runtime)
+            ports = {"bare": _read_ready_port(bare), "runtime": int(runtime_ready["grpc_port"])}
             envoy, ports["edge"], _admin = start_envoy(children, ports["runtime"])
             pids = {"client": os.getpid(), "bare": bare.proc.pid, "runtime": runtime.proc.pid,
                     "envoy": envoy.proc.pid}
-            results = asyncio.run(run_load(args, ports, pids))
+            results = asyncio.run(run_load(args, ports, pids, runtime_ready.get("metrics_port")))
         except BaseException:
             for child in children.started:
                 tail = child.log_tail(10)
@@ -565,7 +705,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(format_table(results))
     print("\nratios are against the bare grpc.aio server measured in this run; CPU% is of one core "
-          f"(the machine has {info['nproc']})")
+          f"(the machine has {info['nproc']}); gRPC clients are grpc.aio in this process, REST's is "
+          f"{results[-1].client if results[-1].scenario.startswith('REST') else 'not run'}; loop lag: how late "
+          "the runtime server's event loop ran its 100 ms timer (agentforge_event_loop_lag_seconds, bucket bounds)")
+    print(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     failed = [r for r in results if r.errors]
     for r in failed:
         print(f"{r.scenario}: {r.errors} errors, first: {r.first_error}", file=sys.stderr)

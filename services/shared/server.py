@@ -17,6 +17,10 @@ Readiness: ``build_server(..., dependencies={"redis": redis_ping(url)})`` keeps 
 health status of the server NOT_SERVING while a dependency's check fails, and SERVING
 again once it passes (:mod:`services.shared.readiness`); the task stops at shutdown.
 
+With metrics on, the Prometheus endpoint also has ``agentforge_event_loop_lag_seconds``
+(:mod:`services.shared.looplag`): how late the service's event loop runs a 100 ms timer,
+i.e. how long something blocked it.
+
 A service's entry point is typically::
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -55,6 +59,7 @@ from services.shared.idempotency import IdempotencyInterceptor, IdempotencyKeys
 from services.shared.health import HealthService
 from services.shared.interceptors import StopEvent, default_interceptors
 from services.shared.logging import configure_logging
+from services.shared.looplag import EventLoopLag
 from services.shared.metrics import GrpcServerMetrics, MetricsEndpoint, start_metrics_endpoint
 from services.shared.readiness import Check, DependencyReadiness
 from services.shared.tasks import cancel_and_wait
@@ -94,6 +99,9 @@ class Service:
     _readiness_task: asyncio.Task[None] | None = field(default=None, repr=False)
     #: Holds the process's revocation list (released at shutdown).
     _revocations: bool = field(default=False, repr=False)
+    #: Measures the event loop's lag into ``agentforge_event_loop_lag_seconds`` (metrics on).
+    loop_lag: EventLoopLag | None = None
+    _loop_lag_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def metrics_port(self) -> int | None:
@@ -136,6 +144,8 @@ class Service:
         await self.health.enter_graceful_shutdown()
         if self._readiness_task is not None:
             await cancel_and_wait([self._readiness_task])
+        if self._loop_lag_task is not None:
+            await cancel_and_wait([self._loop_lag_task])
         await self.server.stop(grace)
         if self._revocations:
             self._revocations = False
@@ -296,6 +306,9 @@ async def build_server(
     if dependencies:
         service.readiness = DependencyReadiness(health, names, dependencies)
         service._readiness_task = asyncio.ensure_future(service.readiness.run())
+    if metrics is not None:
+        service.loop_lag = EventLoopLag(registry)
+        service._loop_lag_task = asyncio.ensure_future(service.loop_lag.run())
     _log.info("ready", extra={"grpc_port": port, "metrics_port": service.metrics_port,
                               "services": names})
     return service
