@@ -6,9 +6,10 @@ One run starts, on 127.0.0.1 only, each in its own process:
     serving ``agentforge.monitoring.v1.MonitoringService/GetComponentHealth`` with a
     trivial handler (it echoes the requested name with status SERVING);
 (b) ``runtime``: the same servicer behind ``services.shared.server.build_server``
-    (request id, JSON logging, Prometheus metrics, deadline, error mapping and
-    protovalidate interceptors; health; reflection; metrics endpoint), logging one
-    JSON line per RPC to a file like a real service;
+    (tracing, request id, JSON logging, Prometheus metrics, auth, deadline, error
+    mapping and protovalidate interceptors; health; reflection; metrics endpoint),
+    logging one JSON line per RPC to a file and exporting one span per RPC to an OTLP
+    JSON file (``AF_TRACES_DIR``), like a service the launcher starts;
 (c) Envoy in front of (b), its config rendered from ``envoy/envoy.yaml.tmpl`` by
     ``services.launcher.envoy_config.render_envoy_config`` with every upstream
     cluster pointed at (b).
@@ -122,7 +123,11 @@ async def _serve_runtime() -> None:
     from services.shared.logging import configure_logging
     from services.shared.server import build_server
 
+    from services.shared.tracing import configure_tracing
+
     configure_logging("monitoring", "INFO", fmt="json")  # stderr -> a log file, as a service
+    # Tracing as run_service sets it up: spans to <workdir>/traces/monitoring.jsonl (AF_TRACES_DIR).
+    configure_tracing("monitoring")
 
     def register(server: grpc.aio.Server) -> list[str]:
         monitoring_service_pb2_grpc.add_MonitoringServiceServicer_to_server(EchoMonitoring(), server)
@@ -175,7 +180,8 @@ class Children:
 
     def spawn(self, name: str, argv: Sequence[str], *, ready_line: bool) -> Child:
         log_path = self.workdir / f"{name}.log"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")]))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")]),
+                   AF_TRACES_DIR=str(self.workdir / "traces"))
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
