@@ -171,7 +171,7 @@ class QueueCollector(ScrapeCollector):
             ids = [_text(first[0][0])] if first else []
             pending = [] if isinstance(claimable, BaseException) else claimable
             ids += [_text(p["message_id"]) for p in pending]
-            oldest = min((entry_key(i)[0] for i in ids), default=None)
+            oldest = min((entry_key(entry)[0] for entry in ids), default=None)
             families["agentforge_training_queue_depth"].add_metric([priority], float(waiting + len(pending)))
             families["agentforge_training_queue_oldest_entry_age_seconds"].add_metric(
                 [priority], 0.0 if oldest is None else max(0.0, (now_ms - oldest) / 1000))
