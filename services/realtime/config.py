@@ -87,8 +87,11 @@ class RealtimeConfig:
     #: Unused since subscriptions are fed by the fan-out (its readers block for the
     #: bus's ``block_ms``); kept so existing ``AF_REALTIME_BLOCK_MS`` settings still parse.
     block_ms: int = 500
-    #: How often pattern subscriptions re-scan the topic registry (s).
-    rescan_interval_s: float = 1.0
+    #: How often pattern subscriptions re-scan the topic registry (s). Only a safety
+    #: net: new topics are announced on the store's ``topics.created`` stream, which
+    #: pattern subscriptions follow through the fan-out (and they rescan at once after
+    #: a gap in it, e.g. a Redis reconnect).
+    rescan_interval_s: float = 60.0
     #: How often the fan-out compares the followed topics' epochs with the store (s;
     #: one MGET per reader), to notice a restarted store on idle topics.
     epoch_check_interval_s: float = 1.0

@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from google.protobuf import wrappers_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio import Redis
 
@@ -109,6 +110,15 @@ class TopicStore:
     def _registry(self) -> str:
         return f"{self._prefix}registry"
 
+    @property
+    def created_stream(self) -> str:
+        """Bus stream announcing every newly registered topic (entry subject = the topic).
+
+        Pattern subscriptions follow it through the fan-out, so a topic created after
+        they started reaches them as soon as it exists, without scanning the registry.
+        """
+        return f"{self._prefix}topics.created"
+
     def _meta(self, topic: str) -> str:
         return f"{self._prefix}meta:{topic}"
 
@@ -129,16 +139,24 @@ class TopicStore:
             return
         epochs = await asyncio.gather(*(self.bus.epoch(self.stream(t)) for t in topics))
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(self._registry, {t: 0 for t in topics}, nx=True)
+            for topic in topics:
+                pipe.zadd(self._registry, {topic: 0}, nx=True)
             for topic in topics:
                 pipe.hget(self._meta(topic), "epoch")
             replies = await pipe.execute()
-        stale = [(t, e) for t, e, known in zip(topics, epochs, replies[1:], strict=True) if _text(known) != e]
+        added = [t for t, n in zip(topics, replies[:len(topics)], strict=True) if n]
+        known = replies[len(topics):]
+        stale = [(t, e) for t, e, k in zip(topics, epochs, known, strict=True) if _text(k) != e]
         if stale:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for topic, epoch in stale:
                     pipe.hset(self._meta(topic), mapping={"epoch": epoch, "create_time": _now_ms()})
                 await pipe.execute()
+        for topic in added:
+            # After the registry has it: a pattern subscription told of it finds it there.
+            # Lost if Redis goes away right here; subscriptions rescan after a reconnect
+            # and every ``rescan_interval_s`` as a safety net.
+            await self.bus.publish(self.created_stream, wrappers_pb2.StringValue(value=topic), subject=topic)
 
     async def exists(self, topic: str) -> bool:
         return await self.redis.zscore(self._registry, topic) is not None

@@ -121,6 +121,11 @@ class Subscription:
         self._error: ForgeError | None = None
         self._delays = Backoff().delays()
         self._next_scan = 0.0
+        #: Pattern subscriptions: rescan the registry at the next step (after a gap in
+        #: the ``topics.created`` stream, and once right after the watcher registered).
+        self._rescan_due = False
+        #: Topics announced as created that a pattern matches, not followed yet.
+        self._created: list[str] = []
         #: Resume point after the last item handed out by :meth:`next`.
         self.cursor = ""
 
@@ -147,8 +152,13 @@ class Subscription:
             self._hub.attach(topic)
         self.cursor = encode_cursor(self.positions)
         # Registered before the first catch-up read: nothing falls between the two.
-        self._watcher = await self._hub.fanout.watch(
-            [self._store.stream(t) for t in self.positions], capacity=self._config.queue_size)
+        # Pattern subscriptions also follow the announcements of new topics, and rescan
+        # once after registering (a topic created between the scan above and now).
+        keys = [self._store.stream(t) for t in self.positions]
+        if spec.patterns:
+            keys.append(self._store.created_stream)
+            self._rescan_due = True
+        self._watcher = await self._hub.fanout.watch(keys, capacity=self._config.queue_size)
         self._need = set(self.positions)
         self._next_scan = asyncio.get_running_loop().time() + self._config.rescan_interval_s
 
@@ -202,9 +212,14 @@ class Subscription:
             topics, self._recheck = self._recheck, set()
             await self._check_epochs(topics)
             return True
-        if self._spec.patterns and loop.time() >= self._next_scan:
+        if self._spec.patterns and (self._rescan_due or loop.time() >= self._next_scan):
+            self._rescan_due = False
             await self._rescan()
             self._next_scan = loop.time() + self._config.rescan_interval_s
+            return True
+        if self._created:
+            created, self._created = self._created, []
+            await self._follow_new(created)
             return True
         if self._need:
             await self._catch_up()
@@ -217,9 +232,20 @@ class Subscription:
         if isinstance(got, Gap):
             self._on_gap(got)
             return True
-        entries = [_entry_of(self._store.topic_of(stream), envelope) for stream, envelope in got]
-        await self._deliver(entries, live=True)
+        created_stream = self._store.created_stream
+        entries = []
+        for stream, envelope in got:
+            if stream == created_stream:
+                if envelope.subject not in self.positions and self._matches(envelope.subject):
+                    self._created.append(envelope.subject)
+            else:
+                entries.append(_entry_of(self._store.topic_of(stream), envelope))
+        if entries:
+            await self._deliver(entries, live=True)
         return True
+
+    def _matches(self, topic: str) -> bool:
+        return any(pattern.matches(topic) for pattern in self._spec.patterns)
 
     def _on_gap(self, gap: Gap) -> None:
         if gap.reason == GAP_OVERFLOW:
@@ -230,6 +256,8 @@ class Subscription:
                 reason="SLOW_CONSUMER",
             ))
             return
+        if self._store.created_stream in gap.keys:
+            self._rescan_due = True  # announcements of new topics may have been missed
         topics = {self._store.topic_of(str(k)) for k in gap.keys} & set(self.positions)
         self._recheck |= topics
         self._need |= topics
@@ -285,14 +313,20 @@ class Subscription:
                 await self._lost(topic, _Reason.HISTORY_LOSS_REASON_EPOCH_CHANGED, position, epoch=current)
 
     async def _rescan(self) -> None:
-        added = []
+        """Follow every registered topic a pattern matches that is not followed yet."""
+        found: list[str] = []
         for pattern in self._spec.patterns:
-            for topic in await self._store.matching(pattern):
-                if topic not in self.positions:
-                    # Created after the subscription started: deliver it from its start.
-                    self.positions[topic] = await self._store.head(topic)
-                    self._hub.attach(topic)
-                    added.append(topic)
+            found += await self._store.matching(pattern)
+        await self._follow_new(found)
+
+    async def _follow_new(self, topics: Sequence[str]) -> None:
+        """Follow topics created after the subscription started, from their start."""
+        added = []
+        for topic in topics:
+            if topic not in self.positions and topic not in added:
+                self.positions[topic] = await self._store.head(topic)
+                self._hub.attach(topic)
+                added.append(topic)
         if added and self._watcher is not None:
             await self._hub.fanout.add_keys(self._watcher, [self._store.stream(t) for t in added])
             self._need |= set(added)

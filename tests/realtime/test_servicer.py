@@ -174,6 +174,36 @@ async def test_pattern_subscription_receives_topic_created_later(realtime: Realt
     stream.cancel()
 
 
+async def test_pattern_subscriptions_learn_of_new_topics_without_scanning_the_registry(
+        valkey: EmbeddedValkey, start_realtime: StartRealtime) -> None:
+    # No periodic rescan in this test (an hour): a topic created later reaches the pattern
+    # subscriptions through the store's topics.created announcements, and idle pattern
+    # subscriptions send no registry scans (ZRANGEBYLEX) to Redis at all.
+    rt = await start_realtime(valkey.url, rescan_interval_s=3600.0)
+    streams = [Stream(rt, topic_patterns=["built/*"]) for _ in range(20)]
+    for stream in streams:
+        await stream.next_kind("heartbeat")
+    await asyncio.sleep(0.5)  # each ran its one rescan right after registering
+
+    async def scans() -> int:
+        stats = await rt.server.store.redis.info("commandstats")
+        return int(stats.get("cmdstat_zrangebylex", {}).get("calls", 0))
+
+    before = await scans()
+    await asyncio.sleep(1.5)
+    assert await scans() == before, "idle pattern subscriptions scanned the registry"
+    await publish(rt, "built/new", 3)
+    for stream in streams:
+        [message] = await stream.messages(1)
+        assert (message.topic, message.sequence, message.data["n"]) == ("built/new", 1, 3)
+    await publish(rt, "unrelated/x", 1)
+    await publish(rt, "built/new", 4)
+    for stream in streams:
+        [message] = await stream.messages(1)
+        assert (message.topic, message.sequence) == ("built/new", 2)
+        stream.cancel()
+
+
 async def test_first_heartbeat_is_immediate_then_per_interval(realtime: Realtime) -> None:
     loop = asyncio.get_running_loop()
     start = loop.time()
