@@ -51,6 +51,10 @@ class ModelConfig:
     #: Seconds between outbox relay polls (it is also woken on every write).
     #: Env ``AF_MODEL_OUTBOX_POLL_S``.
     outbox_poll_s: float = 1.0
+    #: The forge service, ``host:port`` (env ``AF_FORGE_ADDR``, as the launcher gives
+    #: every service): the hand-off asks it whether a job's phase run was cancelled or
+    #: failed (then it registers nothing). Empty: no forge, no such check.
+    forge_addr: str = ""
 
     @property
     def db_path(self) -> Path:
@@ -63,7 +67,8 @@ class ModelConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ModelConfig:
         environ = os.environ if env is None else env
-        values = env_overrides(cls, "model", environ, skip=("data_dir",))
+        values = env_overrides(cls, "model", environ, skip=("data_dir", "forge_addr"))
+        values["forge_addr"] = environ.get("AF_FORGE_ADDR", "").strip()
         root = environ.get("AF_DATA_DIR", "").strip()
         if root:
             values["data_dir"] = Path(root) / "model"

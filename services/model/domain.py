@@ -430,5 +430,9 @@ async def register_handoff(registry: ModelRegistry, h: Handoff) -> tuple[Version
     artifact = ArtifactRecord(state="READY", sha256=sha, size_bytes=size, committed_bytes=size,
                               content_type=exports.CONTENT_TYPES["STATE_DICT"], format="STATE_DICT",
                               complete_time=now_us())
-    return await store.set_artifact(version.model_id, version.version, artifact, state="READY"), True
+    try:
+        return await store.set_artifact(version.model_id, version.version, artifact, state="READY"), True
+    except NotFound:  # deleted meanwhile (a phase run's compensation): leave no file behind
+        await asyncio.to_thread(files.remove_version, version.model_id, version.version)
+        raise
 

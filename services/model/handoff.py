@@ -14,6 +14,17 @@ Every ``Event.training_job_completed`` becomes one READY model version (see
 Idempotent per checkpoint name: a redelivered event finds the version it made. Other
 event types on the stream are acknowledged and ignored. A failing hand-off is retried
 by the bus and dead-lettered after ``max_deliveries``.
+
+**A job of a phase run that is being undone registers nothing** (issue 11: a Cognate job
+that had already SUCCEEDED was registered after the run's compensation had run, leaving
+a half-registered version). With a forge to ask (``ModelConfig.forge_addr``), the
+hand-off reads the job's phase run before registering and again after:
+COMPENSATING, CANCELLED or FAILED → it registers nothing, and removes what this or an
+earlier delivery registered. The second read closes the race: the run's compensation
+first stores COMPENSATING, then lists and deletes the run's versions; a hand-off that
+still read "running" after registering had finished registering before that, so the
+compensation's listing sees (and deletes) its version. Forge unreachable → the
+delivery fails and the bus retries it.
 """
 
 from __future__ import annotations
@@ -24,13 +35,19 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import grpc
+import grpc.aio
+
 from agentforge.events.v1 import event_pb2
+from agentforge.forge.v1 import forge_service_pb2_grpc, phase_run_pb2
+from agentforge.forge.v1 import request_response_pb2 as forge_rr
 from agentforge.training.v1 import training_job_pb2
 from opentelemetry import trace
 
 from services.model.domain import Handoff, ModelRegistry, register_handoff
 from services.model.exports import ARCHITECTURE
 from services.shared.bus import Envelope, EventBus
+from services.shared.errors import NotFound, Unavailable
 
 __all__ = ["HandoffConsumer", "handoff_from_event"]
 
@@ -99,16 +116,51 @@ def handoff_from_event(completed: event_pb2.TrainingJobCompleted, default_model:
     )
 
 
+#: Phase run states in which the run is being (or has been) undone.
+_WITHDRAWN = frozenset({phase_run_pb2.PHASE_RUN_STATE_COMPENSATING, phase_run_pb2.PHASE_RUN_STATE_CANCELLED,
+                        phase_run_pb2.PHASE_RUN_STATE_FAILED})
+
+
 class HandoffConsumer:
-    """Runs the consumer group on the training stream inside the service process."""
+    """Runs the consumer group on the training stream inside the service process.
+
+    ``forge``: a ForgeService stub, to skip (and undo) hand-offs of runs being undone;
+    None: every hand-off registers.
+    """
 
     def __init__(self, bus: EventBus, registry: ModelRegistry, *, stream: str, group: str,
-                 default_model: str) -> None:
+                 default_model: str, forge: forge_service_pb2_grpc.ForgeServiceStub | None = None) -> None:
         self._bus = bus
         self._registry = registry
         self._stream = stream
         self._group = group
         self._default_model = default_model
+        self._forge = forge
+
+    async def _withdrawn(self, phase_run: str) -> str:
+        """The state name of ``phase_run`` if it is being undone, else ''."""
+        if not phase_run or self._forge is None:
+            return ""
+        try:
+            run = await self._forge.GetPhaseRun(forge_rr.GetPhaseRunRequest(name=phase_run), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return ""  # a run the forge does not know (its store was reset): register
+            raise Unavailable(f"cannot ask the forge about {phase_run}: {exc.code().name}",
+                              reason="DEPENDENCY_UNAVAILABLE", metadata={"dependency": "forge"}) from exc
+        return phase_run_pb2.PhaseRunState.Name(run.state) if run.state in _WITHDRAWN else ""
+
+    async def _remove(self, h: Handoff, why: str, event_id: str) -> None:
+        version = await self._registry.store.find_version_by_checkpoint(h.checkpoint)
+        if version is None:
+            _log.info("training hand-off skipped: %s", why, extra={"checkpoint": h.checkpoint, "event_id": event_id})
+            return
+        try:
+            await self._registry.delete_version(version.model_id, version.version, force=False, etag="")
+        except NotFound:
+            return
+        _log.info("training hand-off undone: %s", why,
+                  extra={"model_version": version.name, "checkpoint": h.checkpoint, "event_id": event_id})
 
     async def handle(self, envelope: Envelope) -> None:
         if envelope.type != _EVENT_TYPE:
@@ -117,7 +169,15 @@ class HandoffConsumer:
         if event.WhichOneof("payload") != "training_job_completed":
             return
         handoff = handoff_from_event(event.training_job_completed, self._default_model)
+        state = await self._withdrawn(handoff.phase_run)
+        if state:
+            await self._remove(handoff, f"{handoff.phase_run} is {state}", envelope.id)
+            return
         version, created = await register_handoff(self._registry, handoff)
+        state = await self._withdrawn(handoff.phase_run)  # it may have started undoing meanwhile
+        if state:
+            await self._remove(handoff, f"{handoff.phase_run} became {state}", envelope.id)
+            return
         # On the bus consumer's span (services.shared.bus): the trace shows what the hand-off made.
         trace.get_current_span().set_attributes({"agentforge.model_version": version.name,
                                                  "agentforge.model_version.created": created})

@@ -18,6 +18,7 @@ import grpc.aio
 from prometheus_client import CollectorRegistry
 from prometheus_client.registry import Collector
 
+from agentforge.forge.v1 import forge_service_pb2_grpc
 from agentforge.model.v1 import model_service_pb2, model_service_pb2_grpc
 from services.model.artifacts import ArtifactFiles
 from services.model.config import ModelConfig
@@ -28,6 +29,7 @@ from services.model.metrics import ArtifactCollector
 from services.model.servicer import ModelServicer
 from services.model.store import Registry
 from services.shared.bus import BusConfig, EventBus
+from services.shared.client import make_channel
 from services.shared.readiness import redis_ping
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
@@ -53,6 +55,8 @@ class ModelApp:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: The domain metrics' collectors (their Redis clients are closed with the app).
     collectors: list[Collector] = field(default_factory=list)
+    #: Channels to peers (the forge, for the hand-off), closed with the app.
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -68,6 +72,8 @@ class ModelApp:
         await self.service.shutdown()
         self._stop.set()
         await cancel_and_wait(self.tasks)
+        for channel in self.channels:
+            await channel.close()
         with contextlib.suppress(Exception):
             await self.relay.drain()  # last chance for events of the final RPCs
         await self.registry.close()
@@ -120,8 +126,13 @@ async def create_server(
     app = ModelApp(service, registry, bus, relay, collectors=collectors)
     app.tasks.append(asyncio.create_task(relay.run(), name="model outbox relay"))
     if config.handoff_enabled:
+        forge = None
+        if config.forge_addr:  # channel made here: after any fork, in the service's loop
+            forge_channel = make_channel(config.forge_addr, idempotent_methods=("agentforge.forge.v1.ForgeService",))
+            app.channels.append(forge_channel)
+            forge = forge_service_pb2_grpc.ForgeServiceStub(forge_channel)
         consumer = HandoffConsumer(bus, registry, stream=config.training_stream, group=config.consumer_group,
-                                   default_model=config.default_model)
+                                   default_model=config.default_model, forge=forge)
         app.tasks.append(asyncio.create_task(consumer.run(app._stop), name="model training hand-off"))
     await registry.resume_exports()
     return app

@@ -19,6 +19,11 @@ set_winner_alias       ``models/{model}@{alias}`` → the version with  alias ba
                        the lowest validation loss (``eval_loss``)
 ====================== ============================================= ===========================
 
+A job that SUCCEEDED just before a cancel is handed to the registry over the bus, maybe
+after this compensation ran: the hand-off reads the run's state before and after
+registering and undoes itself for a run that is COMPENSATING, CANCELLED or FAILED
+(services/model/handoff.py), so no version of an undone run stays.
+
 Output (for EvoMerge): ``{"versions": [...], "winner": ..., "val_loss": {version: loss}}``.
 """
 
