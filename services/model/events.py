@@ -34,6 +34,8 @@ async def build_event(store: Registry, entry: OutboxEntry) -> event_pb2.Event:
     time.FromMicroseconds(entry.create_time)
     event = event_pb2.Event(id=entry.event_id, source=SOURCE, time=time, subject=entry.subject)
     data = entry.data
+    if data.get("traceparent"):  # the span that made the change (services.model.store)
+        event.trace_context.traceparent = data["traceparent"]
     if entry.kind == "version_created":
         try:
             version = version_to_proto(await store.get_version(data["model_id"], int(data["version"])))
@@ -73,7 +75,8 @@ class OutboxRelay:
         while entries := await self._store.pending_events():
             for entry in entries:
                 event = await build_event(self._store, entry)
-                await self._bus.publish(self._stream, event, subject=entry.subject, event_id=entry.event_id)
+                await self._bus.publish(self._stream, event, subject=entry.subject, event_id=entry.event_id,
+                                        trace_context=event.trace_context.traceparent or None)
                 await self._store.ack_event(entry.id)
                 sent += 1
         return sent

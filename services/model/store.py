@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opentelemetry import trace
+
+from services.shared.tracing import traceparent_of
 from services.shared.errors import (
     Aborted,
     AlreadyExists,
@@ -310,9 +313,15 @@ class Registry:
         return result
 
     def _emit(self, conn: sqlite3.Connection, kind: str, subject: str, data: Mapping[str, Any]) -> None:
+        record = dict(data)
+        # The trace of the change (to_thread carries the caller's context here): the
+        # event is published later by the relay, as part of that trace.
+        traceparent = traceparent_of(trace.get_current_span())
+        if traceparent is not None:
+            record["traceparent"] = traceparent
         conn.execute(
             "INSERT INTO outbox (event_id, kind, subject, data, create_time) VALUES (?, ?, ?, ?, ?)",
-            (uuid.uuid4().hex, kind, subject, json.dumps(dict(data)), now_us()),
+            (uuid.uuid4().hex, kind, subject, json.dumps(record), now_us()),
         )
         self._emitted = True
 

@@ -96,3 +96,37 @@ def test_exit_codes_follow_the_documented_table() -> None:
     for status in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INTERNAL, grpc.StatusCode.ALREADY_EXISTS):
         assert code_of(status) == 1, status
     assert exit_code(CommandFailed("job failed")) == 1
+
+
+def test_trace_lists_traces_and_prints_one_as_a_tree(tmp_path: Path) -> None:
+    """`forge trace` reads the OTLP/JSON files the SDK's file exporter writes."""
+    from opentelemetry.exporter.otlp.json.file.trace_exporter import FileSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import SpanKind
+
+    for service, child in (("forge", "saga cognate"), ("training", "send training.jobs.normal")):
+        provider = TracerProvider(resource=Resource.create({"service.name": service}))
+        provider.add_span_processor(SimpleSpanProcessor(FileSpanExporter(tmp_path / f"{service}.jsonl")))
+        tracer = provider.get_tracer("t")
+        with tracer.start_as_current_span(f"{service}.v1.S/Call", kind=SpanKind.SERVER) as root:
+            with tracer.start_as_current_span(child):
+                pass
+        provider.shutdown()
+    trace_id = f"{root.get_span_context().trace_id:032x}"  # the training one
+
+    listed = forge("trace", "--dir", str(tmp_path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [r["traceId"] for r in rows][0] == trace_id and len(rows) == 2  # newest first
+    tree = forge("trace", "--dir", str(tmp_path), trace_id[:12])
+    assert tree.returncode == 0, tree.stderr
+    lines = tree.stdout.splitlines()
+    assert lines[0].startswith(f"trace {trace_id}  2 spans")
+    assert lines[1].startswith("[training] training.v1.S/Call  server")
+    assert lines[2].startswith("└─ [training] send training.jobs.normal  internal")
+    missing = forge("trace", "--dir", str(tmp_path), "0123456789abcdef")
+    assert missing.returncode == 4 and "no trace 0123456789abcdef" in missing.stderr
+    assert forge("trace", "--dir", str(tmp_path), "xyz").returncode == 2
+    assert forge("trace", "--dir", str(tmp_path / "nowhere")).returncode == 4

@@ -63,7 +63,8 @@ def test_a_rest_call_is_one_trace_through_forge_training_the_worker_and_the_regi
 
     def handed_off(spans: list[Span]) -> bool:  # ... and the saga's span, which ends last, written
         return any(s.service == "model" and s.attributes.get("agentforge.model_version") == version for s in spans) \
-            and any(s.name == "saga cognate" for s in spans)
+            and any(s.name == "saga cognate" for s in spans) \
+            and len([s for s in spans if s.name == "process events.model"]) >= 2
 
     spans = wait_for_trace(mesh, trace_id, handed_off)
     by_id = {s.span_id: s for s in spans}
@@ -114,6 +115,14 @@ def test_a_rest_call_is_one_trace_through_forge_training_the_worker_and_the_regi
     assert handoff.attributes["messaging.consumer.group.name"] == "model-registry"
     assert handoff.parent_id == worker.span_id
     assert handoff.links == [(trace_id, worker.span_id)]
+    # The registry announces the new version (its outbox keeps the hand-off's context),
+    # and the realtime bridge's span for that event is part of the trace as well.
+    # (So is its AliasMoved: forge's SetModelAlias call stored that one.)
+    announced = [s for s in spans if s.service == "realtime" and s.name == "process events.model"]
+    assert any(s.parent_id == handoff.span_id for s in announced)
+    alias_set = one(spans, "SetModelAlias", lambda s: s.service == "model" and s.kind == "SERVER"
+                    and s.name == f"{MODEL}/SetModelAlias")
+    assert any(s.parent_id == alias_set.span_id for s in announced)
     # The training service's shared stream readers do not join the trace of the watch
     # that started them (they loop for every watcher): only its own catch-up reads do.
     watches = {s.span_id for s in spans if s.name == f"{TRAINING}/WatchTrainingJob"}

@@ -283,3 +283,18 @@ def test_otlp_json_file_is_read_back_as_a_tree(tmp_path: Path) -> None:
     assert (summary.trace_id, summary.spans, summary.service) == (trace_id, 4, "forge")
     with pytest.raises(LookupError):
         traces.find_trace(tmp_path, "ffffffff")
+
+
+def test_log_lines_inside_a_span_carry_its_trace_and_span_id(spans: InMemorySpanExporter) -> None:
+    import json as _json
+    import logging
+
+    from services.shared.logging import JsonFormatter
+    formatter = JsonFormatter("test")
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "inside", None, None)
+    with tracing.internal_span("op") as span:
+        inside = _json.loads(formatter.format(record))
+    outside = _json.loads(formatter.format(record))
+    ctx = span.get_span_context()
+    assert (inside["trace_id"], inside["span_id"]) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
+    assert "trace_id" not in outside
