@@ -86,6 +86,12 @@ KNOWN: dict[str, Bench] = {
         quick_args=("--size-mib", "8", "--repeat", "1"),
         json_flag="--json",
     ),
+    "read_open_loop": Bench(
+        args=("--seconds", "10", "--warmup", "2"),
+        quick_args=("--seconds", "1", "--warmup", "0.5", "--rate", "100", "--clients", "10",
+                    "--models", "3", "--versions", "5", "--jobs", "3"),
+        json_flag="--json",
+    ),
     "training_service": Bench(
         args=("--steps", "150", "--jobs", "6", "--job-steps", "50", "--workers", "2"),
         quick_args=("--steps", "20", "--jobs", "2", "--job-steps", "10", "--workers", "2"),
