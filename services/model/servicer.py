@@ -8,12 +8,14 @@ ErrorInterceptor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import grpc.aio
 from google.protobuf import empty_pb2
+from google.protobuf.message import Message
 
 from agentforge.model.v1 import (
     model_export_pb2,
@@ -95,13 +97,64 @@ def _labels(selector: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in selector.split(",") if pair)
 
 
+M = TypeVar("M", bound=Message)
+
+
+class ReadCache:
+    """Responses of the read RPCs, kept while the store's ``generation`` is unchanged.
+
+    The registry process is its database's only writer and every committed write bumps
+    :attr:`Registry.generation` before the writing RPC answers, so a response built from
+    a read that began at generation ``g`` is current for as long as the generation is
+    still ``g``; any write empties the cache. Bounded by ``max_entries`` and
+    ``max_bytes`` (serialized sizes; least recently used first out). Errors are not
+    cached. Cached messages are shared by the calls that get them: never mutate a
+    response after returning it (gRPC only serializes it).
+    """
+
+    def __init__(self, store: Any, *, max_entries: int = 1024, max_bytes: int = 32 * 1024 * 1024) -> None:
+        self._store = store
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._entries: collections.OrderedDict[tuple[str, bytes], tuple[Message, int]] = collections.OrderedDict()
+        self._bytes = 0
+        self._generation = -1
+        self.hits = self.misses = 0
+
+    async def get(self, method: str, request: Message, load: Callable[[], Awaitable[M]]) -> M:
+        """The cached response to ``request`` if current, else ``await load()`` (then cached)."""
+        generation = self._store.generation
+        key = (method, request.SerializeToString(deterministic=True))
+        if generation == self._generation:
+            hit = self._entries.get(key)
+            if hit is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return hit[0]  # type: ignore[return-value]
+        self.misses += 1
+        response = await load()
+        if generation > self._generation:  # the first entry of a new generation
+            self._entries.clear()
+            self._bytes, self._generation = 0, generation
+        if generation == self._generation and self._store.generation == generation:
+            size = response.ByteSize()
+            if size <= self._max_bytes // 8:
+                old = self._entries.pop(key, None)
+                self._bytes += size - (old[1] if old else 0)
+                self._entries[key] = (response, size)
+                while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
+                    self._bytes -= self._entries.popitem(last=False)[1][1]
+        return response
+
+
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """Thin adapter over :class:`ModelRegistry`."""
+    """Thin adapter over :class:`ModelRegistry`; Get/List answers go through a :class:`ReadCache`."""
 
     def __init__(self, registry: ModelRegistry, *, upload_idle_sync_s: float = 0.2) -> None:
         self._registry = registry
         self._store = registry.store
         self._upload_idle_sync_s = upload_idle_sync_s
+        self._reads = ReadCache(registry.store)
 
     # -- models -------------------------------------------------------------------
     async def CreateModel(self, request: rr.CreateModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
@@ -112,13 +165,19 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         return convert.model_to_proto(record)
 
     async def GetModel(self, request: rr.GetModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
-        return convert.model_to_proto(await self._store.get_model(_model_id(request.name)))
+        async def load() -> model_pb2.Model:
+            return convert.model_to_proto(await self._store.get_model(_model_id(request.name)))
+
+        return await self._reads.get("GetModel", request, load)
 
     async def ListModels(self, request: rr.ListModelsRequest, context: grpc.aio.ServicerContext) -> rr.ListModelsResponse:
-        records, token = await self._store.list_models(
-            page_size=request.page_size, page_token=request.page_token, tags=list(request.tags),
-            labels=_labels(request.label_selector))
-        return rr.ListModelsResponse(models=[convert.model_to_proto(r) for r in records], next_page_token=token)
+        async def load() -> rr.ListModelsResponse:
+            records, token = await self._store.list_models(
+                page_size=request.page_size, page_token=request.page_token, tags=list(request.tags),
+                labels=_labels(request.label_selector))
+            return rr.ListModelsResponse(models=[convert.model_to_proto(r) for r in records], next_page_token=token)
+
+        return await self._reads.get("ListModels", request, load)
 
     async def UpdateModel(self, request: rr.UpdateModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.Model:
         m = request.model
@@ -147,17 +206,24 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self, request: rr.GetModelVersionRequest, context: grpc.aio.ServicerContext,
     ) -> model_version_pb2.ModelVersion:
         model_id, ref = _version_ref(request.name)
-        return convert.version_to_proto(await self._store.get_version(model_id, ref))
+
+        async def load() -> model_version_pb2.ModelVersion:
+            return convert.version_to_proto(await self._store.get_version(model_id, ref))
+
+        return await self._reads.get("GetModelVersion", request, load)
 
     async def ListModelVersions(
         self, request: rr.ListModelVersionsRequest, context: grpc.aio.ServicerContext,
     ) -> rr.ListModelVersionsResponse:
-        records, token = await self._store.list_versions(
-            _model_id(request.parent), page_size=request.page_size, page_token=request.page_token,
-            tags=list(request.tags), alias=request.alias,
-            states=[convert.state_from_proto(s) for s in request.states], order_by=request.order_by)
-        return rr.ListModelVersionsResponse(
-            model_versions=[convert.version_to_proto(r) for r in records], next_page_token=token)
+        async def load() -> rr.ListModelVersionsResponse:
+            records, token = await self._store.list_versions(
+                _model_id(request.parent), page_size=request.page_size, page_token=request.page_token,
+                tags=list(request.tags), alias=request.alias,
+                states=[convert.state_from_proto(s) for s in request.states], order_by=request.order_by)
+            return rr.ListModelVersionsResponse(
+                model_versions=[convert.version_to_proto(r) for r in records], next_page_token=token)
+
+        return await self._reads.get("ListModelVersions", request, load)
 
     async def UpdateModelVersion(
         self, request: rr.UpdateModelVersionRequest, context: grpc.aio.ServicerContext,
@@ -256,13 +322,21 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         if fmt is None:
             raise NotFound(f"{request.name} not found (no such export format)", reason="EXPORT_NOT_FOUND",
                            metadata={"name": request.name})
-        return convert.export_to_proto(await self._store.get_export(parts[1], int(parts[3]), fmt))
+
+        async def load() -> model_export_pb2.ModelExport:
+            return convert.export_to_proto(await self._store.get_export(parts[1], int(parts[3]), fmt))
+
+        return await self._reads.get("GetModelExport", request, load)
 
     async def ListModelExports(
         self, request: rr.ListModelExportsRequest, context: grpc.aio.ServicerContext,
     ) -> rr.ListModelExportsResponse:
         model_id, ref = _version_ref(request.parent)
-        records, token = await self._store.list_exports(model_id, int(ref), page_size=request.page_size,
-                                                        page_token=request.page_token)
-        return rr.ListModelExportsResponse(model_exports=[convert.export_to_proto(r) for r in records],
-                                           next_page_token=token)
+
+        async def load() -> rr.ListModelExportsResponse:
+            records, token = await self._store.list_exports(model_id, int(ref), page_size=request.page_size,
+                                                            page_token=request.page_token)
+            return rr.ListModelExportsResponse(model_exports=[convert.export_to_proto(r) for r in records],
+                                               next_page_token=token)
+
+        return await self._reads.get("ListModelExports", request, load)

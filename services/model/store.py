@@ -256,6 +256,10 @@ class Registry:
         self._lock = threading.Lock()
         self._on_event = on_event
         self._emitted = False
+        #: Bumped by every committed write transaction (before the write's caller gets its
+        #: result): a value read before a read began says whether that read may be stale.
+        #: This process is the database's only writer, so readers can cache on it.
+        self.generation = 0
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -303,6 +307,8 @@ class Registry:
             try:
                 result = fn(conn)
                 conn.execute("COMMIT")
+                if write:
+                    self.generation += 1
             except BaseException:
                 conn.execute("ROLLBACK")
                 self._emitted = False
@@ -348,10 +354,12 @@ class Registry:
         )
 
     @staticmethod
-    def _to_version(conn: sqlite3.Connection, row: sqlite3.Row) -> VersionRecord:
-        aliases = [r[0] for r in conn.execute(
-            "SELECT alias FROM aliases WHERE model_id = ? AND version = ? ORDER BY alias",
-            (row["model_id"], row["version"]))]
+    def _to_version(conn: sqlite3.Connection, row: sqlite3.Row, aliases: list[str] | None = None) -> VersionRecord:
+        """``aliases``: the version's, when the caller already read them (lists do, in one query)."""
+        if aliases is None:
+            aliases = [r[0] for r in conn.execute(
+                "SELECT alias FROM aliases WHERE model_id = ? AND version = ? ORDER BY alias",
+                (row["model_id"], row["version"]))]
         return VersionRecord(
             model_id=row["model_id"], version=row["version"], description=row["description"],
             tags=json.loads(row["tags"]), metrics=json.loads(row["metrics"]),
@@ -588,7 +596,11 @@ class Registry:
             token = ""
             if len(rows) > size:
                 token = encode_page_token(rows[size - 1]["version"] if key == "create_time" else offset + size, fp)
-            return [self._to_version(conn, r) for r in rows[:size]], token
+            by_version: dict[int, list[str]] = {}
+            for name, number in conn.execute(
+                    "SELECT alias, version FROM aliases WHERE model_id = ? ORDER BY alias", (model_id,)):
+                by_version.setdefault(number, []).append(name)
+            return [self._to_version(conn, r, by_version.get(r["version"], [])) for r in rows[:size]], token
 
         return await self._run(tx, write=False)
 
