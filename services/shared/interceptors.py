@@ -48,7 +48,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
-import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -109,6 +109,7 @@ __all__ = [
 ]
 
 _rpc_log = logging.getLogger("services.shared.rpc")
+_random_bits = random.getrandbits
 _log = logging.getLogger(__name__)
 _MAX_REQUEST_ID = 128
 
@@ -320,8 +321,13 @@ def _valid_request_id(value: str) -> bool:
 
 
 def _mint_request_id() -> str:
-    """32 hex digits of 128 random bits (what ``uuid4().hex`` gives, without the UUID object)."""
-    return os.urandom(16).hex()
+    """32 hex digits of 128 random bits, as long as ``uuid4().hex``.
+
+    A request id names a call in logs and traces; it is no secret, so it comes from
+    :mod:`random` (reseeded in forked children) rather than ``os.urandom``, whose system
+    call per RPC showed in the profile.
+    """
+    return f"{_random_bits(128):032x}"
 
 
 class RequestIdInterceptor(CallInterceptor):

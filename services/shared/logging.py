@@ -150,11 +150,9 @@ class LoopBatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+#: The running loop or None (asyncio's low-level getter: no exception to raise and catch
+#: outside a loop, on every log record).
+_running_loop = asyncio._get_running_loop
 
 
 def configure_logging(
