@@ -6,6 +6,9 @@ bus, heartbeats, control) and the engine's :class:`Trainer` in a thread beside i
 
 - the trainer's ``on_event`` callback only hands events to the loop
   (``call_soon_threadsafe``), so the training thread never waits on I/O;
+- every store call (SQLite: commits, reads under another process's write lock) runs on
+  the store's own thread (:class:`~services.shared.dbthread.DatabaseThread`), in order,
+  so the loop's heartbeats and control stream never wait on the database;
 - control requests arrive on the job attempt's control stream
   (``training.control.<job>.<attempt>``), read with a blocking XREAD and applied through
   the engine's thread-safe :class:`TrainingControl`, which the trainer checks every step;
@@ -47,6 +50,7 @@ from agentforge.training.v1 import training_job_pb2 as job_pb
 from google.rpc import code_pb2, status_pb2
 
 from services.shared.bus import BusConfig, EventBus
+from services.shared.dbthread import DatabaseThread
 from services.shared.errors import FailedPrecondition, NotFound, Unavailable, as_domain_error
 from services.shared.logging import configure_logging
 from services.shared.tracing import configure_tracing, consumer_span, untraced
@@ -113,6 +117,9 @@ class Worker:
         self.stopping = asyncio.Event()
         self.current: JobRun | None = None
         self.store: Store | None = None
+        #: Runs every store call off the event loop, in order (heartbeats and the
+        #: control stream keep running while a commit waits for the disk or a lock).
+        self.db = DatabaseThread(f"training-store-{index}")
         self.bus: EventBus | None = None
         self.queue: JobQueue | None = None
 
@@ -160,7 +167,8 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.bus.client.delete(self.keys.worker_heartbeat(self.name))
             await self.bus.aclose()
-            self.store.close()
+            await self.db(self.store.close)
+            self.db.close()
             _log.info("worker stopped", extra={"worker": self.name})
 
     async def _heartbeat(self) -> None:
@@ -212,6 +220,7 @@ class JobRun:
         self.config = worker.config
         assert worker.store is not None and worker.queue is not None and worker.bus is not None
         self.store: Store = worker.store
+        self.db = worker.db  # the store's thread: no SQLite call blocks this loop
         self.queue: JobQueue = worker.queue
         self.bus: EventBus = worker.bus
         self.job_id = claim.job_id
@@ -247,7 +256,7 @@ class JobRun:
     async def _run(self) -> None:
         name = self.worker.name
         try:
-            rec = self.store.get(self.job_id)
+            rec = await self.db(self.store.get, self.job_id)
         except NotFound:  # deleted while queued
             await self.queue.ack(self.claim)
             return
@@ -280,7 +289,7 @@ class JobRun:
 
         reason = (f"worker heartbeat lapsed; resumed on {name}" if takeover else f"started on {name}")
         try:
-            rec, event = self.store.transition(self.job_id, RUNNING, reason, worker=name, mutate=start)
+            rec, event = await self.db(self.store.transition, self.job_id, RUNNING, reason, worker=name, mutate=start)
         except FailedPrecondition:
             await self.queue.ack(self.claim)
             return
@@ -360,7 +369,7 @@ class JobRun:
             status = _status(code, f"{type(error).__name__}: {error}")
             _log.warning("attempt failed: %s", error, extra={"job": self.job_id, "attempt": self.attempt,
                                                              "retryable": not permanent})
-            rec = self.store.get(self.job_id)
+            rec = await self.db(self.store.get, self.job_id)
             if permanent or rec.failures + 1 >= self.config.max_attempts:
                 await self._give_up(rec, status.message, status=status, expect_worker=name,
                                     dead_letter=not permanent)
@@ -370,8 +379,8 @@ class JobRun:
                 r.failures += 1
                 r.job.worker = ""
 
-            _, event = self.store.transition(
-                self.job_id, QUEUED, f"attempt {self.attempt} failed: {status.message}; retrying",
+            _, event = await self.db(
+                self.store.transition, self.job_id, QUEUED, f"attempt {self.attempt} failed: {status.message}; retrying",
                 worker=name, error=None, expect_worker=name, mutate=failed)
             await self.worker.publish(event)
             await self._requeue()
@@ -385,13 +394,14 @@ class JobRun:
                 r.job.final_metrics.update(metrics)
 
             # The hand-off (TrainingJobCompleted) goes into the outbox with the transition.
-            rec, event = self.store.transition(self.job_id, SUCCEEDED, "completed", worker=name,
-                                               expect_worker=name, mutate=done, completed_step=outcome.step)
+            rec, event = await self.db(self.store.transition, self.job_id, SUCCEEDED, "completed", worker=name,
+                                       expect_worker=name, mutate=done, completed_step=outcome.step)
             await self.worker.publish(event)
             await self.queue.ack(self.claim)
         elif status_name == "cancelled":
-            _, event = self.store.transition(self.job_id, CANCELLED, f"cancelled by request at step {outcome.step}",
-                                             worker=name, expect_worker=name)
+            _, event = await self.db(self.store.transition, self.job_id, CANCELLED,
+                                     f"cancelled by request at step {outcome.step}",
+                                     worker=name, expect_worker=name)
             await self.worker.publish(event)
             await self.queue.ack(self.claim)
         elif self.user_pause or not self.shutdown:
@@ -406,15 +416,16 @@ class JobRun:
                     if total:
                         r.job.progress.fraction_done = outcome.step / total
 
-            _, event = self.store.transition(self.job_id, PAUSED, f"paused by request at step {outcome.step}",
-                                             worker=name, expect_worker=name, mutate=paused)
+            _, event = await self.db(self.store.transition, self.job_id, PAUSED,
+                                     f"paused by request at step {outcome.step}",
+                                     worker=name, expect_worker=name, mutate=paused)
             await self.worker.publish(event)
             await self.queue.ack(self.claim)
         else:
             def requeued(r: JobRecord) -> None:
                 r.job.worker = ""
 
-            _, event = self.store.transition(self.job_id, QUEUED,
+            _, event = await self.db(self.store.transition, self.job_id, QUEUED,
                                              f"worker {name} shutting down at step {outcome.step}; requeued",
                                              worker=name, expect_worker=name, mutate=requeued)
             await self.worker.publish(event)
@@ -427,10 +438,10 @@ class JobRun:
         try:
             if await self.queue.release(self.claim, self.worker.name):
                 return
-            rec = self.store.get(self.job_id)
+            rec = await self.db(self.store.get, self.job_id)
             cursor = await self.queue.enqueue(rec.job.name, rec.job.spec.priority or job_pb.PRIORITY_NORMAL,
                                               rec.job.attempts + 1)
-            self.store.set_queue_entry(self.job_id, cursor.entry_id, expect_entry=self.claim.entry_id)
+            await self.db(self.store.set_queue_entry, self.job_id, cursor.entry_id, expect_entry=self.claim.entry_id)
         except Exception:  # noqa: BLE001
             _log.warning("could not requeue; the reconciler will", exc_info=True, extra={"job": self.job_id})
 
@@ -441,8 +452,8 @@ class JobRun:
         def failed(r: JobRecord) -> None:
             r.failures += 1
 
-        _, event = self.store.transition(
-            self.job_id, FAILED, f"failed after {rec.failures + 1} attempts: {message}",
+        _, event = await self.db(
+            self.store.transition, self.job_id, FAILED, f"failed after {rec.failures + 1} attempts: {message}",
             worker=self.worker.name, error=status, expect_worker=expect_worker, mutate=failed)
         await self.worker.publish(event)
         if dead_letter:
@@ -508,7 +519,7 @@ class JobRun:
                 r.job.latest_checkpoint = checkpoints[-1].name
 
         try:
-            stored = self.store.append_events(self.job_id, out, checkpoints=checkpoints,
+            stored = await self.db(self.store.append_events, self.job_id, out, checkpoints=checkpoints,
                                               expect_worker=self.worker.name, mutate=mutate)
         except FailedPrecondition:
             self.lost = True
@@ -524,11 +535,11 @@ class JobRun:
         name = self.worker.name
         ttl_ms = int(self.config.heartbeat_timeout_s * 1000)
         while not self._done:
-            if not self._check_store():
+            if not await self._check_store():
                 return
             try:
                 if not self.detached and not await self.queue.touch(self.claim, name):
-                    if not self._check_store():
+                    if not await self._check_store():
                         return
                     # Nobody else holds it (the database still names this worker): the
                     # entry was deleted, trimmed or forgotten by a restarted Redis.
@@ -545,11 +556,11 @@ class JobRun:
                     _log.warning("heartbeat failed", exc_info=True)
             await asyncio.sleep(self.config.heartbeat_interval_s)
 
-    def _check_store(self) -> bool:
+    async def _check_store(self) -> bool:
         """Apply the job's stored cancel/pause flags; False (and stop) when this worker
         no longer holds the job (taken over, reclaimed, or cancelled as an orphan)."""
         try:
-            rec = self.store.get(self.job_id)
+            rec = await self.db(self.store.get, self.job_id)
         except NotFound:
             rec = None
         except Exception:  # noqa: BLE001 - a busy database: try again next beat
