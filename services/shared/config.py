@@ -54,6 +54,14 @@ class ServerConfig:
     #: on Envoy's pooled connection was refused (RST_STREAM → CANCELLED at the client)
     #: while Envoy counted them as gone.
     max_concurrent_streams: int = 4096
+    #: New calls grpc-core may hold before the server's event loop takes them (a burst
+    #: of thousands of streams opened at once). Above it grpc-core refuses a random
+    #: share of new calls, all of them at ``max_pending_requests_hard_limit``, and the
+    #: client sees CANCELLED (which it does not retry) before any of our code runs.
+    #: grpc's defaults, 1,000 and 3,000, refused 8-13 % of 2,200 streams opened at once
+    #: through the edge (docs/benchmarks.md). Pending calls are still dropped after 30 s.
+    max_pending_requests: int = 10_000
+    max_pending_requests_hard_limit: int = 20_000
     #: Python logging level name (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
     #: ``json`` (one object per line) or ``text`` (human readable).
@@ -106,9 +114,12 @@ class ServerConfig:
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be json or text, not {self.log_format!r}")
         for name in ("max_send_message_bytes", "max_receive_message_bytes",
-                     "max_concurrent_streams", "keepalive_time_ms", "keepalive_timeout_ms"):
+                     "max_concurrent_streams", "keepalive_time_ms", "keepalive_timeout_ms",
+                     "max_pending_requests"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
+        if self.max_pending_requests_hard_limit < self.max_pending_requests:
+            raise ValueError("max_pending_requests_hard_limit must be >= max_pending_requests")
 
     @property
     def metrics_enabled(self) -> bool:
@@ -126,6 +137,8 @@ class ServerConfig:
             ("grpc.max_send_message_length", self.max_send_message_bytes),
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.server.max_pending_requests", self.max_pending_requests),
+            ("grpc.server.max_pending_requests_hard_limit", self.max_pending_requests_hard_limit),
         ]
 
 

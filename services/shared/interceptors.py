@@ -768,9 +768,17 @@ class StreamEndInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     async def _cancel(task: asyncio.Future[Any] | None) -> None:
-        if task is not None and not task.done():
+        """Stop ``task`` and wait for it. Its outcome is decided elsewhere: an exception
+        it ended with (e.g. ``ExecuteBatchError`` from writing to a client that just went
+        away) is marked retrieved, so asyncio does not log "Task exception was never
+        retrieved" for every stream cancelled mid-write."""
+        if task is None:
+            return
+        if not task.done():
             task.cancel()
             await asyncio.wait((task,))
+        if not task.cancelled():
+            task.exception()
 
     @staticmethod
     async def _close(responses: AsyncIterator[Any]) -> None:
