@@ -17,7 +17,8 @@ Targets:
 * ``AF_ENVOY_ADMIN_ADDR`` (``host:port``): Envoy's admin, probed on ``/ready`` and
   ``/clusters?format=json`` (UNKNOWN when unset: never assumed healthy).
 
-Tuning (``AF_MONITORING_<KNOB>``, see the fields).
+Tuning (``AF_MONITORING_<KNOB>``, see the fields), e.g. ``AF_MONITORING_TRAINING_STALL_AFTER_S``
+for the built-in training alert rules' thresholds (docs/api.md, "Alert rules").
 """
 
 from __future__ import annotations
@@ -90,6 +91,26 @@ class MonitoringConfig:
     alert_history: int = 10_000
     #: How long publishing an event to the bus may retry while Valkey is down (s).
     publish_timeout_s: float = 1.0
+    #: Bus stream of the training service's job events (the training alerts' source).
+    training_events_stream: str = "events.training"
+    #: Built-in rule ``alertRules/training-job-stalled``: seconds a RUNNING job may go
+    #: without a new step (or five of its recent progress intervals, if longer).
+    training_stall_after_s: float = 300.0
+    #: Built-in rule ``alertRules/training-job-diverged``: the highest sane training loss
+    #: (a NaN/infinite loss always counts). Cross-entropy at chance is ln(vocabulary).
+    training_max_loss: float = 100.0
+    #: Built-in rule ``alertRules/training-grokking-onset``: validation accuracy that
+    #: marks the onset ...
+    training_grok_validation_accuracy: float = 0.5
+    #: ... after this many evaluations with train accuracy at least
+    training_grok_plateau_evaluations: int = 5
+    #: ... this (the training set memorized).
+    training_grok_memorized_accuracy: float = 0.95
+    #: Built-in rule ``alertRules/training-train-val-gap``: train minus validation
+    #: accuracy at least this at every evaluation ...
+    training_gap: float = 0.5
+    #: ... for this many seconds.
+    training_gap_for_s: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> MonitoringConfig:
@@ -130,6 +151,17 @@ class MonitoringConfig:
             raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
         if not 0 <= self.degraded_error_rate <= 1:
             raise ValueError("degraded_error_rate must be in [0, 1]")
+        if not 1 <= self.training_stall_after_s <= 86400:
+            raise ValueError("training_stall_after_s must be in [1, 86400]")
+        if not (self.training_max_loss > 0 and self.training_max_loss != float("inf")):
+            raise ValueError("training_max_loss must be a finite number > 0")
+        for name in ("training_grok_validation_accuracy", "training_grok_memorized_accuracy", "training_gap"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1]")
+        if not 1 <= self.training_grok_plateau_evaluations <= 100_000:
+            raise ValueError("training_grok_plateau_evaluations must be in [1, 100000]")
+        if not 0 <= self.training_gap_for_s <= 86400:
+            raise ValueError("training_gap_for_s must be in [0, 86400]")
         names = [t.name for t in self.targets]
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate targets: {names}")

@@ -34,7 +34,8 @@ from redis.backoff import NoBackoff
 
 from services.monitoring.config import Target
 from services.monitoring.health import Status
-from services.monitoring.promtext import Scrape, parse_scrape
+from services.monitoring.promtext import Scrape, parse_samples, scrape_from_samples
+from services.monitoring.series import Sample
 from services.shared.client import make_channel
 
 __all__ = ["EnvoyProbe", "MetricsScraper", "Report", "ServiceProbe", "ValkeyProbe"]
@@ -231,12 +232,20 @@ class MetricsScraper:
         self._keep = keep_s
         self._clock = clock
         self.history: deque[Scrape] = deque()
+        self.last_samples: list[Sample] = []
 
     async def scrape(self) -> Scrape:
-        """Fetch and parse now; the scrape joins the history. Raises httpx.HTTPError."""
+        """Fetch and parse now; the scrape joins the history. Raises httpx.HTTPError
+        (ValueError for text that is not the Prometheus exposition format).
+
+        Every sample of the scrape (not only ``grpc_server_*``) is left in
+        :attr:`last_samples` for the alert rules; the history keeps only the parsed
+        per-method counters."""
         response = await self._client.get("/metrics")
         response.raise_for_status()
-        scrape = parse_scrape(response.text, self._clock())
+        samples = parse_samples(response.text)
+        scrape = scrape_from_samples(samples, self._clock())
+        self.last_samples = samples
         self.history.append(scrape)
         cutoff = scrape.time - self._keep * 2
         while self.history and self.history[0].time < cutoff:

@@ -33,7 +33,9 @@ __all__ = [
     "error_rate",
     "histogram_quantile",
     "method_stats",
+    "parse_samples",
     "parse_scrape",
+    "scrape_from_samples",
     "pick_baseline",
 ]
 
@@ -105,28 +107,38 @@ class MethodStats:
     window_s: float | None
 
 
+def parse_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text exposition: (name, labels, value).
+
+    Raises ValueError for text that is not the exposition format."""
+    return [(s.name, s.labels, s.value) for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def scrape_from_samples(samples: Iterable[tuple[str, Mapping[str, str], float]], time: float) -> Scrape:
+    """The grpc_server_* counters of one scrape's samples, per method."""
+    scrape = Scrape(time)
+    for name, labels, value in samples:
+        if not name.startswith("grpc_server_"):
+            continue
+        try:
+            key = MethodKey(labels["grpc_service"], labels["grpc_method"], labels["grpc_type"])
+        except KeyError:
+            continue
+        counters = scrape.methods.setdefault(key, MethodCounters())
+        if name == "grpc_server_started_total":
+            counters.started += value
+        elif name == "grpc_server_handled_total":
+            code = labels.get("grpc_code", "UNKNOWN")
+            counters.handled[code] = counters.handled.get(code, 0.0) + value
+        elif name == "grpc_server_handling_seconds_bucket":
+            le = float(labels["le"])
+            counters.buckets[le] = counters.buckets.get(le, 0.0) + value
+    return scrape
+
+
 def parse_scrape(text: str, time: float) -> Scrape:
     """Read the grpc_server_* families out of a Prometheus text exposition."""
-    scrape = Scrape(time)
-    for family in text_string_to_metric_families(text):
-        if not family.name.startswith("grpc_server_"):
-            continue
-        for sample in family.samples:
-            labels = sample.labels
-            try:
-                key = MethodKey(labels["grpc_service"], labels["grpc_method"], labels["grpc_type"])
-            except KeyError:
-                continue
-            counters = scrape.methods.setdefault(key, MethodCounters())
-            if sample.name == "grpc_server_started_total":
-                counters.started += sample.value
-            elif sample.name == "grpc_server_handled_total":
-                code = labels.get("grpc_code", "UNKNOWN")
-                counters.handled[code] = counters.handled.get(code, 0.0) + sample.value
-            elif sample.name == "grpc_server_handling_seconds_bucket":
-                le = float(labels["le"])
-                counters.buckets[le] = counters.buckets.get(le, 0.0) + sample.value
-    return scrape
+    return scrape_from_samples(parse_samples(text), time)
 
 
 def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float | None:

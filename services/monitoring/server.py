@@ -25,6 +25,7 @@ from services.monitoring.events import EventPublisher
 from services.monitoring.mesh_api import API_SERVICES, HealthMirror
 from services.monitoring.servicer import MonitoringServicer
 from services.monitoring.store import MonitoringStore
+from services.monitoring.training_alerts import TrainingTracker
 from services.monitoring.watcher import HealthWatcher, component_name
 from services.shared.bus import BusConfig, EventBus
 from services.shared.config import ServerConfig
@@ -85,9 +86,11 @@ async def create_server(config: MonitoringConfig, server_config: ServerConfig) -
     health_events = EventPublisher(bus, config.events_stream) if bus is not None else None
     alert_events = EventPublisher(bus, config.alerts_stream) if bus is not None else None
     watcher = HealthWatcher(config, publisher=health_events)
+    tracker = TrainingTracker(bus, config.training_events_stream) if bus is not None else None
     alerts = AlertManager(
-        store, watcher, publisher=alert_events, eval_interval_s=config.alert_eval_interval_s,
-        default_rule_for_s=config.default_rule_for_s, history=config.alert_history,
+        store, watcher, publisher=alert_events, tracker=tracker, config=config,
+        eval_interval_s=config.alert_eval_interval_s, default_rule_for_s=config.default_rule_for_s,
+        history=config.alert_history,
     )
     servicer = MonitoringServicer(watcher, alerts)
 

@@ -39,6 +39,7 @@ from services.monitoring.health import (
 )
 from services.monitoring.probes import EnvoyProbe, MetricsScraper, Report, ServiceProbe, ValkeyProbe
 from services.monitoring.promtext import error_rate, pick_baseline
+from services.monitoring.series import Sample
 from services.shared.fanout import Fanout, Watcher
 from services.shared.tasks import cancel_and_wait
 
@@ -75,6 +76,7 @@ class HealthWatcher:
         #: Hands every status change to the WatchSystemHealth streams.
         self.fanout: Fanout[str, Change] = Fanout("health")
         self._listeners: list[Callable[[Change], None]] = []
+        self._scrape_listeners: list[Callable[[str, float, list[Sample]], None]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.scrapers: dict[str, MetricsScraper] = {}
         self.config = replace(config, targets=())
@@ -164,6 +166,11 @@ class HealthWatcher:
             except (httpx.HTTPError, ValueError) as exc:
                 _log.debug("metrics scrape of %s failed: %s", target.name, exc)
             else:
+                for listener in self._scrape_listeners:
+                    try:
+                        listener(target.name, scrape.time, scraper.last_samples)
+                    except Exception:  # noqa: BLE001 - a listener must not stop the scrapes
+                        _log.exception("scrape listener failed")
                 baseline = pick_baseline(scraper.before(scrape), scrape.time, self.config.error_window_s)
                 rate, calls = error_rate(scrape, baseline)
                 self._apply(self.book.set_error_rate(name, rate, calls, judged=True))
@@ -195,6 +202,10 @@ class HealthWatcher:
 
     def add_listener(self, listener: Callable[[Change], None]) -> None:
         self._listeners.append(listener)
+
+    def add_scrape_listener(self, listener: Callable[[str, float, list[Sample]], None]) -> None:
+        """Call ``listener(service, time, samples)`` with every periodic metrics scrape."""
+        self._scrape_listeners.append(listener)
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Watcher[str, Change]]:

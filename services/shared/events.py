@@ -8,6 +8,7 @@ read any of them: ``type`` names the payload, ``subject`` the resource it is abo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 from opentelemetry import trace
@@ -18,7 +19,7 @@ from agentforge.events.v1 import event_pb2
 from services.shared import tracing
 from services.shared.bus import Cursor, EventBus
 
-__all__ = ["envelope", "publish_event"]
+__all__ = ["envelope", "publish_event", "publish_events"]
 
 _PAYLOAD_FIELDS = {
     f.message_type.full_name: f.name for f in event_pb2.Event.DESCRIPTOR.oneofs_by_name["payload"].fields
@@ -58,3 +59,17 @@ async def publish_event(bus: EventBus, stream: str, payload: Message, *, source:
             trace.get_current_span().set_attribute("messaging.message.id", event.id)
         return await bus.publish(stream, event, subject=subject, event_id=event.id,
                                  trace_context=event.trace_context.traceparent, budget_s=budget_s)
+
+
+async def publish_events(bus: EventBus, stream: str, payloads: Sequence[Message], *, source: str, subject: str,
+                         budget_s: float | None = None) -> list[Cursor]:
+    """:func:`publish_event` for several payloads about one subject, in order and in one
+    round trip (:meth:`EventBus.publish_many`), in one ``send <stream>`` span whose
+    context they all carry."""
+    if not payloads:
+        return []
+    with tracing.producer_span(stream, subject=subject, count=len(payloads)) as traceparent:
+        events = [envelope(p, source=source, subject=subject, traceparent=traceparent) for p in payloads]
+        return await bus.publish_many(stream, events, subject=subject, event_ids=[e.id for e in events],
+                                      trace_context=events[0].trace_context.traceparent or None,
+                                      budget_s=budget_s)

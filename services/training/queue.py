@@ -95,7 +95,8 @@ class Keys:
 
     @property
     def training_events(self) -> str:
-        """``events.training``: state changes and TrainingJobCompleted, for other services."""
+        """``events.training``: state changes, progress and TrainingJobCompleted, for other
+        services (the model registry's hand-off, the monitoring service's training alerts)."""
         return f"{self.prefix}events.training"
 
     def control(self, job_id: str, attempt: int) -> str:

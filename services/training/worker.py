@@ -53,6 +53,7 @@ from services.shared.bus import BusConfig, EventBus
 from services.shared.dbthread import DatabaseThread
 from services.shared.errors import FailedPrecondition, NotFound, Unavailable, as_domain_error
 from services.shared.logging import configure_logging
+from services.shared.events import publish_events
 from services.shared.tracing import configure_tracing, consumer_span, untraced
 from services.training import mapping
 from services.training.config import TrainingConfig
@@ -191,7 +192,11 @@ class Worker:
     async def publish_many(self, events: Sequence[ev_pb.TrainingJobEvent],
                            serialized: Sequence[bytes] | None = None) -> None:
         """:meth:`publish` for stored events of ONE job, in order: one bus call (one
-        round trip) for the per-job stream; ``serialized`` are their bytes if known."""
+        round trip) for the per-job stream; ``serialized`` are their bytes if known.
+        Progress also goes to ``events.training`` (one more call, best effort: a progress
+        event lost while Redis is away is superseded by the next one; state changes go
+        through the outbox), where the monitoring service judges the training alerts
+        (stalled, diverged, grokking)."""
         assert self.bus is not None
         if not events:
             return
@@ -199,6 +204,9 @@ class Worker:
         try:
             await self.bus.publish_many(self.keys.job_events(job.rpartition("/")[2]), events, subject=job,
                                         serialized=serialized, budget_s=_PUBLISH_BUDGET_S)
+            progress = [e for e in events if e.HasField("progress")]
+            await publish_events(self.bus, self.keys.training_events, progress, source="training",
+                                 subject=job, budget_s=_PUBLISH_BUDGET_S)
         except Exception as exc:  # noqa: BLE001
             if isinstance(as_domain_error(exc), Unavailable):
                 _log.warning("publish skipped, Redis unavailable (the events are stored): %r", exc,

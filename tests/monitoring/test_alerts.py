@@ -12,7 +12,8 @@ from google.protobuf import duration_pb2, field_mask_pb2
 
 from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2, health_pb2
 from agentforge.monitoring.v1 import request_response_pb2 as rr
-from services.monitoring.alerts import DEFAULT_RULE
+from services.monitoring.alerts import DEFAULT_RULE, TRAINING_RULES
+from tests.support import violation_map
 from services.monitoring.config import Target
 from services.shared.server import Service
 
@@ -51,10 +52,11 @@ async def test_alert_rule_crud(monitoring_factory: Any, stub_factory: Any) -> No
 
     assert await stub.GetAlertRule(rr.GetAlertRuleRequest(name=created.name)) == created
     listed = await stub.ListAlertRules(rr.ListAlertRulesRequest())
-    assert [r.name for r in listed.alert_rules] == [DEFAULT_RULE, created.name]
-    first = await stub.ListAlertRules(rr.ListAlertRulesRequest(page_size=1))
-    second = await stub.ListAlertRules(rr.ListAlertRulesRequest(page_size=1, page_token=first.next_page_token))
-    assert [r.name for r in (*first.alert_rules, *second.alert_rules)] == [DEFAULT_RULE, created.name]
+    everything = sorted([DEFAULT_RULE, *TRAINING_RULES, created.name])
+    assert [r.name for r in listed.alert_rules] == everything
+    first = await stub.ListAlertRules(rr.ListAlertRulesRequest(page_size=4))
+    second = await stub.ListAlertRules(rr.ListAlertRulesRequest(page_size=4, page_token=first.next_page_token))
+    assert [r.name for r in (*first.alert_rules, *second.alert_rules)] == everything
     assert second.next_page_token == ""
 
     patch = alert_rule_pb2.AlertRule(name=created.name, enabled=False, display_name="ignored")
@@ -70,15 +72,37 @@ async def test_alert_rule_crud(monitoring_factory: Any, stub_factory: Any) -> No
                       grpc.StatusCode.INVALID_ARGUMENT)
 
 
-async def test_metric_rules_are_unimplemented_not_silently_stored(monitoring_factory: Any, stub_factory: Any) -> None:
+async def test_metric_rules_are_checked_beyond_buf_validate(monitoring_factory: Any, stub_factory: Any) -> None:
     mon = await monitoring_factory()
     stub = stub_factory(mon.port)
-    rule = alert_rule_pb2.AlertRule(severity=alert_pb2.ALERT_SEVERITY_INFO)
-    rule.metric.metric = "grpc_server_handled_total"
-    rule.metric.comparison = alert_rule_pb2.COMPARISON_GREATER_THAN
-    rule.metric.threshold = 1
-    await expect_code(stub.CreateAlertRule(rr.CreateAlertRuleRequest(alert_rule=rule)), grpc.StatusCode.UNIMPLEMENTED)
-    assert [r.name for r in (await stub.ListAlertRules(rr.ListAlertRulesRequest())).alert_rules] == [DEFAULT_RULE]
+    before = [r.name for r in (await stub.ListAlertRules(rr.ListAlertRulesRequest())).alert_rules]
+
+    def rule() -> alert_rule_pb2.AlertRule:
+        r = alert_rule_pb2.AlertRule(severity=alert_pb2.ALERT_SEVERITY_INFO, enabled=True)
+        r.metric.metric = "grpc_server_handling_seconds"
+        r.metric.comparison = alert_rule_pb2.COMPARISON_GREATER_THAN
+        r.metric.threshold = 0.5
+        return r
+
+    no_window = rule()
+    no_window.metric.quantile = 0.99
+    bad_regex = rule()
+    bad_regex.metric.rate_window.FromSeconds(60)
+    bad_regex.metric.matchers.add(name="grpc_code", type=alert_rule_pb2.LABEL_MATCH_TYPE_REGEX, value="(OK")
+    for bad, field in ((no_window, "alert_rule.metric.rate_window"),
+                       (bad_regex, "alert_rule.metric.matchers[0].value")):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.CreateAlertRule(rr.CreateAlertRuleRequest(alert_rule=bad))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in violation_map(info.value)
+    assert [r.name for r in (await stub.ListAlertRules(rr.ListAlertRulesRequest())).alert_rules] == before
+
+    p99 = rule()
+    p99.metric.quantile = 0.99
+    p99.metric.rate_window.FromSeconds(60)
+    p99.metric.group_by.extend(["service", "grpc_method"])
+    created = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(alert_rule=p99, alert_rule_id="p99"))
+    assert created.metric == p99.metric and created.name == "alertRules/p99"
 
 
 async def test_killed_service_raises_then_resolves_an_alert(

@@ -19,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file agentforge/monitoring/v1/alert_rule.proto.
  */
 export const file_agentforge_monitoring_v1_alert_rule: GenFile = /*@__PURE__*/
-  fileDesc("CilhZ2VudGZvcmdlL21vbml0b3JpbmcvdjEvYWxlcnRfcnVsZS5wcm90bxIYYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxIsUFCglBbGVydFJ1bGUSEgoEbmFtZRgBIAEoCUIE4kEBCBIiCgxkaXNwbGF5X25hbWUYAiABKAlCDOJBAQG6SAVyAxiAARIhCgtkZXNjcmlwdGlvbhgDIAEoCUIM4kEBAbpIBXIDGIAQEkEKBm1ldHJpYxgEIAEoCzIpLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5NZXRyaWNDb25kaXRpb25CBOJBAQFIABJOChBjb21wb25lbnRfc3RhdHVzGAUgASgLMiwuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkNvbXBvbmVudENvbmRpdGlvbkIE4kEBAUgAEkcKCHNldmVyaXR5GAYgASgOMicuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkFsZXJ0U2V2ZXJpdHlCDOJBAQG6SAWCAQIQARIVCgdlbmFibGVkGAcgASgIQgTiQQEBEnEKBmxhYmVscxgIIAMoCzIvLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5BbGVydFJ1bGUuTGFiZWxzRW50cnlCMOJBAQG6SCmaASYQICIcchoyGF5bYS16XVthLXowLTlfLi1dezAsNjJ9JCoEcgIYPxI1CgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAE6TepBSgoYYWdlbnRmb3JnZS5kZXYvQWxlcnRSdWxlEhdhbGVydFJ1bGVzL3thbGVydF9ydWxlfSoKYWxlcnRSdWxlczIJYWxlcnRSdWxlQgsKCWNvbmRpdGlvbiLwAwoPTWV0cmljQ29uZGl0aW9uEjsKBm1ldHJpYxgBIAEoCUIr4kEBArpIJHIiMiBeW2EtekEtWl86XVthLXpBLVowLTlfOl17MCwxOTl9JBJ9CgZsYWJlbHMYAiADKAsyNS5hZ2VudGZvcmdlLm1vbml0b3JpbmcudjEuTWV0cmljQ29uZGl0aW9uLkxhYmVsc0VudHJ5QjbiQQEBukgvmgEsEBAiIXIfMh1eW2EtekEtWl9dW2EtekEtWjAtOV9dezAsNjJ9JCoFcgMYgAISSAoKY29tcGFyaXNvbhgDIAEoDjIkLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5Db21wYXJpc29uQg7iQQECukgHggEEEAEgABIeCgl0aHJlc2hvbGQYBCABKAFCC+JBAQK6SAQSAkABEkMKDGZvcl9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIS4kEBAbpIC6oBCCIECICjBTIAEkMKC3JhdGVfd2luZG93GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhPiQQEBukgMqgEJIgMIkBwyAggKGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi6QEKEkNvbXBvbmVudENvbmRpdGlvbhJGCgljb21wb25lbnQYASABKAlCM+JBAQK6SCxyKjIoXmNvbXBvbmVudHMvKFthLXowLTldW2EtejAtOS1dezAsNjJ9fC0pJBJGCgZzdGF0dXMYAiABKA4yJi5hZ2VudGZvcmdlLm1vbml0b3JpbmcudjEuSGVhbHRoU3RhdHVzQg7iQQECukgHggEEEAEgABJDCgxmb3JfZHVyYXRpb24YAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb25CEuJBAQG6SAuqAQgiBAiAowUyACrYAQoKQ29tcGFyaXNvbhIaChZDT01QQVJJU09OX1VOU1BFQ0lGSUVEEAASGwoXQ09NUEFSSVNPTl9HUkVBVEVSX1RIQU4QARIkCiBDT01QQVJJU09OX0dSRUFURVJfVEhBTl9PUl9FUVVBTBACEhgKFENPTVBBUklTT05fTEVTU19USEFOEAMSIQodQ09NUEFSSVNPTl9MRVNTX1RIQU5fT1JfRVFVQUwQBBIUChBDT01QQVJJU09OX0VRVUFMEAUSGAoUQ09NUEFSSVNPTl9OT1RfRVFVQUwQBmIGcHJvdG8z", [file_agentforge_monitoring_v1_alert, file_agentforge_monitoring_v1_health, file_buf_validate_validate, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("CilhZ2VudGZvcmdlL21vbml0b3JpbmcvdjEvYWxlcnRfcnVsZS5wcm90bxIYYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxIpMGCglBbGVydFJ1bGUSEgoEbmFtZRgBIAEoCUIE4kEBCBIiCgxkaXNwbGF5X25hbWUYAiABKAlCDOJBAQG6SAVyAxiAARIhCgtkZXNjcmlwdGlvbhgDIAEoCUIM4kEBAbpIBXIDGIAQEkEKBm1ldHJpYxgEIAEoCzIpLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5NZXRyaWNDb25kaXRpb25CBOJBAQFIABJOChBjb21wb25lbnRfc3RhdHVzGAUgASgLMiwuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkNvbXBvbmVudENvbmRpdGlvbkIE4kEBAUgAEkwKDHRyYWluaW5nX2pvYhgLIAEoCzIuLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5UcmFpbmluZ0pvYkNvbmRpdGlvbkIE4kEBAUgAEkcKCHNldmVyaXR5GAYgASgOMicuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkFsZXJ0U2V2ZXJpdHlCDOJBAQG6SAWCAQIQARIVCgdlbmFibGVkGAcgASgIQgTiQQEBEnEKBmxhYmVscxgIIAMoCzIvLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5BbGVydFJ1bGUuTGFiZWxzRW50cnlCMOJBAQG6SCmaASYQICIcchoyGF5bYS16XVthLXowLTlfLi1dezAsNjJ9JCoEcgIYPxI1CgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAE6TepBSgoYYWdlbnRmb3JnZS5kZXYvQWxlcnRSdWxlEhdhbGVydFJ1bGVzL3thbGVydF9ydWxlfSoKYWxlcnRSdWxlczIJYWxlcnRSdWxlQgsKCWNvbmRpdGlvbiKBBgoPTWV0cmljQ29uZGl0aW9uEjsKBm1ldHJpYxgBIAEoCUIr4kEBArpIJHIiMiBeW2EtekEtWl86XVthLXpBLVowLTlfOl17MCwxOTl9JBJ9CgZsYWJlbHMYAiADKAsyNS5hZ2VudGZvcmdlLm1vbml0b3JpbmcudjEuTWV0cmljQ29uZGl0aW9uLkxhYmVsc0VudHJ5QjbiQQEBukgvmgEsEBAiIXIfMh1eW2EtekEtWl9dW2EtekEtWjAtOV9dezAsNjJ9JCoFcgMYgAISSAoKY29tcGFyaXNvbhgDIAEoDjIkLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5Db21wYXJpc29uQg7iQQECukgHggEEEAEgABIeCgl0aHJlc2hvbGQYBCABKAFCC+JBAQK6SAQSAkABEkMKDGZvcl9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIS4kEBAbpIC6oBCCIECICjBTIAEkMKC3JhdGVfd2luZG93GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhPiQQEBukgMqgEJIgMIkBwyAggKEkYKCG1hdGNoZXJzGAcgAygLMiYuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkxhYmVsTWF0Y2hlckIM4kEBAbpIBZIBAhAQEjIKCHF1YW50aWxlGAggASgBQhviQQEBukgUEhIRAAAAAAAA8D8hAAAAAAAAAABIAIgBARJDCgtkZW5vbWluYXRvchgJIAEoCzIoLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5NZXRyaWNTZWxlY3RvckIE4kEBARJBCghncm91cF9ieRgKIAMoCUIv4kEBAbpIKJIBJRAQIiFyHzIdXlthLXpBLVpfXVthLXpBLVowLTlfXXswLDYyfSQaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfcXVhbnRpbGUixQIKDk1ldHJpY1NlbGVjdG9yEj4KBm1ldHJpYxgBIAEoCUIu4kEBAbpIJ3IlMiNeKFthLXpBLVpfOl1bYS16QS1aMC05XzpdezAsMTk5fSk/JBJ8CgZsYWJlbHMYAiADKAsyNC5hZ2VudGZvcmdlLm1vbml0b3JpbmcudjEuTWV0cmljU2VsZWN0b3IuTGFiZWxzRW50cnlCNuJBAQG6SC+aASwQECIhch8yHV5bYS16QS1aX11bYS16QS1aMC05X117MCw2Mn0kKgVyAxiAAhJGCghtYXRjaGVycxgDIAMoCzImLmFnZW50Zm9yZ2UubW9uaXRvcmluZy52MS5MYWJlbE1hdGNoZXJCDOJBAQG6SAWSAQIQEBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIqsBCgxMYWJlbE1hdGNoZXISNgoEbmFtZRgBIAEoCUIo4kEBArpIIXIfMh1eW2EtekEtWl9dW2EtekEtWjAtOV9dezAsNjJ9JBJGCgR0eXBlGAIgASgOMiguYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkxhYmVsTWF0Y2hUeXBlQg7iQQECukgHggEEEAEgABIbCgV2YWx1ZRgDIAEoCUIM4kEBAbpIBXIDGIACIukBChJDb21wb25lbnRDb25kaXRpb24SRgoJY29tcG9uZW50GAEgASgJQjPiQQECukgscioyKF5jb21wb25lbnRzLyhbYS16MC05XVthLXowLTktXXswLDYyfXwtKSQSRgoGc3RhdHVzGAIgASgOMiYuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkhlYWx0aFN0YXR1c0IO4kEBArpIB4IBBBABIAASQwoMZm9yX2R1cmF0aW9uGAMgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhLiQQEBukgLqgEIIgQIgKMFMgAixAIKFFRyYWluaW5nSm9iQ29uZGl0aW9uEkUKB3N0YWxsZWQYASABKAsyLC5hZ2VudGZvcmdlLm1vbml0b3JpbmcudjEuVHJhaW5pbmdKb2JTdGFsbGVkQgTiQQEBSAASRwoIZGl2ZXJnZWQYAiABKAsyLS5hZ2VudGZvcmdlLm1vbml0b3JpbmcudjEuVHJhaW5pbmdKb2JEaXZlcmdlZEIE4kEBAUgAEkcKDmdyb2traW5nX29uc2V0GAMgASgLMicuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLkdyb2traW5nT25zZXRCBOJBAQFIABJECg10cmFpbl92YWxfZ2FwGAQgASgLMiUuYWdlbnRmb3JnZS5tb25pdG9yaW5nLnYxLlRyYWluVmFsR2FwQgTiQQEBSABCDQoEa2luZBIFukgCCAEiWgoSVHJhaW5pbmdKb2JTdGFsbGVkEkQKC25vX3N0ZXBfZm9yGAEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uQhTiQQECukgNqgEKIgQIgKMFMgIIASI9ChNUcmFpbmluZ0pvYkRpdmVyZ2VkEiYKCG1heF9sb3NzGAEgASgBQhTiQQECukgNEgtAASEAAAAAAAAAACKwAQoNR3Jva2tpbmdPbnNldBI4ChN2YWxpZGF0aW9uX2FjY3VyYWN5GAEgASgBQhviQQECukgUEhIZAAAAAAAA8D8hAAAAAAAAAAASNwoSbWVtb3JpemVkX2FjY3VyYWN5GAIgASgBQhviQQECukgUEhIZAAAAAAAA8D8hAAAAAAAAAAASLAoTcGxhdGVhdV9ldmFsdWF0aW9ucxgDIAEoBUIP4kEBArpICBoGGKCNBigBInwKC1RyYWluVmFsR2FwEigKA2dhcBgBIAEoAUIb4kEBArpIFBISGQAAAAAAAPA/IQAAAAAAAAAAEkMKDGZvcl9kdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIS4kEBAbpIC6oBCCIECICjBTIAKqoBCg5MYWJlbE1hdGNoVHlwZRIgChxMQUJFTF9NQVRDSF9UWVBFX1VOU1BFQ0lGSUVEEAASGgoWTEFCRUxfTUFUQ0hfVFlQRV9FUVVBTBABEh4KGkxBQkVMX01BVENIX1RZUEVfTk9UX0VRVUFMEAISGgoWTEFCRUxfTUFUQ0hfVFlQRV9SRUdFWBADEh4KGkxBQkVMX01BVENIX1RZUEVfTk9UX1JFR0VYEAQq2AEKCkNvbXBhcmlzb24SGgoWQ09NUEFSSVNPTl9VTlNQRUNJRklFRBAAEhsKF0NPTVBBUklTT05fR1JFQVRFUl9USEFOEAESJAogQ09NUEFSSVNPTl9HUkVBVEVSX1RIQU5fT1JfRVFVQUwQAhIYChRDT01QQVJJU09OX0xFU1NfVEhBThADEiEKHUNPTVBBUklTT05fTEVTU19USEFOX09SX0VRVUFMEAQSFAoQQ09NUEFSSVNPTl9FUVVBTBAFEhgKFENPTVBBUklTT05fTk9UX0VRVUFMEAZiBnByb3RvMw", [file_agentforge_monitoring_v1_alert, file_agentforge_monitoring_v1_health, file_buf_validate_validate, file_google_api_field_behavior, file_google_api_resource, file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * A rule the monitoring service evaluates continuously (every few seconds). When its
@@ -73,6 +73,18 @@ export type AlertRule = Message<"agentforge.monitoring.v1.AlertRule"> & {
      */
     value: ComponentCondition;
     case: "componentStatus";
+  } | {
+    /**
+     * A condition on each training job, judged from the training service's job events
+     * on the bus (state changes and progress). The built-in training rules
+     * (`alertRules/training-job-stalled`, `-diverged`, `training-grokking-onset`,
+     * `training-train-val-gap`) use it; each job fires its own alert, labelled
+     * `training_job=trainingJobs/{training_job}`.
+     *
+     * @generated from field: agentforge.monitoring.v1.TrainingJobCondition training_job = 11;
+     */
+    value: TrainingJobCondition;
+    case: "trainingJob";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -125,6 +137,21 @@ export const AlertRuleSchema: GenMessage<AlertRule> = /*@__PURE__*/
  * sample's current value (gauges). With several matching series, each is evaluated on
  * its own and the rule holds when any does.
  *
+ * The series are those the monitoring service scrapes from every watched service's
+ * Prometheus endpoint, each with the label `service` (e.g. `training`) added, as
+ * Prometheus adds `job`. In PromQL terms the compared value is, per series or group:
+ *
+ * * plain:    `metric{…}` (gauge), or `rate(metric{…}[rate_window])` (counter);
+ * * `group_by`: `sum by (group_by) (…)` of the above;
+ * * `quantile`: `histogram_quantile(quantile, sum by (le, group_by) (rate(metric_bucket{…}[rate_window])))`,
+ *   e.g. p99 latency: `metric: "grpc_server_handling_seconds"`, `quantile: 0.99`;
+ * * `denominator`: `sum by (group_by) (rate(metric{…}[w])) / sum by (group_by) (rate(denominator{…}[w]))`,
+ *   e.g. error ratio: `grpc_server_handled_total` with matcher `grpc_code=~"INTERNAL|UNAVAILABLE|…"`
+ *   over `grpc_server_handled_total`.
+ *
+ * A group with no data (no series, fewer than two samples in the window, a zero
+ * denominator, an empty histogram) does not hold. docs/api.md has the details.
+ *
  * @generated from message agentforge.monitoring.v1.MetricCondition
  */
 export type MetricCondition = Message<"agentforge.monitoring.v1.MetricCondition"> & {
@@ -167,10 +194,45 @@ export type MetricCondition = Message<"agentforge.monitoring.v1.MetricCondition"
 
   /**
    * Compare the per-second rate over this window instead of the value; 10 s to 1 h.
+   * Required with `quantile` and `denominator`.
    *
    * @generated from field: google.protobuf.Duration rate_window = 6;
    */
   rateWindow?: Duration | undefined;
+
+  /**
+   * More label matchers, all of which a series must match besides `labels`: PromQL's
+   * `!=`, `=~` and `!~` as well as `=`.
+   *
+   * @generated from field: repeated agentforge.monitoring.v1.LabelMatcher matchers = 7;
+   */
+  matchers: LabelMatcher[];
+
+  /**
+   * Compare this quantile of the histogram `metric` (its `_bucket` series) over
+   * `rate_window`, interpolated inside the bucket as PromQL's `histogram_quantile` does;
+   * in (0, 1), e.g. 0.99.
+   *
+   * @generated from field: optional double quantile = 8;
+   */
+  quantile?: number | undefined;
+
+  /**
+   * Compare a ratio: the rate of the selection above over the rate of this selection,
+   * both summed by `group_by`.
+   *
+   * @generated from field: agentforge.monitoring.v1.MetricSelector denominator = 9;
+   */
+  denominator?: MetricSelector | undefined;
+
+  /**
+   * Sum the selected series by these labels before comparing (PromQL `sum by`); each
+   * group is evaluated on its own. Empty: each series on its own for a plain metric, one
+   * group over all series for `quantile` and `denominator`.
+   *
+   * @generated from field: repeated string group_by = 10;
+   */
+  groupBy: string[];
 };
 
 /**
@@ -179,6 +241,79 @@ export type MetricCondition = Message<"agentforge.monitoring.v1.MetricCondition"
  */
 export const MetricConditionSchema: GenMessage<MetricCondition> = /*@__PURE__*/
   messageDesc(file_agentforge_monitoring_v1_alert_rule, 1);
+
+/**
+ * A series selector: a metric and label matchers.
+ *
+ * @generated from message agentforge.monitoring.v1.MetricSelector
+ */
+export type MetricSelector = Message<"agentforge.monitoring.v1.MetricSelector"> & {
+  /**
+   * Prometheus metric name; empty means the condition's `metric`.
+   *
+   * @generated from field: string metric = 1;
+   */
+  metric: string;
+
+  /**
+   * Only series whose labels equal all of these.
+   *
+   * @generated from field: map<string, string> labels = 2;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * More label matchers, all of which a series must match.
+   *
+   * @generated from field: repeated agentforge.monitoring.v1.LabelMatcher matchers = 3;
+   */
+  matchers: LabelMatcher[];
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.MetricSelector.
+ * Use `create(MetricSelectorSchema)` to create a new message.
+ */
+export const MetricSelectorSchema: GenMessage<MetricSelector> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 2);
+
+/**
+ * One label matcher, as in a PromQL selector (`name="v"`, `name!="v"`, `name=~"re"`,
+ * `name!~"re"`). Regular expressions are fully anchored, as in PromQL; a missing label
+ * has the value "".
+ *
+ * @generated from message agentforge.monitoring.v1.LabelMatcher
+ */
+export type LabelMatcher = Message<"agentforge.monitoring.v1.LabelMatcher"> & {
+  /**
+   * The label name.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * How the value is matched.
+   *
+   * @generated from field: agentforge.monitoring.v1.LabelMatchType type = 2;
+   */
+  type: LabelMatchType;
+
+  /**
+   * The value, or the regular expression (Python `re` syntax, a superset of the RE2
+   * syntax PromQL uses).
+   *
+   * @generated from field: string value = 3;
+   */
+  value: string;
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.LabelMatcher.
+ * Use `create(LabelMatcherSchema)` to create a new message.
+ */
+export const LabelMatcherSchema: GenMessage<LabelMatcher> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 3);
 
 /**
  * Holds when a component's status equals `status` for `for_duration`.
@@ -214,7 +349,227 @@ export type ComponentCondition = Message<"agentforge.monitoring.v1.ComponentCond
  * Use `create(ComponentConditionSchema)` to create a new message.
  */
 export const ComponentConditionSchema: GenMessage<ComponentCondition> = /*@__PURE__*/
-  messageDesc(file_agentforge_monitoring_v1_alert_rule, 2);
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 4);
+
+/**
+ * Holds for a training job in the situation its kind names. Each kind carries its
+ * thresholds; the built-in rules take theirs from the monitoring service's config
+ * (`AF_MONITORING_TRAINING_*`, docs/api.md). Alerts resolve when the situation ends or
+ * the job ends.
+ *
+ * @generated from message agentforge.monitoring.v1.TrainingJobCondition
+ */
+export type TrainingJobCondition = Message<"agentforge.monitoring.v1.TrainingJobCondition"> & {
+  /**
+   * The situation.
+   *
+   * @generated from oneof agentforge.monitoring.v1.TrainingJobCondition.kind
+   */
+  kind: {
+    /**
+     * RUNNING without a new step.
+     *
+     * @generated from field: agentforge.monitoring.v1.TrainingJobStalled stalled = 1;
+     */
+    value: TrainingJobStalled;
+    case: "stalled";
+  } | {
+    /**
+     * Loss not finite or exploded.
+     *
+     * @generated from field: agentforge.monitoring.v1.TrainingJobDiverged diverged = 2;
+     */
+    value: TrainingJobDiverged;
+    case: "diverged";
+  } | {
+    /**
+     * Validation accuracy jumped past a threshold after a memorization plateau.
+     *
+     * @generated from field: agentforge.monitoring.v1.GrokkingOnset grokking_onset = 3;
+     */
+    value: GrokkingOnset;
+    case: "grokkingOnset";
+  } | {
+    /**
+     * Train accuracy far above validation accuracy for a long time.
+     *
+     * @generated from field: agentforge.monitoring.v1.TrainValGap train_val_gap = 4;
+     */
+    value: TrainValGap;
+    case: "trainValGap";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.TrainingJobCondition.
+ * Use `create(TrainingJobConditionSchema)` to create a new message.
+ */
+export const TrainingJobConditionSchema: GenMessage<TrainingJobCondition> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 5);
+
+/**
+ * A RUNNING job whose step has not advanced for `no_step_for`, or for five times its
+ * recent interval between progress reports when that is longer (steps are seen through
+ * progress events, one every `progress_interval` steps).
+ *
+ * @generated from message agentforge.monitoring.v1.TrainingJobStalled
+ */
+export type TrainingJobStalled = Message<"agentforge.monitoring.v1.TrainingJobStalled"> & {
+  /**
+   * How long without a step; 1 s to 24 h.
+   *
+   * @generated from field: google.protobuf.Duration no_step_for = 1;
+   */
+  noStepFor?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.TrainingJobStalled.
+ * Use `create(TrainingJobStalledSchema)` to create a new message.
+ */
+export const TrainingJobStalledSchema: GenMessage<TrainingJobStalled> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 6);
+
+/**
+ * A job whose training or validation loss is not finite (NaN, ±inf), or whose training
+ * loss is above `max_loss`. Cross-entropy at chance level is ln(vocabulary size), about 3
+ * to 11 for real vocabularies, so a loss far above it means the optimizer diverged.
+ *
+ * @generated from message agentforge.monitoring.v1.TrainingJobDiverged
+ */
+export type TrainingJobDiverged = Message<"agentforge.monitoring.v1.TrainingJobDiverged"> & {
+  /**
+   * The highest sane training loss; above it the job has diverged. > 0.
+   *
+   * @generated from field: double max_loss = 1;
+   */
+  maxLoss: number;
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.TrainingJobDiverged.
+ * Use `create(TrainingJobDivergedSchema)` to create a new message.
+ */
+export const TrainingJobDivergedSchema: GenMessage<TrainingJobDiverged> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 7);
+
+/**
+ * Grokking onset (Power et al. 2022, "Grokking: Generalization Beyond Overfitting on
+ * Small Algorithmic Datasets"; GrokFast, Lee et al. 2024, exists to bring it sooner): after
+ * at least `plateau_evaluations` evaluations at which the job had memorized its training
+ * set (train accuracy ≥ `memorized_accuracy`) while validation accuracy stayed below
+ * `validation_accuracy`, an evaluation reaches `validation_accuracy`. The alert stays open
+ * until the job ends.
+ *
+ * @generated from message agentforge.monitoring.v1.GrokkingOnset
+ */
+export type GrokkingOnset = Message<"agentforge.monitoring.v1.GrokkingOnset"> & {
+  /**
+   * Validation accuracy that marks the onset, in (0, 1].
+   *
+   * @generated from field: double validation_accuracy = 1;
+   */
+  validationAccuracy: number;
+
+  /**
+   * Train accuracy at which the job counts as having memorized its data, in (0, 1].
+   *
+   * @generated from field: double memorized_accuracy = 2;
+   */
+  memorizedAccuracy: number;
+
+  /**
+   * Evaluations on the plateau needed before a jump counts as grokking; ≥ 1.
+   *
+   * @generated from field: int32 plateau_evaluations = 3;
+   */
+  plateauEvaluations: number;
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.GrokkingOnset.
+ * Use `create(GrokkingOnsetSchema)` to create a new message.
+ */
+export const GrokkingOnsetSchema: GenMessage<GrokkingOnset> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 8);
+
+/**
+ * Train accuracy minus validation accuracy at least `gap` at every evaluation for
+ * `for_duration` (memorizing without generalizing); resolves when an evaluation shows a
+ * smaller gap.
+ *
+ * @generated from message agentforge.monitoring.v1.TrainValGap
+ */
+export type TrainValGap = Message<"agentforge.monitoring.v1.TrainValGap"> & {
+  /**
+   * The gap, in (0, 1].
+   *
+   * @generated from field: double gap = 1;
+   */
+  gap: number;
+
+  /**
+   * How long the gap must persist; 0 to 24 h.
+   *
+   * @generated from field: google.protobuf.Duration for_duration = 2;
+   */
+  forDuration?: Duration | undefined;
+};
+
+/**
+ * Describes the message agentforge.monitoring.v1.TrainValGap.
+ * Use `create(TrainValGapSchema)` to create a new message.
+ */
+export const TrainValGapSchema: GenMessage<TrainValGap> = /*@__PURE__*/
+  messageDesc(file_agentforge_monitoring_v1_alert_rule, 9);
+
+/**
+ * Label matching operators.
+ *
+ * @generated from enum agentforge.monitoring.v1.LabelMatchType
+ */
+export enum LabelMatchType {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: LABEL_MATCH_TYPE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * `=`: the label equals the value.
+   *
+   * @generated from enum value: LABEL_MATCH_TYPE_EQUAL = 1;
+   */
+  EQUAL = 1,
+
+  /**
+   * `!=`: the label does not equal the value.
+   *
+   * @generated from enum value: LABEL_MATCH_TYPE_NOT_EQUAL = 2;
+   */
+  NOT_EQUAL = 2,
+
+  /**
+   * `=~`: the label matches the regular expression.
+   *
+   * @generated from enum value: LABEL_MATCH_TYPE_REGEX = 3;
+   */
+  REGEX = 3,
+
+  /**
+   * `!~`: the label does not match the regular expression.
+   *
+   * @generated from enum value: LABEL_MATCH_TYPE_NOT_REGEX = 4;
+   */
+  NOT_REGEX = 4,
+}
+
+/**
+ * Describes the enum agentforge.monitoring.v1.LabelMatchType.
+ */
+export const LabelMatchTypeSchema: GenEnum<LabelMatchType> = /*@__PURE__*/
+  enumDesc(file_agentforge_monitoring_v1_alert_rule, 0);
 
 /**
  * Comparisons of a value with a threshold.
@@ -276,5 +631,5 @@ export enum Comparison {
  * Describes the enum agentforge.monitoring.v1.Comparison.
  */
 export const ComparisonSchema: GenEnum<Comparison> = /*@__PURE__*/
-  enumDesc(file_agentforge_monitoring_v1_alert_rule, 0);
+  enumDesc(file_agentforge_monitoring_v1_alert_rule, 1);
 

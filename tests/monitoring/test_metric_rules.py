@@ -1,0 +1,217 @@
+"""Metric-threshold alert rules: the PromQL functions (unit), and rules on a real
+service's Prometheus metrics that fire and resolve (error ratio, p99 latency), with their
+AlertRaised/AlertResolved events on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from agentforge.events.v1 import event_pb2
+from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
+from agentforge.monitoring.v1 import request_response_pb2 as rr
+from services.monitoring.alerts import DEFAULT_RULE
+from services.monitoring.metric_rules import describe, evaluate_query, query_from_proto
+from services.monitoring.series import MatchType, Matcher, SeriesHistory, bucket_quantile, extrapolated_rate
+from services.shared.bus import BusConfig, EventBus
+from services.shared.valkey import EmbeddedValkey
+
+MONITORING = "agentforge.monitoring.v1.MonitoringService"
+
+
+# ------------------------------------------------------------------ PromQL functions
+def test_rate_matches_prometheus_extrapolation() -> None:
+    # One increment per second, scraped every 2 s from t=0 to t=10.
+    points = [(float(t), float(t)) for t in range(0, 11, 2)]
+    assert extrapolated_rate(points, 0.0, 10.0) == pytest.approx(1.0)
+    # Range [-1, 11]: the end is extrapolated by 1 s; the start not at all, because the
+    # counter was 0 at the first sample (durationToZero = 0).
+    assert extrapolated_rate(points, -1.0, 11.0) == pytest.approx(10 * 11 / 10 / 12)
+    # Gaps to the range's edges above 1.1× the sample interval extrapolate half an interval.
+    shifted = [(t, v + 100) for t, v in points]
+    assert extrapolated_rate(shifted, -5.0, 15.0) == pytest.approx(10 * (10 + 1 + 1) / 10 / 20)
+    # increase() is rate() times the range.
+    assert extrapolated_rate(points, 0.0, 10.0, is_rate=False) == pytest.approx(10.0)
+    # A counter reset (the process restarted) counts the value before it.
+    assert extrapolated_rate([(0.0, 5.0), (2.0, 7.0), (4.0, 1.0), (6.0, 3.0)], 0.0, 6.0) == pytest.approx(5 / 6)
+    assert extrapolated_rate([(0.0, 5.0)], 0.0, 6.0) is None
+
+
+def test_histogram_quantile_matches_prometheus() -> None:
+    buckets = {0.1: 50.0, 0.5: 90.0, 1.0: 99.0, math.inf: 100.0}
+    assert bucket_quantile(0.5, buckets) == pytest.approx(0.1)
+    assert bucket_quantile(0.9, buckets) == pytest.approx(0.5)
+    assert bucket_quantile(0.99, buckets) == pytest.approx(1.0)
+    assert bucket_quantile(0.95, buckets) == pytest.approx(0.5 + 0.5 * 5 / 9)
+    assert bucket_quantile(0.995, buckets) == pytest.approx(1.0)  # in +Inf: the highest finite bound
+    assert bucket_quantile(0.5, {0.1: 1.0, 0.5: 2.0}) is None  # no +Inf bucket
+    assert bucket_quantile(0.5, {0.1: 0.0, math.inf: 0.0}) is None  # no observations
+    assert bucket_quantile(0.5, {0.1: 5.0, 0.5: 4.9, math.inf: 10.0}) == pytest.approx(0.1)  # made monotonic
+
+
+def test_matchers_are_anchored_and_missing_labels_are_empty() -> None:
+    assert Matcher.of("code", MatchType.REGEX, "INTERNAL|UNAVAILABLE").matches({"code": "INTERNAL"})
+    assert not Matcher.of("code", MatchType.REGEX, "INTERNAL").matches({"code": "INTERNAL_X"})
+    assert Matcher.of("code", MatchType.NOT_REGEX, "OK").matches({"code": "NOT_FOUND"})
+    assert Matcher.of("code", MatchType.EQUAL, "").matches({})
+    assert Matcher.of("code", MatchType.NOT_EQUAL, "OK").matches({})
+
+
+def _condition(**kw: Any) -> alert_rule_pb2.MetricCondition:
+    c = alert_rule_pb2.MetricCondition(comparison=alert_rule_pb2.COMPARISON_GREATER_THAN, **kw)
+    return c
+
+
+def test_error_ratio_and_p99_over_scraped_series() -> None:
+    history = SeriesHistory(clock=lambda: 100.0)
+    history.want({"grpc_server_handled_total": 60.0, "grpc_server_handling_seconds_bucket": 60.0})
+    bounds = ("0.01", "0.1", "1.0", "+Inf")
+    for i, t in enumerate(range(60, 101, 10)):
+        samples = [
+            ("grpc_server_handled_total", {"grpc_method": "Get", "grpc_code": "OK"}, 30.0 * i),
+            ("grpc_server_handled_total", {"grpc_method": "Get", "grpc_code": "INTERNAL"}, 10.0 * i),
+            ("grpc_server_handled_total", {"grpc_method": "List", "grpc_code": "OK"}, 10.0 * i),
+        ]
+        # Get: per 10 s, 20 calls under 10 ms, 15 under 100 ms, 5 under 1 s.
+        for le, n in zip(bounds, (20, 35, 40, 40), strict=True):
+            samples.append(("grpc_server_handling_seconds_bucket", {"grpc_method": "Get", "le": le}, float(n * i)))
+        history.ingest("model", float(t), samples)
+
+    ratio = _condition(metric="grpc_server_handled_total", threshold=0.2, group_by=["grpc_method"])
+    ratio.matchers.add(name="grpc_code", type=alert_rule_pb2.LABEL_MATCH_TYPE_REGEX, value="INTERNAL|UNAVAILABLE")
+    ratio.denominator.SetInParent()
+    ratio.rate_window.FromSeconds(30)
+    q = query_from_proto(ratio)
+    values = {g.labels["grpc_method"]: g.value for g in evaluate_query(q, history, 100.0)}
+    assert values == pytest.approx({"Get": 0.25, "List": 0.0})  # List has no INTERNAL series: 0, not dropped
+    assert describe(q) == ('sum by (grpc_method) (rate(grpc_server_handled_total{grpc_code=~"INTERNAL|UNAVAILABLE"}'
+                           '[30s])) / sum by (grpc_method) (rate(grpc_server_handled_total[30s])) > 0.2')
+
+    p99 = _condition(metric="grpc_server_handling_seconds", threshold=0.5, quantile=0.99)
+    p99.rate_window.FromSeconds(30)
+    [group] = evaluate_query(query_from_proto(p99), history, 100.0)
+    assert group.value == pytest.approx(0.1 + 0.9 * (0.99 * 40 - 35) / 5)
+
+    # A plain counter rate per series, and a gauge's current value.
+    rate = _condition(metric="grpc_server_handled_total", threshold=0)
+    rate.rate_window.FromSeconds(30)
+    by_key = {g.labels["grpc_code"] + g.labels["grpc_method"]: g.value
+              for g in evaluate_query(query_from_proto(rate), history, 100.0)}
+    assert by_key == pytest.approx({"OKGet": 3.0, "INTERNALGet": 1.0, "OKList": 1.0})
+    gauge = _condition(metric="grpc_server_handled_total", threshold=0, labels={"grpc_code": "INTERNAL"})
+    [now] = evaluate_query(query_from_proto(gauge), history, 100.0)
+    assert now.value == 40.0 and now.labels["service"] == "model"
+
+
+# ------------------------------------------------------------------ real service
+def _rule(**kw: Any) -> alert_rule_pb2.AlertRule:
+    rule = alert_rule_pb2.AlertRule(severity=alert_pb2.ALERT_SEVERITY_WARNING, enabled=True, labels={"team": "api"},
+                                    **kw)
+    return rule
+
+
+async def _until(events: Any, rule: str, kind: int, timeout: float = 30.0,
+                 drive: Any = None) -> alert_pb2.AlertEvent:
+    """Read WatchAlerts until ``rule`` has an event of ``kind``, calling ``drive()`` meanwhile."""
+    async def read() -> alert_pb2.AlertEvent:
+        while True:
+            event = await events.read()
+            if event.alert.rule == rule and event.kind == kind:
+                return event
+
+    reader = asyncio.ensure_future(read())
+    try:
+        async with asyncio.timeout(timeout):
+            while not reader.done():
+                if drive is not None:
+                    await drive()
+                await asyncio.wait([reader], timeout=0.05)
+            return reader.result()
+    finally:
+        reader.cancel()
+
+
+async def test_error_ratio_and_p99_rules_fire_and_resolve_on_real_calls(
+    monitoring_factory: Any, stub_factory: Any, valkey: EmbeddedValkey, stream_prefix: str,
+) -> None:
+    alerts_stream = stream_prefix + "events.alerts"
+    mon = await monitoring_factory(redis_url=valkey.url, alerts_stream=alerts_stream,
+                                   events_stream=stream_prefix + "events.health",
+                                   training_events_stream=stream_prefix + "events.training")
+    stub = stub_factory(mon.port)
+    events = stub.WatchAlerts(rr.WatchAlertsRequest())
+
+    # Error ratio of GetAlertRule on the monitoring service itself (scraping its own metrics).
+    ratio = _rule(display_name="GetAlertRule errors")
+    m = ratio.metric
+    m.metric = "grpc_server_handled_total"
+    m.labels.update({"grpc_service": MONITORING, "grpc_method": "GetAlertRule"})
+    m.matchers.add(name="grpc_code", type=alert_rule_pb2.LABEL_MATCH_TYPE_NOT_EQUAL, value="OK")
+    m.denominator.labels.update({"grpc_service": MONITORING, "grpc_method": "GetAlertRule"})
+    m.group_by.extend(["service", "grpc_method"])
+    m.comparison = alert_rule_pb2.COMPARISON_GREATER_THAN
+    m.threshold = 0.5
+    m.rate_window.FromSeconds(10)
+    m.for_duration.FromSeconds(1)
+    ratio = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(alert_rule=ratio, alert_rule_id="errors"))
+
+    async def fail() -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetAlertRule(rr.GetAlertRuleRequest(name="alertRules/missing"))
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def succeed() -> None:
+        for _ in range(3):
+            await stub.GetAlertRule(rr.GetAlertRuleRequest(name=DEFAULT_RULE))
+
+    raised = await _until(events, ratio.name, alert_pb2.ALERT_CHANGE_KIND_RAISED, drive=fail)
+    alert = raised.alert
+    assert alert.value == pytest.approx(1.0) and alert.severity == alert_pb2.ALERT_SEVERITY_WARNING
+    assert alert.labels == {"team": "api", "service": "monitoring", "grpc_method": "GetAlertRule"}
+    assert alert.summary.startswith("GetAlertRule errors: 1 for")
+    assert "grpc_code!=\"OK\"" in alert.description
+    # Successful calls bring the ratio under the threshold: resolved.
+    resolved = await _until(events, ratio.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED, drive=succeed)
+    assert resolved.alert.name == alert.name and resolved.alert.state == alert_pb2.ALERT_STATE_RESOLVED
+    assert "Resolved: value" in resolved.alert.description
+
+    # p99 latency of the same method: every call takes > 0 s, so "> 0" holds ...
+    p99 = _rule(display_name="GetAlertRule p99")
+    p = p99.metric
+    p.metric = "grpc_server_handling_seconds"
+    p.labels.update({"grpc_service": MONITORING, "grpc_method": "GetAlertRule"})
+    p.quantile = 0.99
+    p.comparison = alert_rule_pb2.COMPARISON_GREATER_THAN
+    p.threshold = 0.0
+    p.rate_window.FromSeconds(10)
+    p99 = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(alert_rule=p99, alert_rule_id="p99"))
+    fired = await _until(events, p99.name, alert_pb2.ALERT_CHANGE_KIND_RAISED, drive=succeed)
+    assert 0 < fired.alert.value < 5  # seconds, interpolated inside a real bucket
+    # ... until the rule is disabled.
+    patch = alert_rule_pb2.AlertRule(name=p99.name, enabled=False)
+    await stub.UpdateAlertRule(rr.UpdateAlertRuleRequest(alert_rule=patch, update_mask={"paths": ["enabled"]}))
+    off = await _until(events, p99.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED)
+    assert "rule disabled" in off.alert.description
+    events.cancel()
+
+    listed = await stub.ListAlerts(rr.ListAlertsRequest(rule=ratio.name))
+    assert [a.name for a in listed.alerts] == [alert.name]
+
+    # Raised and resolved went out on the bus as well.
+    async with EventBus(BusConfig(url=valkey.url)) as bus:
+        async with asyncio.timeout(10):
+            while True:
+                kinds = []
+                for item in await bus.read(alerts_stream, count=1000):
+                    event = item.unpack(event_pb2.Event)
+                    payload = event.WhichOneof("payload")
+                    if getattr(event, payload).alert.name == alert.name:
+                        kinds.append(payload)
+                if kinds == ["alert_raised", "alert_resolved"]:
+                    break
+                await asyncio.sleep(0.1)
