@@ -40,6 +40,9 @@ reads the same values from the environment::
     OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL
                                the collector Envoy sends its spans to (as the services do;
                                :func:`otlp_endpoint_from_env`); unset: none
+    OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG
+                               the share of requests Envoy samples, as the services read
+                               them (services.shared.tracing.sample_ratio; default all)
 
 Substitution is plain text: each ``${NAME}`` in the template is replaced by its value.
 A placeholder without a value, or a value without a placeholder, raises
@@ -79,6 +82,7 @@ __all__ = [
     "OtlpEndpoint",
     "main",
     "otlp_endpoint_from_env",
+    "trace_sample_ratio_from_env",
     "render_dashboard_routes",
     "render_envoy_config",
     "render_template",
@@ -559,6 +563,20 @@ def _trace_exporter(endpoint: OtlpEndpoint | None) -> str:
     return "grpc_service: " + json.dumps({"envoy_grpc": {"cluster_name": "otel_collector"}, "timeout": "2s"})
 
 
+def _sample_percent(ratio: float) -> str:
+    if not 0.0 <= ratio <= 1.0:
+        raise TemplateError(f"trace sample ratio {ratio!r}: not in 0..1")
+    return f"{ratio * 100:.4f}".rstrip("0").rstrip(".")
+
+
+def trace_sample_ratio_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The share of requests the edge samples: the services' ratio (1.0 when the
+    services use a sampler of their own, ``OTEL_TRACES_SAMPLER`` other than a ratio)."""
+    from services.shared.tracing import sample_ratio
+    ratio = sample_ratio(os.environ if environ is None else environ)
+    return 1.0 if ratio is None else ratio
+
+
 def _collector_cluster(endpoint: OtlpEndpoint | None) -> str:
     """The ``otel_collector`` cluster (one YAML flow mapping; no endpoint without a collector)."""
     cluster: dict[str, object] = {
@@ -650,6 +668,7 @@ def render_envoy_config(
     plaintext: bool = True,
     rate_limits: Mapping[str, RateLimit] | None = None,
     otlp_endpoint: OtlpEndpoint | None = None,
+    trace_sample_ratio: float = 1.0,
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
@@ -674,7 +693,8 @@ def render_envoy_config(
 
     Tracing: Envoy starts a W3C trace for every request that has none and continues the
     caller's ``traceparent`` otherwise (OpenTelemetry tracer); its spans go to
-    ``otlp_endpoint`` (:func:`otlp_endpoint_from_env`), or nowhere when None.
+    ``otlp_endpoint`` (:func:`otlp_endpoint_from_env`), or nowhere when None. It samples
+    ``trace_sample_ratio`` (0..1) of the requests that arrive without a decision.
     """
     missing = [s for s in SERVICES if s not in upstreams]
     extra = [s for s in upstreams if s not in SERVICES]
@@ -713,6 +733,7 @@ def render_envoy_config(
         "GRPC_LOCAL_REPLIES": render_grpc_local_replies(),
         "EDGE_TRACE_EXPORTER": _trace_exporter(otlp_endpoint),
         "OTEL_COLLECTOR_CLUSTER": _collector_cluster(otlp_endpoint),
+        "TRACE_SAMPLE_PERCENT": _sample_percent(trace_sample_ratio),
     })
     text = default_template_path().read_text() if template is None else template
     return render_template(_plaintext(text, plaintext), values)
@@ -763,6 +784,7 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, objec
         "plaintext": (env.get("EDGE_PLAINTEXT") or "1").strip().lower() not in ("0", "false", "no", "off"),
         "rate_limits": rate_limits_from_env(env),
         "otlp_endpoint": otlp_endpoint_from_env(env),
+        "trace_sample_ratio": trace_sample_ratio_from_env(env),
     }
 
 

@@ -782,7 +782,7 @@ class Mesh:
     def _render_envoy(self) -> str:
         try:
             from services.launcher.envoy_config import (otlp_endpoint_from_env, rate_limits_from_env,
-                                                        render_envoy_config)
+                                                        render_envoy_config, trace_sample_ratio_from_env)
         except ImportError as exc:  # the module is written separately
             raise MeshStartError(f"cannot render the Envoy config: {exc}") from exc
         ports = self._need_ports()
@@ -800,6 +800,7 @@ class Mesh:
             limits=self.config.edge_limits,
             rate_limits=rate_limits_from_env({**os.environ, **self.config.env}),
             otlp_endpoint=otlp_endpoint_from_env({**os.environ, **self.config.env}),
+            trace_sample_ratio=trace_sample_ratio_from_env({**os.environ, **self.config.env}),
         )
 
     def _wait_envoy(self, child: _Child, deadline: float) -> None:

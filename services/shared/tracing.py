@@ -29,8 +29,9 @@ Sampling: a trace that arrives sampled (Envoy samples every request) is recorded
 everywhere (``ParentBased``). Without a parent, spans of background work are not
 recorded: Redis commands and client calls of loops (heartbeats, health probes, stream
 readers) and health checks/reflection; a server call or a consumed event without a
-trace context starts a new, recorded trace. ``OTEL_TRACES_SAMPLER`` (the SDK's
-variables) replaces this policy.
+trace context starts a new, recorded trace. ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``
+with ``OTEL_TRACES_SAMPLER_ARG=0.1`` records a tenth of new traces (the edge samples
+the same share of requests); any other ``OTEL_TRACES_SAMPLER`` replaces this policy.
 
 Export (``BatchSpanProcessor``: spans are queued, never exported on the calling path):
 
@@ -53,6 +54,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -64,8 +66,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.trace import (Link, NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode,
+                                 TraceFlags, TraceState)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = [
@@ -82,6 +85,7 @@ __all__ = [
     "internal_span",
     "open_server_span",
     "producer_span",
+    "sample_ratio",
     "shutdown_tracing",
     "start_client_span",
     "start_server_span",
@@ -106,6 +110,7 @@ _SERVER_ERRORS = frozenset({
 })
 
 _W3C = TraceContextTextMapPropagator()
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer = trace.NoOpTracer()
 _enabled = False
@@ -118,17 +123,44 @@ def enabled() -> bool:
 
 class BackgroundRootsDropped(Sampler):
     """Root sampler: record a new trace for incoming work (a server call, a consumed
-    event, an explicit internal span), not for the CLIENT/PRODUCER calls of background
+    event, an explicit internal span) — all of it, or the ``ratio`` of trace ids that
+    ``TraceIdRatioBased`` keeps — and never for the CLIENT/PRODUCER calls of background
     loops nor for health checks and reflection."""
+
+    def __init__(self, ratio: float = 1.0) -> None:
+        self._ratio = TraceIdRatioBased(ratio) if ratio < 1.0 else None
 
     def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: SpanKind | None = None,
                       attributes: Any = None, links: Any = None, trace_state: Any = None) -> SamplingResult:
         if kind in (SpanKind.CLIENT, SpanKind.PRODUCER) or name.startswith(_UNTRACED_ROOTS):
             return SamplingResult(Decision.DROP)
+        if self._ratio is not None:
+            return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
 
     def get_description(self) -> str:
-        return "BackgroundRootsDropped"
+        return "BackgroundRootsDropped" + (f"{{{self._ratio.get_description()}}}" if self._ratio else "")
+
+
+def sample_ratio(environ: Mapping[str, str] | None = None) -> float | None:
+    """The share of new traces to record, from the SDK's variables: 1.0 when
+    ``OTEL_TRACES_SAMPLER`` is unset; ``OTEL_TRACES_SAMPLER_ARG`` (default 1.0, clamped
+    to 0..1) for ``parentbased_traceidratio``/``traceidratio``; None for any other
+    sampler (the SDK's own then decides). The edge samples the same share of requests
+    (``services.launcher.envoy_config``)."""
+    env = os.environ if environ is None else environ
+    name = (env.get("OTEL_TRACES_SAMPLER") or "").strip().lower()
+    if not name:
+        return 1.0
+    if name not in ("parentbased_traceidratio", "traceidratio"):
+        return None
+    try:
+        ratio = float(env.get("OTEL_TRACES_SAMPLER_ARG") or 1.0)
+    except ValueError:
+        _log.warning("OTEL_TRACES_SAMPLER_ARG=%r is not a number; sampling every trace",
+                     env.get("OTEL_TRACES_SAMPLER_ARG"))
+        return 1.0
+    return min(1.0, max(0.0, ratio))
 
 
 def _truthy(value: str | None) -> bool:
@@ -175,8 +207,10 @@ def configure_tracing(service: str, *, process: str | None = None,
         "service.instance.id": f"{process or service}-{os.getpid()}",
         "process.pid": os.getpid(),
     })
-    # OTEL_TRACES_SAMPLER set: the SDK reads it (sampler=None); otherwise our policy.
-    sampler = None if env.get("OTEL_TRACES_SAMPLER") else default_sampler()
+    # Our policy, at the ratio the SDK's variables give; another sampler named there: the
+    # SDK's (sampler=None reads OTEL_TRACES_SAMPLER).
+    ratio = sample_ratio(env)
+    sampler = None if ratio is None else default_sampler(ratio)
     provider = TracerProvider(resource=resource, sampler=sampler)
     exporter = _exporter(process or service, env)
     if exporter is not None:
@@ -186,9 +220,9 @@ def configure_tracing(service: str, *, process: str | None = None,
     return provider
 
 
-def default_sampler() -> Sampler:
-    """``ParentBased(root=BackgroundRootsDropped())``: the mesh's sampling policy."""
-    return ParentBased(root=BackgroundRootsDropped())
+def default_sampler(ratio: float = 1.0) -> Sampler:
+    """``ParentBased(root=BackgroundRootsDropped(ratio))``: the mesh's sampling policy."""
+    return ParentBased(root=BackgroundRootsDropped(ratio))
 
 
 def install(provider: TracerProvider) -> None:
@@ -235,12 +269,26 @@ def current_traceparent() -> str:
 
 
 def _parent(traceparent: str | None, tracestate: str | None = None) -> otel_context.Context | None:
+    """The remote parent a ``traceparent`` (and ``tracestate``) names, or None.
+
+    The common form (version 00, lower-case hex) is parsed here: on every call of every
+    service, the propagator's getter/setter plumbing cost more than the parse. Anything
+    else goes to the W3C propagator, whose rules then apply (other versions, invalid)."""
     if not traceparent:
         return None
-    carrier = {TRACEPARENT: traceparent}
-    if tracestate:
-        carrier[TRACESTATE] = tracestate
-    return _W3C.extract(carrier)
+    m = _TRACEPARENT_00.fullmatch(traceparent)
+    if m is None:
+        carrier = {TRACEPARENT: traceparent}
+        if tracestate:
+            carrier[TRACESTATE] = tracestate
+        return _W3C.extract(carrier)
+    trace_id, span_id = int(m[1], 16), int(m[2], 16)
+    if not trace_id or not span_id:
+        return None
+    state = TraceState.from_header([tracestate]) if tracestate else None
+    remote = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m[3], 16)),
+                         trace_state=state)
+    return trace.set_span_in_context(NonRecordingSpan(remote))
 
 
 def fresh_context() -> contextvars.Context:
@@ -266,9 +314,18 @@ def untraced() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- RPC spans
+_RPC_ATTRIBUTES: dict[str, dict[str, Any]] = {}
+
+
 def _rpc_attributes(method: str) -> dict[str, Any]:
-    service, _, name = method.lstrip("/").rpartition("/")
-    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+    """``rpc.*`` attributes of a full method name (cached: a server has few methods)."""
+    attrs = _RPC_ATTRIBUTES.get(method)
+    if attrs is None:
+        service, _, name = method.lstrip("/").rpartition("/")
+        attrs = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        if len(_RPC_ATTRIBUTES) < 4096:
+            _RPC_ATTRIBUTES[method] = attrs
+    return attrs
 
 
 def start_server_span(method: str, metadata: Iterable[Any] | None) -> Span | None:

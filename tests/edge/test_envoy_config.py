@@ -426,3 +426,20 @@ def test_a_bad_otlp_protocol_is_refused() -> None:
     assert otlp_endpoint_from_env({}) is None
     with pytest.raises(TemplateError, match="grpc or http/protobuf"):
         otlp_endpoint_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"})
+
+
+def test_the_edge_samples_the_share_of_requests_the_services_do(hcm: dict[str, Any], tmp_path: Path) -> None:
+    from services.launcher.envoy_config import trace_sample_ratio_from_env
+    assert hcm["tracing"]["random_sampling"] == {"value": 100}
+    ratio = trace_sample_ratio_from_env({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                         "OTEL_TRACES_SAMPLER_ARG": "0.125"})
+    text = _render(trace_sample_ratio=ratio)
+    (listener,) = yaml.safe_load(text)["static_resources"]["listeners"]
+    assert listener["filter_chains"][0]["filters"][0]["typed_config"]["tracing"]["random_sampling"] == {"value": 12.5}
+    path = tmp_path / "envoy.yaml"
+    path.write_text(text)
+    result = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    with pytest.raises(TemplateError):
+        _render(trace_sample_ratio=1.5)

@@ -298,3 +298,29 @@ def test_log_lines_inside_a_span_carry_its_trace_and_span_id(spans: InMemorySpan
     ctx = span.get_span_context()
     assert (inside["trace_id"], inside["span_id"]) == (f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}")
     assert "trace_id" not in outside
+
+
+def test_sample_ratio_follows_the_sdk_variables() -> None:
+    assert tracing.sample_ratio({}) == 1.0
+    assert tracing.sample_ratio({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                 "OTEL_TRACES_SAMPLER_ARG": "0.25"}) == 0.25
+    assert tracing.sample_ratio({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "7"}) == 1.0
+    assert tracing.sample_ratio({"OTEL_TRACES_SAMPLER": "always_off"}) is None  # the SDK's own sampler
+
+
+def test_a_zero_ratio_records_no_new_trace_but_every_sampled_one_that_arrives() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=tracing.default_sampler(0.0))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.install(provider)
+    try:
+        from opentelemetry import context as otel_context
+        for parent in (None, INCOMING):
+            token = otel_context.attach(otel_context.Context())
+            span = tracing.open_server_span("/test.v1.Echo/Unary", parent)
+            tracing.end_rpc_span(span, grpc.StatusCode.OK, server=True)
+            otel_context.detach(token)
+    finally:
+        tracing.uninstall()
+    [recorded] = exporter.get_finished_spans()
+    assert hex_ids(recorded)[0] == TRACE_ID
