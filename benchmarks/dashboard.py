@@ -3,8 +3,10 @@
     PYTHONPATH=.:gen/python .venv/bin/python benchmarks/dashboard.py [--steps 100000] [--repeat 3]
 
 1. bundle — the bytes a browser downloads for the first page, as the edge serves them
-   (gzip): index.html plus every script and stylesheet it names, fetched through Envoy
-   with ``accept-encoding: gzip``; the uncompressed size beside it.
+   (gzip): index.html plus every script and stylesheet it names (the shell), fetched
+   through Envoy with ``accept-encoding: gzip``; the uncompressed size beside it. Pages
+   are chunks loaded on demand, so also: what chromium actually fetched to draw the
+   System page (the shell plus that page's chunks), from the page's resource timing.
 2. first chart — a finished job with ``--steps`` progress events (and an evaluation
    every 1000 steps) is written into the training store the way a worker appends them
    (Store.append_events, 5000 per transaction), then the whole mesh starts on that
@@ -100,6 +102,7 @@ def grpc_web(client: httpx.Client, method: str, request: bytes) -> tuple[float, 
 
 
 def bundle(edge: str) -> dict[str, int]:
+    """index.html and the scripts/stylesheets/modulepreloads it names, through the edge."""
     with httpx.Client(base_url=edge, timeout=30) as client:
         index = client.get("/", headers={"accept-encoding": "gzip"})
         assert index.status_code == 200, index.text[:200]
@@ -112,6 +115,35 @@ def bundle(edge: str) -> dict[str, int]:
             wire += int(resp.headers["content-length"])
             raw += len(resp.content)
     return {"gzip_bytes": wire, "raw_bytes": raw}
+
+
+FIRST_PAGE_BYTES = """() => {
+  const own = (e) => new URL(e.name).origin === location.origin
+    && !/^\\/(agentforge|grpc)\\./.test(new URL(e.name).pathname);
+  const all = [...performance.getEntriesByType("navigation"), ...performance.getEntriesByType("resource")];
+  return all.filter(own).map((e) => [new URL(e.name).pathname, e.encodedBodySize, e.decodedBodySize]);
+}"""
+
+
+def first_page_in_browser(edge: str, tmp: Path) -> dict[str, object] | None:
+    """The bytes chromium fetched to show the first page (System, until its health table
+    is drawn): the document and every script, stylesheet and lazily loaded chunk from the
+    edge (not the grpc-web calls), as transferred (gzip) and decoded. A fresh profile
+    (nothing cached); the token handed over in the fragment, as a user signs in."""
+    why = missing_prerequisites()
+    if why:
+        print(f"first page in the browser: skipped ({why})")
+        return None
+    browser = Browser(edge, tmp / "chromium-first-page")
+    try:
+        token = _auth().get("authorization", "").removeprefix("Bearer ")
+        browser.goto(f"/#token={token}" if token else "/")
+        browser.wait("tr[data-component]", timeout=60)
+        files = browser.eval(FIRST_PAGE_BYTES)
+    finally:
+        browser.close()
+    return {"gzip_bytes": sum(f[1] for f in files), "raw_bytes": sum(f[2] for f in files),
+            "files": sorted(f[0] for f in files)}
 
 
 FRAME_PROBE = """() => {
@@ -175,7 +207,12 @@ def main() -> None:
         with Mesh(MeshConfig(data_dir=data, training_workers=1, log_dir=Path(tmp) / "logs",
                              startup_timeout=300)) as mesh:
             sizes = bundle(mesh.edge_url)
-            print(f"first page: {sizes['gzip_bytes'] / 1024:.1f} KiB gzipped ({sizes['raw_bytes'] / 1024:.1f} KiB raw)")
+            print(f"shell (index.html and what it names): {sizes['gzip_bytes'] / 1024:.1f} KiB gzipped "
+                  f"({sizes['raw_bytes'] / 1024:.1f} KiB raw)")
+            page = first_page_in_browser(mesh.edge_url, Path(tmp))
+            if page:
+                print(f"first page as chromium loads it (System): {page['gzip_bytes'] / 1024:.1f} KiB gzipped "
+                      f"({page['raw_bytes'] / 1024:.1f} KiB raw) in {len(page['files'])} files")
             history_req = rr.GetTrainingJobMetricsRequest(name=f"{name}/metrics", max_points=args.points)
             watch_req = rr.WatchTrainingJobRequest(name=name)
             histories, replays = [], []

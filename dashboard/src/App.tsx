@@ -1,11 +1,14 @@
 /** The shell: navigation, the sign-in bar, and the page for the current route. */
-import { useState, type ReactNode } from "react";
+import { lazy, Suspense, useState, type ReactNode } from "react";
 import { tokenStore } from "./api/auth";
 import { useAuth, useHashRoute } from "./hooks/hooks";
-import { JobPage } from "./pages/JobPage";
-import { JobsPage } from "./pages/JobsPage";
-import { SystemPage } from "./pages/SystemPage";
 import { extraRoutes, extraNav } from "./pages/more";
+
+// Every page is its own chunk, loaded when its route is first shown: the first page
+// downloads the shell and that page's code and contracts only (docs/benchmarks.md).
+const SystemPage = lazy(() => import("./pages/SystemPage").then((m) => ({ default: m.SystemPage })));
+const JobsPage = lazy(() => import("./pages/JobsPage").then((m) => ({ default: m.JobsPage })));
+const JobPage = lazy(() => import("./pages/JobPage").then((m) => ({ default: m.JobPage })));
 
 const NAV: [string, string][] = [
   ["/system", "System"],
@@ -88,7 +91,9 @@ export function App() {
         </nav>
         <SignIn />
       </header>
-      <main id="main" tabIndex={-1} key={token}>{page(route)}</main>
+      <main id="main" tabIndex={-1} key={token}>
+        <Suspense fallback={<p className="muted" aria-busy="true">Loading…</p>}>{page(route)}</Suspense>
+      </main>
     </>
   );
 }

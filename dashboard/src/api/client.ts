@@ -1,17 +1,15 @@
 /**
- * One grpc-web transport (binary) to the edge at this page's own origin, and a typed
- * client per service. No REST side door: every call of the dashboard goes through here.
+ * One grpc-web transport (binary) to the edge at this page's own origin; pages make their
+ * typed clients on it with `useClient(Service)` (hooks.ts), importing only the service
+ * descriptors they use, so each page's chunk carries its own contracts and the first page
+ * loads none it does not need. No REST side door: every call of the dashboard goes through here.
  *
  * The auth interceptor adds `authorization: Bearer <token>` to every call when a token is
  * set and turns UNAUTHENTICATED / PERMISSION_DENIED answers into a request for a token
  * (tokenStore.report), whether they come as the call's status or mid-stream.
  */
-import { Code, ConnectError, createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { Code, ConnectError, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { ForgeService } from "@gen/agentforge/forge/v1/forge_service_pb";
-import { ModelService } from "@gen/agentforge/model/v1/model_service_pb";
-import { MonitoringService } from "@gen/agentforge/monitoring/v1/monitoring_service_pb";
-import { TrainingService } from "@gen/agentforge/training/v1/training_service_pb";
 import { tokenStore } from "./auth";
 
 /** Records what a 401/403 means for the token; returns the error unchanged. */
@@ -50,20 +48,4 @@ export const authInterceptor: Interceptor = (next) => async (req) => {
 
 export function makeTransport(baseUrl: string = window.location.origin): Transport {
   return createGrpcWebTransport({ baseUrl, useBinaryFormat: true, interceptors: [authInterceptor] });
-}
-
-export interface Clients {
-  training: Client<typeof TrainingService>;
-  monitoring: Client<typeof MonitoringService>;
-  model: Client<typeof ModelService>;
-  forge: Client<typeof ForgeService>;
-}
-
-export function makeClients(transport: Transport): Clients {
-  return {
-    training: createClient(TrainingService, transport),
-    monitoring: createClient(MonitoringService, transport),
-    model: createClient(ModelService, transport),
-    forge: createClient(ForgeService, transport),
-  };
 }

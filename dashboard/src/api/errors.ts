@@ -66,6 +66,13 @@ const HINTS: Partial<Record<Code, string>> = {
   [Code.Canceled]: "The call was cancelled.",
 };
 
+/** Hints for reasons whose advice differs from their code's (ErrorInfo.reason). */
+const REASON_HINTS: Record<string, string> = {
+  NOT_RESOURCE_OWNER: "Only its creator or an operator may do this. Ask them, or sign in as an operator.",
+  TOKEN_REVOKED: "This token was revoked. Get a new one (make token ROLE=…) and paste it.",
+  TOKEN_EXPIRED: "Your token expired. Get a new one (make token ROLE=…) and paste it.",
+};
+
 const RETRYABLE = new Set<Code>([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted, Code.Aborted]);
 
 export function codeName(code: Code): string {
@@ -99,7 +106,7 @@ export function describeError(err: unknown): Problem {
     message: ce.rawMessage || codeName(ce.code),
     fields,
     reason,
-    hint: HINTS[ce.code] ?? "",
+    hint: (reason && REASON_HINTS[reason]) || HINTS[ce.code] || "",
     retryable: RETRYABLE.has(ce.code),
     retryAfterMs,
   };

@@ -11,6 +11,7 @@ export function ProblemView({ problem, title }: { problem: Problem | null; title
       <strong>{title ?? "The server refused this"}</strong>{" "}
       <code>{problem.codeName}</code>: {problem.message}
       {problem.reason ? <div>Reason: <code>{problem.reason}</code></div> : null}
+      {problem.hint ? <div className="hint" data-hint="">What to do: {problem.hint}</div> : null}
       {fields.length ? (
         <ul>
           {fields.map(([path, msgs]) => (

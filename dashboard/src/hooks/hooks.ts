@@ -1,16 +1,19 @@
 /** React glue: the clients, the token, the route, unary calls and resumable streams. */
-import { createContext, useCallback, useContext, useEffect, useRef, useState, useSyncExternalStore } from "react";
-import type { Clients } from "../api/client";
+import { createContext, useCallback, useContext, useEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import type { DescService } from "@bufbuild/protobuf";
 import { tokenStore } from "../api/auth";
 import { describeError, type Problem } from "../api/errors";
 import { ResumableStream, type ResumableOptions, type StreamStatus } from "./resumable";
 
-export const ClientsContext = createContext<Clients | null>(null);
+/** The grpc-web transport to the edge (api/client.ts), provided once at the root. */
+export const TransportContext = createContext<Transport | null>(null);
 
-export function useClients(): Clients {
-  const clients = useContext(ClientsContext);
-  if (!clients) throw new Error("useClients outside <ClientsContext.Provider>");
-  return clients;
+/** A typed client of `service` on the root's transport (one per component instance). */
+export function useClient<T extends DescService>(service: T): Client<T> {
+  const transport = useContext(TransportContext);
+  if (!transport) throw new Error("useClient outside <TransportContext.Provider>");
+  return useMemo(() => createClient(service, transport), [service, transport]);
 }
 
 export function useAuth() {

@@ -1,12 +1,13 @@
 /** Alerts: the live list (ListAlerts, then WatchAlerts from its cursor), acknowledge. */
 import { useState } from "react";
+import { MonitoringService } from "@gen/agentforge/monitoring/v1/monitoring_service_pb";
 import { AlertSeverity, AlertState, type Alert, type AlertEvent } from "@gen/agentforge/monitoring/v1/alert_pb";
 import { describeError, type Problem } from "../api/errors";
 import { enumLabel, formatTime, ProblemView, StreamBadge } from "../components/common";
-import { useAuth, useClients, useResumableStream } from "../hooks/hooks";
+import { useAuth, useClient, useResumableStream } from "../hooks/hooks";
 
 export function AlertsPage() {
-  const { monitoring } = useClients();
+  const monitoring = useClient(MonitoringService);
   const auth = useAuth();
   const [alerts, setAlerts] = useState<Map<string, Alert>>(new Map());
   const [problem, setProblem] = useState<Problem | null>(null);

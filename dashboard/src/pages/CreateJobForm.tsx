@@ -4,6 +4,7 @@
  * next to the fields they name (`training_job.spec.batch_size` → "Batch size").
  */
 import { useState } from "react";
+import { TrainingService } from "@gen/agentforge/training/v1/training_service_pb";
 import { create } from "@bufbuild/protobuf";
 import {
   GrokfastKind,
@@ -14,7 +15,7 @@ import {
 } from "@gen/agentforge/training/v1/training_job_pb";
 import { describeError, unplacedViolations, violationsAt, type Problem } from "../api/errors";
 import { Field, ProblemView } from "../components/common";
-import { useClients } from "../hooks/hooks";
+import { useClient } from "../hooks/hooks";
 
 type Kind = "int" | "bigint" | "float";
 
@@ -68,7 +69,7 @@ function parse(kind: Kind, raw: string): number | bigint | null {
 }
 
 export function CreateJobForm({ onCreated }: { onCreated: (job: TrainingJob) => void }) {
-  const { training } = useClients();
+  const training = useClient(TrainingService);
   const [values, setValues] = useState<Record<string, string>>(() =>
     Object.fromEntries(NUM_FIELDS.map((f) => [f.key, f.initial])),
   );

@@ -8,12 +8,13 @@
  * get no gap and no duplicate.
  */
 import { useMemo, useRef, useState } from "react";
+import { TrainingService } from "@gen/agentforge/training/v1/training_service_pb";
 import { TrainingJobState, type TrainingJob } from "@gen/agentforge/training/v1/training_job_pb";
 import type { TrainingJobEvent } from "@gen/agentforge/training/v1/training_job_event_pb";
 import { describeError, type Problem } from "../api/errors";
 import { Chart } from "../components/Chart";
 import { formatTime, ProblemView, StreamBadge } from "../components/common";
-import { useClients, useFrame, useResumableStream, useUnary } from "../hooks/hooks";
+import { useClient, useFrame, useResumableStream, useUnary } from "../hooks/hooks";
 import { JobSeries } from "../training/series";
 import { stateLabel } from "./JobsPage";
 
@@ -21,7 +22,7 @@ const HISTORY_POINTS = 2000;
 const ACTIVE = new Set([TrainingJobState.QUEUED, TrainingJobState.RUNNING, TrainingJobState.PAUSED]);
 
 export function JobPage({ id }: { id: string }) {
-  const { training } = useClients();
+  const training = useClient(TrainingService);
   const name = `trainingJobs/${id}`;
   const job = useUnary((signal) => training.getTrainingJob({ name }, { signal }), [training, name]);
   const checkpoints = useUnary((signal) => training.listCheckpoints({ parent: name, pageSize: 20 }, { signal }), [training, name]);
@@ -158,7 +159,7 @@ function JobSummary({ job }: { job: TrainingJob }) {
 }
 
 function JobControls({ job, onChanged }: { job: TrainingJob; onChanged: () => void }) {
-  const { training } = useClients();
+  const training = useClient(TrainingService);
   const [problem, setProblem] = useState<Problem | null>(null);
   const [busy, setBusy] = useState(false);
   const [lr, setLr] = useState("");

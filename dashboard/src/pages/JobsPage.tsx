@@ -1,8 +1,9 @@
 /** Training jobs: list with filters and paging, and the create form. */
 import { useState } from "react";
+import { TrainingService } from "@gen/agentforge/training/v1/training_service_pb";
 import { TrainingJobState, type TrainingJob } from "@gen/agentforge/training/v1/training_job_pb";
 import { enumLabel, formatTime, ProblemView } from "../components/common";
-import { useClients, useUnary } from "../hooks/hooks";
+import { useClient, useUnary } from "../hooks/hooks";
 import { CreateJobForm } from "./CreateJobForm";
 
 const FILTER_STATES = [
@@ -19,7 +20,7 @@ export function stateLabel(s: TrainingJobState): string {
 }
 
 export function JobsPage() {
-  const { training } = useClients();
+  const training = useClient(TrainingService);
   const [states, setStates] = useState<TrainingJobState[]>([]);
   const [phase, setPhase] = useState("");
   const [labels, setLabels] = useState("");

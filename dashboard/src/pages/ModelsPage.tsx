@@ -1,10 +1,11 @@
 /** Models: the registry's models, versions, aliases, lineage; download with progress; export. */
 import { useState } from "react";
+import { ModelService } from "@gen/agentforge/model/v1/model_service_pb";
 import { ArtifactFormat, ArtifactState, ModelVersionState, type ModelVersion } from "@gen/agentforge/model/v1/model_version_pb";
 import { ModelExportState, type ModelExport } from "@gen/agentforge/model/v1/model_export_pb";
 import { describeError, type Problem } from "../api/errors";
 import { enumLabel, formatTime, ProblemView } from "../components/common";
-import { useClients, useUnary } from "../hooks/hooks";
+import { useClient, useUnary } from "../hooks/hooks";
 
 const idOf = (name: string) => name.split("/").pop() ?? name;
 const formatBytes = (n: bigint | number) => {
@@ -13,7 +14,7 @@ const formatBytes = (n: bigint | number) => {
 };
 
 export function ModelsPage() {
-  const { model } = useClients();
+  const model = useClient(ModelService);
   const models = useUnary((signal) => model.listModels({ pageSize: 100 }, { signal }), [model]);
   return (
     <section aria-labelledby="models-title">
@@ -39,7 +40,7 @@ export function ModelsPage() {
 }
 
 export function ModelPage({ id }: { id: string }) {
-  const { model } = useClients();
+  const model = useClient(ModelService);
   const name = `models/${id}`;
   const m = useUnary((signal) => model.getModel({ name }, { signal }), [model, name]);
   const versions = useUnary((signal) => model.listModelVersions({ parent: name, pageSize: 100 }, { signal }), [model, name]);
@@ -97,7 +98,7 @@ function Lineage({ v }: { v: ModelVersion }) {
 }
 
 function VersionRow({ version: v }: { version: ModelVersion }) {
-  const { model } = useClients();
+  const model = useClient(ModelService);
   const [progress, setProgress] = useState<{ done: number; total: number } | null>(null);
   const [problem, setProblem] = useState<Problem | null>(null);
   const [format, setFormat] = useState(ArtifactFormat.ONNX);

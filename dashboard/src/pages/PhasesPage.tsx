@@ -1,5 +1,6 @@
 /** Phase runs: the catalog, start a phase with its parameters, watch a run's steps and jobs. */
 import { useState } from "react";
+import { ForgeService } from "@gen/agentforge/forge/v1/forge_service_pb";
 import { toJson, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
 import { ValueSchema, type Value } from "@bufbuild/protobuf/wkt";
 import { ParameterType, type Phase } from "@gen/agentforge/forge/v1/phase_pb";
@@ -7,12 +8,12 @@ import { PhaseRunState, SagaStepState, type PhaseRun } from "@gen/agentforge/for
 import type { PhaseRunEvent } from "@gen/agentforge/forge/v1/phase_run_event_pb";
 import { describeError, unplacedViolations, type Problem } from "../api/errors";
 import { enumLabel, Field, formatTime, ProblemView, StreamBadge } from "../components/common";
-import { useClients, useResumableStream, useUnary } from "../hooks/hooks";
+import { useClient, useResumableStream, useUnary } from "../hooks/hooks";
 
 const idOf = (name: string) => name.split("/").pop() ?? name;
 
 export function PhasesPage() {
-  const { forge } = useClients();
+  const forge = useClient(ForgeService);
   const phases = useUnary((signal) => forge.listPhases({ pageSize: 100 }, { signal }), [forge]);
   const runs = useUnary((signal) => forge.listPhaseRuns({ pageSize: 20 }, { signal }), [forge]);
   const [selected, setSelected] = useState<Phase | null>(null);
@@ -88,7 +89,7 @@ function showDefault(v: Value | undefined): string {
 }
 
 function StartPhaseForm({ phase }: { phase: Phase }) {
-  const { forge } = useClients();
+  const forge = useClient(ForgeService);
   const [values, setValues] = useState<Record<string, string>>(() =>
     Object.fromEntries(phase.parameters.map((p) => [p.name, showDefault(p.defaultValue)])),
   );
@@ -136,7 +137,7 @@ function StartPhaseForm({ phase }: { phase: Phase }) {
 }
 
 export function PhaseRunPage({ id }: { id: string }) {
-  const { forge } = useClients();
+  const forge = useClient(ForgeService);
   const name = `phaseRuns/${id}`;
   const [run, setRun] = useState<PhaseRun | null>(null);
   const [log, setLog] = useState<string[]>([]);

@@ -1,8 +1,9 @@
 /** System: the live health of every component, from WatchSystemHealth. */
 import { useState } from "react";
+import { MonitoringService } from "@gen/agentforge/monitoring/v1/monitoring_service_pb";
 import { ComponentKind, HealthStatus, type SystemHealth } from "@gen/agentforge/monitoring/v1/health_pb";
 import { durationMs, enumLabel, formatDuration, formatTime, ProblemView, StreamBadge, tsToDate } from "../components/common";
-import { useClients, useResumableStream } from "../hooks/hooks";
+import { useClient, useResumableStream } from "../hooks/hooks";
 
 const STATUS_CLASS: Record<number, string> = {
   [HealthStatus.SERVING]: "ok",
@@ -16,7 +17,7 @@ export function statusLabel(s: HealthStatus): string {
 }
 
 export function SystemPage() {
-  const { monitoring } = useClients();
+  const monitoring = useClient(MonitoringService);
   const [health, setHealth] = useState<SystemHealth | null>(null);
   const [received, setReceived] = useState<Date | null>(null);
   const status = useResumableStream<SystemHealth>(

@@ -1,8 +1,12 @@
 /** Pages beyond System and Training jobs, registered here. */
-import type { ReactNode } from "react";
-import { AlertsPage } from "./AlertsPage";
-import { ModelPage, ModelsPage } from "./ModelsPage";
-import { PhaseRunPage, PhasesPage } from "./PhasesPage";
+import { lazy, type ReactNode } from "react";
+
+// Each page is a chunk of its own, loaded on first use (see App.tsx).
+const AlertsPage = lazy(() => import("./AlertsPage").then((m) => ({ default: m.AlertsPage })));
+const ModelsPage = lazy(() => import("./ModelsPage").then((m) => ({ default: m.ModelsPage })));
+const ModelPage = lazy(() => import("./ModelsPage").then((m) => ({ default: m.ModelPage })));
+const PhasesPage = lazy(() => import("./PhasesPage").then((m) => ({ default: m.PhasesPage })));
+const PhaseRunPage = lazy(() => import("./PhasesPage").then((m) => ({ default: m.PhaseRunPage })));
 
 export const extraNav: [string, string][] = [
   ["/phases", "Phase runs"],
