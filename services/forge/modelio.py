@@ -27,16 +27,17 @@ from agentforge.model.v1 import request_response_pb2 as mreq
 from services.forge.phases.base import StepFailedError
 from services.training.engine.model import DecoderTransformer
 from services.training.engine.spec import BUILTIN_DATASET
-from services.training.engine.tasks import CognateTask
+from services.training.engine.tasks import CharTokenizer, CognateTask
 
 __all__ = ["HELDOUT_SEED", "build_decoder", "download_weights", "heldout_task", "load_state", "register_weights",
-           "state_dict_bytes", "validation_loss"]
+           "state_dict_bytes", "tokenizer_of", "validation_loss"]
 
 #: Seed of the held-out word problems (Cognate candidates use small seeds; the generator's
 #: problems for this seed are a sample none of them trained on).
 HELDOUT_SEED = 2_147_483_647
 CHUNK = 1 << 20
-ARCH_KEYS = ("model.layers", "model.width", "model.heads", "model.context_length", "task.kind")
+ARCH_KEYS = ("model.layers", "model.width", "model.heads", "model.context_length", "task.kind", "task.tokenizer",
+             "task.tokenizer.vocabulary")
 
 
 async def download_weights(model_stub: Any, name: str, dest: Path) -> tuple[str, dict[str, torch.Tensor]]:
@@ -110,8 +111,27 @@ async def register_weights(model_stub: Any, parent: str, version: mv.ModelVersio
 
 
 def architecture(version: mv.ModelVersion) -> dict[str, str]:
-    """The architecture parameters a merge needs to match."""
-    return {k: version.parameters.get(k, "") for k in ARCH_KEYS}
+    """The architecture parameters a merge needs to match (the tokenizer too: ids mean
+    nothing without it; a version that names none is a byte model)."""
+    arch = {k: version.parameters.get(k, "") for k in ARCH_KEYS}
+    if arch["task.kind"] == "cognate" and not arch["task.tokenizer"]:
+        arch["task.tokenizer"] = "byte"
+    return arch
+
+
+def tokenizer_of(params: Mapping[str, str]) -> "str | CharTokenizer":
+    """How text becomes ids for a registered version: ``"byte"``, or the
+    :class:`CharTokenizer` of its ``task.tokenizer.vocabulary`` (TOKENIZER_CHAR)."""
+    if params.get("task.tokenizer", "byte") != "char":
+        return "byte"
+    vocabulary = params.get("task.tokenizer.vocabulary", "")
+    if not vocabulary:
+        raise StepFailedError(9, "a TOKENIZER_CHAR model without its vocabulary "
+                                 "(parameter task.tokenizer.vocabulary) cannot be fed text")
+    try:
+        return CharTokenizer(vocabulary)
+    except ValueError as exc:  # (SpecError too) a vocabulary no training run wrote
+        raise StepFailedError(9, f"parameter task.tokenizer.vocabulary is not a character vocabulary: {exc}") from exc
 
 
 def build_decoder(state: Mapping[str, torch.Tensor], params: Mapping[str, str]) -> DecoderTransformer:
@@ -126,13 +146,17 @@ def build_decoder(state: Mapping[str, torch.Tensor], params: Mapping[str, str]) 
     return model.eval()
 
 
-def heldout_task(context_length: int, dataset_path: str = "", seed: int = HELDOUT_SEED) -> CognateTask:
+def heldout_task(context_length: int, dataset_path: str = "", seed: int = HELDOUT_SEED,
+                 tokenizer: "str | CharTokenizer" = "byte") -> CognateTask:
     """Text to score and fine-tune on: the built-in word problems drawn with ``seed``, or the
-    given file split by ``seed``. ``train_inputs`` for fine-tuning, ``eval_inputs`` to score."""
-    return CognateTask(dataset_path or BUILTIN_DATASET, context_length, train_fraction=0.9, seed=seed)
+    given file split by ``seed``. ``train_inputs`` for fine-tuning, ``eval_inputs`` to score.
+    ``tokenizer``: the model's (:func:`tokenizer_of`); a char model's vocabulary is used
+    as it is, characters outside it left out of the text."""
+    return CognateTask(dataset_path or BUILTIN_DATASET, context_length, train_fraction=0.9, seed=seed,
+                       tokenizer=tokenizer)
 
 
 @torch.no_grad()
 def validation_loss(model: torch.nn.Module, task: CognateTask) -> float:
-    """Mean next-byte cross-entropy (nats per token) on the task's held-out windows."""
+    """Mean next-token cross-entropy (nats per token) on the task's held-out windows."""
     return float(task.evaluate(model)["loss"])

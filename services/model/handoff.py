@@ -8,7 +8,10 @@ Every ``Event.training_job_completed`` becomes one READY model version (see
 * artifact: the ``state_dict`` of the checkpoint file (``checkpoint.uri``, ``file://``),
   stored as a STATE_DICT artifact after the file's sha256 was checked;
 * metrics: ``final_metrics`` (else the checkpoint's), parameters: the job's spec, with
-  the architecture keys TORCHSCRIPT export needs;
+  the architecture keys TORCHSCRIPT export needs, and for a cognate model its tokenizer
+  (``task.tokenizer``: ``byte`` or ``char``; for ``char`` also
+  ``task.tokenizer.vocabulary``, the characters of ids 0..n-1 in order, read from the
+  checkpoint: whoever feeds the model text needs them);
 * lineage: training job, checkpoint, phase run, phase.
 
 Idempotent per checkpoint name: a redelivered event finds the version it made. Other
@@ -30,6 +33,7 @@ delivery fails and the bus retries it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -49,7 +53,7 @@ from services.model.exports import ARCHITECTURE
 from services.shared.bus import Envelope, EventBus
 from services.shared.errors import NotFound, Unavailable
 
-__all__ = ["HandoffConsumer", "handoff_from_event"]
+__all__ = ["HandoffConsumer", "checkpoint_vocabulary", "handoff_from_event"]
 
 _log = logging.getLogger(__name__)
 _EVENT_TYPE = event_pb2.Event.DESCRIPTOR.full_name
@@ -81,6 +85,8 @@ def _parameters(job: training_job_pb2.TrainingJob, ckpt: training_job_pb2.Checkp
         "seed": str(spec.seed),
         "checkpoint.step": str(ckpt.step),
     }
+    if spec.task.kind == training_job_pb2.TASK_KIND_COGNATE:
+        params["task.tokenizer"] = "char" if spec.task.dataset.tokenizer == training_job_pb2.TOKENIZER_CHAR else "byte"
     if spec.HasField("optimizer"):
         params["optimizer.learning_rate"] = repr(spec.optimizer.learning_rate)
     if spec.HasField("grokfast"):
@@ -89,6 +95,19 @@ def _parameters(job: training_job_pb2.TrainingJob, ckpt: training_job_pb2.Checkp
     if ckpt.sha256:
         params["checkpoint.sha256"] = ckpt.sha256
     return params
+
+
+def checkpoint_vocabulary(path: Path) -> str:
+    """The character vocabulary a training checkpoint records (``tokenizer.vocabulary``);
+    ValueError when it records none (the hand-off is retried, then dead-lettered)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    record = ckpt.get("tokenizer") if isinstance(ckpt, dict) else None
+    vocabulary = record.get("vocabulary") if isinstance(record, dict) and record.get("kind") == "char" else None
+    if not isinstance(vocabulary, str) or not vocabulary:
+        raise ValueError(f"checkpoint {path} of a TOKENIZER_CHAR job records no character vocabulary")
+    return vocabulary
 
 
 def handoff_from_event(completed: event_pb2.TrainingJobCompleted, default_model: str) -> Handoff:
@@ -173,6 +192,10 @@ class HandoffConsumer:
         if state:
             await self._remove(handoff, f"{handoff.phase_run} is {state}", envelope.id)
             return
+        if handoff.parameters.get("task.tokenizer") == "char":
+            vocabulary = await asyncio.to_thread(checkpoint_vocabulary, handoff.checkpoint_path)
+            handoff = dataclasses.replace(handoff, parameters={**handoff.parameters,
+                                                               "task.tokenizer.vocabulary": vocabulary})
         version, created = await register_handoff(self._registry, handoff)
         state = await self._withdrawn(handoff.phase_run)  # it may have started undoing meanwhile
         if state:

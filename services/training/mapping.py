@@ -48,6 +48,7 @@ _SEVERITY = {"debug": ev_pb.LOG_SEVERITY_DEBUG, "info": ev_pb.LOG_SEVERITY_INFO,
 #: Engine field paths whose proto name differs (the rest keep their dotted name).
 _ENGINE_TO_PROTO = {
     "optimizer.lr": "optimizer.learning_rate",
+    "task.tokenizer": "task.dataset.tokenizer",
     "device": "device",
 }
 
@@ -71,13 +72,14 @@ def spec_from_proto(spec: job_pb.TrainingJobSpec) -> TrainingSpec:
     """The engine spec for a (protovalidate-valid) proto spec, defaults applied.
 
     Raises :class:`InvalidArgument` for what the engine cannot express (unknown task,
-    char tokenizer, cognate without a dataset).
+    cognate without a dataset).
     """
     t, m, o, g = spec.task, spec.model, spec.optimizer, spec.grokfast
     kind = _TASKS.get(t.kind)
     if kind is None:
         raise InvalidArgument("unknown task", [(f"{SPEC_PREFIX}.task.kind", f"unknown task kind {t.kind}")])
     dataset = BUILTIN_DATASET
+    tokenizer = "byte"
     if kind == "cognate":
         source = t.dataset.WhichOneof("source")
         if source is None:
@@ -86,13 +88,12 @@ def spec_from_proto(spec: job_pb.TrainingJobSpec) -> TrainingSpec:
         if source == "path":
             dataset = t.dataset.path
         if t.dataset.tokenizer == job_pb.TOKENIZER_CHAR:
-            raise InvalidArgument("tokenizer not supported", [
-                (f"{SPEC_PREFIX}.task.dataset.tokenizer", "TOKENIZER_CHAR is not supported yet; use TOKENIZER_BYTE")])
+            tokenizer = "char"
     train_fraction = t.train_fraction or (0.5 if kind == "modular_arithmetic" else 0.9)
     max_steps = int(spec.max_steps)
     return TrainingSpec(
         task=TaskSpec(kind=kind, modulus=t.modulus or 97, dataset=dataset,  # type: ignore[arg-type]
-                      train_fraction=train_fraction),
+                      train_fraction=train_fraction, tokenizer=tokenizer),  # type: ignore[arg-type]
         model=ModelSpec(layers=m.layers, width=m.width, heads=m.heads, context_length=m.context_length,
                         vocab_size=m.vocab_size, dropout=m.dropout),
         optimizer=OptimizerSpec(kind=_OPTIMIZERS[o.kind], lr=o.learning_rate or 1e-3,  # type: ignore[arg-type]

@@ -257,3 +257,33 @@ async def test_training_handoff_registers_exactly_one_version_on_redelivery(
             if created.name == "models/grok/versions/1":
                 assert created.lineage.checkpoint == "trainingJobs/job-1/checkpoints/final"
                 break
+
+
+async def test_a_char_model_is_registered_with_its_tokenizer_vocabulary(registry: Registry, tmp_path: Path) -> None:
+    """TOKENIZER_CHAR end to end on the registry side: the version records the tokenizer
+    and the vocabulary its ids mean (read from the checkpoint), so consumers can feed it."""
+    path = tmp_path / "ckpt-char.pt"
+    torch.manual_seed(2)
+    vocabulary = " abcdeht"
+    model = DecoderTransformer(vocab_size=len(vocabulary) + 3, width=16, layers=1, heads=2, context_length=4)
+    torch.save({"format": 1, "step": 30, "model": model.state_dict(),
+                "tokenizer": {"kind": "char", "vocabulary": vocabulary}}, path)
+    event = completed_event(path, sha256_file(path))
+    completed = event.training_job_completed
+    completed.training_job.name = "trainingJobs/char-1"
+    completed.training_job.labels["model"] = "chars"
+    completed.training_job.spec.task.kind = tj.TASK_KIND_COGNATE
+    completed.training_job.spec.task.dataset.tokenizer = tj.TOKENIZER_CHAR
+    completed.checkpoint.name = "trainingJobs/char-1/checkpoints/final"
+    await registry.bus.publish(registry.training_stream, event, subject="trainingJobs/char-1")
+    async with asyncio.timeout(20):
+        while True:
+            try:
+                version = await registry.stub.GetModelVersion(rr.GetModelVersionRequest(name="models/chars/versions/1"))
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.NOT_FOUND
+                await asyncio.sleep(0.05)
+    assert version.parameters["task.tokenizer"] == "char"
+    assert version.parameters["task.tokenizer.vocabulary"] == vocabulary
+    assert version.parameters["task.kind"] == "cognate"

@@ -626,3 +626,35 @@ async def test_200_watchers_of_one_job_all_get_every_event_from_one_fanout(train
         assert [e.sequence for e in events] == expected
     fanout = training.app.jobs.fanout
     assert fanout.reader_count == 2 and fanout.watcher_count == 0
+
+
+async def test_a_tokenizer_char_job_trains_on_the_dataset_s_characters(training: Training) -> None:
+    """Issue 8: TOKENIZER_CHAR answered "not supported yet". Now the job trains over the
+    dataset's characters (plus BOS/EOS/PAD) and its checkpoints record that vocabulary."""
+    data = training.config.dataset_root_paths[0] / "chars.txt"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("the cat sat on the mat\nthe dog ate the log\n" * 20)
+    spec = tiny_spec(task=job_pb.TaskSpec(kind=job_pb.TASK_KIND_COGNATE, dataset=job_pb.DatasetSpec(
+                         path=str(data), tokenizer=job_pb.TOKENIZER_CHAR)),
+                     model=job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=8),
+                     max_steps=20, eval_interval=10, checkpoint_interval=20)
+    job = await training.create(spec)
+    assert job.spec.task.dataset.tokenizer == job_pb.TOKENIZER_CHAR
+    events = await training.watch(job.name, timeout=180)
+    assert states(events)[-1] == S.TRAINING_JOB_STATE_SUCCEEDED, events[-3:]
+    done = await training.get(job.name)
+    final = (await training.stub.ListCheckpoints(rr.ListCheckpointsRequest(parent=job.name))).checkpoints[0]
+    ckpt = torch.load(final.uri.removeprefix("file://"), weights_only=True)
+    vocabulary = "".join(sorted(set(data.read_text()) - {"\n"}))
+    assert ckpt["tokenizer"] == {"kind": "char", "vocabulary": vocabulary}
+    assert ckpt["model"]["token_embeddings.weight"].shape[0] == len(vocabulary) + 3
+    assert done.final_metrics["train_loss"] < 4.0  # ln(259) = 5.6 would be bytes; ln(16) = 2.8 here
+    # A vocabulary_size below what the characters need is refused (at once, not retried).
+    small = tiny_spec(task=spec.task, model=job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=8,
+                                                                      vocab_size=5), max_steps=5)
+    failed_job = await training.create(small)
+    events = await training.watch(failed_job.name, timeout=180)
+    failed = await training.get(failed_job.name)
+    assert failed.state == S.TRAINING_JOB_STATE_FAILED and failed.error.code == code_pb2.INVALID_ARGUMENT
+    assert "vocab_size" in failed.error.message
+    assert not [e for e in events if e.HasField("state_changed") and "retrying" in e.state_changed.reason]

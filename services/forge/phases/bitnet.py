@@ -36,7 +36,7 @@ from agentforge.model.v1 import model_version_pb2 as mv
 from agentforge.model.v1 import request_response_pb2 as mreq
 from services.forge import bitnet as b158
 from services.forge.modelio import (build_decoder, download_weights, heldout_task, load_state, register_weights,
-                                    state_dict_bytes, validation_loss)
+                                    state_dict_bytes, tokenizer_of, validation_loss)
 from services.forge.phases.base import P, ParamSpec, Peers, Phase, PhaseContext, Step, StepFailedError
 from services.forge.phases.common import delete_versions, move_alias, restore_alias
 from services.shared.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -146,7 +146,7 @@ class BitNet(Phase):
         torch.set_num_threads(max(1, ctx.peers.config.torch_threads))
         params = ctx.data["bitnet.source_params"]
         state = load_state(ctx.scratch() / "source.pth")
-        task = heldout_task(int(params["model.context_length"]), p["dataset_path"])
+        task = heldout_task(int(params["model.context_length"]), p["dataset_path"], tokenizer=tokenizer_of(params))
         model = build_decoder(state, params)
         source_loss = validation_loss(model, task)
         b158.convert_to_bitnet(model, p["activation_bits"])

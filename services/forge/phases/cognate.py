@@ -68,6 +68,8 @@ def cognate_training_job(params: dict[str, Any], *, phase_run: str, candidate: i
     kind = {"none": tj.GROKFAST_KIND_NONE, "ema": tj.GROKFAST_KIND_EMA, "ma": tj.GROKFAST_KIND_MA}
     dataset = (tj.DatasetSpec(path=params["dataset_path"]) if params["dataset_path"]
                else tj.DatasetSpec(builtin=tj.BUILTIN_DATASET_ARITHMETIC_WORD_PROBLEMS))
+    if params.get("tokenizer") == "char":
+        dataset.tokenizer = tj.TOKENIZER_CHAR
     spec = tj.TrainingJobSpec(
         task=tj.TaskSpec(kind=tj.TASK_KIND_COGNATE, dataset=dataset),
         model=tj.ModelArchitecture(layers=params["layers"], width=settings["width"], heads=params["heads"],
@@ -103,7 +105,7 @@ class Cognate(Phase):
                   "Per-candidate widths (one per candidate); empty = all `width`. Models of different widths "
                   "cannot be merged by EvoMerge.", []),
         ParamSpec("heads", P.PARAMETER_TYPE_INTEGER, "Attention heads.", 4, 1, 32),
-        ParamSpec("context_length", P.PARAMETER_TYPE_INTEGER, "Context length in bytes.", 64, 8, 4096),
+        ParamSpec("context_length", P.PARAMETER_TYPE_INTEGER, "Context length in tokens.", 64, 8, 4096),
         ParamSpec("learning_rate", P.PARAMETER_TYPE_NUMBER, "Peak AdamW learning rate (the middle candidate's).",
                   3e-3, 1e-6, 1.0),
         ParamSpec("learning_rate_spread", P.PARAMETER_TYPE_NUMBER,
@@ -119,6 +121,9 @@ class Cognate(Phase):
                   1_000_000),
         ParamSpec("dataset_path", P.PARAMETER_TYPE_STRING,
                   "Absolute .txt/.jsonl path on the workers; empty = built-in arithmetic word problems.", ""),
+        ParamSpec("tokenizer", P.PARAMETER_TYPE_STRING,
+                  "byte: UTF-8 bytes; char: the dataset's characters (TOKENIZER_CHAR; later phases score the "
+                  "models with that vocabulary).", "byte", allowed=("byte", "char")),
         ParamSpec("eval_interval", P.PARAMETER_TYPE_INTEGER, "Evaluate every N steps (0 = auto).", 0, 0, 1_000_000),
         ParamSpec("progress_interval", P.PARAMETER_TYPE_INTEGER, "Progress event every N steps.", 5, 1, 100_000),
         ParamSpec("model", P.PARAMETER_TYPE_STRING, "Registry model id the versions are registered under.", "cognate"),

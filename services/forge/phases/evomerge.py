@@ -45,8 +45,8 @@ from google.rpc import code_pb2
 from agentforge.model.v1 import model_version_pb2 as mv
 from agentforge.model.v1 import request_response_pb2 as mreq
 from services.forge import merge
-from services.forge.modelio import (architecture, build_decoder, download_weights, heldout_task,
-                                    load_state, register_weights, state_dict_bytes, validation_loss)
+from services.forge.modelio import (architecture, build_decoder, download_weights, heldout_task, load_state,
+                                    register_weights, state_dict_bytes, tokenizer_of, validation_loss)
 from services.forge.phases.base import P, ParamSpec, Peers, Phase, PhaseContext, Step, StepFailedError
 from services.forge.phases.common import delete_versions, move_alias, restore_alias
 from services.shared.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -292,7 +292,7 @@ class EvoMerge(Phase):
         params = ctx.data["evomerge.parent_params"]
         parents = [load_state(ctx.scratch() / f"parent-{i}.pth") for i in range(len(ctx.data["evomerge.parents"]))]
         base, base_kind = self._base(parents, params, ctx.data["evomerge.parent_seeds"])
-        task = heldout_task(int(params["model.context_length"]), p["dataset_path"])
+        task = heldout_task(int(params["model.context_length"]), p["dataset_path"], tokenizer=tokenizer_of(params))
 
         def score(state: dict[str, torch.Tensor]) -> float:
             loss = validation_loss(build_decoder(state, params), task)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .model import DecoderTransformer, build_model
-from .spec import TrainingSpec, required_vocab_size
+from .spec import SpecError, TrainingSpec, required_vocab_size
 from .tasks import EpochSampler, Sampler, StreamSampler, Task, build_task
 
 __all__ = ["RunComponents", "build_components"]
@@ -41,6 +41,19 @@ def build_components(spec: TrainingSpec) -> RunComponents:
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     vocab = required_vocab_size(spec.task)
+    if vocab is None:
+        # The char tokenizer's vocabulary is the dataset's characters: read the data
+        # first. A cognate task draws nothing from the torch RNG (its split and word
+        # problems come from random.Random(seed)), so the model's initialisation below
+        # still starts right after manual_seed.
+        task = build_task(spec.task, spec.model.context_length, spec.seed)
+        vocab = task.vocab_size
+        if spec.model.vocab_size and spec.model.vocab_size < vocab:
+            raise SpecError("model.vocab_size", f"must be 0 or >= {vocab}: the dataset has {vocab - 3} "
+                                                "distinct characters plus BOS, EOS and PAD")
+        model = build_model(spec.model, vocab, spec.task.kind)
+        sampler = EpochSampler(task.num_train_examples, spec.batch_size, spec.seed)
+        return RunComponents(task, model, sampler)
     model = build_model(spec.model, vocab, spec.task.kind)
     if spec.task.resolved_data_order() == "paper":
         stream = torch.Generator().set_state(torch.get_rng_state())

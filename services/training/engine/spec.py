@@ -38,6 +38,8 @@ BLOCK_STYLES = ("auto", "pre_ln", "grokfast_paper")
 DATA_ORDERS = ("auto", "paper", "seeded")
 DEVICES = ("auto", "cpu", "cuda")
 DATASET_SUFFIXES = (".txt", ".jsonl")
+#: Tokenizers of the cognate task: UTF-8 bytes, or the dataset's characters.
+TOKENIZERS = ("byte", "char")
 MODULAR_SEQUENCE_LENGTH = 4  # tokens [x, op, y, =]
 
 
@@ -84,6 +86,9 @@ class TaskSpec:
     dataset: for ``cognate``: ``arithmetic_word_problems`` (built in) or a path to a local
         ``.txt`` (one document per non-empty line) or ``.jsonl`` (field ``text``) file.
     train_fraction: share of examples (modular) or documents (cognate) used for training.
+    tokenizer: for ``cognate``: ``byte`` (UTF-8 bytes plus BOS/EOS/PAD, 259 ids) or
+        ``char`` (the dataset's distinct characters plus BOS/EOS/PAD; the vocabulary size
+        is known once the dataset is read, and is stored in checkpoints).
     data_order: where the split and the batch order come from.
         ``paper`` (modular only): as the GrokFast reference code: after ``manual_seed(seed)``
         and the model's initialisation, the same torch RNG stream draws the split permutation
@@ -98,6 +103,7 @@ class TaskSpec:
     dataset: str = BUILTIN_DATASET
     train_fraction: float = 0.5
     data_order: Literal["auto", "paper", "seeded"] = "auto"
+    tokenizer: Literal["byte", "char"] = "byte"
 
     def resolved_data_order(self) -> Literal["paper", "seeded"]:
         """``data_order`` with ``auto`` resolved for this task kind."""
@@ -253,6 +259,10 @@ class TrainingSpec:
             bad("task.data_order", "'paper' applies to modular_arithmetic only")
         if not 0.0 < t.train_fraction < 1.0:
             bad("task.train_fraction", "must be in (0, 1)")
+        if t.tokenizer not in TOKENIZERS:
+            bad("task.tokenizer", f"unknown tokenizer {t.tokenizer!r}; expected one of {', '.join(TOKENIZERS)}")
+        elif t.tokenizer == "char" and t.kind != "cognate":
+            bad("task.tokenizer", "'char' applies to cognate only")
         if t.kind == "cognate":
             if not t.dataset:
                 bad("task.dataset", "must name a dataset")
@@ -276,8 +286,9 @@ class TrainingSpec:
             bad("model.context_length", "must be >= 2")
         if m.vocab_size < 0:
             bad("model.vocab_size", "must be >= 0 (0 = derived from the task)")
-        elif m.vocab_size and t.kind in TASK_KINDS and m.vocab_size < required_vocab_size(t):
-            bad("model.vocab_size", f"must be 0 or >= {required_vocab_size(t)} for this task")
+        elif (m.vocab_size and t.kind in TASK_KINDS and t.tokenizer in TOKENIZERS
+              and (needed := required_vocab_size(t)) is not None and m.vocab_size < needed):
+            bad("model.vocab_size", f"must be 0 or >= {needed} for this task")
         if not 0.0 <= m.dropout < 1.0:
             bad("model.dropout", "must be in [0, 1)")
         if m.block_style not in BLOCK_STYLES:
@@ -318,10 +329,13 @@ class TrainingSpec:
         return self
 
 
-def required_vocab_size(task: TaskSpec) -> int:
-    """Smallest vocabulary the task needs (the derived size when ``vocab_size`` is 0)."""
+def required_vocab_size(task: TaskSpec) -> int | None:
+    """Smallest vocabulary the task needs (the derived size when ``vocab_size`` is 0);
+    None for the ``char`` tokenizer, whose size is the dataset's (the task knows it)."""
     if task.kind == "modular_arithmetic":
         return task.modulus + 2  # residues, '=' (p) and the operator (p + 1)
+    if task.tokenizer == "char":
+        return None
     return 259  # 256 bytes + BOS, EOS, PAD
 
 

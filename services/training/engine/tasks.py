@@ -6,8 +6,10 @@ Everything is generated or read locally; nothing is downloaded.
   on Power et al.'s grokking setup): every pair ``x in [0, p)``, ``y in [1, p)``, tokens
   ``[x, op, y, =]`` with ``= = p`` and ``op = p + 1``, target ``x*y mod p`` predicted at the
   last position; a random split from the seed; full-set evaluation.
-- :class:`CognateTask` — next-byte language modelling on the built-in arithmetic word
-  problems or a local ``.txt``/``.jsonl`` file, in windows of ``context_length`` tokens.
+- :class:`CognateTask` — next-token language modelling on the built-in arithmetic word
+  problems or a local ``.txt``/``.jsonl`` file, in windows of ``context_length`` tokens,
+  over UTF-8 bytes (:class:`ByteTokenizer`) or the dataset's characters
+  (:class:`CharTokenizer`).
 
 Training batches come from a sampler; both cut each epoch's order into batches (the last
 one may be short, as in the paper's loop) and make the batch at a step a pure function of
@@ -40,6 +42,7 @@ __all__ = [
     "ModularArithmeticTask",
     "CognateTask",
     "ByteTokenizer",
+    "CharTokenizer",
     "EpochSampler",
     "StreamSampler",
     "Sampler",
@@ -227,6 +230,10 @@ class ByteTokenizer:
     EOS = 257
     PAD = 258
     vocab_size = 259
+    kind = "byte"
+
+    def record(self) -> dict[str, str]:
+        return {"kind": self.kind}
 
     def encode(self, text: str, *, bos: bool = True, eos: bool = True) -> list[int]:
         ids = list(text.encode("utf-8"))
@@ -234,6 +241,65 @@ class ByteTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class CharTokenizer:
+    """The characters of a text: ids ``0 .. n-1`` are ``vocabulary[i]`` (the distinct
+    characters, in code point order), then BOS (``n``), EOS (``n + 1``) and PAD (``n + 2``);
+    ``vocab_size`` is ``n + 3``. At most :data:`MAX_CHARACTERS` characters (the model
+    registry records the vocabulary as one version parameter, at most 1,024 characters).
+
+    The contract's ``TOKENIZER_CHAR``: "the characters seen in the training text plus
+    BOS, EOS and PAD" (agentforge.training.v1.Tokenizer). A model trained with it reads
+    ids only this vocabulary gives meaning to, so whoever feeds it text needs the
+    vocabulary it was trained with: checkpoints and registered versions carry it.
+    """
+
+    MAX_CHARACTERS = 1024
+    kind = "char"
+
+    def __init__(self, vocabulary: str) -> None:
+        if not vocabulary:
+            raise SpecError("task.dataset", "the dataset has no characters to build a vocabulary from")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError("a character vocabulary lists each character once")
+        if len(vocabulary) > self.MAX_CHARACTERS:
+            raise SpecError("task.tokenizer",
+                            f"the dataset has {len(vocabulary)} distinct characters; TOKENIZER_CHAR allows at most "
+                            f"{self.MAX_CHARACTERS} (use TOKENIZER_BYTE)")
+        self.vocabulary = vocabulary
+        self._ids = {c: i for i, c in enumerate(vocabulary)}
+        n = len(vocabulary)
+        self.BOS, self.EOS, self.PAD = n, n + 1, n + 2
+        self.vocab_size = n + 3
+
+    @classmethod
+    def from_documents(cls, docs: list[str]) -> "CharTokenizer":
+        """The vocabulary of every character in ``docs``, in code point order."""
+        return cls("".join(sorted(set().union(*map(set, docs)))))
+
+    def encode(self, text: str, *, bos: bool = True, eos: bool = True, skip_unknown: bool = False) -> list[int]:
+        """Ids of ``text``. A character outside the vocabulary is a SpecError, or with
+        ``skip_unknown`` left out (scoring a model on text it was not trained on)."""
+        ids: list[int] = [self.BOS] if bos else []
+        for c in text:
+            i = self._ids.get(c)
+            if i is None:
+                if skip_unknown:
+                    continue
+                raise SpecError("task.dataset", f"character {c!r} is not in the tokenizer's vocabulary")
+            ids.append(i)
+        if eos:
+            ids.append(self.EOS)
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        n = len(self.vocabulary)
+        return "".join(self.vocabulary[i] for i in ids if 0 <= i < n)
+
+    def record(self) -> dict[str, str]:
+        """What checkpoints store to rebuild it: ``{"kind": "char", "vocabulary": ...}``."""
+        return {"kind": self.kind, "vocabulary": self.vocabulary}
 
 
 _NAMES = ("Ana", "Ben", "Chloe", "Dev", "Eli", "Fatima", "Gus", "Hana", "Ivan", "Jun",
@@ -293,21 +359,35 @@ def load_text_documents(path: str | Path) -> list[str]:
 
 
 class CognateTask(Task):
-    """Byte-level next-token prediction in non-overlapping windows of ``context_length``."""
+    """Next-token prediction in non-overlapping windows of ``context_length``.
+
+    ``tokenizer``: ``"byte"`` (UTF-8 bytes), ``"char"`` (a :class:`CharTokenizer` of the
+    dataset's characters, all of its documents), or a tokenizer to use as it is (a
+    trained model's :class:`CharTokenizer`: characters it lacks are left out of the text).
+    """
 
     kind = "cognate"
     builtin_documents = 4000
     max_eval_windows = 256
 
     def __init__(self, dataset: str, context_length: int, train_fraction: float = 0.9,
-                 seed: int = 0) -> None:
-        self.tokenizer = ByteTokenizer()
-        self.vocab_size = ByteTokenizer.vocab_size
+                 seed: int = 0, tokenizer: "str | ByteTokenizer | CharTokenizer" = "byte") -> None:
         self.sequence_length = context_length
         if dataset == BUILTIN_DATASET:
             docs = generate_word_problems(self.builtin_documents, seed)
         else:
             docs = load_text_documents(dataset)
+        self._skip_unknown = False
+        if tokenizer == "byte":
+            self.tokenizer: ByteTokenizer | CharTokenizer = ByteTokenizer()
+        elif tokenizer == "char":
+            self.tokenizer = CharTokenizer.from_documents(docs)
+        elif isinstance(tokenizer, (ByteTokenizer, CharTokenizer)):
+            self.tokenizer = tokenizer
+            self._skip_unknown = isinstance(tokenizer, CharTokenizer)
+        else:
+            raise SpecError("task.tokenizer", f"unknown tokenizer {tokenizer!r}; expected byte or char")
+        self.vocab_size = self.tokenizer.vocab_size
         order = list(range(len(docs)))
         random.Random(seed).shuffle(order)
         docs = [docs[i] for i in order]
@@ -328,7 +408,10 @@ class CognateTask(Task):
     def _stream(self, docs: list[str]) -> list[int]:
         ids: list[int] = []
         for d in docs:
-            ids.extend(self.tokenizer.encode(d))
+            if self._skip_unknown:
+                ids.extend(self.tokenizer.encode(d, skip_unknown=True))  # type: ignore[call-arg]
+            else:
+                ids.extend(self.tokenizer.encode(d))
         return ids
 
     @staticmethod
@@ -360,5 +443,5 @@ def build_task(spec: TaskSpec, context_length: int, seed: int,
     if spec.kind == "modular_arithmetic":
         return ModularArithmeticTask(spec.modulus, spec.train_fraction, seed, generator)
     if spec.kind == "cognate":
-        return CognateTask(spec.dataset, context_length, spec.train_fraction, seed)
+        return CognateTask(spec.dataset, context_length, spec.train_fraction, seed, tokenizer=spec.tokenizer)
     raise SpecError("task.kind", f"unknown task {spec.kind!r}")

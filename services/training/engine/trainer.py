@@ -148,6 +148,9 @@ class Trainer:
             "base_lr": self.base_lr,
             "latest_eval": self._latest_eval,
             "metrics": dict(self._final_metrics),
+            # How text becomes ids (cognate): {"kind": "byte"} or {"kind": "char",
+            # "vocabulary": ...}; the model registry's hand-off records it with the weights.
+            "tokenizer": tokenizer.record() if (tokenizer := getattr(self.task, "tokenizer", None)) else None,
         }
 
     def _restore(self, info: CheckpointInfo) -> None:

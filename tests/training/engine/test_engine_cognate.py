@@ -72,3 +72,51 @@ def test_bad_dataset_files_raise_spec_errors(tmp_path: Path) -> None:
     tiny.write_text("ab\ncd\n")
     with pytest.raises(SpecError, match="context_length"):
         CognateTask(str(tiny), context_length=64)
+
+
+# --- TOKENIZER_CHAR ----------------------------------------------------------------------
+
+
+def test_char_tokenizer_is_the_text_s_characters_plus_bos_eos_pad() -> None:
+    from services.training.engine.tasks import CharTokenizer
+
+    tok = CharTokenizer.from_documents(["baa c", "é!"])
+    assert tok.vocabulary == " !abcé" and tok.vocab_size == len(" !abcé") + 3
+    assert (tok.BOS, tok.EOS, tok.PAD) == (6, 7, 8)
+    ids = tok.encode("cab é")
+    assert ids == [6, 4, 2, 3, 0, 5, 7] and tok.decode(ids) == "cab é"
+    with pytest.raises(SpecError, match="'z'"):
+        tok.encode("zebra")
+    assert tok.decode(tok.encode("zebra", skip_unknown=True)) == "ba"
+    with pytest.raises(SpecError) as info:
+        CharTokenizer("".join(chr(0x4E00 + i) for i in range(CharTokenizer.MAX_CHARACTERS + 1)))
+    assert info.value.field_path == "task.tokenizer"
+
+
+def test_char_tokenizer_applies_to_cognate_only() -> None:
+    with pytest.raises(SpecError) as info:
+        TrainingSpec(task=TaskSpec(kind="modular_arithmetic", tokenizer="char")).validate()
+    assert info.value.field_path == "task.tokenizer"
+    with pytest.raises(SpecError):
+        TrainingSpec(task=TaskSpec(kind="cognate", tokenizer="words")).validate()  # type: ignore[arg-type]
+
+
+def test_cognate_with_the_char_tokenizer_trains_and_its_checkpoint_records_the_vocabulary(tmp_path: Path) -> None:
+    import torch
+
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n".join(generate_word_problems(300, seed=5)) + "\n")
+    spec = _spec(str(data), 60)
+    spec = spec.replace(task=TaskSpec(kind="cognate", dataset=str(data), train_fraction=0.9, tokenizer="char"))
+    losses: list[float] = []
+    out = Trainer(spec.validate(), tmp_path / "run",
+                  on_event=lambda e: losses.append(e.train_loss) if isinstance(e, ProgressEvent) else None).run()
+    assert out.status == "succeeded" and losses[-1] < losses[0] - 0.5
+    chars = sorted(set(data.read_text()) - {"\n"})
+    ckpt = torch.load(out.checkpoint_path, weights_only=True)  # type: ignore[arg-type]
+    assert ckpt["tokenizer"] == {"kind": "char", "vocabulary": "".join(chars)}
+    # The model's vocabulary is the text's characters plus BOS, EOS and PAD, not 259 bytes.
+    assert ckpt["model"]["token_embeddings.weight"].shape[0] == len(chars) + 3
+    byte = torch.load(Trainer(_spec(str(data), 2), tmp_path / "byte").run().checkpoint_path,  # type: ignore[arg-type]
+                      weights_only=True)
+    assert byte["tokenizer"] == {"kind": "byte"} and byte["model"]["token_embeddings.weight"].shape[0] == 259
