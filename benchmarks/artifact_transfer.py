@@ -177,12 +177,21 @@ async def rest_download(client: httpx.AsyncClient, name: str, dst: Path, sha: st
     dst.unlink()
 
 
-async def timed(pid: int, fn: Callable[[], Awaitable[object]]) -> tuple[float, float]:
-    with RssSampler(pid) as rss:
+def _cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+async def timed(pids: dict[str, int], fn: Callable[[], Awaitable[object]]) -> tuple[float, float, dict[str, float]]:
+    """Seconds, the model service's RSS growth (MiB) and CPU seconds of each process in ``pids``."""
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    with RssSampler(pids["model"]) as rss:
+        cpu0 = {name: _cpu_s(p) for name, p in procs.items()}
         t0 = time.perf_counter()
         await fn()
         seconds = time.perf_counter() - t0
-    return seconds, rss.growth_mib
+        cpu = {name: _cpu_s(p) - cpu0[name] for name, p in procs.items()}
+    return seconds, rss.growth_mib, cpu
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -204,7 +213,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         sha = sha256_file(src)
         results["client_sha256_s"] = time.perf_counter() - t0
-        pid = mesh.process("model").pid
+        pids = {"model": mesh.process("model").pid, "envoy": mesh.process("envoy").pid}
 
         copies = [disk_copy(src, Path(tmp) / "data" / "copy.bin") for _ in range(args.repeat)]
         results["disk_copy_s"] = min(copies)
@@ -241,12 +250,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await download(stub, md, name, Path(tmp) / "small.out", small_sha, chunk)
             await asyncio.sleep(1)
 
-            def row(what: str, seconds: float, growth: float) -> None:
+            def row(what: str, measured: tuple[float, float, dict[str, float]]) -> None:
+                seconds, growth, cpu = measured
                 mbps = size / MIB / seconds
+                per_gib = {k: v * 1024 / (size / MIB) for k, v in cpu.items()}
+                if "direct" in what:
+                    per_gib.pop("envoy")
                 results["rows"].append({"what": what, "seconds": seconds, "mib_per_s": mbps,
-                                        "vs_disk_copy": mbps / base_mbps, "rss_growth_mib": growth})
+                                        "vs_disk_copy": mbps / base_mbps, "rss_growth_mib": growth,
+                                        "cpu_s_per_gib": per_gib})
                 print(f"  {what:<32} {seconds:7.2f} s {mbps:8.1f} MiB/s  {mbps / base_mbps:5.2f}x copy  "
-                      f"RSS +{growth:6.1f} MiB", file=sys.stderr, flush=True)
+                      f"RSS +{growth:6.1f} MiB  CPU s/GiB {per_gib}", file=sys.stderr, flush=True)
 
             uploaded: dict[str, str] = {}
             for label in args.paths:
@@ -254,19 +268,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 stub = model_service_pb2_grpc.ModelServiceStub(ch)
                 for r in range(args.repeat):
                     name = await new_version()
-                    seconds, growth = await timed(pid, lambda: upload(stub, md, name, src, sha, chunk))
-                    row(f"upload gRPC {label}", seconds, growth)
+                    row(f"upload gRPC {label}", await timed(pids, lambda: upload(stub, md, name, src, sha, chunk)))
                     uploaded[label] = name
                 for r in range(args.repeat):
                     name = uploaded[label]
-                    seconds, growth = await timed(
-                        pid, lambda: download(stub, md, name, Path(tmp) / "out.bin", sha, chunk))
-                    row(f"download gRPC {label}", seconds, growth)
+                    row(f"download gRPC {label}", await timed(
+                        pids, lambda: download(stub, md, name, Path(tmp) / "out.bin", sha, chunk)))
             if args.rest and "envoy" in uploaded:
                 for r in range(args.repeat):
-                    seconds, growth = await timed(
-                        pid, lambda: rest_download(rest, uploaded["envoy"], Path(tmp) / "out.bin", sha))
-                    row("download REST (JSON) envoy", seconds, growth)
+                    row("download REST (JSON) envoy", await timed(
+                        pids, lambda: rest_download(rest, uploaded["envoy"], Path(tmp) / "out.bin", sha)))
         finally:
             await rest.aclose()
             for ch, _ in paths.values():
@@ -289,11 +300,14 @@ def report(results: dict[str, Any]) -> None:
     print(f"{size_mib:.0f} MiB artifact, {results['chunk_bytes'] // 1024} KiB chunks; load average "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"client sha256 beforehand: {results['client_sha256_s']:.2f} s (not in the times below)")
-    print(f"{'transfer':<32}{'seconds':>9}{'MiB/s':>9}{'vs copy':>9}{'service RSS peak - before':>28}")
-    print(f"{'local disk copy (+fsync)':<32}{copy_s:>9.2f}{size_mib / copy_s:>9.1f}{'1.00x':>9}{'':>28}")
+    print(f"{'transfer':<32}{'seconds':>9}{'MiB/s':>9}{'vs copy':>9}{'service RSS peak - before':>28}"
+          f"{'CPU s/GiB service':>19}{'envoy':>7}")
+    print(f"{'local disk copy (+fsync)':<32}{copy_s:>9.2f}{size_mib / copy_s:>9.1f}{'1.00x':>9}")
     for r in best(results["rows"]):
+        cpu = r["cpu_s_per_gib"]
+        envoy = f"{cpu['envoy']:>7.2f}" if "envoy" in cpu else f"{'-':>7}"
         print(f"{r['what']:<32}{r['seconds']:>9.2f}{r['mib_per_s']:>9.1f}{r['vs_disk_copy']:>8.2f}x"
-              f"{r['rss_growth_mib']:>24.1f} MiB")
+              f"{r['rss_growth_mib']:>24.1f} MiB{cpu['model']:>19.2f}{envoy}")
     print("(best round of each; RSS growth is the largest over the rounds; target >= 0.5x copy, RSS flat)")
 
 

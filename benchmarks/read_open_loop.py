@@ -148,6 +148,22 @@ def h2load(url: str, body: Path, headers: Sequence[tuple[str, str]], *, rate: fl
     return rows, cpu, summary
 
 
+def saturation(url: str, body: Path, headers: Sequence[tuple[str, str]], *, clients: int,
+               seconds: float) -> tuple[float, str]:
+    """Closed loop (each connection sends its next request when the last answered): requests/s."""
+    argv = ["h2load", "-c", str(clients), "-t", "1", "-m", "1", "-D", f"{seconds:g}", "--warm-up-time", "1",
+            "-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    for k, v in headers:
+        argv += ["-H", f"{k}: {v}"]
+    proc = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds * 3 + 60, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"h2load failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("finished in")), "")
+    # "finished in 10.00s, 1234.50 req/s, 1.23MB/s"
+    rps = float(line.split(",")[1].split()[0]) if line else float("nan")
+    return rps, line
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -223,6 +239,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "envoy_cpu_ms_per_request": cpu_ms["envoy"] if path == "envoy" else 0.0,
                     "queued_at_client_possible": bool(ms) and ms[-1] / 1000 >= args.streams * args.clients / args.rate,
                 }
+                if args.saturation:
+                    row["closed_loop_rps"], _ = saturation(url, body, headers, clients=args.clients,
+                                                           seconds=args.saturation)
                 results["rows"].append(row)
                 print(f"  {method:<18} {path:<7} p99 from schedule {row['p99_from_schedule_ms']:7.2f} "
                       f"(send lag p99 {row['send_lag_p99_ms']:.2f})  p50 {row['p50_ms']:6.2f}  p99 {row['p99_ms']:7.2f}  "
@@ -253,6 +272,8 @@ def report(results: dict[str, Any]) -> None:
               f"{r['p99_ms']:>9.2f}{r['max_ms']:>9.1f}{r['send_lag_p99_ms']:>9.2f}{r['p99_from_schedule_ms']:>11.2f}"
               f"{ratio:>11}{bad:>8}{r['generator_cpu_percent']:>11.0f}%"
               f"{r['service_cpu_ms_per_request']:>16.3f}  p99 <= {target:g} ms: {verdict}")
+        if "closed_loop_rps" in r:
+            print(f"    closed loop, {results['clients']} connections x 1 request: {r['closed_loop_rps']:.0f} requests/s")
         if r["queued_at_client_possible"]:
             print("    (a connection reached its stream limit: some requests waited in the client)")
 
@@ -264,6 +285,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per RPC and path")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds at the same rate before, not counted")
     parser.add_argument("--streams", type=int, default=16, help="most requests in flight per connection")
+    parser.add_argument("--saturation", type=float, default=0.0, metavar="SECONDS",
+                        help="also measure closed-loop requests/s (--clients connections, 1 in flight each)")
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--versions", type=int, default=60, help="versions of the measured model")
     parser.add_argument("--jobs", type=int, default=60)
