@@ -241,6 +241,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.line(f"  {key}: {value:.6g}")
         if result.run.error.message:
             console.line(f"  error: {result.run.error.message}")
+        if result.trace_id:
+            console.line(f"  trace:         forge trace {result.trace_id}  (spans in {mesh.traces_dir})")
         if result.succeeded:
             from services.launcher.summary import summary_lines
 

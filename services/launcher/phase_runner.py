@@ -9,6 +9,7 @@ the RPCs the run fails with a clear message.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ class RunResult:
     name: str
     state: int
     run: phase_run_pb2.PhaseRun
+    #: The W3C trace id the run was started in (``forge trace <id>`` shows it).
+    trace_id: str = ""
 
     @property
     def succeeded(self) -> bool:
@@ -118,8 +121,11 @@ def run_phase(
         request = request_response_pb2.StartPhaseRunRequest(
             phase=phase, parameters=params, request_id=uuid.uuid4().hex
         )
+        # Our own trace context, so the whole run is one trace we can name at the end.
+        trace_id = secrets.token_hex(16)
+        traced = (*md, ("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"))
         try:
-            run = stub.StartPhaseRun(request, timeout=start_timeout, wait_for_ready=True, metadata=md)
+            run = stub.StartPhaseRun(request, timeout=start_timeout, wait_for_ready=True, metadata=traced)
         except grpc.RpcError as exc:
             raise _rpc_error(f"StartPhaseRun({phase})", exc) from None
         out(f"started {run.name} ({phase}, {_state(run.state)})")
@@ -154,7 +160,7 @@ def run_phase(
                                         metadata=md)
             except grpc.RpcError as exc:
                 raise _rpc_error(f"GetPhaseRun({run.name})", exc) from None
-        return RunResult(run.name, last.state, last)
+        return RunResult(run.name, last.state, last, trace_id)
 
 
 def cancel_run(edge_addr: str, name: str, reason: str, token: str | None = None) -> None:

@@ -514,3 +514,15 @@ def test_make_run_renders_the_phase_with_a_progress_line_per_job_in_a_log(mesh: 
     assert job and f"{job}: QUEUED -> RUNNING" in text, text
     assert f"{job}: step 30/30 100.0%" in text and "loss " in text, text
     assert "state RUNNING -> SUCCEEDED" in text
+    # make run names the run's trace: forge's StartPhaseRun and the worker's job are in it.
+    from agentforge.cli import traces
+    assert len(result.trace_id) == 32
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        names = {(s.service, s.name) for s in traces.load_spans(mesh.traces_dir, result.trace_id)}
+        if {("forge", "agentforge.forge.v1.ForgeService/StartPhaseRun"),
+                ("training", "process training.jobs.normal")} <= names:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail(f"trace {result.trace_id} of the run is incomplete: {sorted(names)}")
