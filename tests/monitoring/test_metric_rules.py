@@ -115,25 +115,38 @@ def _rule(**kw: Any) -> alert_rule_pb2.AlertRule:
     return rule
 
 
-async def _until(events: Any, rule: str, kind: int, timeout: float = 30.0,
-                 drive: Any = None) -> alert_pb2.AlertEvent:
-    """Read WatchAlerts until ``rule`` has an event of ``kind``, calling ``drive()`` meanwhile."""
-    async def read() -> alert_pb2.AlertEvent:
-        while True:
-            event = await events.read()
-            if event.alert.rule == rule and event.kind == kind:
-                return event
+class Alerts:
+    """A WatchAlerts stream and every event read from it so far."""
 
-    reader = asyncio.ensure_future(read())
-    try:
-        async with asyncio.timeout(timeout):
-            while not reader.done():
-                if drive is not None:
-                    await drive()
-                await asyncio.wait([reader], timeout=0.05)
-            return reader.result()
-    finally:
-        reader.cancel()
+    def __init__(self, stub: Any) -> None:
+        self.call = stub.WatchAlerts(rr.WatchAlertsRequest())
+        self.seen: list[alert_pb2.AlertEvent] = []
+
+    async def until(self, rule: str, kind: int, timeout: float = 30.0, drive: Any = None) -> alert_pb2.AlertEvent:
+        """The first event of ``rule`` of ``kind``, calling ``drive()`` while waiting."""
+        def found() -> alert_pb2.AlertEvent | None:
+            return next((e for e in self.seen if e.alert.rule == rule and e.kind == kind), None)
+
+        async def read() -> None:
+            while found() is None:
+                self.seen.append(await self.call.read())
+
+        reader = asyncio.ensure_future(read())
+        try:
+            async with asyncio.timeout(timeout):
+                while not reader.done():
+                    if drive is not None:
+                        await drive()
+                    await asyncio.wait([reader], timeout=0.05)
+                reader.result()
+        finally:
+            reader.cancel()
+        event = found()
+        assert event is not None
+        return event
+
+    def cancel(self) -> None:
+        self.call.cancel()
 
 
 async def test_error_ratio_and_p99_rules_fire_and_resolve_on_real_calls(
@@ -144,7 +157,7 @@ async def test_error_ratio_and_p99_rules_fire_and_resolve_on_real_calls(
                                    events_stream=stream_prefix + "events.health",
                                    training_events_stream=stream_prefix + "events.training")
     stub = stub_factory(mon.port)
-    events = stub.WatchAlerts(rr.WatchAlertsRequest())
+    events = Alerts(stub)
 
     # Error ratio of GetAlertRule on the monitoring service itself (scraping its own metrics).
     ratio = _rule(display_name="GetAlertRule errors")
@@ -169,14 +182,14 @@ async def test_error_ratio_and_p99_rules_fire_and_resolve_on_real_calls(
         for _ in range(3):
             await stub.GetAlertRule(rr.GetAlertRuleRequest(name=DEFAULT_RULE))
 
-    raised = await _until(events, ratio.name, alert_pb2.ALERT_CHANGE_KIND_RAISED, drive=fail)
+    raised = await events.until(ratio.name, alert_pb2.ALERT_CHANGE_KIND_RAISED, drive=fail)
     alert = raised.alert
     assert alert.value == pytest.approx(1.0) and alert.severity == alert_pb2.ALERT_SEVERITY_WARNING
     assert alert.labels == {"team": "api", "service": "monitoring", "grpc_method": "GetAlertRule"}
     assert alert.summary.startswith("GetAlertRule errors: 1 for")
     assert "grpc_code!=\"OK\"" in alert.description
     # Successful calls bring the ratio under the threshold: resolved.
-    resolved = await _until(events, ratio.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED, drive=succeed)
+    resolved = await events.until(ratio.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED, drive=succeed)
     assert resolved.alert.name == alert.name and resolved.alert.state == alert_pb2.ALERT_STATE_RESOLVED
     assert "Resolved: value" in resolved.alert.description
 
@@ -190,12 +203,12 @@ async def test_error_ratio_and_p99_rules_fire_and_resolve_on_real_calls(
     p.threshold = 0.0
     p.rate_window.FromSeconds(10)
     p99 = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(alert_rule=p99, alert_rule_id="p99"))
-    fired = await _until(events, p99.name, alert_pb2.ALERT_CHANGE_KIND_RAISED, drive=succeed)
+    fired = await events.until(p99.name, alert_pb2.ALERT_CHANGE_KIND_RAISED, drive=succeed)
     assert 0 < fired.alert.value < 5  # seconds, interpolated inside a real bucket
     # ... until the rule is disabled.
     patch = alert_rule_pb2.AlertRule(name=p99.name, enabled=False)
     await stub.UpdateAlertRule(rr.UpdateAlertRuleRequest(alert_rule=patch, update_mask={"paths": ["enabled"]}))
-    off = await _until(events, p99.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED)
+    off = await events.until(p99.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED)
     assert "rule disabled" in off.alert.description
     events.cancel()
 
@@ -215,3 +228,61 @@ async def test_error_ratio_and_p99_rules_fire_and_resolve_on_real_calls(
                 if kinds == ["alert_raised", "alert_resolved"]:
                     break
                 await asyncio.sleep(0.1)
+
+
+async def test_domain_gauge_rules_on_the_training_service(
+    monitoring_factory: Any, stub_factory: Any, valkey: EmbeddedValkey, stream_prefix: str, tmp_path: Any,
+) -> None:
+    """Rules on the training service's own gauges (docs/metrics.md): jobs waiting with no
+    worker to take them raise a queue-depth and a queued-jobs alert; cancelling them
+    resolves the second."""
+    from agentforge.training.v1 import request_response_pb2 as trr
+    from agentforge.training.v1 import training_job_pb2 as job_pb
+    from agentforge.training.v1 import training_service_pb2_grpc
+    from services.monitoring.config import Target
+    from services.shared.config import ServerConfig
+    from services.training.config import TrainingConfig
+    from services.training.server import create_server
+    from tests.training.conftest import tiny_spec
+
+    config = TrainingConfig(data_dir=tmp_path / "training", redis_url=valkey.url, workers=0, key_prefix=stream_prefix)
+    service, app = await create_server(config, ServerConfig(host="127.0.0.1", port=0, metrics_host="127.0.0.1",
+                                                            metrics_port=0, grace_seconds=0.5, log_level="WARNING"))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    try:
+        training = training_service_pb2_grpc.TrainingServiceStub(channel)
+        mon = await monitoring_factory(
+            targets=(Target("training", f"127.0.0.1:{service.port}", f"127.0.0.1:{service.metrics_port}"),),
+            redis_url=valkey.url, alerts_stream=stream_prefix + "events.alerts",
+            events_stream=stream_prefix + "events.health", training_events_stream=stream_prefix + "events.training")
+        stub = stub_factory(mon.port)
+        events = Alerts(stub)
+
+        def gauge_rule(metric: str, labels: dict[str, str]) -> alert_rule_pb2.AlertRule:
+            rule = _rule()
+            rule.metric.metric = metric
+            rule.metric.labels.update(labels)
+            rule.metric.comparison = alert_rule_pb2.COMPARISON_GREATER_THAN_OR_EQUAL
+            rule.metric.threshold = 2
+            return rule
+
+        depth = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(
+            alert_rule=gauge_rule("agentforge_training_queue_depth", {"priority": "normal"}), alert_rule_id="depth"))
+        queued = await stub.CreateAlertRule(rr.CreateAlertRuleRequest(
+            alert_rule=gauge_rule("agentforge_training_jobs", {"state": "queued"}), alert_rule_id="queued"))
+        jobs = [await training.CreateTrainingJob(trr.CreateTrainingJobRequest(
+            training_job=job_pb.TrainingJob(spec=tiny_spec()))) for _ in range(2)]
+
+        raised = {rule.name: (await events.until(rule.name, alert_pb2.ALERT_CHANGE_KIND_RAISED)).alert
+                  for rule in (depth, queued)}
+        assert raised[depth.name].value == 2 and raised[depth.name].labels["priority"] == "normal"
+        assert raised[queued.name].labels["service"] == "training" and raised[queued.name].value == 2
+        for job in jobs:
+            await training.CancelTrainingJob(trr.CancelTrainingJobRequest(name=job.name))
+        resolved = await events.until(queued.name, alert_pb2.ALERT_CHANGE_KIND_RESOLVED)
+        assert resolved.alert.name == raised[queued.name].name and "Resolved: value 0" in resolved.alert.description
+        events.cancel()
+    finally:
+        await channel.close()
+        await service.shutdown(0.5)
+        await app.aclose()
