@@ -21,6 +21,7 @@ from services.shared.authz import creator_subject, require_owner
 from services.shared.bus import EventBus, TypeMismatch
 from services.shared.fanout import BusFanout, Gap
 from services.shared.context import remaining_seconds
+from services.shared.dbthread import DatabaseThread
 from services.shared.errors import FailedPrecondition, InvalidArgument, NotFound, OutOfRange, Unavailable, as_domain_error
 from services.training import mapping
 from services.training.config import TrainingConfig
@@ -64,6 +65,9 @@ class JobManager:
         self.fanout = fanout or BusFanout("training", bus.config, key_prefix=keys.prefix)
         self.queue = queue
         self.keys = keys
+        #: Runs every store call off the event loop, in order (one thread for the store;
+        #: the reconciler uses it too).
+        self.db = DatabaseThread("training-store")
 
     # ---------------------------------------------------------------- helpers
     def _budget(self, until: float | None = None) -> float:
@@ -121,7 +125,7 @@ class JobManager:
                 raise
             _log.warning("could not enqueue %s now (%r); the reconciler will", rec.job.name, exc)
             return False
-        return self.store.set_queue_entry(rec.id, cursor.entry_id, expect_entry=rec.queue_entry)
+        return await self.db(self.store.set_queue_entry, rec.id, cursor.entry_id, expect_entry=rec.queue_entry)
 
     async def _publish_and_enqueue(self, events: Sequence[ev_pb.TrainingJobEvent], rec: JobRecord | None) -> None:
         """Publish ``events`` then enqueue ``rec`` (if given), within ONE budget: a
@@ -143,7 +147,7 @@ class JobManager:
 
     async def recover_unqueued(self) -> int:
         """Enqueue QUEUED jobs whose create/resume died before reaching the queue."""
-        records = self.store.queued_without_entry()
+        records = await self.db(self.store.queued_without_entry)
         done = 0
         for rec in records:
             done += await self.enqueue(rec)
@@ -155,18 +159,18 @@ class JobManager:
         mapping.check_device(job.spec)
         clean = job_pb.TrainingJob(display_name=job.display_name, labels=dict(job.labels), spec=job.spec,
                                    phase=job.phase, phase_run=job.phase_run, creator=creator_subject())
-        rec, events, created = self.store.create(clean, job_id or uuid.uuid4().hex[:16], request_id)
+        rec, events, created = await self.db(self.store.create, clean, job_id or uuid.uuid4().hex[:16], request_id)
         # The job is durable now: Redis being away delays it (the reconciler enqueues it
         # later) but never fails or hangs the create, and a retry with the same
         # request_id returns this same job.
         enqueue = not rec.queue_entry and rec.state == job_pb.TRAINING_JOB_STATE_QUEUED
         await self._publish_and_enqueue(events if created else [], rec if enqueue else None)
-        return self.store.get(rec.id).job
+        return (await self.db(self.store.get, rec.id)).job
 
-    def get(self, name: str) -> job_pb.TrainingJob:
-        return self.store.get(job_id_of(name)).job
+    async def get(self, name: str) -> job_pb.TrainingJob:
+        return (await self.db(self.store.get, job_id_of(name))).job
 
-    def list(self, *, page_size: int, page_token: str, states: Sequence[int], phase: str,
+    async def list(self, *, page_size: int, page_token: str, states: Sequence[int], phase: str,
              label_selector: str) -> tuple[list[job_pb.TrainingJob], str]:
         labels: dict[str, str] = {}
         for pair in filter(None, label_selector.split(",")):
@@ -175,8 +179,8 @@ class JobManager:
         fingerprint = query_fingerprint("jobs", sorted(states), phase, sorted(labels.items()))
         before = decode_page_token(page_token, fingerprint, expect=int)
         size = page_size or 50
-        records = self.store.list(states=list(states), phase=phase, labels=labels, before_seq=before,
-                                  limit=size + 1)
+        records = await self.db(self.store.list, states=list(states), phase=phase, labels=labels,
+                                before_seq=before, limit=size + 1)
         next_token = ""
         if len(records) > size:
             records = records[:size]
@@ -209,29 +213,30 @@ class JobManager:
                 return False
             raise
 
-    def _check_owner(self, name: str) -> None:
+    async def _check_owner(self, name: str) -> None:
         """PermissionDenied when a trainer controls a job someone else created (the
         method's ``owner_scoped`` rule, :func:`services.shared.authz.require_owner`);
         NotFound for an unknown job. The creator never changes, so checking before the
         control's own transaction is exact."""
-        job = self.store.get(job_id_of(name)).job
+        job = (await self.db(self.store.get, job_id_of(name))).job
         require_owner(job.name, job.creator)
 
     async def cancel(self, name: str) -> job_pb.TrainingJob:
         """QUEUED/PAUSED: CANCELLED now. RUNNING: the flag is stored (the worker reads it
         from the database every heartbeat, and gets a control request at once); a RUNNING
         job that no live worker holds is CANCELLED here and now."""
-        self._check_owner(name)
-        rec, event = self.store.request_cancel(job_id_of(name))
+        await self._check_owner(name)
+        rec, event = await self.db(self.store.request_cancel, job_id_of(name))
         if event is not None:
             await self._publish([event], budget_s=self._budget())
             return rec.job
         if await self._orphaned(rec):
             try:
-                rec, event = self.store.transition(rec.id, CANCELLED, "cancelled by request; no worker held the job",
-                                                   expect_worker=rec.job.worker)
+                rec, event = await self.db(self.store.transition, rec.id, CANCELLED,
+                                           "cancelled by request; no worker held the job",
+                                           expect_worker=rec.job.worker)
             except FailedPrecondition:  # a worker took it over meanwhile: it sees the flag
-                return self.store.get(rec.id).job
+                return (await self.db(self.store.get, rec.id)).job
             await self._publish([event], budget_s=self._budget())
             return rec.job
         await self._signal_best_effort(rec, "cancel")
@@ -248,46 +253,46 @@ class JobManager:
                          rec.job.name, exc)
 
     async def pause(self, name: str) -> job_pb.TrainingJob:
-        self._check_owner(name)
-        rec = self.store.request_pause(job_id_of(name))
+        await self._check_owner(name)
+        rec = await self.db(self.store.request_pause, job_id_of(name))
         await self._signal_best_effort(rec, "pause")
         return rec.job
 
     async def resume(self, name: str) -> job_pb.TrainingJob:
-        self._check_owner(name)
-        rec, event = self.store.resume(job_id_of(name))
+        await self._check_owner(name)
+        rec, event = await self.db(self.store.resume, job_id_of(name))
         await self._publish_and_enqueue([event], rec)
-        return self.store.get(rec.id).job
+        return (await self.db(self.store.get, rec.id)).job
 
     async def adjust(self, name: str, *, learning_rate: float | None, alpha: float | None,
                      lamb: float | None) -> job_pb.TrainingJob:
-        self._check_owner(name)
+        await self._check_owner(name)
         values = {k: v for k, v in (("lr", learning_rate), ("alpha", alpha), ("lamb", lamb)) if v is not None}
         if not values:
             raise InvalidArgument("nothing to adjust", [("learning_rate", "set at least one of learning_rate, "
                                                          "grokfast_alpha, grokfast_lamb")])
-        rec = self.store.request_adjust(job_id_of(name), values)
+        rec = await self.db(self.store.request_adjust, job_id_of(name), values)
         if rec.state == RUNNING:
             await self._signal(rec, "adjust", **values)
         return rec.job
 
     async def checkpoint(self, name: str) -> job_pb.TrainingJob:
-        self._check_owner(name)
-        rec = self.store.require_state(job_id_of(name), (RUNNING,), "checkpointed")
+        await self._check_owner(name)
+        rec = await self.db(self.store.require_state, job_id_of(name), (RUNNING,), "checkpointed")
         await self._signal(rec, "checkpoint")
         return rec.job
 
     async def delete(self, name: str) -> None:
         job_id = job_id_of(name)
-        self._check_owner(name)
-        self.store.delete(job_id)
+        await self._check_owner(name)
+        await self.db(self.store.delete, job_id)
         await asyncio.to_thread(shutil.rmtree, self.config.run_dir(job_id), True)
         try:
             await self.bus.client.delete(self.keys.job_events(job_id))
         except Exception:  # noqa: BLE001 - the stream expires anyway
             _log.warning("could not delete the event stream of %s", name)
 
-    def metrics(self, name: str, max_points: int) -> job_pb.TrainingJobMetrics:
+    async def metrics(self, name: str, max_points: int) -> job_pb.TrainingJobMetrics:
         """The job's metric history, each series LTTB-downsampled to ``max_points`` (0 = 1000).
 
         ``name`` is ``trainingJobs/{id}/metrics``; the answer's ``cursor`` resumes
@@ -295,7 +300,12 @@ class JobManager:
         """
         job_id = job_id_of(name.removesuffix("/metrics"))
         limit = max_points or 1000
-        last, progress, evals = self.store.metric_points(job_id)
+        last, progress, evals = await self.db(self.store.metric_points, job_id)
+        # Downsampling and parsing up to 100,000s of rows: CPU work, off the loop too.
+        return await asyncio.to_thread(self._metrics_message, job_id, limit, last, progress, evals)
+
+    def _metrics_message(self, job_id: str, limit: int, last: int, progress: Sequence[tuple[int, int, float, bytes]],
+                         evals: Sequence[tuple[int, int, float, bytes]]) -> job_pb.TrainingJobMetrics:
         out = job_pb.TrainingJobMetrics(name=f"trainingJobs/{job_id}/metrics", progress_count=len(progress),
                                         eval_count=len(evals), sequence=last)
         if last:
@@ -306,10 +316,10 @@ class JobManager:
                 target.add().ParseFromString(rows[i][3])
         return out
 
-    def list_checkpoints(self, parent: str, *, page_size: int, page_token: str) -> tuple[list[job_pb.Checkpoint], str]:
+    async def list_checkpoints(self, parent: str, *, page_size: int, page_token: str) -> tuple[list[job_pb.Checkpoint], str]:
         job_id = job_id_of(parent)
-        rec = self.store.get(job_id)
-        known = self.store.checkpoints(job_id)
+        rec = await self.db(self.store.get, job_id)
+        known = await self.db(self.store.checkpoints, job_id)
         found = []
         for info in reversed(list_checkpoints(self.config.run_dir(job_id))):
             ckpt = job_pb.Checkpoint()
@@ -356,7 +366,7 @@ class JobManager:
         nothing skipped.
         """
         job_id = job_id_of(name)
-        self.store.get(job_id)  # NotFound before the stream starts
+        await self.db(self.store.get, job_id)  # NotFound before the stream starts
         after = self._start_after(job_id, cursor)
         self.fanout.start()
         watcher = await self.fanout.watch([self.keys.job_events(job_id)])  # before the store: no gap
@@ -364,7 +374,7 @@ class JobManager:
             replay = True
             while True:
                 if replay:
-                    events = self.store.events_after(job_id, after)
+                    events = await self.db(self.store.events_after, job_id, after)
                     for event in events:
                         yield event
                         after = event.sequence
@@ -372,7 +382,7 @@ class JobManager:
                             return
                     if events:
                         continue  # more may follow (the store pages)
-                    if after > 0 and self._ended(job_id, after):
+                    if after > 0 and await self._ended(job_id, after):
                         return
                     replay = False
                 got = await watcher.get(_WATCH_IDLE_CHECK_S)
@@ -396,10 +406,10 @@ class JobManager:
         finally:
             await watcher.close()
 
-    def _ended(self, job_id: str, after: int) -> bool:
+    async def _ended(self, job_id: str, after: int) -> bool:
         """True when the job is terminal and the watcher has seen all its events."""
         try:
-            rec = self.store.get(job_id)
+            rec = await self.db(self.store.get, job_id)
         except NotFound:
             raise NotFound(f"trainingJobs/{job_id} was deleted", reason="JOB_NOT_FOUND") from None
         return rec.state in TERMINAL and rec.last_sequence <= after

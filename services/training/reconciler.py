@@ -99,7 +99,7 @@ class Reconciler:
         # Slightly under the interval, so the pass after the first sighting acts.
         queued_grace = self.config.reconcile_interval_s * 0.9
         live: set[str] = set()
-        for rec in self.jobs.store.in_states((QUEUED, RUNNING)):
+        for rec in await self.jobs.db(self.jobs.store.in_states, (QUEUED, RUNNING)):
             live.add(rec.id)
             where = await self.jobs.queue.entry_state(rec.job.spec.priority, rec.queue_entry)
             if rec.state == QUEUED:
@@ -125,7 +125,7 @@ class Reconciler:
     async def _reclaim(self, rec: JobRecord) -> bool:
         """End or requeue a RUNNING job that no live worker holds; False if it moved on."""
         lost = rec.job.worker or "?"
-        store = self.jobs.store
+        store, db = self.jobs.store, self.jobs.db
         failures = rec.failures + 1
 
         def requeued(r: JobRecord) -> None:
@@ -138,20 +138,20 @@ class Reconciler:
 
         try:
             if rec.cancel_requested:
-                new, event = store.transition(rec.id, CANCELLED, f"cancelled by request; worker {lost} was lost",
-                                              expect_worker=rec.job.worker)
+                new, event = await db(store.transition, rec.id, CANCELLED,
+                                      f"cancelled by request; worker {lost} was lost", expect_worker=rec.job.worker)
             elif rec.pause_requested:
-                new, event = store.transition(rec.id, PAUSED, f"paused by request; worker {lost} was lost",
-                                              expect_worker=rec.job.worker, mutate=paused)
+                new, event = await db(store.transition, rec.id, PAUSED, f"paused by request; worker {lost} was lost",
+                                      expect_worker=rec.job.worker, mutate=paused)
             elif failures >= self.config.max_attempts:
                 message = f"worker {lost} was lost; {failures} failed attempts"
                 status = status_pb2.Status(code=code_pb2.ABORTED, message=message)
-                new, event = store.transition(rec.id, FAILED, f"failed after {failures} attempts: {message}",
-                                              error=status, expect_worker=rec.job.worker,
-                                              mutate=lambda r: setattr(r, "failures", r.failures + 1))
+                new, event = await db(store.transition, rec.id, FAILED, f"failed after {failures} attempts: {message}",
+                                      error=status, expect_worker=rec.job.worker,
+                                      mutate=lambda r: setattr(r, "failures", r.failures + 1))
             else:
-                new, event = store.transition(rec.id, QUEUED, f"worker {lost} was lost; requeued",
-                                              expect_worker=rec.job.worker, mutate=requeued)
+                new, event = await db(store.transition, rec.id, QUEUED, f"worker {lost} was lost; requeued",
+                                      expect_worker=rec.job.worker, mutate=requeued)
         except (FailedPrecondition, NotFound):
             return False
         _log.warning("reclaimed %s from lost worker %s → %s", rec.job.name, lost, new.job.state)

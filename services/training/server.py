@@ -117,7 +117,8 @@ class TrainingApp:
         await self.jobs.fanout.aclose()
         await self.pool.aclose()
         await self.bus.aclose()
-        self.store.close()
+        await self.jobs.db(self.store.close)
+        self.jobs.db.close()
 
 
 async def create_server(config: TrainingConfig, server_config: ServerConfig) -> tuple[Service, TrainingApp]:

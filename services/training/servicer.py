@@ -6,7 +6,6 @@ domain errors raised by the manager are mapped to statuses by the shared interce
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,12 +35,12 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
         return await self.jobs.create(request.training_job, request.training_job_id, request.request_id)
 
     async def GetTrainingJob(self, request: rr_pb.GetTrainingJobRequest, context: Any) -> job_pb.TrainingJob:
-        return self.jobs.get(request.name)
+        return await self.jobs.get(request.name)
 
     async def ListTrainingJobs(self, request: rr_pb.ListTrainingJobsRequest, context: Any) -> rr_pb.ListTrainingJobsResponse:
-        jobs, token = self.jobs.list(page_size=request.page_size, page_token=request.page_token,
-                                     states=list(request.states), phase=request.phase,
-                                     label_selector=request.label_selector)
+        jobs, token = await self.jobs.list(page_size=request.page_size, page_token=request.page_token,
+                                           states=list(request.states), phase=request.phase,
+                                           label_selector=request.label_selector)
         return rr_pb.ListTrainingJobsResponse(training_jobs=jobs, next_page_token=token)
 
     async def CancelTrainingJob(self, request: rr_pb.CancelTrainingJobRequest, context: Any) -> job_pb.TrainingJob:
@@ -73,9 +72,9 @@ class TrainingServicer(training_service_pb2_grpc.TrainingServiceServicer):
             yield event
 
     async def GetTrainingJobMetrics(self, request: rr_pb.GetTrainingJobMetricsRequest, context: Any) -> job_pb.TrainingJobMetrics:
-        return await asyncio.to_thread(self.jobs.metrics, request.name, request.max_points)
+        return await self.jobs.metrics(request.name, request.max_points)
 
     async def ListCheckpoints(self, request: rr_pb.ListCheckpointsRequest, context: Any) -> rr_pb.ListCheckpointsResponse:
-        checkpoints, token = self.jobs.list_checkpoints(request.parent, page_size=request.page_size,
-                                                        page_token=request.page_token)
+        checkpoints, token = await self.jobs.list_checkpoints(request.parent, page_size=request.page_size,
+                                                              page_token=request.page_token)
         return rr_pb.ListCheckpointsResponse(checkpoints=checkpoints, next_page_token=token)
