@@ -21,7 +21,8 @@ everything).
 
 Then a bounded closed loop (``--concurrency`` client tasks, each sending its next
 request when the previous one answered, for ``--seconds`` after ``--warmup``) for:
-bare gRPC direct, runtime gRPC direct, gRPC through Envoy, and REST (HTTP/1.1 JSON,
+bare gRPC direct, runtime gRPC direct (and the same with tracing off,
+``OTEL_SDK_DISABLED=true``, in a second runtime process), gRPC through Envoy, and REST (HTTP/1.1 JSON,
 keep-alive, one connection per client) through Envoy with Debian's ``wrk`` (a native
 load generator: the Python httpx client saturated a core at a third of the edge's rate;
 ``--rest-client httpx`` still runs it). Prints qps, p50 and p99 and their ratios against
@@ -178,10 +179,11 @@ class Children:
         self.workdir = workdir
         self.started: list[Child] = []
 
-    def spawn(self, name: str, argv: Sequence[str], *, ready_line: bool) -> Child:
+    def spawn(self, name: str, argv: Sequence[str], *, ready_line: bool,
+              env_extra: dict[str, str] | None = None) -> Child:
         log_path = self.workdir / f"{name}.log"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "gen" / "python")]),
-                   AF_TRACES_DIR=str(self.workdir / "traces"))
+                   AF_TRACES_DIR=str(self.workdir / "traces"), **(env_extra or {}))
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
@@ -554,6 +556,7 @@ async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[s
     options = [("grpc.max_concurrent_streams", 1000)]
     bare = grpc.aio.insecure_channel(f"127.0.0.1:{ports['bare']}", options=options)
     runtime = grpc.aio.insecure_channel(f"127.0.0.1:{ports['runtime']}", options=options)
+    untraced = grpc.aio.insecure_channel(f"127.0.0.1:{ports['untraced']}", options=options)
     edge = grpc.aio.insecure_channel(f"127.0.0.1:{ports['edge']}", options=options)
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     md = _credentials()
@@ -565,6 +568,7 @@ async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[s
         scenarios: list[tuple[str, Callable[[], Awaitable[None]] | None, list[str]]] = [
             ("bare gRPC direct", _grpc_caller(bare), ["client", "bare"]),
             ("runtime gRPC direct", _grpc_caller(runtime, md["runtime"]), ["client", "runtime"]),
+            ("runtime, tracing off", _grpc_caller(untraced, md["runtime"]), ["client", "untraced"]),
             ("gRPC via Envoy", _grpc_caller(edge, md["edge"]), ["client", "runtime", "envoy"]),
         ]
         wrk = find_wrk()
@@ -600,7 +604,7 @@ async def run_load(args: argparse.Namespace, ports: dict[str, int], pids: dict[s
         return [sorted(rs, key=lambda x: x.qps)[len(rs) // 2] for rs in rounds.values()]
     finally:
         await rest.aclose()
-        for channel in (bare, runtime, edge):
+        for channel in (bare, runtime, untraced, edge):
             await channel.close()
 
 
@@ -635,7 +639,7 @@ def format_table(results: Sequence[Result]) -> str:
     rows = []
     for r in results:
         cpu = r.cpu_percent
-        server = cpu.get("bare", cpu.get("runtime", float("nan")))
+        server = cpu.get("bare", cpu.get("runtime", cpu.get("untraced", float("nan"))))
         envoy = f"{cpu['envoy']:.0f}" if "envoy" in cpu else "-"
         rows.append([r.scenario, f"{r.qps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                      _ratio(r.qps, base.qps), _ratio(r.p50_ms, base.p50_ms), _ratio(r.p99_ms, base.p99_ms),
@@ -693,10 +697,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
             bare = children.spawn("bare", [*me, "bare"], ready_line=True)
             runtime = children.spawn("runtime", [*me, "runtime"], ready_line=True)
+            # The same runtime with tracing off (OpenTelemetry's own switch): what tracing costs.
+            untraced = children.spawn("untraced", [*me, "runtime"], ready_line=True,
+                                      env_extra={"OTEL_SDK_DISABLED": "true"})
             runtime_ready = _read_ready(runtime)
-            ports = {"bare": _read_ready_port(bare), "runtime": int(runtime_ready["grpc_port"])}
+            ports = {"bare": _read_ready_port(bare), "runtime": int(runtime_ready["grpc_port"]),
+                     "untraced": _read_ready_port(untraced)}
             envoy, ports["edge"], _admin = start_envoy(children, ports["runtime"])
             pids = {"client": os.getpid(), "bare": bare.proc.pid, "runtime": runtime.proc.pid,
+                    "untraced": untraced.proc.pid,
                     "envoy": envoy.proc.pid}
             results = asyncio.run(run_load(args, ports, pids, runtime_ready.get("metrics_port")))
         except BaseException:
