@@ -59,9 +59,15 @@ class ServerConfig:
     #: share of new calls, all of them at ``max_pending_requests_hard_limit``, and the
     #: client sees CANCELLED (which it does not retry) before any of our code runs.
     #: grpc's defaults, 1,000 and 3,000, refused 8-13 % of 2,200 streams opened at once
-    #: through the edge (docs/benchmarks.md). Pending calls are still dropped after 30 s.
+    #: through the edge (docs/benchmarks.md).
     max_pending_requests: int = 10_000
     max_pending_requests_hard_limit: int = 20_000
+    #: Seconds a new call may wait in grpc-core for the event loop to take it before it
+    #: is dropped as CANCELLED (``grpc.server_max_unrequested_time_in_server``; grpc's
+    #: default 30 s). The loop takes calls one at a time, so thousands of streams opened
+    #: at once on a busy 2-core box waited longer than 30 s; a stream opened late beats
+    #: a CANCELLED the client does not retry. Calls with a deadline end at it anyway.
+    max_unrequested_time_s: int = 120
     #: Python logging level name (DEBUG, INFO, WARNING, ERROR).
     log_level: str = "INFO"
     #: ``json`` (one object per line) or ``text`` (human readable).
@@ -115,7 +121,7 @@ class ServerConfig:
             raise ValueError(f"log_format must be json or text, not {self.log_format!r}")
         for name in ("max_send_message_bytes", "max_receive_message_bytes",
                      "max_concurrent_streams", "keepalive_time_ms", "keepalive_timeout_ms",
-                     "max_pending_requests"):
+                     "max_pending_requests", "max_unrequested_time_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.max_pending_requests_hard_limit < self.max_pending_requests:
@@ -139,6 +145,7 @@ class ServerConfig:
             ("grpc.max_concurrent_streams", self.max_concurrent_streams),
             ("grpc.server.max_pending_requests", self.max_pending_requests),
             ("grpc.server.max_pending_requests_hard_limit", self.max_pending_requests_hard_limit),
+            ("grpc.server_max_unrequested_time_in_server", self.max_unrequested_time_s),
         ]
 
 

@@ -251,3 +251,6 @@ def test_pending_request_limits_are_checked() -> None:
     with pytest.raises(ValueError, match="max_pending_requests_hard_limit"):
         ServerConfig(max_pending_requests=100, max_pending_requests_hard_limit=10).validate()
     assert ServerConfig.from_env("echo", {"AF_MAX_PENDING_REQUESTS": "7"}).max_pending_requests == 7
+    # A burst that waits longer than grpc's 30 s for the loop is served late, not dropped.
+    options = dict(ServerConfig().grpc_options())
+    assert options["grpc.server_max_unrequested_time_in_server"] >= 120
