@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -316,6 +317,13 @@ class AlertManager:
             if rule is None or rule.HasField("component_status"):
                 continue  # handled above
             open_keys.add((rule_name, key))
+            still = found.get((rule_name, key))
+            if still is not None and rule.enabled:
+                if still[0].value != alert.value and not (math.isnan(still[0].value) and math.isnan(alert.value)):
+                    alert.value = still[0].value  # "the observed value ... at the latest evaluation"
+                    alert.update_time.CopyFrom(timestamp(now))
+                    self._store.put_alert(alert, key)
+                continue
             if not rule.enabled:
                 await self._resolve(alert, key, "rule disabled", now)
             elif rule.WhichOneof("condition") is None:
