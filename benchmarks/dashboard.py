@@ -19,10 +19,13 @@
 The chart drawing itself is the same for both (uPlot, at most a few thousand points
 after the history; a replay would hand it every point).
 
-3. live chart — a real job (x·y mod 17, one progress event per step) runs while the job
-   page is open in Debian's chromium (playwright-core, tests/e2e/browser.py) for
-   ``--live-seconds``; in the page, requestAnimationFrame timestamps and long tasks
-   (PerformanceObserver) are recorded. Printed: the event rate the chart received (points
+3. live chart — the job page is open in Debian's chromium (playwright-core,
+   tests/e2e/browser.py) for ``--live-seconds`` while progress events arrive at
+   ``--live-rate`` per second (default 20, the issue's figure): the benchmark writes them
+   for a paused job as a worker does (training store, then the job's event stream), so
+   the rate is the same on any machine; ``--live-rate 0`` runs a real job instead (x·y
+   mod 17, one event per step, at whatever pace the machine gives). In the page,
+   requestAnimationFrame timestamps and long tasks (PerformanceObserver) are recorded. Printed: the event rate the chart received (points
    per second), frames, frames later than 1.5 frame budgets (dropped), the longest
    frame, and long tasks (> 50 ms). Skipped when chromium is missing.
 """
@@ -30,10 +33,12 @@ after the history; a replay would hand it every point).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gzip
 import re
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,7 +49,9 @@ from agentforge.training.v1 import training_job_pb2 as job_pb
 
 from services.launcher.mesh import Mesh, MeshConfig
 from tests.e2e.browser import Browser, missing_prerequisites
-from services.training.store import RUNNING, SUCCEEDED, Store
+from services.shared.bus import BusConfig, EventBus
+from services.training.queue import Keys
+from services.training.store import PAUSED, RUNNING, SUCCEEDED, Store
 from tests.support import grpc_web_frame, grpc_web_frames
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +94,50 @@ def seed_job(data_dir: Path, steps: int) -> str:
     store.transition(job_id, SUCCEEDED, "benchmark")
     store.close()
     return f"trainingJobs/{job_id}"
+
+
+LIVE_JOB = "bench-live-job"
+
+
+def seed_live_job(data_dir: Path) -> str:
+    """A PAUSED job (no worker takes it) for the paced feed of :func:`feed_events`."""
+    store = Store(data_dir / "training" / "jobs.db")
+    spec = job_pb.TrainingJobSpec(max_steps=1_000_000, progress_interval=1, batch_size=64)
+    store.create(job_pb.TrainingJob(name=f"trainingJobs/{LIVE_JOB}", display_name="live chart, paced feed",
+                                    spec=spec), LIVE_JOB, "")
+    store.transition(LIVE_JOB, RUNNING, "benchmark", worker="bench")
+    store.transition(LIVE_JOB, PAUSED, "benchmark: fed by benchmarks/dashboard.py, no worker")
+    store.close()
+    # (the feed starts at step 1; the page shows an empty chart until it does)
+    return f"trainingJobs/{LIVE_JOB}"
+
+
+def feed_events(data_dir: Path, redis_url: str, rate: float, stop: threading.Event) -> None:
+    """Progress events for :data:`LIVE_JOB` at ``rate`` per second, written as a worker
+    writes them: appended to the training store (sequence, cursor), then published on
+    the job's event stream, which the training service's watches follow live."""
+    async def run() -> None:
+        store = Store(data_dir / "training" / "jobs.db")
+        bus = EventBus(BusConfig(url=redis_url))
+        stream = Keys().job_events(LIVE_JOB)
+        try:
+            start, step = time.monotonic(), 0
+            while not stop.is_set():
+                step += 1
+                loss = 3.0 * (0.999 ** step)
+                event = ev_pb.TrainingJobEvent(progress=job_pb.TrainingProgress(
+                    step=step, total_steps=1_000_000, train_loss=loss, train_accuracy=min(1.0, step / 2000),
+                    learning_rate=1e-3, steps_per_second=rate,
+                    grokfast=job_pb.GrokfastStats(slow_gradient_norm=1.0 / (1 + step / 100),
+                                                  amplification_ratio=2.0, alpha=0.98, lamb=2.0)))
+                stored = (await asyncio.to_thread(store.append_events, LIVE_JOB, [event])).events[0]
+                await bus.publish(stream, stored, subject=f"trainingJobs/{LIVE_JOB}")
+                await asyncio.sleep(max(0.0, start + step / rate - time.monotonic()))
+        finally:
+            await bus.aclose()
+            store.close()
+
+    asyncio.run(run())
 
 
 def grpc_web(client: httpx.Client, method: str, request: bytes) -> tuple[float, list[bytes]]:
@@ -148,12 +199,64 @@ def first_page_in_browser(edge: str, tmp: Path) -> dict[str, object] | None:
 
 FRAME_PROBE = """() => {
   window.__frames = []; window.__long = [];
-  const tick = (t) => { window.__frames.push(t); if (window.__frames.length < 100000) requestAnimationFrame(tick); };
-  requestAnimationFrame(tick);
-  new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration)))
-    .observe({ type: "longtask", buffered: false });
+  if (!window.__probing) {  // one rAF loop and one observer, however often the probe is (re)started
+    window.__probing = true;
+    const tick = (t) => { if (window.__frames.length < 100000) window.__frames.push(t); requestAnimationFrame(tick); };
+    requestAnimationFrame(tick);
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration)))
+      .observe({ type: "longtask", buffered: false });
+  }
   return true;
 }"""
+
+
+def live_chart_paced(mesh: Mesh, data_dir: Path, tmp: Path, seconds: float, rate: float) -> dict[str, float] | None:
+    """The job page open on :data:`LIVE_JOB` while :func:`feed_events` writes ``rate``
+    progress events per second; frames and long tasks recorded in the page."""
+    why = missing_prerequisites()
+    if why:
+        print(f"live chart: skipped ({why})")
+        return None
+    stop = threading.Event()
+    feeder = threading.Thread(target=feed_events, args=(data_dir, mesh.redis_url, rate, stop), daemon=True)
+    browser = Browser(mesh.edge_url, tmp / "chromium-live")
+    count = "() => +document.getElementById('chart-loss').dataset.count"
+    try:
+        token = _auth().get("authorization", "").removeprefix("Bearer ")
+        browser.goto(f"/#token={token}" if token else "/")
+        browser.goto(f"/#/jobs/{LIVE_JOB}")
+        browser.wait("#chart-loss", timeout=120)
+        # baseline: the same page, open, with no events arriving
+        browser.eval(FRAME_PROBE)
+        time.sleep(seconds)
+        idle = (browser.eval("() => window.__frames"), browser.eval("() => window.__long"))
+        feeder.start()
+        browser.wait_fn("() => +document.getElementById('chart-loss').dataset.count > 20", timeout=120)
+        browser.eval(FRAME_PROBE)
+        first = int(browser.eval(count))
+        time.sleep(seconds)
+        last = int(browser.eval(count))
+        contiguous = browser.eval("() => document.getElementById('chart-loss').dataset.contiguous")
+        fed = (browser.eval("() => window.__frames"), browser.eval("() => window.__long"))
+    finally:
+        browser.close()
+        stop.set()
+        if feeder.is_alive():
+            feeder.join(10)
+
+    def frame_stats(frames: list[float], longs: list[float]) -> dict[str, float]:
+        gaps = [b - a for a, b in zip(frames, frames[1:])]
+        budget = statistics.median(gaps) if gaps else 16.7
+        return {"frames": len(frames), "dropped": sum(g > 1.5 * budget for g in gaps), "frame_ms": budget,
+                "p99_ms": sorted(gaps)[int(0.99 * (len(gaps) - 1))] if gaps else 0.0,
+                "longest_ms": max(gaps, default=0.0), "long_tasks": len(longs)}
+
+    base = frame_stats(*idle)
+    print(f"live chart baseline, page open, no events, {seconds:.0f}s: {base['frames']} frames (median "
+          f"{base['frame_ms']:.1f} ms, p99 {base['p99_ms']:.1f} ms), {base['dropped']} dropped, longest "
+          f"{base['longest_ms']:.0f} ms, {base['long_tasks']} long tasks")
+    return {"events_per_s": (last - first) / seconds, **frame_stats(*fed), "contiguous": contiguous == "true",
+            "baseline_dropped": base["dropped"]}
 
 
 def live_chart(edge: str, tmp: Path, seconds: float) -> dict[str, float] | None:
@@ -198,11 +301,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--points", type=int, default=2000)
     parser.add_argument("--live-seconds", type=float, default=10.0)
+    parser.add_argument("--live-rate", type=float, default=20.0,
+                        help="progress events/s fed to the open job page (0: a real job at its own pace)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "data"
         t0 = time.perf_counter()
         name = seed_job(data, args.steps)
+        seed_live_job(data)
         print(f"seeded {name}: {args.steps} progress events in {time.perf_counter() - t0:.1f}s")
         with Mesh(MeshConfig(data_dir=data, training_workers=1, log_dir=Path(tmp) / "logs",
                              startup_timeout=300)) as mesh:
@@ -231,11 +337,19 @@ def main() -> None:
             print(f"{'  GetTrainingJobMetrics (' + str(args.points) + ' points)':44} {h:9.3f}")
             print(f"{'  WatchTrainingJob replay (every event)':44} {r:9.3f}")
             print(f"{'  replay / history':44} {r / h:9.1f}x")
-            live = live_chart(mesh.edge_url, Path(tmp), args.live_seconds)
+            if args.live_rate > 0:
+                live = live_chart_paced(mesh, data, Path(tmp), args.live_seconds, args.live_rate)
+            else:
+                live = live_chart(mesh.edge_url, Path(tmp), args.live_seconds)
             if live:
                 print(f"live chart over {args.live_seconds:.0f}s: {live['events_per_s']:.1f} events/s received, "
-                      f"{live['frames']} frames (median {live['frame_ms']:.1f} ms), {live['dropped']} dropped "
-                      f"(> 1.5 frames), longest {live['longest_ms']:.0f} ms, {live['long_tasks']} long tasks")
+                      f"{live['frames']} frames (median {live['frame_ms']:.1f} ms"
+                      + (f", p99 {live['p99_ms']:.1f} ms" if "p99_ms" in live else "")
+                      + f"), {live['dropped']} dropped (> 1.5 frames), longest {live['longest_ms']:.0f} ms, "
+                      f"{live['long_tasks']} long tasks"
+                      + (f", chart contiguous: {live['contiguous']}" if "contiguous" in live else "")
+                      + (f"; dropped vs the idle baseline: {live['dropped']} / {live['baseline_dropped']}"
+                         if "baseline_dropped" in live else ""))
 
 
 if __name__ == "__main__":
