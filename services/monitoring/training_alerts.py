@@ -160,6 +160,11 @@ class TrainingTracker:
         when = min(when, now)
         name = event.training_job
         kind = event.WhichOneof("kind")
+        if name in self.ended:
+            # Terminal states are final. Progress travels apart from state changes (the
+            # worker publishes it directly, state changes go through the training outbox),
+            # so a progress event can arrive after its job ended: it must not revive it.
+            return
         if kind == "state_changed":
             to = event.state_changed.to_state
             if to in TERMINAL:
@@ -181,7 +186,6 @@ class TrainingTracker:
         job = self.jobs.get(name)
         if job is None:
             job = self.jobs[name] = JobState(name)
-            self.ended.pop(name, None)
         return job
 
     def _progress(self, job: JobState, p: job_pb.TrainingProgress, when: float) -> None:

@@ -100,5 +100,11 @@ async def test_a_restart_reads_the_history_and_alerts_only_on_what_still_holds(
         async with asyncio.timeout(10):
             while mon.alerts.tracker.jobs:
                 await asyncio.sleep(0.1)
+        # A progress event that arrives after the job ended (it travels apart from the
+        # state changes) does not bring the job back.
+        await publish_event(bus, stream, _progress(running, time.time(), 52, 1.3), source="training", subject=running)
+        await publish_event(bus, stream, _progress(ended, time.time(), 11, math.nan), source="training", subject=ended)
+        await asyncio.sleep(1.0)
+        assert not mon.alerts.tracker.jobs
     resolved = await stub.GetAlert(rr.GetAlertRequest(name=alerts[0].name))
     assert "Resolved: step 51 reached." in resolved.description
