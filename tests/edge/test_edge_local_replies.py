@@ -187,3 +187,23 @@ async def test_a_unary_call_s_own_grpc_timeout_is_honoured_up_to_the_edge_maximu
             await _call(channel, method, request(8000), timeout=60)
         assert rich(err.value)[:2] == (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "DEADLINE_EXCEEDED")
         assert time.monotonic() - started < 7.5, "cut at the edge's maximum, not the client's 60 s"
+
+
+@pytest.mark.parametrize(("token", "reason"), [
+    (None, "TOKEN_REQUIRED"),
+    ("expired", "TOKEN_EXPIRED"),
+    ("Bearer not-a-jwt", "TOKEN_INVALID"),
+    ("wrong-audience", "TOKEN_INVALID"),
+])
+def test_rest_clients_get_the_same_token_reasons(edge: EdgeTarget, token: str | None, reason: str) -> None:
+    if token == "expired":
+        token = "Bearer " + mint_token("admin", subject="expired-user", issued_at=time.time() - 7200, ttl_s=60)
+    elif token == "wrong-audience":
+        token = "Bearer " + mint_token("admin", subject="elsewhere", aud="another-audience")
+    with auth.anonymous_http(base_url=edge.url, timeout=10) as client:
+        resp = client.get("/v1/systemHealth", headers={"authorization": token} if token else {})
+    assert resp.status_code == 401, resp.text
+    body = resp.json()
+    assert body["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+    (info,) = [d for d in body["details"] if d["@type"].endswith("ErrorInfo")]
+    assert (info["domain"], info["reason"]) == (DOMAIN, reason), body
