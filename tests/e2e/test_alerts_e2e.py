@@ -54,18 +54,22 @@ def test_the_documented_metric_rules_are_accepted_over_rest(rest: httpx.Client) 
 
 
 def test_a_diverging_job_raises_its_alert_over_rest(rest: httpx.Client) -> None:
-    body = tiny_job(maxSteps="60", progressInterval="5")
+    # Long enough to still run when the alert is judged; cancelled once it shows.
+    body = tiny_job(maxSteps="1000000", progressInterval="5", checkpointInterval="1000000")
     body["spec"]["optimizer"]["learningRate"] = 10.0
     resp = rest.post("/v1/trainingJobs", json=body)
     assert resp.status_code == 200, resp.text
     name = resp.json()["name"]
     deadline = time.monotonic() + 90
-    while True:
-        alerts = rest.get("/v1/alerts", params={"rule": "alertRules/training-job-diverged"}).json().get("alerts", [])
-        mine = [a for a in alerts if a["labels"].get("training_job") == name]
-        if mine:
-            break
-        assert time.monotonic() < deadline, f"no diverged alert for {name}: {alerts}"
-        time.sleep(0.2)
+    try:
+        while True:
+            alerts = rest.get("/v1/alerts", params={"rule": "alertRules/training-job-diverged"}).json().get("alerts", [])
+            mine = [a for a in alerts if a["labels"].get("training_job") == name]
+            if mine:
+                break
+            assert time.monotonic() < deadline, f"no diverged alert for {name}: {alerts}"
+            time.sleep(0.2)
+    finally:
+        assert rest.post(f"/v1/{name}:cancel", json={}).status_code == 200
     assert mine[0]["summary"].startswith(f"{name} diverged:")
     assert mine[0]["severity"] == "ALERT_SEVERITY_WARNING"

@@ -4,7 +4,9 @@ train/val gap raised then resolved) — through the real training service, its s
 worker, Valkey and the monitoring service's WatchAlerts.
 
 One worker, one torch thread: CI has two cores. Thresholds are the config knobs
-(``AF_MONITORING_TRAINING_*``) set small.
+(``AF_MONITORING_TRAINING_*``) set small. Nothing depends on the machine's speed: the jobs
+that must be running when judged run until the test cancels them, and the grokking job's
+gap lasts hundreds of steps (over a second even at 2 ms a step) against a 0.3 s window.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ async def monitoring(valkey: EmbeddedValkey, training: Training,
         probe_interval_s=0.5, alert_eval_interval_s=0.2, publish_timeout_s=0.3,
         training_stall_after_s=2.0, training_max_loss=100.0,
         training_grok_validation_accuracy=0.2, training_grok_memorized_accuracy=0.9,
-        training_grok_plateau_evaluations=5, training_gap=0.5, training_gap_for_s=1.0,
+        training_grok_plateau_evaluations=5, training_gap=0.5, training_gap_for_s=0.3,
     )
     server = await create_server(config, ServerConfig(host="127.0.0.1", port=0, grace_seconds=0.5))
     try:
@@ -148,18 +150,21 @@ async def test_a_stopped_worker_stalls_its_job_and_resuming_resolves(training: T
 
 
 async def test_a_huge_learning_rate_diverges(training: Training, alerts: Any) -> None:
-    spec = tiny_spec(max_steps=60, progress_interval=5)
+    # Long enough to still run when the alert is judged, however fast the machine.
+    spec = tiny_spec(max_steps=1_000_000, progress_interval=5, checkpoint_interval=1_000_000)
     spec.optimizer.learning_rate = 10.0  # the contract's maximum; Adam explodes the loss at once
     job = await training.create(spec)
-    raised = await alerts(DIVERGED, job.name, RAISED)
+    try:
+        raised = await alerts(DIVERGED, job.name, RAISED)
+    finally:
+        await finish(training, job.name)
     alert = raised.alert
     assert alert.summary.startswith(f"{job.name} diverged:")
     assert not (alert.value <= 100.0)  # above max_loss, or NaN
     assert alert.labels["training_job"] == job.name
     # Its alert resolves when the job ends (it never comes back below max_loss).
     resolved = await alerts(DIVERGED, job.name, RESOLVED)
-    assert resolved.alert.name == alert.name
-    assert (await training.get(job.name)).state == job_pb.TRAINING_JOB_STATE_SUCCEEDED
+    assert resolved.alert.name == alert.name and "CANCELLED" in resolved.alert.description
 
 
 def grokking_spec() -> job_pb.TrainingJobSpec:
