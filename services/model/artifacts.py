@@ -58,16 +58,27 @@ class PartWriter:
             self._file.close()
             raise
         self.synced = self.size
+        self._failed = False
 
     def append(self, data: bytes) -> int:
-        """Write ``data`` at the end and hash it; returns the new size in bytes."""
-        self._file.write(data)
+        """Write ``data`` at the end and hash it; returns the new size in bytes.
+
+        After a failed write (a full disk, ...) every later append raises too: ``size``
+        and the digest keep counting only the bytes written in order before it.
+        """
+        if self._failed:
+            raise OSError("an earlier write to this upload's part file failed")
+        try:
+            self._file.write(data)
+        except BaseException:
+            self._failed = True
+            raise
         self._digest.update(data)  # hashlib releases the GIL for large buffers
         self.size += len(data)
         return self.size
 
     def sync(self) -> int:
-        """fsync the file; returns the size now durable."""
+        """fsync the file; returns the size now durable (only bytes written in order)."""
         if self.synced != self.size:
             self._file.flush()
             os.fsync(self._file.fileno())

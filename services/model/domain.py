@@ -131,17 +131,22 @@ class UploadSession:
         await self._drain()
         if self.complete or self._closed or self.committed == self._recorded:
             return
-        committed = self.committed
-        await self._on_thread(self._writer.sync)
+        # What the writer says is durable, not what was received: after a failed write it
+        # stops counting (the stream has failed; the client resumes from there).
+        synced = await self._on_thread(self._writer.sync)
+        if synced == self._recorded:
+            return
         v = self.version
-        await self._store.set_committed(v.model_id, v.version, committed)
-        self._recorded = committed
+        await self._store.set_committed(v.model_id, v.version, synced)
+        self._recorded = synced
 
     async def close(self) -> None:
         """End of the stream (any end): record what arrived, release the file."""
         try:
             if not self._closed:
                 try:
+                    with contextlib.suppress(Exception):
+                        await self._drain()  # a failed write was (or is being) reported already
                     await self.sync()
                 finally:
                     self._closed = True

@@ -260,3 +260,35 @@ async def test_a_wrong_checksum_across_sync_points_is_still_caught(
         assert details(err.value)[0].reason == "CHECKSUM_MISMATCH"
         assert not (cfg.artifacts_dir / "flip" / "1" / "artifact.part").exists()
         assert (await upload_all(stub, v.name, data)).complete
+
+
+def test_after_a_failed_write_the_part_writer_counts_only_what_was_written_in_order(tmp_path: Path) -> None:
+    """A full disk mid-upload: later chunks are refused, and the durable size (what becomes
+    committed_bytes) stops before the failed chunk, so a resume never skips a hole."""
+    from services.model.artifacts import PartWriter
+
+    part = tmp_path / "artifact.part"
+    part.write_bytes(b"")
+    writer = PartWriter(part)
+    writer.append(b"a" * 10)
+
+    class FullDisk:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def write(self, data: bytes) -> int:
+            raise OSError(28, "No space left on device")
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._inner, name)
+
+    real = writer._file
+    writer._file = FullDisk(real)
+    with pytest.raises(OSError):
+        writer.append(b"b" * 10)
+    writer._file = real  # the disk has room again: still refused, the stream has failed
+    with pytest.raises(OSError):
+        writer.append(b"c" * 10)
+    assert writer.sync() == 10 and writer.hexdigest() == hashlib.sha256(b"a" * 10).hexdigest()
+    writer.close()
+    assert part.read_bytes() == b"a" * 10
