@@ -207,4 +207,3 @@ def test_rest_clients_get_the_same_token_reasons(edge: EdgeTarget, token: str | 
     assert body["code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
     (info,) = [d for d in body["details"] if d["@type"].endswith("ErrorInfo")]
     assert (info["domain"], info["reason"]) == (DOMAIN, reason), body
-
