@@ -9,13 +9,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentforge.monitoring.v1 import alert_pb2
+import pytest
+
+from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
 from agentforge.monitoring.v1 import request_response_pb2 as rr
 from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 from services.monitoring.alerts import TRAINING_RULES, AlertManager
 from services.monitoring.config import MonitoringConfig
 from services.monitoring.store import MonitoringStore
+from services.monitoring.training_alerts import TrainingRules, TrainingTracker
 from services.monitoring.watcher import HealthWatcher
 from services.shared.bus import BusConfig, EventBus
 from services.shared.events import publish_event
@@ -108,3 +111,88 @@ async def test_a_restart_reads_the_history_and_alerts_only_on_what_still_holds(
         assert not mon.alerts.tracker.jobs
     resolved = await stub.GetAlert(rr.GetAlertRequest(name=alerts[0].name))
     assert "Resolved: step 51 reached." in resolved.description
+
+
+# ------------------------------------------------------------------ the rules, pure
+def _tracker(now: list[float]) -> TrainingTracker:
+    return TrainingTracker(None, "events.training", clock=lambda: now[0])
+
+
+def _eval(job: str, when: float, step: int, train: float, val: float) -> ev_pb.TrainingJobEvent:
+    progress = job_pb.TrainingProgress(step=step, train_loss=0.1, train_val_gap=train - val,
+                                       eval=job_pb.EvalMetrics(step=step, accuracy=val, loss=1.0))
+    return _event(job, when, progress=progress)
+
+
+def _condition(**kind: Any) -> alert_rule_pb2.TrainingJobCondition:
+    return alert_rule_pb2.TrainingJobCondition(**kind)
+
+
+def test_stall_threshold_adapts_to_how_often_a_job_reports() -> None:
+    now = [1000.0]
+    tracker, job = _tracker(now), "trainingJobs/slow"
+    rules = TrainingRules(tracker)
+    stalled = _condition(stalled=alert_rule_pb2.TrainingJobStalled(no_step_for={"seconds": 10}))
+    tracker.observe(_state(job, 1000.0, job_pb.TRAINING_JOB_STATE_RUNNING))
+    for i in range(1, 5):  # a progress event every 30 s
+        now[0] = 1000.0 + 30 * i
+        tracker.observe(_progress(job, now[0], 10 * i, 2.0))
+    now[0] = 1120.0 + 100  # 100 s quiet: more than 10 s, less than 5 × 30 s
+    assert rules.findings("r", stalled, now[0]) == []
+    now[0] = 1120.0 + 151
+    [finding] = rules.findings("r", stalled, now[0])
+    assert finding.key == job and finding.since == 1120.0 + 150 and finding.value == 151
+    tracker.observe(_state(job, now[0], job_pb.TRAINING_JOB_STATE_PAUSED))  # not RUNNING: not stalled
+    assert rules.findings("r", stalled, now[0]) == []
+
+
+def test_grokking_counts_plateau_evaluations_through_spikes_and_fires_once() -> None:
+    now = [0.0]
+    tracker, job = _tracker(now), "trainingJobs/grok"
+    rules = TrainingRules(tracker)
+    onset = _condition(grokking_onset=alert_rule_pb2.GrokkingOnset(
+        validation_accuracy=0.5, memorized_accuracy=0.9, plateau_evaluations=3))
+    tracker.observe(_state(job, 0.0, job_pb.TRAINING_JOB_STATE_RUNNING))
+    curve = [(0.3, 0.05), (0.95, 0.05), (0.6, 0.05), (0.97, 0.06), (0.99, 0.4)]  # 2 plateau evals, a spike
+    for i, (train, val) in enumerate(curve, start=1):
+        now[0] = float(i)
+        tracker.observe(_eval(job, now[0], 100 * i, train, val))
+    now[0] = 5.5
+    assert rules.findings("r", onset, now[0]) == []  # val 0.4 counts as the 3rd plateau eval
+    now[0] = 6.0
+    tracker.observe(_eval(job, 6.0, 600, 1.0, 0.7))
+    [finding] = rules.findings("r", onset, now[0])
+    assert finding.value == 0.7 and finding.since == 6.0 and "step 600" in finding.summary
+    tracker.observe(_eval(job, 7.0, 700, 1.0, 0.3))  # a dip later changes nothing: it happened
+    assert rules.findings("r", onset, 7.0) == [finding]
+    # A job that generalizes with no memorization plateau is not grokking.
+    other = "trainingJobs/plain"
+    tracker.observe(_eval(other, 8.0, 100, 0.6, 0.55))
+    assert [f.key for f in rules.findings("r", onset, 8.0)] == [job]
+
+
+def test_gap_must_hold_at_every_evaluation_for_the_window() -> None:
+    tracker, job = _tracker([100.0]), "trainingJobs/gap"  # events are never "after now"
+    rules = TrainingRules(tracker)
+    gap = _condition(train_val_gap=alert_rule_pb2.TrainValGap(gap=0.5, for_duration={"seconds": 10}))
+    for t, (train, val) in zip((0.0, 5.0, 8.0, 12.0), ((0.9, 0.1), (0.9, 0.5), (0.9, 0.2), (0.95, 0.2))):
+        tracker.observe(_eval(job, t, int(t * 10), train, val))
+    # The gap closed at t=5, so it has held since t=8 only: 4 s < 10 s.
+    assert rules.findings("r", gap, 12.0) == []
+    [finding] = rules.findings("r", gap, 18.0)
+    assert finding.since == 8.0 and finding.value == pytest.approx(0.75)
+
+
+def test_diverged_on_non_finite_or_exploding_loss_only() -> None:
+    tracker, job = _tracker([10.0]), "trainingJobs/d"
+    rules = TrainingRules(tracker)
+    diverged = _condition(diverged=alert_rule_pb2.TrainingJobDiverged(max_loss=100))
+    tracker.observe(_progress(job, 1.0, 1, 50.0))
+    assert rules.findings("r", diverged, 10.0) == []
+    tracker.observe(_progress(job, 2.0, 2, math.inf))
+    assert [f.value for f in rules.findings("r", diverged, 10.0)] == [math.inf]
+    tracker.observe(_progress(job, 3.0, 3, 3.0))
+    assert rules.findings("r", diverged, 10.0) == []  # sane again
+    tracker.observe(_progress(job, 4.0, 4, 250.0))
+    [finding] = rules.findings("r", diverged, 10.0)
+    assert finding.value == 250.0 and "> 100" in finding.summary
