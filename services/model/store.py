@@ -38,6 +38,7 @@ from services.shared.errors import (
 )
 from services.shared.paging import decode_page_token, encode_page_token, query_fingerprint
 from services.shared.paging import page_size as resolve_page_size
+from services.shared.migrations import Step, migrate, schema_version
 
 __all__ = [
     "ArtifactRecord",
@@ -52,8 +53,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-_MIGRATIONS: dict[int, str] = {
+#: The registry's schema, step by step (services/shared/migrations.py). Append only.
+_MIGRATIONS: dict[int, Step] = {
     1: """
     CREATE TABLE models (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -276,24 +277,10 @@ class Registry:
 
     def schema_version(self) -> int:
         with self._lock:
-            return int(self._conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0])
+            return schema_version(self._conn)
 
     def _migrate(self) -> None:
-        self._conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied INTEGER)")
-        current = self._conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-        if current > SCHEMA_VERSION:
-            raise RuntimeError(f"registry.db has schema {current}, this build knows {SCHEMA_VERSION}")
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        self._conn.execute(statement)
-                self._conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, now_us()))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        migrate(self._conn, _MIGRATIONS, store="registry.db")
 
     # -- plumbing ---------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:

@@ -4,7 +4,8 @@ One file, ``<data_dir>/monitoring.sqlite3`` (``:memory:`` without a data dir). R
 the protobuf message serialized next to the columns used for lookups. The event history
 has its own epoch (a random token stored with it): it only changes when the database
 is new, i.e. when the history was lost. Statements are tiny and run on the event loop
-thread (WAL mode, synchronous=NORMAL).
+thread (WAL mode, synchronous=NORMAL). The schema is versioned (``_MIGRATIONS``,
+services/shared/migrations.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
+from services.shared.migrations import Step, migrate
 
 __all__ = ["MonitoringStore"]
 
@@ -29,6 +31,11 @@ CREATE INDEX IF NOT EXISTS alerts_open ON alerts (state, rule, component);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, data BLOB NOT NULL);
 """
 
+#: The store's schema, step by step (services/shared/migrations.py). Append only.
+_MIGRATIONS: dict[int, Step] = {
+    1: _SCHEMA,  # idempotent: stores made before versioned migrations adopt it as is
+}
+
 
 class MonitoringStore:
     """Rules, alerts and alert events."""
@@ -42,7 +49,7 @@ class MonitoringStore:
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        migrate(self._db, _MIGRATIONS, store=f"monitoring store {path}")
         epoch = self.meta("epoch")
         if epoch is None:
             epoch = secrets.token_hex(8)

@@ -33,12 +33,13 @@ import grpc.aio
 from google.protobuf import message as pb_message
 
 from services.shared.errors import InvalidArgument
+from services.shared.migrations import Step, migrate
 
 __all__ = ["IdempotencyInterceptor", "IdempotencyKeys", "REQUEST_ID_FIELD", "fingerprint"]
 
 REQUEST_ID_FIELD = "request_id"
-_SCHEMA_VERSION = 1
-_MIGRATIONS = {
+#: The store's schema, step by step (services/shared/migrations.py). Append only.
+_MIGRATIONS: dict[int, Step] = {
     1: """CREATE TABLE IF NOT EXISTS idempotency_keys (
             method TEXT NOT NULL,
             request_id TEXT NOT NULL,
@@ -66,10 +67,9 @@ class IdempotencyKeys:
         self._lock = threading.Lock()
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            for step in range(version + 1, _SCHEMA_VERSION + 1):
-                self._db.execute(_MIGRATIONS[step])
-                self._db.execute(f"PRAGMA user_version = {step}")
+            # the shared runner (schema_version table); step 1 is idempotent, so files made
+            # when this store counted in PRAGMA user_version adopt it as they are
+            migrate(self._db, _MIGRATIONS, store=f"idempotency keys {path}")
 
     def get(self, method: str, request_id: str) -> str | None:
         with self._lock:
