@@ -356,3 +356,74 @@ def test_paper_settings_over_rest_train_exactly_like_the_papers_loop(rest: httpx
     assert [api[s] for s in range(1, steps + 1)] == pytest.approx(ref.losses, rel=1e-5, abs=1e-6)
     evals = [e["evalCompleted"] for e in lines if "evalCompleted" in e]
     assert evals and evals[0]["accuracy"] == pytest.approx(ref.curve[0][1], abs=1e-6)
+
+
+async def test_a_tokenizer_char_model_trains_registers_and_exports_to_onnx_through_the_edge(
+        rest: httpx.Client, mesh: Mesh) -> None:
+    """Issue 8, TOKENIZER_CHAR and ONNX end to end as a user drives them: a REST-created
+    char job trains, the registry records its vocabulary, its ONNX export (through the
+    edge) runs in onnxruntime on text encoded with that vocabulary and matches the
+    PyTorch model built from the registered weights."""
+    import io
+
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from agentforge.model.v1 import model_service_pb2_grpc
+    from agentforge.model.v1 import model_version_pb2 as mv
+    from agentforge.model.v1 import request_response_pb2 as mrr
+    from services.forge.modelio import build_decoder, tokenizer_of
+
+    root = mesh.config.data_dir / "training" / "datasets"  # type: ignore[operator]
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / f"chars-{uuid.uuid4().hex[:6]}.txt"
+    data.write_text("the cat sat on the mat\nthe dog ate the log\nten hens in a pen\n" * 12)
+    model_id = f"chars-{uuid.uuid4().hex[:6]}"
+    body = tiny_job(task={"kind": "TASK_KIND_COGNATE", "dataset": {"path": str(data), "tokenizer": "TOKENIZER_CHAR"}},
+                    model={"layers": 1, "width": 32, "heads": 2, "contextLength": 8}, maxSteps="20",
+                    checkpointInterval="20", evalInterval="10")
+    body["labels"] = {"model": model_id}
+    created = rest.post("/v1/trainingJobs", json=body)
+    assert created.status_code == 200, created.text
+    wait_job(rest, created.json()["name"], lambda j: j["state"] == "TRAINING_JOB_STATE_SUCCEEDED", timeout=240)
+
+    deadline = time.monotonic() + 60
+    while (got := rest.get(f"/v1/models/{model_id}/versions/latest")).status_code != 200:
+        assert got.status_code == 404 and time.monotonic() < deadline, got.text
+        time.sleep(0.1)
+    version = got.json()
+    vocabulary = "".join(sorted(set(data.read_text()) - {"\n"}))
+    assert version["parameters"]["task.tokenizer"] == "char"
+    assert version["parameters"]["task.tokenizer.vocabulary"] == vocabulary
+
+    started = rest.post(f"/v1/{version['name']}:export", json={"format": "ARTIFACT_FORMAT_ONNX"})
+    assert started.status_code == 200, started.text
+    deadline = time.monotonic() + 120
+    while (export := rest.get(f"/v1/{started.json()['name']}").json())["state"] not in (
+            "MODEL_EXPORT_STATE_SUCCEEDED", "MODEL_EXPORT_STATE_FAILED"):
+        assert time.monotonic() < deadline, export
+        time.sleep(0.2)
+    assert export["state"] == "MODEL_EXPORT_STATE_SUCCEEDED", export
+
+    async def download(fmt: int) -> bytes:
+        out = bytearray()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{mesh.edge_port}") as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            async for part in stub.DownloadModelArtifact(mrr.DownloadModelArtifactRequest(name=version["name"],
+                                                                                          format=fmt)):
+                out += part.data
+        return bytes(out)
+
+    onnx_bytes = await download(mv.ARTIFACT_FORMAT_ONNX)
+    state = torch.load(io.BytesIO(await download(0)), weights_only=True)  # the artifact itself
+    params = version["parameters"]
+    model = build_decoder(state, params)
+    tokenizer = tokenizer_of(params)
+    tokens = torch.tensor([tokenizer.encode("the cat ate", bos=True, eos=False)[:8]])  # type: ignore[union-attr]
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got_logits = session.run(["logits"], {"tokens": tokens.numpy()})[0]
+    with torch.no_grad():
+        want = model(tokens).numpy()
+    assert got_logits.shape == (1, tokens.shape[1], len(vocabulary) + 3)
+    assert np.allclose(got_logits, want, atol=1e-4, rtol=1e-3)
