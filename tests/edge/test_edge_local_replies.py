@@ -181,12 +181,13 @@ async def test_a_unary_call_s_own_grpc_timeout_is_honoured_up_to_the_edge_maximu
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await _call(channel, method, request(2000))
         assert rich(err.value)[:2] == (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "DEADLINE_EXCEEDED")
-        # A deadline past the maximum (4 s) is cut there.
+        # A deadline past the maximum (4 s) is cut there, long before the call (30 s) or
+        # the client's deadline (60 s) would end it.
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await _call(channel, method, request(8000), timeout=60)
+            await _call(channel, method, request(30_000), timeout=60)
         assert rich(err.value)[:2] == (grpc.StatusCode.DEADLINE_EXCEEDED.value[0], "DEADLINE_EXCEEDED")
-        assert time.monotonic() - started < 7.5, "cut at the edge's maximum, not the client's 60 s"
+        assert time.monotonic() - started < 25, "cut at the edge's maximum, not by the call or the client"
 
 
 @pytest.mark.parametrize(("token", "reason"), [
