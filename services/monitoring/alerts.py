@@ -213,14 +213,17 @@ class AlertManager:
             self._tasks.append(asyncio.ensure_future(self._follow_training()))
 
     async def _follow_training(self) -> None:
+        """Keep the tracker following; an unexpected error restarts it (re-reading the
+        retained history is harmless: replayed events change nothing)."""
         assert self.tracker is not None
-        try:
-            await self.tracker.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            _log.exception("following the training events failed")
-            raise
+        while True:
+            try:
+                await self.tracker.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - training alerts must not stop for good
+                _log.exception("following the training events failed; restarting in 1 s")
+                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         self.fanout.close()

@@ -124,6 +124,7 @@ class TrainingTracker:
     async def run(self) -> None:
         """Follow the stream until cancelled (reconnects inside ``EventBus.follow``)."""
         assert self._bus is not None
+        self.ready = False  # (again, after a restart): replayed states are not judged
         while True:
             try:
                 head = await self._bus.latest_cursor(self.stream)
