@@ -238,7 +238,7 @@ def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return found
 
 
-_RESOURCE_FIELDS = ("name", "parent", "topic", "phase", "model_id")
+_RESOURCE_FIELDS = ("name", "parent", "topic", "phase", "model_id", "jti")
 
 
 def _resource_of(message: Any) -> str:

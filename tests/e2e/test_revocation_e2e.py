@@ -7,8 +7,10 @@ about a second, and a stream already open with it ends UNAUTHENTICATED.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -81,6 +83,10 @@ async def test_a_revoked_token_is_refused_everywhere_and_its_stream_ends(rest: h
             revoked = rest.post("/v1/revokedTokens", json=body)
             assert revoked.status_code == 200, revoked.text
             assert revoked.json()["jti"] == jti and revoked.json()["revokedBy"].startswith("test-admin")
+            audit = [json.loads(line) for line in
+                     (Path(mesh.data_dir) / "audit" / "monitoring.jsonl").read_text().splitlines()]
+            assert any(r["method"].endswith("/RevokeToken") and r["resource"] == jti and r["outcome"] == "OK"
+                       for r in audit), audit[-3:]
 
             ends = []
             with pytest.raises(grpc.aio.AioRpcError) as ended:

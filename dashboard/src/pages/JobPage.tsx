@@ -152,6 +152,7 @@ function JobSummary({ job }: { job: TrainingJob }) {
       <div><dt>Worker</dt><dd>{job.worker || "—"}</dd></div>
       <div><dt>Attempts</dt><dd>{job.attempts}</dd></div>
       <div><dt>Created</dt><dd>{formatTime(job.createTime)}</dd></div>
+      <div><dt>Created by</dt><dd data-creator={job.creator}>{job.creator || "—"}</dd></div>
       <div><dt>Phase</dt><dd>{job.phase || "—"}</dd></div>
       {job.error?.message ? <div><dt>Error</dt><dd className="bad">{job.error.message}</dd></div> : null}
     </dl>

@@ -177,6 +177,7 @@ export function PhaseRunPage({ id }: { id: string }) {
         <StreamBadge state={stream.state} reconnects={stream.reconnects} />{" "}
         {run ? <span data-run-state={PhaseRunState[run.state]}>{idOf(run.phase)}: {enumLabel(PhaseRunState, run.state, "")}</span> : null}{" "}
         {run?.progress ? <span className="muted">{Math.round(run.progress.fractionDone * 100)}% — {run.progress.message}</span> : null}
+        {run?.creator ? <span className="muted" data-creator={run.creator}> started by {run.creator}</span> : null}
       </p>
       {run?.progress ? <progress max={1} value={run.progress.fractionDone} aria-label="Run progress" /> : null}
       <ProblemView problem={stream.state === "failed" ? stream.problem : null} title="The live stream stopped" />
