@@ -140,6 +140,8 @@ EXAMPLES: dict[str, tuple[dict, dict, str]] = {
     ),
     MON + "DeleteAlertRule": ({"name": "alertRules/valkey-down"}, {}, "name"),
     MON + "ListMethodMetrics": ({"parent": "services/-"}, {"parent": "services/*"}, "parent"),
+    MON + "RevokeToken": ({"jti": "0f1e2d3c4b5a", "expireTime": "2026-12-01T00:00:00Z", "reason": "lost laptop"},
+                          {"jti": "not a jti!"}, "jti"),
     FORGE + "ListPhases": ({"pageSize": 0}, {"pageSize": -1}, "page_size"),
     FORGE + "GetPhase": ({"name": "phases/final-compression"}, {"name": "phases/Cognate"}, "name"),
     FORGE + "StartPhaseRun": (
