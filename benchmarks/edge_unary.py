@@ -240,7 +240,7 @@ def _http_get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def start_envoy(children: Children, upstream_port: int) -> tuple[Child, int, int]:
+def start_envoy(children: Children, upstream_port: int, trace_sample: float = 1.0) -> tuple[Child, int, int]:
     """Render the edge config with every cluster at the runtime server; wait until ready."""
     from services.launcher.envoy_config import (
         RATE_LIMITS,
@@ -258,6 +258,7 @@ def start_envoy(children: Children, upstream_port: int) -> tuple[Child, int, int
         upstreams={name: ("127.0.0.1", upstream_port) for name in SERVICES},
         descriptor_path=default_descriptor_path(),
         rate_limits={name: RateLimit(1e6, 1_000_000) for name in RATE_LIMITS},
+        trace_sample_ratio=trace_sample,
     )
     config_path = children.workdir / "envoy.yaml"
     config_path.write_text(config)
@@ -635,15 +636,24 @@ def _ratio(x: float, base: float) -> str:
 def format_table(results: Sequence[Result]) -> str:
     base = results[0]
     head = ["scenario", "qps", "p50 ms", "p99 ms", "qps/bare", "p50/bare", "p99/bare", "errors",
-            "CPU% client/server/envoy", "loop lag p99/max ms"]
+            "CPU% client/server/envoy", "server CPU µs/call (×bare)", "loop lag p99/max ms"]
     rows = []
+
+    def server_cpu(r: Result) -> float:
+        return r.cpu_percent.get("bare", r.cpu_percent.get("runtime", r.cpu_percent.get("untraced", float("nan"))))
+
+    def per_call_us(r: Result) -> float:
+        """CPU time of the serving process per completed call: what the server costs,
+        whatever share of the cores the run got (the throughput columns depend on that)."""
+        return server_cpu(r) / 100 / r.qps * 1e6 if r.qps else float("nan")
+
     for r in results:
         cpu = r.cpu_percent
-        server = cpu.get("bare", cpu.get("runtime", cpu.get("untraced", float("nan"))))
         envoy = f"{cpu['envoy']:.0f}" if "envoy" in cpu else "-"
         rows.append([r.scenario, f"{r.qps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                      _ratio(r.qps, base.qps), _ratio(r.p50_ms, base.p50_ms), _ratio(r.p99_ms, base.p99_ms),
-                     str(r.errors), f"{cpu.get('client', float('nan')):.0f}/{server:.0f}/{envoy}",
+                     str(r.errors), f"{cpu.get('client', float('nan')):.0f}/{server_cpu(r):.0f}/{envoy}",
+                     f"{per_call_us(r):.0f} ({_ratio(per_call_us(r), per_call_us(base))})",
                      "-" if math.isnan(r.loop_lag_p99_ms) else f"{r.loop_lag_p99_ms:g}/{r.loop_lag_max_ms:g}"])
     widths = [max(len(str(c)) for c in col) for col in zip(head, *rows)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
@@ -675,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rest-client", choices=["wrk", "httpx"], default="wrk",
                     help="REST load generator: wrk (native; the default) or the Python httpx client, "
                          "which saturates before the edge does")
+    ap.add_argument("--trace-sample", type=float, default=1.0, metavar="RATIO",
+                    help="share of calls traced (the runtime's OTEL_TRACES_SAMPLER=parentbased_traceidratio "
+                         "and Envoy's random_sampling); default 1.0, every call, as the mesh runs by default")
     ap.add_argument("--json", metavar="OUT", help="also write the results here")
     ap.add_argument("--serve", choices=["bare", "runtime"], help=argparse.SUPPRESS)  # child mode
     args = ap.parse_args(argv)
@@ -682,6 +695,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         asyncio.run(_serve_bare() if args.serve == "bare" else _serve_runtime())
         return 0
+    if not 0 <= args.trace_sample <= 1:
+        ap.error("--trace-sample is a share, 0..1")
     if args.seconds <= 0 or args.concurrency < 1 or args.rounds < 1 or args.warmup < 0:
         ap.error("--seconds > 0, --concurrency >= 1, --rounds >= 1, --warmup >= 0")
 
@@ -696,14 +711,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
             bare = children.spawn("bare", [*me, "bare"], ready_line=True)
-            runtime = children.spawn("runtime", [*me, "runtime"], ready_line=True)
+            sampling = ({} if args.trace_sample >= 1 else
+                        {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                         "OTEL_TRACES_SAMPLER_ARG": f"{args.trace_sample:g}"})
+            runtime = children.spawn("runtime", [*me, "runtime"], ready_line=True, env_extra=sampling)
             # The same runtime with tracing off (OpenTelemetry's own switch): what tracing costs.
             untraced = children.spawn("untraced", [*me, "runtime"], ready_line=True,
                                       env_extra={"OTEL_SDK_DISABLED": "true"})
             runtime_ready = _read_ready(runtime)
             ports = {"bare": _read_ready_port(bare), "runtime": int(runtime_ready["grpc_port"]),
                      "untraced": _read_ready_port(untraced)}
-            envoy, ports["edge"], _admin = start_envoy(children, ports["runtime"])
+            envoy, ports["edge"], _admin = start_envoy(children, ports["runtime"], args.trace_sample)
             pids = {"client": os.getpid(), "bare": bare.proc.pid, "runtime": runtime.proc.pid,
                     "untraced": untraced.proc.pid,
                     "envoy": envoy.proc.pid}
@@ -723,6 +741,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"(the machine has {info['nproc']}); gRPC clients are grpc.aio in this process, REST's is "
           f"{results[-1].client if results[-1].scenario.startswith('REST') else 'not run'}; loop lag: how late "
           "the runtime server's event loop ran its 100 ms timer (agentforge_event_loop_lag_seconds, bucket bounds)")
+    print(f"tracing: {args.trace_sample:g} of calls sampled (runtime and Envoy); 'tracing off' is OTEL_SDK_DISABLED")
     print(f"load average (1/5/15 min) at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     failed = [r for r in results if r.errors]
     for r in failed:
@@ -731,6 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(
             {"benchmark": "edge_unary", "machine": info,
              "params": {"seconds": args.seconds, "concurrency": args.concurrency, "warmup": args.warmup,
+                        "trace_sample": args.trace_sample,
                         "rounds": args.rounds, "rpc": f"{SERVICE_FULL_NAME}/GetComponentHealth",
                         "rest": f"GET {REST_PATH}"},
              "results": [asdict(r) for r in results]}, indent=1))
