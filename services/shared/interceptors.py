@@ -212,11 +212,28 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return _wrap_handler(self, handler, handler_call_details.method)
 
 
+_NO_AROUND = contextlib.nullcontext()
+
+
 def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     serdes = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
+    # Hooks the interceptor leaves as the base class's no-ops cost nothing per call or
+    # message: no context manager, no await, no context proxy when neither message hook
+    # is there (streams pay these per message, for every interceptor of the chain).
+    kind = type(icpt)
+    hooks_requests = kind.on_request is not CallInterceptor.on_request
+    hooks_responses = kind.on_response is not CallInterceptor.on_response
+    if kind.around is CallInterceptor.around and not (hooks_requests or hooks_responses):
+        return handler
+
+    def around(call: CallInfo) -> contextlib.AbstractAsyncContextManager[Any]:
+        return icpt.around(call) if kind.around is not CallInterceptor.around else _NO_AROUND
+
+    def context_for(context: Any, call: CallInfo) -> Any:
+        return _ContextProxy(context, icpt, call) if hooks_requests or hooks_responses else context
 
     async def observe(call: CallInfo, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for message in requests:
@@ -228,10 +245,11 @@ def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method:
 
         async def unary_unary(request: Any, context: Any) -> Any:
             call = CallInfo(method, "unary", context)
-            async with icpt.around(call):
-                await icpt.on_request(call, request)
-                response = await inner_uu(request, _ContextProxy(context, icpt, call))
-                if response is not None:
+            async with around(call):
+                if hooks_requests:
+                    await icpt.on_request(call, request)
+                response = await inner_uu(request, context_for(context, call))
+                if response is not None and hooks_responses:
                     await icpt.on_response(call, response)
                 return response
 
@@ -242,9 +260,10 @@ def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method:
 
         async def stream_unary(requests: Any, context: Any) -> Any:
             call = CallInfo(method, "client_stream", context)
-            async with icpt.around(call):
-                response = await inner_su(observe(call, requests), _ContextProxy(context, icpt, call))
-                if response is not None:
+            async with around(call):
+                response = await inner_su(observe(call, requests) if hooks_requests else requests,
+                                          context_for(context, call))
+                if response is not None and hooks_responses:
                     await icpt.on_response(call, response)
                 return response
 
@@ -257,6 +276,8 @@ def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method:
     make = grpc.stream_stream_rpc_method_handler if streaming_in else grpc.unary_stream_rpc_method_handler
 
     async def start(call: CallInfo, request: Any) -> Any:
+        if not hooks_requests:
+            return request
         if streaming_in:
             return observe(call, request)
         await icpt.on_request(call, request)
@@ -267,10 +288,11 @@ def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method:
 
         async def streaming_gen(request: Any, context: Any) -> AsyncIterator[Any]:
             call = CallInfo(method, grpc_type, context)
-            async with icpt.around(call):
+            async with around(call):
                 arg = await start(call, request)
-                async for response in gen_inner(arg, _ContextProxy(context, icpt, call)):
-                    await icpt.on_response(call, response)
+                async for response in gen_inner(arg, context_for(context, call)):
+                    if hooks_responses:
+                        await icpt.on_response(call, response)
                     yield response
 
         return make(streaming_gen, **serdes)
@@ -280,9 +302,9 @@ def _wrap_handler(icpt: CallInterceptor, handler: grpc.RpcMethodHandler, method:
     async def streaming_co(request: Any, context: Any) -> None:
         # Handler writes with context.write(); the proxy observes each message.
         call = CallInfo(method, grpc_type, context)
-        async with icpt.around(call):
+        async with around(call):
             arg = await start(call, request)
-            await co_inner(arg, _ContextProxy(context, icpt, call))
+            await co_inner(arg, context_for(context, call))
 
     return make(streaming_co, **serdes)
 
