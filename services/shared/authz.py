@@ -38,6 +38,7 @@ import datetime as dt
 import hmac
 import json
 import logging
+import logging.handlers
 import os
 import threading
 import time
@@ -265,6 +266,10 @@ class AuditLog:
         self.service = service
         self.path = path if path is not None else self.default_path(service)
         self._lock = threading.Lock()
+        # The file stays open between records (an open and a close per mutating call,
+        # on the event loop, were most of a record's cost); WatchedFileHandler reopens
+        # it when it was moved or deleted (logrotate), as its stat per record notices.
+        self._file: logging.handlers.WatchedFileHandler | None = None
 
     @staticmethod
     def default_path(service: str, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -286,12 +291,46 @@ class AuditLog:
         if self.path is not None:
             try:
                 with self._lock:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    with open(self.path, "a", encoding="utf-8") as out:
-                        out.write(line + "\n")
+                    self._append(line)
             except OSError:
                 _log.exception("cannot write the audit log %s", self.path)
         return doc
+
+    def _append(self, line: str) -> None:
+        assert self.path is not None
+        record = logging.makeLogRecord({"msg": line})
+        try:
+            if self._file is None:
+                self._file = self._open()
+            self._file.emit(record)
+        except FileNotFoundError:  # the directory went away: make it again, once
+            self.close_file()
+            self._file = self._open()
+            self._file.emit(record)
+
+    def _open(self) -> logging.handlers.WatchedFileHandler:
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handler = _AuditFile(self.path, encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        return handler
+
+    def close_file(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_file()
+
+
+class _AuditFile(logging.handlers.WatchedFileHandler):
+    """The audit file: a failed write raises (AuditLog logs it) instead of printing."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        raise  # noqa: PLE0704 - called inside emit's except block: re-raises its error
 
 
 class AuthInterceptor(CallInterceptor):

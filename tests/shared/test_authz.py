@@ -264,3 +264,23 @@ async def test_claims_decoded_once_still_expire(served: tuple[Service, FakeRealt
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert _reason(refused.value) == "TOKEN_EXPIRED"
     assert len(fake.callers) == 2
+
+
+def test_audit_log_keeps_its_file_open_and_follows_rotation(tmp_path: Path) -> None:
+    """Records go to the file at ``path`` even after logrotate moved it, or its directory
+    was removed (the file is kept open between records and reopened then)."""
+    path = tmp_path / "audit" / "svc.jsonl"
+    log = AuditLog("svc", path)
+    try:
+        log.record(method="/a/One", outcome="OK")
+        path.rename(tmp_path / "svc.jsonl.1")
+        log.record(method="/a/Two", outcome="OK")
+        moved = [json.loads(line)["method"] for line in (tmp_path / "svc.jsonl.1").read_text().splitlines()]
+        assert moved == ["/a/One"]
+        assert [json.loads(line)["method"] for line in path.read_text().splitlines()] == ["/a/Two"]
+        path.unlink()
+        path.parent.rmdir()
+        log.record(method="/a/Three", outcome="OK")
+        assert [json.loads(line)["method"] for line in path.read_text().splitlines()] == ["/a/Three"]
+    finally:
+        log.close()
