@@ -123,11 +123,16 @@ class Gap:
     keys: frozenset[Hashable]
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class Watcher(Generic[K, T]):
     """One watcher: a bounded buffer of ``(key, item)`` fed by a :class:`Fanout`."""
 
     __slots__ = ("keys", "capacity", "max_bytes", "_bytes", "_fanout", "_buffer", "_gap", "_gap_keys",
-                 "_wake", "_error", "_closed")
+                 "_waiter", "_error", "_closed")
 
     def __init__(self, fanout: Fanout[K, T], keys: frozenset[K], capacity: int, max_bytes: int | None) -> None:
         self.keys = keys
@@ -138,7 +143,8 @@ class Watcher(Generic[K, T]):
         self._buffer: deque[tuple[K, T]] = deque()
         self._gap: str | None = None
         self._gap_keys: set[K] = set()
-        self._wake: asyncio.Event | None = None
+        #: The future :meth:`get` is waiting on, if it is (set by the producer side).
+        self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._closed = False
 
@@ -157,22 +163,24 @@ class Watcher(Generic[K, T]):
         self._bytes += size
         self._buffer.append((key, item))
         self._fanout._buffered += 1
-        if self._wake is not None:
-            self._wake.set()
+        self._wakeup()
+
+    def _wakeup(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _mark_gap(self, reason: str, keys: Iterable[K]) -> None:
         if self._gap != GAP_OVERFLOW:  # overflow covers every key; keep it
             self._gap = reason
         self._gap_keys.update(keys)
         self._fanout._count_gap(reason)
-        if self._wake is not None:
-            self._wake.set()
+        self._wakeup()
 
     def _fail(self, error: BaseException) -> None:
         if self._error is None:
             self._error = error
-        if self._wake is not None:
-            self._wake.set()
+        self._wakeup()
 
     # -- consumer side -------------------------------------------------------------
     @property
@@ -219,13 +227,18 @@ class Watcher(Generic[K, T]):
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
-            if self._wake is None:
-                self._wake = asyncio.Event()
-            self._wake.clear()
+            # One bare future, woken by the producer or by a timer: every delivery to
+            # every watcher passes here, and asyncio.wait_for on an Event (a task, an
+            # Event waiter and a timer per wait) cost ~3x as much per wake-up.
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if remaining is None else loop.call_later(remaining, _expire, waiter)
             try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                pass
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
 
     async def close(self) -> None:
         """Stop receiving items (idempotent)."""
