@@ -20,8 +20,9 @@ The store supplies two functions, so any store can have an outbox:
 * ``pending(limit) -> [(entry id, Event bytes), ...]``, oldest first;
 * ``ack(entry ids)``, which deletes them.
 
-Both are called on the event loop's thread; they must be quick (a SQLite read or
-delete). The relay is woken by :meth:`OutboxRelay.notify` (thread-safe; stores call it
+Both are called on the event loop's thread (they must be quick: a SQLite read or
+delete), or through ``run`` (the store's
+:class:`~services.shared.dbthread.DatabaseThread`, as the training service does), off it. The relay is woken by :meth:`OutboxRelay.notify` (thread-safe; stores call it
 after a commit that added entries) and also polls every ``poll_s``, for entries written
 by other processes (training workers).
 
@@ -33,7 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from agentforge.events.v1 import event_pb2
 
@@ -66,8 +68,12 @@ class OutboxRelay:
     def __init__(self, name: str, *, pending: Callable[[int], Sequence[tuple[int, bytes]]],
                  ack: Callable[[Sequence[int]], None], bus: EventBus, stream: str, poll_s: float = 0.25,
                  publish_budget_s: float = 1.0, max_backoff_s: float = 2.0, batch: int = 100,
-                 size: Callable[[], int] | None = None, registry: object | None = None) -> None:
+                 size: Callable[[], int] | None = None, registry: object | None = None,
+                 run: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.name = name
+        #: How ``pending``/``ack`` are called: ``run(fn, *args)``, e.g. the store's
+        #: :class:`~services.shared.dbthread.DatabaseThread`; None: on the loop.
+        self._run = run
         self.stream = stream
         self._pending = pending
         self._ack = ack
@@ -99,6 +105,9 @@ class OutboxRelay:
         waiting.labels(self.stream).set_function(self._size or (lambda: self.waiting))
         self._metrics = (published.labels(self.stream), waiting)
 
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return fn(*args) if self._run is None else await self._run(fn, *args)
+
     def notify(self) -> None:
         """Wake the relay now; safe from any thread."""
         if self._loop.is_closed():
@@ -112,7 +121,7 @@ class OutboxRelay:
         that failed and all after it stay in the outbox.
         """
         sent = 0
-        while entries := self._pending(self._batch):
+        while entries := await self._call(self._pending, self._batch):
             if sent == 0:
                 self.waiting = len(entries)
             for entry_id, data in entries:
@@ -121,7 +130,7 @@ class OutboxRelay:
                 await self._bus.publish(self.stream, event, subject=event.subject, event_id=event.id,
                                         trace_context=event.trace_context.traceparent or None,
                                         budget_s=self._budget_s)
-                self._ack([entry_id])
+                await self._call(self._ack, [entry_id])
                 sent += 1
                 self.published += 1
                 if self._metrics is not None:

@@ -76,6 +76,7 @@ class TrainingApp:
                 raise
             _log.warning("Redis unavailable at start (%r); the reconciler will enqueue jobs once it is back", exc)
         self.relay = OutboxRelay("training", pending=self.store.outbox_pending, ack=self.store.outbox_ack,
+                                 run=self.jobs.db,
                                  bus=self.bus, stream=self.keys.training_events,
                                  poll_s=self.config.outbox_poll_s, size=self.store.outbox_size)
         self.store.on_outbox = self.relay.notify

@@ -22,6 +22,7 @@ from agentforge.training.v1 import training_job_pb2 as job_pb
 from services.shared.bus import BusConfig, Cursor, EventBus
 from services.shared.errors import Unavailable, as_domain_error
 from services.shared.migrations import schema_version
+from services.shared.dbthread import DatabaseThread
 from services.shared.outbox import OutboxRelay
 from services.shared.valkey import EmbeddedValkey
 from services.training.store import CANCELLED, QUEUED, RUNNING, SUCCEEDED, Store
@@ -101,16 +102,18 @@ async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> No
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("store_thread", [False, True], ids=["on-the-loop", "store-thread"])
 async def test_the_relay_publishes_in_order_keeps_entries_while_valkey_is_away_then_sends_them(
-        tmp_path: Path, valkey_factory: Callable[[], EmbeddedValkey], stream_prefix: str) -> None:
+        tmp_path: Path, valkey_factory: Callable[[], EmbeddedValkey], stream_prefix: str, store_thread: bool) -> None:
     valkey = valkey_factory()
     store = Store(tmp_path / "jobs.db")
     stream = stream_prefix + "events.training"
+    db = DatabaseThread("test-outbox") if store_thread else None  # as the training service runs it
     async with EventBus(BusConfig(url=valkey.url, publish_timeout_s=0.5)) as bus:
         registry = CollectorRegistry()
         relay = OutboxRelay("test", pending=store.outbox_pending, ack=store.outbox_ack, bus=bus, stream=stream,
                             poll_s=0.05, publish_budget_s=0.3, max_backoff_s=0.3, size=store.outbox_size,
-                            registry=registry)
+                            registry=registry, run=db)
 
         def metric(name: str) -> float | None:
             return registry.get_sample_value(name, {"stream": stream})
@@ -147,4 +150,6 @@ async def test_the_relay_publishes_in_order_keeps_entries_while_valkey_is_away_t
             assert metric("agentforge_outbox_pending_entries") == 0
         finally:
             await relay.aclose()
+            if db is not None:
+                db.close()
     store.close()
