@@ -23,7 +23,7 @@ from agentforge.model.v1 import model_service_pb2, model_service_pb2_grpc
 from services.model.artifacts import ArtifactFiles
 from services.model.config import ModelConfig
 from services.model.domain import ModelRegistry
-from services.model.events import OutboxRelay
+from services.model.events import outbox_pending
 from services.model.handoff import HandoffConsumer
 from services.model.metrics import ArtifactCollector
 from services.model.servicer import ModelServicer
@@ -34,6 +34,7 @@ from services.shared.readiness import redis_ping
 from services.shared.config import ServerConfig
 from services.shared.logging import configure_logging
 from services.shared.metrics import BusStreamCollector
+from services.shared.outbox import OutboxRelay
 from services.shared.tracing import configure_tracing
 from services.shared.server import Service, build_server
 from services.shared.tasks import cancel_and_wait
@@ -74,6 +75,8 @@ class ModelApp:
         await cancel_and_wait(self.tasks)
         for channel in self.channels:
             await channel.close()
+        self.registry.store.set_event_listener(None)
+        await self.relay.aclose()
         with contextlib.suppress(Exception):
             await self.relay.drain()  # last chance for events of the final RPCs
         await self.registry.close()
@@ -96,7 +99,8 @@ async def create_server(
     store = Registry(config.db_path)
     registry = ModelRegistry(store, ArtifactFiles(config.artifacts_dir), max_artifact_bytes=config.max_artifact_bytes,
                              upload_sync_bytes=config.upload_sync_bytes)
-    relay = OutboxRelay(store, bus, config.events_stream, poll_s=config.outbox_poll_s)
+    relay = OutboxRelay("model", pending=outbox_pending(store), ack=store.outbox_ack, run=store.db, bus=bus,
+                        stream=config.events_stream, poll_s=config.outbox_poll_s, size=store.outbox_size)
     store.set_event_listener(relay.notify)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -115,6 +119,7 @@ async def create_server(
         ])
         for collector in collectors:
             prometheus.register(collector)
+        relay.bind_metrics(prometheus)
 
     try:
         service = await build_server(server_config, SERVICE_NAME, register,
@@ -124,7 +129,7 @@ async def create_server(
         store.close()
         raise
     app = ModelApp(service, registry, bus, relay, collectors=collectors)
-    app.tasks.append(asyncio.create_task(relay.run(), name="model outbox relay"))
+    relay.start()
     if config.handoff_enabled:
         forge = None
         if config.forge_addr:  # channel made here: after any fork, in the service's loop

@@ -1,8 +1,9 @@
 """The registry's domain records and their SQLite store.
 
 One SQLite database (WAL mode) holds models, versions, aliases, exports and an outbox
-of events still to publish. Every write runs in one transaction on a worker thread
-(``asyncio.to_thread``) behind a lock, so the event loop never blocks on disk.
+of events still to publish. Every call runs in one transaction on the store's own
+thread (:class:`~services.shared.dbthread.DatabaseThread`, in the order the calls were
+made) behind a lock, so the event loop never blocks on disk.
 
 States and formats are the proto enum value names without their prefix
 (``"READY"``, ``"STATE_DICT"``); :mod:`services.model.convert` maps them.
@@ -13,7 +14,6 @@ FailedPrecondition, InvalidArgument (bad page token).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import re
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 
+from services.shared.dbthread import DatabaseThread
 from services.shared.tracing import traceparent_of
 from services.shared.errors import (
     Aborted,
@@ -255,6 +256,8 @@ class Registry:
         self._conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        #: The store's thread: every ``_run`` transaction, and the outbox relay's calls.
+        self.db = DatabaseThread("registry-db")
         self._on_event = on_event
         self._emitted = False
         #: Bumped by every committed write transaction (before the write's caller gets its
@@ -272,6 +275,8 @@ class Registry:
         self._on_event = on_event
 
     def close(self) -> None:
+        """Wait for the calls already submitted, then close the database."""
+        self.db.close()
         with self._lock:
             self._conn.close()
 
@@ -284,7 +289,7 @@ class Registry:
 
     # -- plumbing ---------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
-        return await asyncio.to_thread(self._tx, fn, write)
+        return await self.db(self._tx, fn, write)
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         with self._lock:
@@ -307,7 +312,7 @@ class Registry:
 
     def _emit(self, conn: sqlite3.Connection, kind: str, subject: str, data: Mapping[str, Any]) -> None:
         record = dict(data)
-        # The trace of the change (to_thread carries the caller's context here): the
+        # The trace of the change (the store's thread runs in the caller's context): the
         # event is published later by the relay, as part of that trace.
         traceparent = traceparent_of(trace.get_current_span())
         if traceparent is not None:
@@ -786,13 +791,39 @@ class Registry:
         return await self._run(tx, write=False)
 
     # -- outbox ---------------------------------------------------------------------
+    # Relayed by the shared services.shared.outbox.OutboxRelay (services.model.events
+    # builds the envelopes); these run on the store's thread (``run=store.db``).
+    def outbox_entries(self, limit: int = 100) -> list[tuple[OutboxEntry, VersionRecord | None]]:
+        """The oldest ``limit`` entries, in order, each with the version it announces as it
+        is now (None: not a ``version_created`` entry, or the version is gone), read in one
+        transaction. Blocking: call it on the store's thread."""
+
+        def tx(conn: sqlite3.Connection) -> list[tuple[OutboxEntry, VersionRecord | None]]:
+            out: list[tuple[OutboxEntry, VersionRecord | None]] = []
+            for r in conn.execute("SELECT * FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall():
+                entry = OutboxEntry(r["id"], r["event_id"], r["kind"], r["subject"], json.loads(r["data"]),
+                                    r["create_time"])
+                version = None
+                if entry.kind == "version_created":
+                    row = conn.execute("SELECT * FROM versions WHERE model_id = ? AND version = ?",
+                                       (entry.data["model_id"], int(entry.data["version"]))).fetchone()
+                    version = None if row is None else self._to_version(conn, row)
+                out.append((entry, version))
+            return out
+
+        return self._tx(tx, False)
+
+    def outbox_ack(self, ids: Iterable[int]) -> None:
+        """Forget published entries (idempotent). Blocking: on the store's thread."""
+        ids = [(i,) for i in ids]
+        if ids:
+            self._tx(lambda c: c.executemany("DELETE FROM outbox WHERE id = ?", ids), True)
+
+    def outbox_size(self) -> int:
+        """Entries not yet published (read on scrape, from the metrics thread)."""
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
     async def pending_events(self, limit: int = 100) -> list[OutboxEntry]:
-        def tx(conn: sqlite3.Connection) -> list[OutboxEntry]:
-            rows = conn.execute("SELECT * FROM outbox ORDER BY id LIMIT ?", (limit,)).fetchall()
-            return [OutboxEntry(r["id"], r["event_id"], r["kind"], r["subject"], json.loads(r["data"]),
-                                r["create_time"]) for r in rows]
-
-        return await self._run(tx, write=False)
-
-    async def ack_event(self, entry_id: int) -> None:
-        await self._run(lambda c: c.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)))
+        """The oldest ``limit`` outbox entries (tests and tools; the relay uses :meth:`outbox_entries`)."""
+        return [entry for entry, _ in await self.db(self.outbox_entries, limit)]

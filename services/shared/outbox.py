@@ -22,7 +22,7 @@ The store supplies two functions, so any store can have an outbox:
 
 Both are called on the event loop's thread (they must be quick: a SQLite read or
 delete), or through ``run`` (the store's
-:class:`~services.shared.dbthread.DatabaseThread`, as the training service does), off it. The relay is woken by :meth:`OutboxRelay.notify` (thread-safe; stores call it
+:class:`~services.shared.dbthread.DatabaseThread`, as the training and model services do), off it. The relay is woken by :meth:`OutboxRelay.notify` (thread-safe; stores call it
 after a commit that added entries) and also polls every ``poll_s``, for entries written
 by other processes (training workers).
 
