@@ -15,7 +15,8 @@
 3. looks up the method's ``(agentforge.common.v1.access)`` option (the one permission
    table, in the contracts) and refuses a role below it with PERMISSION_DENIED (reason
    ``ROLE_REQUIRED``, metadata ``required_role`` and ``role``). A method without the
-   option is open to admins only;
+   option is open to admins only, but for server reflection (:data:`REFLECTION_METHODS`,
+   viewers and above);
 4. publishes the caller as :data:`principal_var` for handlers (topic
    rules) and, for a token with an ``exp``, sets :data:`~services.shared.context.
    stream_expiry_var`, so the stream interceptor ends a stream when its token expires;
@@ -64,6 +65,7 @@ __all__ = [
     "MethodRule",
     "PRINCIPAL_CACHE_SIZE",
     "PUBLIC_METHODS",
+    "REFLECTION_METHODS",
     "ROLE_NAMES",
     "acting_for",
     "acting_for_var",
@@ -82,6 +84,12 @@ _audit_log = logging.getLogger("agentforge.audit")
 
 #: Methods anyone may call without Envoy's identity or a token (``/pkg.Svc/`` prefixes).
 PUBLIC_METHODS: tuple[str, ...] = ("/grpc.health.v1.Health/",)
+
+#: gRPC server reflection (v1 and v1alpha): reading the schema, which every role may do
+#: (the README's and security.md's ``grpcurl … list`` with any token; the edge's ``read``
+#: route class). It has no access option of ours, being grpc's own contract.
+REFLECTION_METHODS: tuple[str, ...] = ("/grpc.reflection.v1.ServerReflection/",
+                                       "/grpc.reflection.v1alpha.ServerReflection/")
 
 #: ``access_pb2.Role`` value → role name of the tokens.
 ROLE_NAMES: Mapping[int, str] = {
@@ -186,6 +194,7 @@ class MethodRule:
 PRINCIPAL_CACHE_SIZE = 4096
 
 _ADMIN_ONLY = MethodRule("admin", mutating=True, owner_scoped=False, declared=False)
+_REFLECTION = MethodRule("viewer", mutating=False, owner_scoped=False, declared=False)
 _rules: dict[str, MethodRule] = {}
 
 
@@ -207,6 +216,8 @@ def _import_service(service: str) -> None:
 
 
 def _resolve_rule(method: str, pool: descriptor_pool.DescriptorPool) -> MethodRule:
+    if method.startswith(REFLECTION_METHODS):
+        return _REFLECTION
     service, _, name = method.lstrip("/").rpartition("/")
     try:
         service_desc = pool.FindServiceByName(service)

@@ -284,3 +284,29 @@ def test_audit_log_keeps_its_file_open_and_follows_rotation(tmp_path: Path) -> N
         assert [json.loads(line)["method"] for line in path.read_text().splitlines()] == ["/a/Three"]
     finally:
         log.close()
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_is_open_to_viewers(served: tuple[Service, FakeRealtime], version: str) -> None:
+    """README's and security.md's ``grpcurl -H "authorization: Bearer <trainer>" … list``:
+    reading the schema is a read (viewer and above), not an admin-only undeclared method."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    service, _ = served
+    method = f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"
+    async with grpc.aio.insecure_channel(_target(service)) as channel:
+        info = channel.stream_stream(method, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        for role in ("viewer", "trainer"):
+            with acting_as(role):
+                call = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+                replies = [reply async for reply in call]
+            listed = {s.name for s in replies[0].list_services_response.service}
+            assert SERVICE in listed, (role, replies)
+        async with anonymous_channel(_target(service)) as anonymous:
+            call = anonymous.stream_stream(method, request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                           response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                _ = [reply async for reply in call]
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
