@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import urllib.parse
 from dataclasses import replace
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
@@ -95,8 +96,10 @@ class HealthWatcher:
             )
 
     def _add_valkey_envoy(self) -> None:
+        # The endpoint is shown to every viewer (GetSystemHealth, the System page): never
+        # the password REDIS_URL carries (the embedded Valkey's, or your Redis').
         config = self.config
-        self.book.add(VALKEY, Kind.DEPENDENCY, config.redis_url or "",
+        self.book.add(VALKEY, Kind.DEPENDENCY, without_password(config.redis_url or ""),
                       message="" if config.redis_url else "not configured: REDIS_URL is not set")
         self.book.add(ENVOY, Kind.EDGE, f"http://{config.envoy_admin_addr}" if config.envoy_admin_addr else "",
                       message="" if config.envoy_admin_addr else "not configured: AF_ENVOY_ADMIN_ADDR is not set")
@@ -226,3 +229,15 @@ class HealthWatcher:
         """Overall status and the components (of ``kinds``; all when empty)."""
         components = self.book.snapshot(kinds)
         return overall_status(components), components
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its userinfo removed (RFC 3986 §3.2.1 deprecates
+    ``user:password@`` in URIs shown to anyone): ``redis://agentforge:s3cret@h:6379/0`` →
+    ``redis://agentforge@h:6379/0``. Anything else is returned unchanged."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))

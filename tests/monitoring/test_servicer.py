@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -86,7 +87,10 @@ async def test_system_health_shows_peers_valkey_and_itself_serving_with_latency(
         assert c.last_check_time.seconds > 0 and c.last_change_time.seconds > 0 and c.message == ""
     assert comps["components/training"].endpoint == f"127.0.0.1:{peer_inproc[0].port}"
     assert comps["components/monitoring"].endpoint == f"127.0.0.1:{mon.port}"
-    assert comps["components/valkey"].endpoint == valkey.url
+    # Every viewer reads the endpoint: never with the password REDIS_URL carries.
+    password = urllib.parse.urlsplit(valkey.url).password
+    assert password and password not in comps["components/valkey"].endpoint
+    assert comps["components/valkey"].endpoint == valkey.url.replace(f":{password}@", "@")
     assert comps["components/valkey"].kind == health_pb2.COMPONENT_KIND_DEPENDENCY
     # Envoy is not configured here: UNKNOWN, never assumed healthy, and it keeps the whole system UNKNOWN.
     envoy = comps["components/envoy"]
