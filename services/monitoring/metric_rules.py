@@ -30,12 +30,18 @@ in Prometheus without ``ALERTS_FOR_STATE`` restore).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agentforge.monitoring.v1 import alert_rule_pb2
-from services.monitoring.series import Matcher, MatchType, SeriesHistory, bucket_quantile, series_key
+from services.monitoring.series import (
+    Matcher,
+    MatchType,
+    RegexError,
+    SeriesHistory,
+    bucket_quantile,
+    series_key,
+)
 from services.shared.errors import InvalidArgument
 
 __all__ = ["COMPARISONS", "GroupValue", "MetricQuery", "MetricRuleState", "describe", "evaluate_query",
@@ -99,7 +105,7 @@ def _matchers(labels: Mapping[str, str], matchers: Sequence[alert_rule_pb2.Label
     for i, m in enumerate(matchers):
         try:
             out.append(Matcher.of(m.name, MatchType(m.type), m.value))
-        except re.error as exc:
+        except RegexError as exc:
             violations.append((f"{path}[{i}].value", f"not a regular expression: {exc}"))
         except ValueError:
             violations.append((f"{path}[{i}].type", "a match type is required"))

@@ -27,20 +27,23 @@ Prometheus' default lookback delta) is too old to answer.
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+import re2
+
 __all__ = [
     "LOOKBACK_S",
     "MatchType",
     "Matcher",
+    "RegexError",
     "Sample",
     "SeriesHistory",
     "bucket_quantile",
+    "compile_regex",
     "extrapolated_rate",
     "series_key",
 ]
@@ -62,18 +65,45 @@ class MatchType(IntEnum):
     NOT_REGEX = 4
 
 
+class RegexError(ValueError):
+    """A label matcher's value is not an RE2 regular expression (the message says why)."""
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.dot_nl = True  # Prometheus anchors and compiles "^(?s:" + v + ")$"
+    options.log_errors = False  # the error goes to the caller, not to stderr
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def compile_regex(value: str) -> re2._Regexp:
+    """``value`` as Prometheus compiles a matcher's: RE2 syntax (github.com/google/re2,
+    what Go's regexp implements), ``.`` matching newlines. RE2 runs in time linear in
+    the input, so no pattern an operator stores can stall the evaluation loop
+    (Python's ``re`` backtracks: ``([a-z.]+)+x`` against a 38-character label takes
+    hours). Raises :class:`RegexError` for a bad expression."""
+    try:
+        return re2.compile(value, options=_RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise RegexError(reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Matcher:
-    """One PromQL label matcher. Raises ``re.error`` for a bad regular expression."""
+    """One PromQL label matcher. Raises :class:`RegexError` for a bad regular expression."""
 
     name: str
     type: MatchType
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+    _regex: re2._Regexp | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def of(cls, name: str, type: MatchType, value: str) -> Matcher:
-        regex = re.compile(value) if type in (MatchType.REGEX, MatchType.NOT_REGEX) else None
+        regex = compile_regex(value) if type in (MatchType.REGEX, MatchType.NOT_REGEX) else None
         return cls(name, type, value, regex)
 
     def matches(self, labels: Mapping[str, str]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import grpc
@@ -17,7 +18,15 @@ from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
 from agentforge.monitoring.v1 import request_response_pb2 as rr
 from services.monitoring.alerts import DEFAULT_RULE
 from services.monitoring.metric_rules import describe, evaluate_query, query_from_proto
-from services.monitoring.series import MatchType, Matcher, SeriesHistory, bucket_quantile, extrapolated_rate
+from services.monitoring.series import (
+    Matcher,
+    MatchType,
+    RegexError,
+    SeriesHistory,
+    bucket_quantile,
+    extrapolated_rate,
+)
+from services.shared.errors import InvalidArgument
 from services.shared.bus import BusConfig, EventBus
 from services.shared.valkey import EmbeddedValkey
 
@@ -60,6 +69,27 @@ def test_matchers_are_anchored_and_missing_labels_are_empty() -> None:
     assert Matcher.of("code", MatchType.NOT_REGEX, "OK").matches({"code": "NOT_FOUND"})
     assert Matcher.of("code", MatchType.EQUAL, "").matches({})
     assert Matcher.of("code", MatchType.NOT_EQUAL, "OK").matches({})
+
+
+def test_matchers_are_re2_like_prometheus_and_never_backtrack() -> None:
+    """An operator's pattern cannot stall the evaluation loop: with Python's backtracking
+    ``re`` this one against a grpc_service label took hours (2^n); RE2 is linear."""
+    # 29 characters: about a minute of backtracking on this machine (each one more doubles
+    # it), microseconds for RE2; the bound is far from both.
+    service = {"grpc_service": "agentforge.training.v1.Traini"}
+    hostile = Matcher.of("grpc_service", MatchType.REGEX, r"([a-zA-Z.0-9]+)+x")
+    start = time.monotonic()
+    assert not hostile.matches(service)
+    assert time.monotonic() - start < 5.0
+    # Prometheus' semantics: RE2 syntax, "." matches a newline.
+    assert Matcher.of("a", MatchType.REGEX, "x.y").matches({"a": "x\ny"})
+    for perl_only in ("(?=a)a", r"(a)\1"):  # lookahead, backreference: not RE2
+        with pytest.raises(RegexError):
+            Matcher.of("a", MatchType.REGEX, perl_only)
+    with pytest.raises(InvalidArgument) as bad:
+        query_from_proto(_condition(metric="up", matchers=[alert_rule_pb2.LabelMatcher(
+            name="a", type=alert_rule_pb2.LABEL_MATCH_TYPE_REGEX, value="(?=a)a")]))
+    assert "alert_rule.metric.matchers[0].value" in str(bad.value.violations)
 
 
 def _condition(**kw: Any) -> alert_rule_pb2.MetricCondition:
