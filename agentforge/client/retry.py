@@ -16,7 +16,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RetryPolicy", "service_config"]
+__all__ = ["RetryPolicy", "backoff_delay", "service_config"]
+
+
+def backoff_delay(attempt: int, *, initial_s: float, max_s: float, multiplier: float = 2.0,
+                  jitter: float = 1.0) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based) of an exponential backoff.
+
+    The ceiling is ``min(max_s, initial_s * multiplier**(attempt - 1))``; the wait is
+    ``ceiling * (1 - jitter * U[0, 1))``. ``jitter=1`` is "full jitter" (a wait random in
+    (0, ceiling], as gRPC's retries, gRFC A6; AWS Architecture Blog, "Exponential Backoff
+    and Jitter", 2015), ``0`` no jitter (the ceiling itself). The one backoff of Agent
+    Forge: the client's :class:`RetryPolicy`, the bus's reconnects
+    (``services.shared.bus.Backoff``) and the launcher's restarts
+    (``services.shared.supervision.RestartPolicy``) all use it.
+
+    Raises ValueError for ``attempt < 1`` or a ``jitter`` outside [0, 1].
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt is 1-based, got {attempt}")
+    if not 0.0 <= jitter <= 1.0:
+        raise ValueError(f"jitter must be in [0, 1], got {jitter}")
+    try:
+        ceiling = min(max_s, initial_s * multiplier ** (attempt - 1))
+    except OverflowError:  # endless retries (the bus): the growth passed any float long ago
+        ceiling = max_s
+    return ceiling * (1.0 - jitter * random.random()) if jitter else ceiling
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +69,8 @@ class RetryPolicy:
     def backoff_s(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based): full jitter in
         [0, min(max_backoff, initial · multiplier^(attempt-1))], as gRPC does."""
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.backoff_multiplier ** max(0, attempt - 1))
-        return random.uniform(0, ceiling)
+        return backoff_delay(max(1, attempt), initial_s=self.initial_backoff_s, max_s=self.max_backoff_s,
+                             multiplier=self.backoff_multiplier)
 
 
 def _method_name(method: str) -> dict[str, str]:

@@ -49,9 +49,9 @@ Exceptions::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
-import random
 import re
 import secrets
 import socket
@@ -69,6 +69,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from agentforge.client.retry import backoff_delay
 from services.shared import tracing
 
 __all__ = [
@@ -137,11 +138,11 @@ class Backoff:
     jitter: float = 0.5
 
     def delays(self) -> Iterator[float]:
-        """Endless delays: ``d * (1 - jitter * U[0,1))`` with ``d`` growing to ``max_s``."""
-        delay = self.initial_s
-        while True:
-            yield delay * (1.0 - self.jitter * random.random())
-            delay = min(self.max_s, delay * self.multiplier)
+        """Endless delays: ``d * (1 - jitter * U[0,1))`` with ``d`` growing to ``max_s``
+        (the shared :func:`agentforge.client.retry.backoff_delay`)."""
+        for attempt in itertools.count(1):
+            yield backoff_delay(attempt, initial_s=self.initial_s, max_s=self.max_s, multiplier=self.multiplier,
+                                jitter=self.jitter)
 
 
 @dataclass(frozen=True, slots=True)

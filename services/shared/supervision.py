@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from agentforge.client.retry import backoff_delay
 from services.shared.config import env_overrides
 
 __all__ = ["RestartBudget", "RestartPolicy"]
@@ -95,7 +96,7 @@ class RestartBudget:
         n = len(self._crashes)
         if n > self.policy.burst:
             return None
-        return min(self.policy.delay_s * 2 ** (n - 1), self.policy.max_delay_s)
+        return backoff_delay(n, initial_s=self.policy.delay_s, max_s=self.policy.max_delay_s, jitter=0.0)
 
     @property
     def recent(self) -> int:
