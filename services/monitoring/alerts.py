@@ -132,6 +132,8 @@ class AlertManager:
     ) -> None:
         config = config or MonitoringConfig(default_rule_for_s=default_rule_for_s)
         self._store = store
+        #: Every store call after start runs here, off the event loop, in order.
+        self._db = store.db
         self._watcher = watcher
         self._publisher = publisher
         self._interval = eval_interval_s
@@ -246,9 +248,9 @@ class AlertManager:
     # -- evaluation ----------------------------------------------------------------
     async def evaluate(self) -> None:
         async with self._lock:
-            rules = {r.name: r for r in self._store.rules()}
+            stored, opened = await self._db(lambda: (self._store.rules(), list(self._store.open_alerts())))
+            rules = {r.name: r for r in stored}
             now = self._clock()
-            opened = list(self._store.open_alerts())
             # Component rules (and alerts of deleted rules, whatever their kind).
             domain = [d for d in (_to_domain(r) for r in rules.values()) if d is not None]
             open_alerts = {(rule, comp): alert for rule, comp, alert in opened
@@ -325,7 +327,7 @@ class AlertManager:
                 if still[0].value != alert.value and not (math.isnan(still[0].value) and math.isnan(alert.value)):
                     alert.value = still[0].value  # "the observed value ... at the latest evaluation"
                     alert.update_time.CopyFrom(timestamp(now))
-                    self._store.put_alert(alert, key)
+                    await self._db(self._store.put_alert, alert, key)
                 continue
             if not rule.enabled:
                 await self._resolve(alert, key, "rule disabled", now)
@@ -359,7 +361,7 @@ class AlertManager:
         )
         alert.labels.update(rule.labels)
         alert.labels.update(labels)
-        self._store.put_alert(alert, finding.key)
+        await self._db(self._store.put_alert, alert, finding.key)
         _log.warning("alert raised: %s (%s)", alert.summary, alert.name)
         await self._record(alert, alert_pb2.ALERT_CHANGE_KIND_RAISED, now)
 
@@ -379,7 +381,7 @@ class AlertManager:
         )
         alert.labels.update(rule.labels)
         alert.labels["component"] = comp.name
-        self._store.put_alert(alert, comp.name)
+        await self._db(self._store.put_alert, alert, comp.name)
         _log.warning("alert raised: %s (%s)", alert.summary, alert.name)
         await self._record(alert, alert_pb2.ALERT_CHANGE_KIND_RAISED, now)
 
@@ -388,13 +390,13 @@ class AlertManager:
         alert.resolve_time.CopyFrom(timestamp(now))
         alert.update_time.CopyFrom(timestamp(now))
         alert.description = (alert.description + f" Resolved: {reason}.").strip()
-        self._store.put_alert(alert, component)
+        await self._db(self._store.put_alert, alert, component)
         _log.info("alert resolved: %s (%s)", alert.name, reason)
         await self._record(alert, alert_pb2.ALERT_CHANGE_KIND_RESOLVED, now)
 
     async def _record(self, alert: alert_pb2.Alert, kind: int, now: float) -> None:
         event = alert_pb2.AlertEvent(alert=alert, kind=kind, time=timestamp(now))
-        seq = self._store.append_event(event, self._history)
+        seq = await self._db(self._store.append_event, event, self._history)
         self._stamp(event, seq)
         self.fanout.publish(_ALERTS_KEY, event)
         if self._publisher is not None and kind != alert_pb2.ALERT_CHANGE_KIND_ACKNOWLEDGED:
@@ -405,36 +407,50 @@ class AlertManager:
 
     # -- rules ---------------------------------------------------------------------
     async def create_rule(self, rule: alert_rule_pb2.AlertRule, rule_id: str, request_id: str) -> alert_rule_pb2.AlertRule:
-        if request_id:
-            existing = self._store.rule_by_request_id(request_id)
-            if existing is not None:
-                return existing
         if rule.HasField("metric"):
             query_from_proto(rule.metric)  # InvalidArgument for what buf.validate cannot check
         name = f"alertRules/{rule_id or 'r' + uuid.uuid4().hex[:16]}"
-        if self._store.rule(name) is not None:
-            raise AlreadyExists(f"{name} already exists", reason="ALERT_RULE_EXISTS", metadata={"name": name})
-        now = timestamp(self._clock())
-        created = alert_rule_pb2.AlertRule()
-        created.CopyFrom(rule)
-        created.name = name
-        created.create_time.CopyFrom(now)
-        created.update_time.CopyFrom(now)
-        self._store.put_rule(created, request_id or None)
+
+        def create() -> alert_rule_pb2.AlertRule:  # one call on the store's thread: check and put
+            if request_id:
+                existing = self._store.rule_by_request_id(request_id)
+                if existing is not None:
+                    return existing
+            if self._store.rule(name) is not None:
+                raise AlreadyExists(f"{name} already exists", reason="ALERT_RULE_EXISTS", metadata={"name": name})
+            now = timestamp(self._clock())
+            created = alert_rule_pb2.AlertRule()
+            created.CopyFrom(rule)
+            created.name = name
+            created.create_time.CopyFrom(now)
+            created.update_time.CopyFrom(now)
+            self._store.put_rule(created, request_id or None)
+            return created
+
+        created = await self._db(create)
         await self.evaluate()
         return created
 
-    def get_rule(self, name: str) -> alert_rule_pb2.AlertRule:
+    def _rule(self, name: str) -> alert_rule_pb2.AlertRule:
         rule = self._store.rule(name)
         if rule is None:
             raise NotFound(f"no alert rule {name}", reason="ALERT_RULE_NOT_FOUND", metadata={"name": name})
         return rule
 
-    def list_rules(self) -> list[alert_rule_pb2.AlertRule]:
-        return self._store.rules()
+    async def get_rule(self, name: str) -> alert_rule_pb2.AlertRule:
+        return await self._db(self._rule, name)
+
+    async def list_rules(self) -> list[alert_rule_pb2.AlertRule]:
+        return await self._db(self._store.rules)
 
     async def update_rule(self, patch: alert_rule_pb2.AlertRule, paths: list[str]) -> alert_rule_pb2.AlertRule:
-        rule = self.get_rule(patch.name)
+        # Read, patch, check and write in one call on the store's thread (no update between).
+        rule = await self._db(self._patch_rule, patch, paths)
+        await self.evaluate()
+        return rule
+
+    def _patch_rule(self, patch: alert_rule_pb2.AlertRule, paths: list[str]) -> alert_rule_pb2.AlertRule:
+        rule = self._rule(patch.name)
         fields = _MUTABLE if not paths or "*" in paths else tuple(paths)
         for f in fields:
             if f in _CONDITIONS:
@@ -457,29 +473,28 @@ class AlertManager:
             raise InvalidArgument("severity is required", [("alert_rule.severity", "severity is required")])
         rule.update_time.CopyFrom(timestamp(self._clock()))
         self._store.put_rule(rule)
-        await self.evaluate()
         return rule
 
     async def delete_rule(self, name: str) -> None:
-        if not self._store.delete_rule(name):
+        if not await self._db(self._store.delete_rule, name):
             raise NotFound(f"no alert rule {name}", reason="ALERT_RULE_NOT_FOUND", metadata={"name": name})
         await self.evaluate()  # resolves its open alerts
 
     # -- alerts --------------------------------------------------------------------
-    def list_alerts(self, states: set[int], severities: set[int], rule: str) -> list[alert_pb2.Alert]:
-        return [a for a in self._store.alerts()
+    async def list_alerts(self, states: set[int], severities: set[int], rule: str) -> list[alert_pb2.Alert]:
+        return [a for a in await self._db(self._store.alerts)
                 if (not states or a.state in states) and (not severities or a.severity in severities)
                 and (not rule or a.rule == rule)]
 
-    def get_alert(self, name: str) -> alert_pb2.Alert:
-        alert = self._store.alert(name)
+    async def get_alert(self, name: str) -> alert_pb2.Alert:
+        alert = await self._db(self._store.alert, name)
         if alert is None:
             raise NotFound(f"no alert {name}", reason="ALERT_NOT_FOUND", metadata={"name": name})
         return alert
 
     async def acknowledge(self, name: str, by: str, comment: str) -> alert_pb2.Alert:
         async with self._lock:
-            alert = self.get_alert(name)
+            alert = await self.get_alert(name)
             if alert.state == alert_pb2.ALERT_STATE_RESOLVED:
                 raise FailedPrecondition(f"{name} is resolved", reason="ALERT_RESOLVED")
             if alert.state == alert_pb2.ALERT_STATE_ACKNOWLEDGED:
@@ -490,18 +505,18 @@ class AlertManager:
             alert.acknowledge_comment = comment
             alert.acknowledge_time.CopyFrom(timestamp(now))
             alert.update_time.CopyFrom(timestamp(now))
-            self._store.put_alert(alert, alert.labels.get("component", ""))
+            await self._db(self._store.put_alert, alert, alert.labels.get("component", ""))
             await self._record(alert, alert_pb2.ALERT_CHANGE_KIND_ACKNOWLEDGED, now)
             return alert
 
     # -- history -------------------------------------------------------------------
-    def _start_seq(self, cursor: str) -> int:
+    async def _start_seq(self, cursor: str) -> int:
         if not cursor:
             return 0
         epoch, sep, seq = cursor.rpartition(":")
         if not sep or not epoch or not seq.isdigit():
             raise InvalidArgument("malformed cursor", [("cursor", "not a cursor this server issued")])
-        oldest = self._store.oldest_event_seq()
+        oldest = await self._db(self._store.oldest_event_seq)
         if epoch != self._store.epoch or (oldest is not None and int(seq) < oldest - 1):
             return 0  # history lost or trimmed: start at the oldest retained event
         return int(seq)
@@ -518,13 +533,13 @@ class AlertManager:
         :meth:`_record`); the store is replayed at the start and after a gap (buffer
         overflow). Sequences are row ids: increasing, so nothing is sent twice.
         """
-        seq = self._start_seq(cursor)
+        seq = await self._start_seq(cursor)
         watcher = await self.fanout.watch([_ALERTS_KEY])  # before the store: no gap
         try:
             replay = True
             while True:
                 if replay:
-                    batch = self._store.events_after(seq)
+                    batch = await self._db(self._store.events_after, seq)
                     for s, event in batch:
                         self._stamp(event, s)
                         seq = s

@@ -128,12 +128,12 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
     async def GetAlertRule(  # noqa: N802
         self, request: rr.GetAlertRuleRequest, context: grpc.aio.ServicerContext
     ) -> alert_rule_pb2.AlertRule:
-        return self._alerts.get_rule(request.name)
+        return await self._alerts.get_rule(request.name)
 
     async def ListAlertRules(  # noqa: N802
         self, request: rr.ListAlertRulesRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListAlertRulesResponse:
-        items, token = page(self._alerts.list_rules(), request.page_size, request.page_token)
+        items, token = page(await self._alerts.list_rules(), request.page_size, request.page_token)
         return rr.ListAlertRulesResponse(alert_rules=items, next_page_token=token)
 
     async def UpdateAlertRule(  # noqa: N802
@@ -151,14 +151,14 @@ class MonitoringServicer(monitoring_service_pb2_grpc.MonitoringServiceServicer):
     async def ListAlerts(  # noqa: N802
         self, request: rr.ListAlertsRequest, context: grpc.aio.ServicerContext
     ) -> rr.ListAlertsResponse:
-        alerts = self._alerts.list_alerts(set(request.states), set(request.severities), request.rule)
+        alerts = await self._alerts.list_alerts(set(request.states), set(request.severities), request.rule)
         items, token = page(alerts, request.page_size, request.page_token)
         return rr.ListAlertsResponse(alerts=items, next_page_token=token)
 
     async def GetAlert(  # noqa: N802
         self, request: rr.GetAlertRequest, context: grpc.aio.ServicerContext
     ) -> alert_pb2.Alert:
-        return self._alerts.get_alert(request.name)
+        return await self._alerts.get_alert(request.name)
 
     async def AcknowledgeAlert(  # noqa: N802
         self, request: rr.AcknowledgeAlertRequest, context: grpc.aio.ServicerContext

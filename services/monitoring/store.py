@@ -3,8 +3,11 @@
 One file, ``<data_dir>/monitoring.sqlite3`` (``:memory:`` without a data dir). Rows keep
 the protobuf message serialized next to the columns used for lookups. The event history
 has its own epoch (a random token stored with it): it only changes when the database
-is new, i.e. when the history was lost. Statements are tiny and run on the event loop
-thread (WAL mode, synchronous=NORMAL). The schema is versioned (``_MIGRATIONS``,
+is new, i.e. when the history was lost. The methods block (WAL mode, synchronous=NORMAL;
+alerts are rewritten about once a second while open): async code calls them on the
+store's own thread, :attr:`MonitoringStore.db` (a
+:class:`~services.shared.dbthread.DatabaseThread`, one call at a time, in order), never
+on the event loop. The schema is versioned (``_MIGRATIONS``,
 services/shared/migrations.py).
 """
 
@@ -16,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
+from services.shared.dbthread import DatabaseThread
 from services.shared.migrations import Step, migrate
 
 __all__ = ["MonitoringStore"]
@@ -46,7 +50,10 @@ class MonitoringStore:
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
             path = str(data_dir / "monitoring.sqlite3")
-        self._db = sqlite3.connect(path, isolation_level=None)
+        # Opened here, used on ``db``'s thread: one thread at a time, never two at once.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        #: The store's thread: ``await store.db(store.put_alert, alert, key)``.
+        self.db = DatabaseThread("monitoring-db")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         migrate(self._db, _MIGRATIONS, store=f"monitoring store {path}")
@@ -57,6 +64,8 @@ class MonitoringStore:
         self.epoch = epoch
 
     def close(self) -> None:
+        """Wait for the calls already submitted to :attr:`db`, then close the database."""
+        self.db.close()
         self._db.close()
 
     # -- meta ----------------------------------------------------------------------
