@@ -245,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     body: dict[str, str] = {"jti": jti, "reason": args.reason}
     if exp is not None:
-        body["expireTime"] = dt.datetime.fromtimestamp(exp, dt.UTC).isoformat().replace("+00:00", "Z")
+        try:  # a Timestamp is 0001-01-01 .. 9999-12-31 (google/protobuf/timestamp.proto)
+            body["expireTime"] = dt.datetime.fromtimestamp(exp, dt.UTC).isoformat().replace("+00:00", "Z")
+        except (ValueError, OverflowError, OSError):
+            print(f"revoke: EXP={exp!r} is not a Unix time in seconds before the year 10000", file=sys.stderr)
+            return 2
     admin = auth.mint_token("admin", subject="make-revoke", ttl_s=60)
     try:
         resp = httpx.post(f"{args.edge}/v1/revokedTokens", json=body, timeout=30,

@@ -164,3 +164,14 @@ async def test_a_revoked_token_is_refused_and_its_open_stream_ends(served: Servi
         other.cancel()
         await stub.ListTopics(rr.ListTopicsRequest(), metadata=_md(bystander), timeout=5)
     await admin.aclose()
+
+
+@pytest.mark.parametrize("exp", ["99999999999999", "nan", "inf", "1e20"])
+def test_make_revoke_refuses_an_exp_that_is_no_time_without_a_traceback(
+        exp: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``make revoke JTI=abc EXP=99999999999999`` printed a ValueError traceback."""
+    from services.shared.revocation import main
+
+    assert main(["--jti", "abc", "--exp", exp, "--edge", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "EXP=" in err and "Traceback" not in err
