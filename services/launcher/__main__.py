@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", type=Path, default=REPO_ROOT / "var", help="durable state (AF_DATA_DIR)")
         p.add_argument("--log-format", choices=("json", "text"), default="text", help="services' log format")
         p.add_argument("--training-workers", type=int, default=2)
+        p.add_argument("--realtime-processes", type=int, default=None,
+                       help="realtime processes behind Envoy (default: AF_REALTIME_PROCESSES, else CPUs/2, 1-4)")
         p.add_argument("--startup-timeout", type=float, default=120.0)
         if name == "run":
             p.add_argument("--phase", default="phases/pipeline",
@@ -77,6 +79,7 @@ def _config(args: argparse.Namespace) -> MeshConfig:
         data_dir=args.data_dir,
         services=services,
         training_workers=args.training_workers,
+        **({"realtime_processes": args.realtime_processes} if args.realtime_processes else {}),
         run_dir=args.run_dir,
         log_format=args.log_format,
         startup_timeout=args.startup_timeout,

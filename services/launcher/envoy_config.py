@@ -645,11 +645,28 @@ def _yaml_quoted(name: str, value: str) -> str:
     return value.replace("\\", "\\\\")
 
 
+Upstream = tuple[str, int]
+
+
+def _lb_endpoints(service: str, addrs: Upstream | Sequence[Upstream]) -> str:
+    """A cluster's ``lb_endpoints`` as a YAML flow list: one ``(host, port)`` or several."""
+    hosts = [addrs] if isinstance(addrs, tuple) and len(addrs) == 2 and isinstance(addrs[1], int) else list(addrs)
+    if not hosts:
+        raise TemplateError(f"{service}: no upstream address")
+    key = service.upper()
+    return json.dumps([
+        {"endpoint": {"address": {"socket_address": {
+            "address": _check_text(f"{key}_HOST", str(host).strip("[]")),
+            "port_value": int(_check_port(f"{key}_PORT", port))}}}}
+        for host, port in hosts
+    ])
+
+
 def render_envoy_config(
     *,
     listen_port: int,
     admin_port: int,
-    upstreams: Mapping[str, tuple[str, int]],
+    upstreams: Mapping[str, Upstream | Sequence[Upstream]],
     descriptor_path: str | os.PathLike[str],
     template: str | None = None,
     listen_address: str = "127.0.0.1",
@@ -672,7 +689,9 @@ def render_envoy_config(
 ) -> str:
     """The Envoy config text for these ports and upstreams.
 
-    ``upstreams`` maps each of :data:`SERVICES` to its gRPC ``(host, port)``;
+    ``upstreams`` maps each of :data:`SERVICES` to its gRPC ``(host, port)``, or to a
+    list of them when the service runs as several processes (realtime: Envoy spreads
+    its streams over them, ``LEAST_REQUEST``, and health-checks each);
     ``template`` is template *text* (default: the contents of envoy/envoy.yaml.tmpl).
     Envoy needs real ports, so 0 ("pick a free one") is rejected here: the caller
     chooses free ports first. ``admin_address`` stays loopback unless the admin must
@@ -715,10 +734,8 @@ def render_envoy_config(
             default_dashboard_dir() if dashboard_dir is None else dashboard_dir),
     }
     values.update((limits or EdgeLimits()).values())
-    for service, (host, port) in upstreams.items():
-        key = service.upper()
-        values[f"{key}_HOST"] = _check_text(f"{key}_HOST", host.strip("[]"))
-        values[f"{key}_PORT"] = _check_port(f"{key}_PORT", port)
+    for service, addrs in upstreams.items():
+        values[f"{service.upper()}_LB_ENDPOINTS"] = _lb_endpoints(service, addrs)
     needs_secrets = None in (jwks_path, tls_cert_path, tls_key_path) or mesh_secret is None
     found = auth.ensure_dev_secrets() if needs_secrets else None
     values.update({

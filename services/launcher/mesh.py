@@ -9,6 +9,9 @@
    dependency order (:data:`START_ORDER`), on ports chosen up front, so every peer
    address (``AF_<PEER>_ADDR``) is known before anything starts. A service is up when it
    printed its ready line and grpc.health.v1 ``Check`` answers SERVING;
+   The realtime service runs as ``MeshConfig.realtime_processes`` processes
+   (``AF_REALTIME_PROCESSES``): ``realtime``, ``realtime-2`` …, each on its own ports,
+   each supervised, restarted and listed (pid file, Prometheus targets) on its own;
 4. renders Envoy's config from the one template (``render_envoy_config``) and starts
    Envoy; up when admin ``/ready`` says LIVE and every service's upstream host is healthy;
 5. writes the metrics endpoints to ``<run_dir>/prometheus/agentforge.json`` for
@@ -101,7 +104,9 @@ __all__ = [
     "find_envoy",
     "missing_entry_points",
     "process_specs",
+    "realtime_processes_from_env",
     "service_env",
+    "service_of",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -116,12 +121,47 @@ DEPENDENCIES: Mapping[str, tuple[str, ...]] = {
 }
 #: Start waves: each wave starts together once the previous one is healthy.
 START_ORDER: tuple[tuple[str, ...], ...] = (("training", "model", "realtime"), ("forge",), ("monitoring",))
+#: The service that may run as several processes (``AF_REALTIME_PROCESSES``): its state
+#: is all in Redis, and one topic's fan-out to thousands of streams is bound by the CPU
+#: of one Python process. Its processes are named ``realtime``, ``realtime-2``, ...
+SCALED_SERVICE = "realtime"
 DESCRIPTOR_PATH = Path("gen/descriptor/agentforge.binpb")
 LOOPBACK = "127.0.0.1"
 
 
 class MeshStartError(RuntimeError):
     """The mesh did not come up; the message names the process and ends with its log tail."""
+
+
+def realtime_processes_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """``AF_REALTIME_PROCESSES``, else one realtime process per two CPUs, 1 to 4.
+
+    Half the CPUs: the other services, Envoy and the training workers need the rest;
+    at most 4 by default (each process holds its own Redis connections and fan-out).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("AF_REALTIME_PROCESSES", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"AF_REALTIME_PROCESSES={raw!r}: expected a whole number >= 1")
+        return int(raw)
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
+
+
+def service_of(process: str) -> str:
+    """The service a process runs: ``realtime-2`` → ``realtime``; a service name itself."""
+    base, sep, index = process.rpartition("-")
+    return base if sep and index.isdigit() and base == SCALED_SERVICE else process
+
+
+def process_names(services: Sequence[str], realtime_processes: int) -> list[str]:
+    """The service processes in start order: ``realtime``, ``realtime-2``, ... for realtime."""
+    names = []
+    for name in ordered_services(services):
+        names.append(name)
+        if name == SCALED_SERVICE:
+            names += [f"{name}-{i}" for i in range(2, realtime_processes + 1)]
+    return names
 
 
 @dataclass
@@ -140,6 +180,11 @@ class MeshConfig:
     services: tuple[str, ...] = ALL_SERVICES
     #: ``AF_TRAINING_WORKERS``.
     training_workers: int = 2
+    #: How many realtime processes (``AF_REALTIME_PROCESSES``; default: half the CPUs,
+    #: 1 to 4). Each has its own gRPC and metrics port; Envoy's realtime cluster lists
+    #: them all and spreads streams over them (LEAST_REQUEST). The first is named
+    #: ``realtime`` (the peers' ``AF_REALTIME_ADDR``), the others ``realtime-2`` ...
+    realtime_processes: int = field(default_factory=realtime_processes_from_env)
     #: Extra environment for every service (overrides the launcher's values).
     env: dict[str, str] = field(default_factory=dict)
     #: Where ``<name>.log`` files go; None = ``<run_dir>/logs``.
@@ -175,16 +220,34 @@ class MeshConfig:
         unknown = set(self.services) - set(ALL_SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; known: {ALL_SERVICES}")
+        if self.realtime_processes < 1:
+            raise ValueError("realtime_processes must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
 class MeshPorts:
-    """Every port of one mesh, chosen before anything starts."""
+    """Every port of one mesh, chosen before anything starts.
+
+    ``grpc``/``metrics`` are per service (a scaled service's first process: what its
+    peers are given); ``extra`` holds ``(grpc, metrics)`` of the scaled service's other
+    processes (``realtime-2`` ...).
+    """
 
     grpc: Mapping[str, int]
     metrics: Mapping[str, int]
     edge: int
     admin: int
+    extra: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def grpc_of(self, process: str) -> int:
+        return self.extra[process][0] if process in self.extra else self.grpc[process]
+
+    def metrics_of(self, process: str) -> int:
+        return self.extra[process][1] if process in self.extra else self.metrics[process]
+
+    def processes_of(self, service: str) -> list[str]:
+        """``service``'s processes: itself, then its extra ones in order."""
+        return [service, *(p for p in self.extra if service_of(p) == service)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,7 +296,10 @@ def service_env(
     secrets_dir: str | Path | None = None,
     traces_dir: str | Path | None = None,
 ) -> dict[str, str]:
-    """The environment the launcher gives service ``name`` (the process contract).
+    """The environment the launcher gives process ``name`` (the process contract).
+
+    ``name`` is a service or one of the realtime service's extra processes
+    (``realtime-2``: the same variables, its own ports).
 
     ``peer_hosts`` maps a process name (a service or ``envoy``) to the host its peers
     reach it at (127.0.0.1 for the launcher, the compose service name in compose).
@@ -245,15 +311,15 @@ def service_env(
     is where spans go as OTLP/JSON files when no collector is configured
     (:mod:`services.shared.tracing`).
     """
-    svc = name.upper()
+    svc = service_of(name).upper()
     hosts = dict(peer_hosts or {})
     env = {
         "PYTHONPATH": f"{root}{os.pathsep}{Path(root) / 'gen' / 'python'}",
         "PYTHONUNBUFFERED": "1",
         f"AF_{svc}_HOST": bind_host,
-        f"AF_{svc}_PORT": str(ports.grpc[name]),
+        f"AF_{svc}_PORT": str(ports.grpc_of(name)),
         f"AF_{svc}_METRICS_HOST": bind_host,
-        f"AF_{svc}_METRICS_PORT": str(ports.metrics[name]),
+        f"AF_{svc}_METRICS_PORT": str(ports.metrics_of(name)),
         "REDIS_URL": redis_url,
         "AF_DATA_DIR": str(data_dir),
         "AF_ENVOY_ADMIN_ADDR": f"{hosts.get('envoy', LOOPBACK)}:{ports.admin}",
@@ -284,10 +350,15 @@ def process_specs(
     envoy_bin: str = "envoy",
     traces_dir: str | Path | None = None,
 ) -> list[ProcessSpec]:
-    """The services in start order, then Envoy, with the environment the launcher sets."""
+    """The service processes in start order, then Envoy, with the environment the launcher sets.
+
+    The realtime service comes as ``config.realtime_processes`` processes (``realtime``,
+    ``realtime-2`` ...) with the same command and environment but their own ports.
+    """
     specs = []
-    for name in ordered_services(config.services):
-        argv = list(config.commands.get(name) or [python, "-m", f"services.{name}"])
+    for name in process_names(config.services, config.realtime_processes):
+        service = service_of(name)
+        argv = list(config.commands.get(service) or [python, "-m", f"services.{service}"])
         env = service_env(name, config=config, ports=ports, redis_url=redis_url, data_dir=data_dir, root=root,
                           traces_dir=traces_dir)
         specs.append(ProcessSpec(name, argv, env))
@@ -323,12 +394,16 @@ def choose_ports(config: MeshConfig) -> MeshPorts:
     try:
         grpc_ports = {n: config.grpc_ports.get(n) or free() for n in config.services}
         metrics_ports = {n: config.metrics_ports.get(n) or free() for n in config.services}
+        extra = {
+            n: (config.grpc_ports.get(n) or free(), config.metrics_ports.get(n) or free())
+            for n in process_names(config.services, config.realtime_processes) if n not in config.services
+        }
         edge = config.edge_port or free()
         admin = config.admin_port or free()
     finally:
         for sock in probes:
             sock.close()
-    return MeshPorts(grpc_ports, metrics_ports, edge, admin)
+    return MeshPorts(grpc_ports, metrics_ports, edge, admin, extra)
 
 
 def check_port_free(port: int, what: str) -> None:
@@ -413,7 +488,7 @@ class _Child:
             doc = json.loads(line)
         except ValueError:
             return
-        if doc.get("event") == "ready" and doc.get("service") == self.name and isinstance(doc.get("grpc_port"), int):
+        if doc.get("event") == "ready" and doc.get("service") == service_of(self.name) and isinstance(doc.get("grpc_port"), int):
             self.ready_info = doc
             self.ready.set()
 
@@ -574,6 +649,15 @@ class Mesh:
         return dict(self._need_ports().metrics)
 
     @property
+    def process_ports(self) -> dict[str, tuple[int, int]]:
+        """``(grpc, metrics)`` port of every service process (``realtime-2`` ... included)."""
+        ports = self._need_ports()
+        return {n: (ports.grpc_of(n), ports.metrics_of(n)) for n in self._service_processes()}
+
+    def _service_processes(self) -> list[str]:
+        return process_names(self.config.services, self.config.realtime_processes)
+
+    @property
     def data_dir(self) -> Path:
         if self._data_dir is None:
             raise RuntimeError("mesh not started")
@@ -622,8 +706,9 @@ class Mesh:
             "token": "make token ROLE=viewer|trainer|operator|admin  (authorization: Bearer ...)",
             "redis": self.redis_url,
         }
-        for name in ordered_services(self.config.services):
-            rows[name] = f"grpc {LOOPBACK}:{ports.grpc[name]}  metrics http://{LOOPBACK}:{ports.metrics[name]}/metrics"
+        for name in self._service_processes():
+            rows[name] = (f"grpc {LOOPBACK}:{ports.grpc_of(name)}  "
+                          f"metrics http://{LOOPBACK}:{ports.metrics_of(name)}/metrics")
         rows["logs"] = str(self.log_dir)
         rows["data"] = str(self.data_dir)
         return rows
@@ -693,6 +778,7 @@ class Mesh:
         for spec in specs:
             self._children[spec.name] = _Child(spec, self.log_path(spec.name), self._echo)
         for wave in _waves(cfg.services):
+            wave = process_names(wave, cfg.realtime_processes)
             for name in wave:
                 self._spawn(name)
             for name in wave:
@@ -705,7 +791,8 @@ class Mesh:
             self._wait_envoy(self._children["envoy"], deadline)
         # What Prometheus scrapes (deploy/prometheus.yml reads it): every process is up.
         write_targets(self.run_dir, file_sd_groups(
-            self._ports.metrics, envoy_admin_port=self._ports.admin if cfg.with_envoy else None))
+            {n: self._ports.metrics_of(n) for n in self._service_processes()},
+            envoy_admin_port=self._ports.admin if cfg.with_envoy else None, service_of=service_of))
 
     def _prepare_dirs(self) -> None:
         cfg = self.config
@@ -770,7 +857,7 @@ class Mesh:
             if time.monotonic() > deadline:
                 raise child.failure(f"was not ready within {self.config.startup_timeout:.0f}s")
         services = [str(s) for s in child.ready_info.get("services", []) or []]
-        while not _health_serving(self._need_ports().grpc[child.name], services, timeout=1.0):
+        while not _health_serving(self._need_ports().grpc_of(child.name), services, timeout=1.0):
             if self._stopping.is_set():
                 raise MeshStartError(f"{child.name}: the mesh is stopping")
             if not child.running():
@@ -786,7 +873,8 @@ class Mesh:
         except ImportError as exc:  # the module is written separately
             raise MeshStartError(f"cannot render the Envoy config: {exc}") from exc
         ports = self._need_ports()
-        upstreams = {name: (LOOPBACK, port) for name, port in ports.grpc.items()}
+        upstreams: dict[str, tuple[str, int] | list[tuple[str, int]]] = {
+            name: [(LOOPBACK, ports.grpc_of(p)) for p in ports.processes_of(name)] for name in ports.grpc}
         # The template routes all five; a service left out of a subset gets a port
         # nobody listens on, so its routes answer 503 (UNAVAILABLE) like a dead service.
         absent = MeshConfig(services=tuple(n for n in ALL_SERVICES if n not in upstreams))
@@ -816,7 +904,7 @@ class Mesh:
             status, body = _http_get(f"{self.admin_url}/ready")
             if status == 200 and body.strip() == "LIVE":
                 _, clusters = _http_get(f"{self.admin_url}/clusters")
-                bad = unhealthy_upstreams(clusters, ports.grpc)
+                bad = unhealthy_upstreams(clusters, {n: ports.grpc_of(n) for n in self._service_processes()})
                 if not bad:
                     return
                 last = f"upstreams not healthy yet: {', '.join(bad)}"
@@ -841,7 +929,7 @@ class Mesh:
             if not children and self._valkey is None and not self._started:
                 return
             grace = self.config.stop_grace
-            for group in ([n for n in reversed(ordered_services(self.config.services))], ["envoy"]):
+            for group in (list(reversed(self._service_processes())), ["envoy"]):
                 stopping = [c for c in children if c.name in group and c.popen is not None]
                 for child in stopping:
                     child.signal(signal.SIGTERM)
@@ -891,7 +979,7 @@ class Mesh:
     def _names(self) -> list[str]:
         """Supervised processes: Valkey (embedded only), the services, Envoy."""
         names = ["valkey"] if self._valkey is not None else []
-        names += [n for n in ordered_services(self.config.services)]
+        names += self._service_processes()
         if "envoy" in self._children and self._children["envoy"].popen is not None:
             names.append("envoy")
         return names
@@ -1044,8 +1132,8 @@ class Mesh:
         ports = self._need_ports()
         if name == "envoy":
             return [ports.edge, ports.admin]
-        if name in ports.grpc:
-            return [p for p in (ports.grpc[name], ports.metrics[name]) if p > 0]
+        if name in ports.grpc or name in ports.extra:
+            return [p for p in (ports.grpc_of(name), ports.metrics_of(name)) if p > 0]
         return []
 
     def _strays(self, names: set[str] | None = None) -> list[psutil.Process]:
@@ -1146,7 +1234,7 @@ class Mesh:
             row = self.status().get(name, {})
             pid = row.get("pid")
             if row.get("running") and pid != previous_pid and self.restarts[name] > 0:
-                if name in ("valkey", "envoy") or _health_serving(self._need_ports().grpc[name], (), 1.0):
+                if name in ("valkey", "envoy") or _health_serving(self._need_ports().grpc_of(name), (), 1.0):
                     return int(pid)  # type: ignore[arg-type]
             if self.failure:
                 raise MeshStartError(self.failure)

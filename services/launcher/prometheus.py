@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 __all__ = ["TARGETS_FILE", "file_sd_groups", "remove_targets", "write_targets"]
@@ -24,10 +24,15 @@ TARGETS_FILE = Path("prometheus") / "agentforge.json"
 
 
 def file_sd_groups(metrics_ports: Mapping[str, int], *, host: str = "127.0.0.1",
-                   envoy_admin_port: int | None = None) -> list[dict[str, object]]:
-    """One target group per service whose metrics endpoint is on (port > 0), then Envoy."""
+                   envoy_admin_port: int | None = None,
+                   service_of: Callable[[str], str] = lambda name: name) -> list[dict[str, object]]:
+    """One target group per process whose metrics endpoint is on (port > 0), then Envoy.
+
+    ``metrics_ports`` is keyed by process name; ``service_of`` gives the ``service`` label
+    (``realtime-2`` → ``realtime``: the processes of one service differ by ``instance``).
+    """
     groups: list[dict[str, object]] = [
-        {"targets": [f"{host}:{port}"], "labels": {"service": name}}
+        {"targets": [f"{host}:{port}"], "labels": {"service": service_of(name)}}
         for name, port in metrics_ports.items() if port > 0
     ]
     if envoy_admin_port:

@@ -23,6 +23,7 @@ from services.launcher.mesh import (
     MeshPorts,
     envoy_argv,
     process_specs,
+    service_of,
 )
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -35,14 +36,23 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
 
 
+def _replicas(service: dict[str, Any]) -> int:
+    """``deploy.replicas`` with compose's ``${VAR:-default}`` resolved to its default."""
+    raw = str(service.get("deploy", {}).get("replicas", 1))
+    found = re.fullmatch(r"\$\{(\w+):-(\d+)\}", raw)
+    return int(found.group(2)) if found else int(raw)
+
+
 @pytest.fixture(scope="module")
-def specs() -> dict[str, Any]:
-    config = MeshConfig()
+def specs(compose: dict[str, Any]) -> dict[str, Any]:
+    processes = _replicas(compose["services"]["realtime"])
+    config = MeshConfig(realtime_processes=processes)
     ports = MeshPorts(
         grpc={n: 50000 + i for i, n in enumerate(ALL_SERVICES)},
         metrics={n: 51000 + i for i, n in enumerate(ALL_SERVICES)},
         edge=8080,
         admin=9901,
+        extra={f"realtime-{i}": (52000 + i, 53000 + i) for i in range(2, processes + 1)},
     )
     listed = process_specs(config, ports, redis_url="redis://127.0.0.1:6379/0", data_dir="/tmp/data",
                            envoy_config_path="/tmp/envoy.yaml")
@@ -60,10 +70,27 @@ def _port_of(addr: str) -> int:
 
 
 def test_same_processes(compose: dict[str, Any], specs: dict[str, Any]) -> None:
-    assert set(compose["services"]) == {*specs, "valkey", "secrets"}
+    assert set(compose["services"]) == {*map(service_of, specs), "valkey", "secrets"}
     for name in ALL_SERVICES:
         assert compose["services"][name]["command"] == ["python", *specs[name].argv[1:]]
         assert specs[name].argv[1:] == ["-m", f"services.{name}"]
+
+
+def test_realtime_runs_as_many_containers_as_the_launcher_runs_processes(
+    compose: dict[str, Any], specs: dict[str, Any]
+) -> None:
+    # Both read AF_REALTIME_PROCESSES; compose's default is 2 (the launcher's: CPUs/2).
+    replicas = compose["services"]["realtime"]["deploy"]["replicas"]
+    assert replicas == "${AF_REALTIME_PROCESSES:-2}"
+    realtime = [spec for name, spec in specs.items() if service_of(name) == "realtime"]
+    assert len(realtime) == _replicas(compose["services"]["realtime"]) == 2
+    for spec in realtime:  # the same command and environment but for their own ports
+        assert spec.argv == specs["realtime"].argv
+        assert {k: v for k, v in spec.env.items() if not PLACEMENT.match(k)} == {
+            k: v for k, v in specs["realtime"].env.items() if not PLACEMENT.match(k)}
+    assert specs["realtime-2"].env["AF_REALTIME_PORT"] != specs["realtime"].env["AF_REALTIME_PORT"]
+    for name, service in compose["services"].items():
+        assert name == "realtime" or "replicas" not in service.get("deploy", {}), name
 
 
 def test_every_launcher_variable_is_set_with_the_same_value_unless_it_is_placement(
