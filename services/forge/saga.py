@@ -122,7 +122,7 @@ class RunManager:
     ) -> pr.PhaseRun:
         phase_id = phase.split("/", 1)[1]
         if request_id:
-            existing = await asyncio.to_thread(self._store.by_request_id, request_id)
+            existing = await self._store.db(self._store.by_request_id, request_id)
             if existing is not None:
                 return existing
         definition = CATALOG.get(phase_id)
@@ -157,9 +157,9 @@ class RunManager:
             run.steps.add(name=step.name, state=pr.SAGA_STEP_STATE_PENDING,
                           compensation_state=pr.COMPENSATION_STATE_NOT_REQUIRED)
         run.progress.steps_total = len(run.steps)
-        if not await asyncio.to_thread(self._store.insert, run):
+        if not await self._store.db(self._store.insert, run):
             if request_id:
-                again = await asyncio.to_thread(self._store.by_request_id, request_id)
+                again = await self._store.db(self._store.by_request_id, request_id)
                 if again is not None:
                     return again
             raise AlreadyExists(f"phase run {run.name} already exists")
@@ -169,7 +169,7 @@ class RunManager:
         return run
 
     async def get(self, name: str) -> pr.PhaseRun:
-        run = await asyncio.to_thread(self._store.get, name.split("/", 1)[1])
+        run = await self._store.db(self._store.get, name.split("/", 1)[1])
         if run is None:
             raise NotFound(f"{name} does not exist", reason="PHASE_RUN_NOT_FOUND")
         return run
@@ -187,16 +187,16 @@ class RunManager:
             raise FailedPrecondition(f"{name} already ended ({S.Name(run.state)})")
         run_id = name.split("/", 1)[1]
         reason = reason or "cancelled by request"
-        data = await asyncio.to_thread(self._store.saga_data, run_id)
+        data = await self._store.db(self._store.saga_data, run_id)
         data["cancel_reason"] = reason
-        await asyncio.to_thread(self._store.set_saga_data, run_id, data)
+        await self._store.db(self._store.set_saga_data, run_id, data)
         task = self._tasks.get(run_id)
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait({task}, timeout=30)
-            data = await asyncio.to_thread(self._store.saga_data, run_id)  # the saga may have saved since
+            data = await self._store.db(self._store.saga_data, run_id)  # the saga may have saved since
             data["cancel_reason"] = reason
-            await asyncio.to_thread(self._store.set_saga_data, run_id, data)
+            await self._store.db(self._store.set_saga_data, run_id, data)
         run = await self.get(name)
         if run.state not in TERMINAL:
             undo = asyncio.create_task(
@@ -223,7 +223,7 @@ class RunManager:
             replay = True
             while True:
                 if replay:
-                    events = await asyncio.to_thread(self._store.events_after, run_id, seq)
+                    events = await self._store.db(self._store.events_after, run_id, seq)
                     for event in events:
                         seq = event.sequence
                         yield event
@@ -252,7 +252,7 @@ class RunManager:
 
     async def recover(self) -> None:
         """Resume the runs that were in flight when the service last stopped."""
-        for run in await asyncio.to_thread(self._store.unfinished):
+        for run in await self._store.db(self._store.unfinished):
             log.info("resuming phase run", extra={"phase_run": run.name})
             self._launch(run)
 
@@ -280,7 +280,7 @@ class RunManager:
         run.update_time.CopyFrom(_now())
         if event is not None:
             event.time.CopyFrom(run.update_time)
-        stored = await asyncio.to_thread(self._store.save, run, event)
+        stored = await self._store.db(self._store.save, run, event)
         if stored is not None:
             self.fanout.publish(run.name.split("/", 1)[1], stored)
 
@@ -320,7 +320,7 @@ class RunManager:
         last = [0.0]
 
         async def save() -> None:
-            await asyncio.to_thread(self._store.set_saga_data, run_id, data)
+            await self._store.db(self._store.set_saga_data, run_id, data)
 
         async def log(message: str) -> None:
             await self._log(run, message, step.name)
@@ -348,7 +348,7 @@ class RunManager:
         # it): the training jobs it creates are theirs (docs/security.md).
         acting_for_var.set(run.creator)
         try:
-            data = await asyncio.to_thread(self._store.saga_data, run_id)
+            data = await self._store.db(self._store.saga_data, run_id)
             if "cancel_reason" in data:  # cancelled before the service stopped
                 await self._compensate(run, S.PHASE_RUN_STATE_CANCELLED, data["cancel_reason"], None)
                 return
@@ -419,7 +419,7 @@ class RunManager:
         phase = self._phase(run)
         steps = phase.steps()
         run_id = run.name.split("/", 1)[1]
-        data = await asyncio.to_thread(self._store.saga_data, run_id)
+        data = await self._store.db(self._store.saga_data, run_id)
         try:
             params = phase.resolve(run.parameters)
         except InvalidArgument:  # parameters stored by an older version: undo with what can be read

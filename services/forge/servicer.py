@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 
 from agentforge.forge.v1 import forge_service_pb2_grpc, phase_pb2, phase_run_pb2
@@ -29,7 +27,7 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
         ids = list(CATALOG)
         start = decode_page_token(request.page_token, "phases", expect=int) or 0
         end = start + page_size(request.page_size)
-        phases = [phase_proto(CATALOG[i], await asyncio.to_thread(self._store.latest, f"phases/{i}"))
+        phases = [phase_proto(CATALOG[i], await self._store.db(self._store.latest, f"phases/{i}"))
                   for i in ids[start:end]]
         return req.ListPhasesResponse(phases=phases, next_page_token=encode_page_token(end, "phases") if end < len(ids) else "")
 
@@ -37,7 +35,7 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
         phase_id = request.name.split("/", 1)[1]
         if phase_id not in CATALOG:
             raise NotFound(f"{request.name} does not exist", reason="PHASE_NOT_FOUND")
-        return phase_proto(CATALOG[phase_id], await asyncio.to_thread(self._store.latest, request.name))
+        return phase_proto(CATALOG[phase_id], await self._store.db(self._store.latest, request.name))
 
     async def StartPhaseRun(self, request: req.StartPhaseRunRequest, context) -> phase_run_pb2.PhaseRun:
         return await self._runs.start(
@@ -57,7 +55,7 @@ class ForgeServicer(forge_service_pb2_grpc.ForgeServiceServicer):
             raise InvalidArgument("bad page token", violations=[("page_token", "not a token from a previous page")])
         after = tuple(position) if position is not None else None
         size = page_size(request.page_size)
-        runs = await asyncio.to_thread(
+        runs = await self._store.db(
             self._store.list, phase=request.phase, states=list(request.states),
             labels=_labels(request.label_selector), after=after, limit=size + 1)
         token = ""

@@ -4,7 +4,8 @@ The history is what ``WatchPhaseRun`` replays after a cursor. The database's ``e
 minted when the file is created; a new file (history lost) means a new epoch, which
 watchers see on every event. The schema is versioned (``_MIGRATIONS``,
 services/shared/migrations.py). Synchronous by design (local SQLite, short transactions);
-the service calls it through ``asyncio.to_thread``.
+the service calls it on the store's own thread, :attr:`RunStore.db` (a
+:class:`~services.shared.dbthread.DatabaseThread`: off the event loop, in call order).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 
 from agentforge.forge.v1 import phase_run_event_pb2 as ev
+from services.shared.dbthread import DatabaseThread
 from agentforge.forge.v1 import phase_run_pb2 as pr
 from services.shared.migrations import Step, migrate
 
@@ -58,6 +60,8 @@ class RunStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._lock = threading.Lock()
+        #: The store's thread: ``await store.db(store.get, run_id)``.
+        self.db = DatabaseThread("forge-db")
         with self._lock:
             migrate(self._db, _MIGRATIONS, store=f"forge store {path}")
         with self._lock:
@@ -68,6 +72,8 @@ class RunStore:
         self.epoch: str = row[0]
 
     def close(self) -> None:
+        """Wait for the calls already submitted to :attr:`db`, then close the database."""
+        self.db.close()
         self._db.close()
 
     # -- runs ---------------------------------------------------------------------

@@ -19,7 +19,6 @@ different bodies are settled by the first record: the loser gets the error.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
 import threading
@@ -32,6 +31,7 @@ import grpc
 import grpc.aio
 from google.protobuf import message as pb_message
 
+from services.shared.dbthread import DatabaseThread
 from services.shared.errors import InvalidArgument
 from services.shared.migrations import Step, migrate
 
@@ -65,6 +65,8 @@ class IdempotencyKeys:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        #: The store's thread (the interceptor's calls: off the event loop, in order).
+        self.db = DatabaseThread("idempotency-db")
         with self._lock:
             self._db.execute("PRAGMA journal_mode=WAL")
             # the shared runner (schema_version table); step 1 is idempotent, so files made
@@ -87,6 +89,7 @@ class IdempotencyKeys:
         return str(row[0])
 
     def close(self) -> None:
+        self.db.close()
         with self._lock:
             self._db.close()
 
@@ -129,11 +132,11 @@ class IdempotencyInterceptor(grpc.aio.ServerInterceptor):
             if not isinstance(request_id, str) or not request_id:
                 return await inner(request, context)
             digest = fingerprint(request)
-            known = await asyncio.to_thread(keys.get, method, request_id)
+            known = await keys.db(keys.get, method, request_id)
             if known is not None and known != digest:
                 raise _reused(request_id)
             response = await inner(request, context)
-            if known is None and await asyncio.to_thread(keys.record, method, request_id, digest) != digest:
+            if known is None and await keys.db(keys.record, method, request_id, digest) != digest:
                 raise _reused(request_id)
             return response
 

@@ -137,3 +137,24 @@ async def test_a_start_whose_model_service_is_away_is_unavailable_and_makes_no_r
         await forge.StartPhaseRun(req.StartPhaseRunRequest(phase="phases/evomerge"))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert list((await forge.ListPhaseRuns(req.ListPhaseRunsRequest())).phase_runs) == []
+
+
+async def test_store_reads_run_on_the_store_thread_not_the_event_loop(forge, monkeypatch) -> None:
+    import threading
+
+    from services.forge.store import RunStore
+
+    threads: list[tuple[str, str]] = []
+    for name in ("get", "list", "latest"):
+        original = getattr(RunStore, name)
+
+        def traced(self, *args, _original=original, _name=name, **kwargs):
+            threads.append((_name, threading.current_thread().name))
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(RunStore, name, traced)
+    await forge.ListPhases(req.ListPhasesRequest())
+    await forge.ListPhaseRuns(req.ListPhaseRunsRequest())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await forge.GetPhaseRun(req.GetPhaseRunRequest(name="phaseRuns/none"))
+    assert {n for n, _ in threads} == {"get", "list", "latest"}
+    assert all(t.startswith("forge-db") for _, t in threads), threads

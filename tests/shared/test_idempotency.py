@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -140,3 +141,23 @@ def test_every_method_with_a_request_id_is_unary() -> None:
                 found.append(method.full_name)
                 assert not method.client_streaming and not method.server_streaming, method.full_name
     assert len(found) >= 6, found
+
+
+async def test_the_keys_are_read_and_written_on_the_store_thread_not_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[str] = []
+    for name in ("get", "record"):
+        original = getattr(IdempotencyKeys, name)
+
+        def traced(self: IdempotencyKeys, *args: object, _original: object = original) -> object:
+            threads.append(threading.current_thread().name)
+            return _original(self, *args)  # type: ignore[operator]
+        monkeypatch.setattr(IdempotencyKeys, name, traced)
+    service = await _start(Creator(), tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            await _create(channel)(_request("one", "key-1"))
+    finally:
+        await service.shutdown(0)
+    assert len(threads) == 2  # one get, one record
+    assert all(t.startswith("idempotency-db") for t in threads), threads
