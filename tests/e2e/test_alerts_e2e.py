@@ -26,7 +26,7 @@ ERROR_RATIO = {
 P99 = {
     "displayName": "p99 latency", "severity": "ALERT_SEVERITY_WARNING", "enabled": True,
     "metric": {"metric": "grpc_server_handling_seconds", "quantile": 0.99,
-               "groupBy": ["service", "grpc_method"],
+               "labels": {"grpc_type": "unary"}, "groupBy": ["service", "grpc_method"],
                "comparison": "COMPARISON_GREATER_THAN", "threshold": 0.5,
                "rateWindow": "300s", "forDuration": "60s"},
 }

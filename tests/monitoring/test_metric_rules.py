@@ -5,13 +5,16 @@ AlertRaised/AlertResolved events on the bus."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf import json_format
 
 from agentforge.events.v1 import event_pb2
 from agentforge.monitoring.v1 import alert_pb2, alert_rule_pb2
@@ -136,6 +139,44 @@ def test_error_ratio_and_p99_over_scraped_series() -> None:
     gauge = _condition(metric="grpc_server_handled_total", threshold=0, labels={"grpc_code": "INTERNAL"})
     [now] = evaluate_query(query_from_proto(gauge), history, 100.0)
     assert now.value == 40.0 and now.labels["service"] == "model"
+
+
+def _documented_rules() -> dict[str, alert_rule_pb2.AlertRule]:
+    """The REST bodies of docs/api.md's "Alert rules" examples, by display name."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    block = text.split("Examples (REST body of `POST /v1/alertRules`):", 1)[1]
+    block = block.split("```json", 1)[1].split("```", 1)[0]
+    decoder, rules, at = json.JSONDecoder(), {}, 0
+    while block[at:].strip():
+        at += len(block[at:]) - len(block[at:].lstrip())
+        body, at = decoder.raw_decode(block, at)
+        rules[body["displayName"]] = json_format.ParseDict(body, alert_rule_pb2.AlertRule())
+    return rules
+
+
+def test_the_documented_p99_rule_judges_unary_calls_not_open_streams() -> None:
+    """docs/api.md's p99 example fired for every Watch stream (its handling time is how
+    long it stayed open): it keeps to grpc_type="unary"."""
+    rules = _documented_rules()
+    assert set(rules) == {"error ratio", "p99 latency"}
+    history = SeriesHistory(clock=lambda: 400.0)
+    history.want({"grpc_server_handling_seconds_bucket": 300.0})
+    bounds = ("0.01", "0.1", "1.0", "10.0", "+Inf")
+    for i, t in enumerate(range(100, 401, 10)):
+        samples = []
+        # Get: fast unary calls; WatchAlerts: streams closed after minutes (+Inf bucket).
+        for le, n in zip(bounds, (10, 10, 10, 10, 10), strict=True):
+            samples.append(("grpc_server_handling_seconds_bucket",
+                            {"grpc_type": "unary", "grpc_method": "Get", "le": le}, float(n * i)))
+        for le, n in zip(bounds, (0, 0, 0, 0, 1), strict=True):
+            samples.append(("grpc_server_handling_seconds_bucket",
+                            {"grpc_type": "server_stream", "grpc_method": "WatchAlerts", "le": le}, float(n * i)))
+        history.ingest("monitoring", float(t), samples)
+    rule = rules["p99 latency"].metric
+    groups = {g.labels["grpc_method"]: g.value for g in evaluate_query(query_from_proto(rule), history, 400.0)}
+    assert groups == pytest.approx({"Get": 0.0099})
+    assert all(value <= rule.threshold for value in groups.values())
+    query_from_proto(rules["error ratio"].metric)  # valid as written
 
 
 # ------------------------------------------------------------------ real service
