@@ -49,6 +49,7 @@ from agentforge.client import (
     UnavailableError,
 )
 from agentforge.client._base import DEFAULT_EDGE
+from agentforge.client.retry import backoff_delay
 from agentforge.model.v1 import model_export_pb2, model_version_pb2
 from agentforge.monitoring.v1 import alert_pb2, health_pb2
 from agentforge.training.v1 import request_response_pb2 as training_rr
@@ -753,7 +754,7 @@ def _download(client: Client, name: str, dest: Path, quiet: bool) -> dict[str, A
                 attempts = 0 if offset > started_at else attempts + 1
                 if attempts > 3 or not offset:
                     raise
-                time.sleep(min(2.0, 0.2 * 2 ** attempts))
+                time.sleep(backoff_delay(attempts + 1, initial_s=0.2, max_s=2.0, jitter=0.0))
             finally:
                 if fh is not None:
                     fh.close()

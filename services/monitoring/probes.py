@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from agentforge.client.retry import backoff_delay
 from services.monitoring.config import Target
 from services.monitoring.health import Status
 from services.monitoring.promtext import Scrape, parse_samples, scrape_from_samples
@@ -102,12 +103,12 @@ class ServiceProbe:
             await self._channel.close(None)
 
     async def _watch_loop(self) -> None:
-        delay = self._initial
+        failed = 0  # watches ended in a row without a response
         while True:
             call = self._stub.Watch(self._request)
             try:
                 async for response in call:
-                    delay = self._initial
+                    failed = 0
                     status, message = _GRPC_STATUS.get(response.status, (Status.UNKNOWN, "unexpected health status"))
                     self._report(status, message, None, True)
                 self._report(Status.NOT_SERVING, "health watch ended: server shutting down", None, True)
@@ -115,8 +116,8 @@ class ServiceProbe:
                 self._report(Status.NOT_SERVING, _rpc_error("health watch", exc), None, True)
             finally:
                 call.cancel()
-            await asyncio.sleep(delay)
-            delay = min(self._max, delay * 2)
+            failed += 1
+            await asyncio.sleep(backoff_delay(failed, initial_s=self._initial, max_s=self._max, jitter=0.0))
 
     async def _check_loop(self) -> None:
         while True:

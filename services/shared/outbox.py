@@ -39,6 +39,7 @@ from typing import Any
 
 from agentforge.events.v1 import event_pb2
 
+from agentforge.client.retry import backoff_delay
 from services.shared.bus import EventBus
 from services.shared.errors import Unavailable, as_domain_error
 
@@ -141,6 +142,7 @@ class OutboxRelay:
     async def run(self) -> None:
         """Relay until cancelled. Redis away: retried with backoff, logged once per outage."""
         wait = self._poll_s
+        failed = 0  # passes failed in a row
         away = False
         while True:
             self._wake.clear()
@@ -156,11 +158,13 @@ class OutboxRelay:
                     away = True
                 else:
                     _log.exception("outbox %s: publish failed; retrying", self.name)
-                wait = min(self._max_backoff_s, max(wait * 2, self._poll_s))
+                failed += 1  # poll_s doubled per failed pass, up to max_backoff_s
+                wait = backoff_delay(failed + 1, initial_s=self._poll_s, max_s=self._max_backoff_s, jitter=0.0)
             else:
                 if away:
                     _log.info("outbox %s: Redis is back; published %d waiting event(s)", self.name, sent)
                 away = False
+                failed = 0
                 wait = self._poll_s
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
