@@ -204,6 +204,29 @@ def test_grpc_web_validation_error_carries_rich_status(rest: httpx.Client) -> No
     assert [v.field for v in violations.field_violations] == ["kinds"]
 
 
+def test_a_malformed_grpc_timeout_is_invalid_argument_and_spoils_no_later_call(rest: httpx.Client) -> None:
+    """grpc-core answered ``grpc-timeout: abc`` with INTERNAL, and after it valid calls of
+    every client on the same Envoy->service connection failed the same way ("Error
+    parsing 'grpc-timeout' metadata"). The edge answers it; later calls are unharmed."""
+    request = request_response_pb2.GetSystemHealthRequest().SerializeToString()
+
+    def call(timeout: str) -> dict[str, str]:
+        resp = rest.post(f"/{MONITORING}/GetSystemHealth", content=grpc_web_frame(request),
+                         headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1",
+                                  "grpc-timeout": timeout})
+        _, trailers = grpc_web_frames(resp.content)
+        return {**{k.lower(): v for k, v in resp.headers.items()}, **trailers}
+
+    for bad in ("abc", "-5S", "1.5S"):
+        fields = call(bad)
+        assert fields["grpc-status"] == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), (bad, fields)
+        raw = fields["grpc-status-details-bin"]
+        status = status_pb2.Status.FromString(base64.b64decode(raw + "=" * (-len(raw) % 4)))
+        assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    codes = [call("5S")["grpc-status"] for _ in range(12)]
+    assert codes == ["0"] * 12, codes
+
+
 def test_grpc_web_unknown_method_is_unimplemented(rest: httpx.Client) -> None:
     resp = rest.post("/no.such.v1.Service/Method", content=b"\0\0\0\0\0",
                      headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"})

@@ -237,6 +237,24 @@ def test_a_grpc_request_that_is_not_a_post_is_answered_by_the_edge(routes: list[
     assert "route" in rest, "grpc-web+json is REST for the transcoder"
 
 
+def test_a_grpc_call_with_a_malformed_grpc_timeout_is_answered_by_the_edge(routes: list[dict[str, Any]]) -> None:
+    """grpc-core answers a malformed grpc-timeout with INTERNAL, and afterwards valid calls
+    of other clients on the same upstream connection failed too: the edge must answer
+    it (400 -> INVALID_ARGUMENT) and pass every valid one on."""
+    path = "/agentforge.monitoring.v1.MonitoringService/GetSystemHealth"
+    for bad in ("abc", "-5S", "1s", "1.5S", "123456789S", "5", "S", "1 S", "30SS"):
+        for content_type in ("application/grpc", "application/grpc-web+proto"):
+            route = _first_match(routes, path, {"grpc-timeout": bad, "content-type": content_type})
+            assert route.get("direct_response", {}).get("status") == 400, (bad, content_type, route.get("name"))
+    for good in ("1n", "99u", "100m", "30S", "5M", "1H", "99999999S", "0S"):
+        route = _first_match(routes, path, {"grpc-timeout": good})
+        assert "route" in route and route["route"]["cluster"] == "monitoring", (good, route.get("name"))
+    assert "route" in _first_match(routes, path)  # no grpc-timeout at all
+    rest = _first_match(routes, "/v1/systemHealth", {":method": "GET", "content-type": "application/json",
+                                                      "grpc-timeout": "abc"})
+    assert "direct_response" not in rest  # REST: the transcoder's business, not this route
+
+
 def test_every_grpc_local_reply_carries_a_catalogued_status() -> None:
     from google.rpc import code_pb2
     from services.launcher.envoy_config import GRPC_LOCAL_REPLIES, grpc_status_details
