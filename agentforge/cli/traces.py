@@ -187,7 +187,9 @@ def _line(s: Span, t0: int) -> str:
         parts.append(" ".join(shown))
     if s.links:
         parts.append("links " + ", ".join(span_id[:8] for _, span_id in s.links))
-    return "  ".join(parts)
+    # One span, one line: a Redis pipeline's db.statement ("ZADD ? ?\nHGET ?") or a
+    # multi-line status message would otherwise break the tree's indentation.
+    return " ; ".join(line.strip() for line in "  ".join(parts).splitlines() if line.strip())
 
 
 def render_tree(trace_id: str, spans: list[Span]) -> list[str]:

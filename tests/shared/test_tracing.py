@@ -264,7 +264,8 @@ def test_otlp_json_file_is_read_back_as_a_tree(tmp_path: Path) -> None:
     with tracer.start_as_current_span("agentforge.forge.v1.ForgeService/StartPhaseRun", kind=SpanKind.SERVER,
                                       attributes={"rpc.grpc.status_code": 0}) as root:
         with tracer.start_as_current_span("saga cognate"):
-            with tracer.start_as_current_span("send events.forge", kind=SpanKind.PRODUCER):
+            with tracer.start_as_current_span("send events.forge", kind=SpanKind.PRODUCER,
+                                              attributes={"db.statement": "ZADD ? ? ? ?\nHGET ? ?"}):
                 pass
         with tracer.start_as_current_span("other"):
             pass
@@ -278,7 +279,9 @@ def test_otlp_json_file_is_read_back_as_a_tree(tmp_path: Path) -> None:
     assert "rpc.grpc.status_code=0" in lines[1]
     assert lines[2].startswith("├─ [forge] saga cognate  internal")
     assert lines[3].startswith("│  └─ [forge] send events.forge  producer")
+    assert "db.statement=ZADD ? ? ? ? ; HGET ? ?" in lines[3]  # a pipeline stays on its span's line
     assert lines[4].startswith("└─ [forge] other  internal")
+    assert len(lines) == 5
     [summary] = traces.summaries(traces.load_spans(tmp_path))
     assert (summary.trace_id, summary.spans, summary.service) == (trace_id, 4, "forge")
     with pytest.raises(LookupError):
