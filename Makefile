@@ -37,9 +37,15 @@ $(STAMP): requirements.txt requirements/client.txt requirements/server.txt
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	@touch $@
 
+# A node_modules that is a symbolic link (a git worktree sharing another checkout's
+# packages) is left alone: npm ci would replace the link's target, emptying the other
+# checkout's node_modules while it is in use.
 $(NPM_STAMP): dashboard/package.json dashboard/package-lock.json
-	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
-	@touch $@
+	@if [ -L dashboard/node_modules ]; then \
+	  echo "dashboard/node_modules is a link to $$(readlink dashboard/node_modules): not reinstalled"; \
+	else \
+	  cd dashboard && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	fi
 
 $(DASHBOARD): $(NPM_STAMP) $(DASHBOARD_SRC)
 	cd dashboard && npm run --silent build
