@@ -62,10 +62,15 @@ def test_an_older_store_gets_its_points_once_on_open(tmp_path: Path) -> None:
     _job(store)
     store.append_events("j1", [_progress(s, float(s)) for s in range(1, 4)])
     store.close()
-    # Make it look like a store from before metric_points: no table rows, no marker.
+    # Make it look like a store from before metric_points (and before versioned
+    # migrations): no points, no marker, none of the later steps, no schema_version.
     db = sqlite3.connect(path)
     db.execute("DELETE FROM metric_points")
     db.execute("DELETE FROM meta WHERE key='metric_points'")
+    db.execute("DROP INDEX jobs_creator")
+    db.execute("ALTER TABLE jobs DROP COLUMN creator")
+    db.execute("DROP TABLE outbox")
+    db.execute("DROP TABLE schema_version")
     db.commit()
     db.close()
     reopened = Store(path)
