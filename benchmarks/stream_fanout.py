@@ -96,9 +96,10 @@ def _user_metadata(count: int, per_user: int = 20) -> list[tuple[tuple[str, str]
     return [users[i // per_user] for i in range(count)]
 
 
-def start_envoy(children: Children, upstreams: dict[str, int]) -> tuple[int, int]:
+def start_envoy(children: Children, upstreams: dict[str, int], realtime_ports: Sequence[int] = ()) -> tuple[int, int]:
     """Envoy with realtime (and training, when started) at their ports; the other
-    clusters point at the realtime port (nothing here calls them)."""
+    clusters point at the realtime port (nothing here calls them). ``realtime_ports``:
+    every realtime process (the cluster lists them all, as the launcher renders it)."""
     from services.launcher.envoy_config import (
         RATE_LIMITS,
         SERVICES,
@@ -110,10 +111,14 @@ def start_envoy(children: Children, upstreams: dict[str, int]) -> tuple[int, int
 
     edge_port, admin_port = _free_port(), _free_port()
     fallback = upstreams["realtime"]
+    rendered: dict[str, object] = {name: ("127.0.0.1", upstreams.get(name, fallback)) for name in SERVICES}
+    if realtime_ports:
+        rendered["realtime"] = [("127.0.0.1", port) for port in realtime_ports]
+    health = {**upstreams, **{f"realtime#{i}": port for i, port in enumerate(realtime_ports)}}
     config = render_envoy_config(
         listen_port=edge_port,
         admin_port=admin_port,
-        upstreams={name: ("127.0.0.1", upstreams.get(name, fallback)) for name in SERVICES},
+        upstreams=rendered,  # type: ignore[arg-type]
         descriptor_path=default_descriptor_path(),
         # One token subject opens every stream: the per-subject limits would meter the
         # benchmark's client, not the mesh.
@@ -131,7 +136,7 @@ def start_envoy(children: Children, upstreams: dict[str, int]) -> tuple[int, int
         status, body = _http_get(f"http://127.0.0.1:{admin_port}/ready")
         if status == 200 and body.strip() == "LIVE":
             _, clusters = _http_get(f"http://127.0.0.1:{admin_port}/clusters")
-            if not unhealthy_upstreams(clusters, upstreams):
+            if not unhealthy_upstreams(clusters, health):
                 return edge_port, admin_port
         time.sleep(0.1)
 
@@ -143,9 +148,11 @@ class Mesh:
     edge_port: int
     pids: dict[str, int]
     realtime_config: dict[str, int]
+    #: Every realtime process (``pids["realtime"]`` is the first).
+    realtime_pids: list[int] = field(default_factory=list)
 
 
-def start_mesh(children: Children, redis_url: str, *, training: bool) -> Mesh:
+def start_mesh(children: Children, redis_url: str, *, training: bool, realtime_processes: int = 1) -> Mesh:
     workdir = children.workdir
     os.environ["REDIS_URL"] = redis_url
     os.environ.setdefault("AF_DATA_DIR", str(workdir / "data"))
@@ -153,15 +160,18 @@ def start_mesh(children: Children, redis_url: str, *, training: bool) -> Mesh:
         os.environ[f"AF_{name}_METRICS_PORT"] = "-1"
         os.environ[f"AF_{name}_LOG_LEVEL"] = "WARNING"
     os.environ["AF_REALTIME_BRIDGE_ROUTES"] = ""
-    rt = children.spawn("realtime", [sys.executable, "-m", "services.realtime"], ready_line=True)
-    upstreams = {"realtime": _read_ready_port(rt)}
-    pids = {"realtime": rt.proc.pid}
+    os.environ["AF_REALTIME_PORT"] = "0"  # each process a free port (read from its ready line)
+    rts = [children.spawn("realtime" if i == 0 else f"realtime-{i + 1}", [sys.executable, "-m", "services.realtime"],
+                          ready_line=True) for i in range(realtime_processes)]
+    realtime_ports = [_read_ready_port(rt) for rt in rts]
+    upstreams = {"realtime": realtime_ports[0]}
+    pids = {"realtime": rts[0].proc.pid}
     if training:
         os.environ.setdefault("AF_TRAINING_WORKERS", "2")
         tr = children.spawn("training", [sys.executable, "-m", "services.training"], ready_line=True)
         upstreams["training"] = _read_ready_port(tr)
         pids["training"] = tr.proc.pid
-    edge_port, _admin = start_envoy(children, upstreams)
+    edge_port, _admin = start_envoy(children, upstreams, realtime_ports)
     pids["envoy"] = children.started[-1].proc.pid
     from services.realtime.config import RealtimeConfig
     from services.shared.bus import BusConfig
@@ -169,13 +179,24 @@ def start_mesh(children: Children, redis_url: str, *, training: bool) -> Mesh:
     rc = RealtimeConfig.from_env()
     bound = {"fanout_readers": rc.fanout_readers, "watch_connections": rc.watch_connections,
              "bus_max_connections": BusConfig.from_env().max_connections}
-    return Mesh(children, redis_url, edge_port, pids, bound)
+    return Mesh(children, redis_url, edge_port, pids, bound, [rt.proc.pid for rt in rts])
 
 
 # ------------------------------------------------------------------ measurements
-def rss_mib(pid: int) -> float:
+def rss_mib(pid: int | Sequence[int]) -> float:
+    """RSS of a process, or the sum over several (MiB)."""
     try:
-        return psutil.Process(pid).memory_info().rss / 2**20
+        if isinstance(pid, int):
+            return psutil.Process(pid).memory_info().rss / 2**20
+        return sum(psutil.Process(p).memory_info().rss for p in pid) / 2**20
+    except psutil.Error:
+        return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+        return times.user + times.system
     except psutil.Error:
         return float("nan")
 
@@ -326,6 +347,9 @@ class ScenarioResult:
     envoy_rss_open_mib: float
     subscribe_seconds: float
     first_error: str = ""
+    realtime_processes: int = 1
+    #: CPU seconds each realtime process used while the messages were published.
+    realtime_cpu_s: list[float] = field(default_factory=list)
 
 
 async def _open_and_cancel(target: str, names: list[str], streams: int, web_streams: int, per_channel: int,
@@ -360,7 +384,7 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
     metadata = _auth_metadata()
     target = f"127.0.0.1:{mesh.edge_port}"
     names = [f"bench/{tag}/{i}" for i in range(topics)]
-    realtime_pid = mesh.pids["realtime"]
+    realtime_pid = mesh.realtime_pids or [mesh.pids["realtime"]]
     gc.collect()
     rss_cold = rss_mib(realtime_pid)
     # Open and cancel the same streams once first: the RSS they add to the idle process
@@ -395,6 +419,7 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
     pub = realtime_service_pb2_grpc.RealtimeServiceStub(publisher)
     published: dict[str, list[int]] = {n: [] for n in names}
     total = int(rate * seconds)
+    cpu_before = [cpu_s(p) for p in realtime_pid]
     start = time.monotonic()
     for i in range(total):
         delay = start + i / rate - time.monotonic()
@@ -409,6 +434,7 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
         except grpc.aio.AioRpcError as exc:
             print(f"publish failed: {exc.code().name} {exc.details()}", file=sys.stderr)
     await asyncio.sleep(drain)
+    cpu_used = [cpu_s(p) - before for p, before in zip(realtime_pid, cpu_before)]
 
     rss_open = rss_mib(realtime_pid)
     envoy_rss = rss_mib(mesh.pids["envoy"])
@@ -430,7 +456,7 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
     await asyncio.sleep(5)  # the service notices the cancellations and frees the streams
     rss_after = rss_mib(realtime_pid)
 
-    bound = sum(mesh.realtime_config.values())
+    bound = sum(mesh.realtime_config.values()) * len(realtime_pid)
     p50, p99 = percentile(lags, 0.5), percentile(lags, 0.99)
     f50, f99 = percentile(floor, 0.5), percentile(floor, 0.99)
     n = streams + web_streams
@@ -444,6 +470,7 @@ async def run_subscribe(mesh: Mesh, *, streams: int, web_streams: int, topics: i
         rss_per_1000_mib=(rss_first_open - rss_cold) / n * 1000 if n else 0.0, rss_after_cancel_mib=rss_after,
         rss_after_cancel_vs_baseline=rss_after / rss_baseline - 1, envoy_rss_open_mib=envoy_rss,
         subscribe_seconds=subscribe_seconds, first_error=errors[0] if errors else "",
+        realtime_processes=len(realtime_pid), realtime_cpu_s=cpu_used,
     )
 
 
@@ -523,7 +550,8 @@ async def run_watches(mesh: Mesh, *, streams: int, jobs: int, steps: int, per_ch
 def _fmt(result: ScenarioResult) -> str:
     n = result.streams + result.web_streams
     return "\n".join([
-        f"--- {result.scenario}: {result.streams} gRPC + {result.web_streams} grpc-web streams, "
+        f"--- {result.scenario}, {result.realtime_processes} realtime process(es): "
+        f"{result.streams} gRPC + {result.web_streams} grpc-web streams, "
         f"{result.published} messages in {result.seconds:g}s (opened in {result.subscribe_seconds:.1f}s)",
         f"  complete streams   {result.complete_streams}/{n}   errors {result.errors} {result.first_error[:80]}",
         f"  delivery lag       p50 {result.lag_p50_ms:.1f} ms  p99 {result.lag_p99_ms:.1f} ms  "
@@ -535,17 +563,44 @@ def _fmt(result: ScenarioResult) -> str:
         f"1,000 open streams; {result.rss_baseline_mib:.0f} MiB idle after a first open/cancel, "
         f"{result.rss_open_mib:.0f} MiB open again, {result.rss_after_cancel_mib:.0f} MiB after "
         f"cancel ({result.rss_after_cancel_vs_baseline:+.0%} vs warm idle); envoy {result.envoy_rss_open_mib:.0f} MiB",
+        f"  realtime CPU       {' + '.join(f'{c:.1f}' for c in result.realtime_cpu_s)} s while publishing",
     ])
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
+    """Every scenario once per ``--realtime-processes`` count, each on a fresh mesh."""
+    results: list[ScenarioResult] = []
+    watches = None
+    floor: list[float] = []
+    for count in args.realtime_processes:
+        floor, part, part_watches = await _run_mesh(args, count)
+        results += part
+        watches = watches or part_watches
+    counts = args.realtime_processes
+    if len(counts) > 1:  # ratios against the first count, scenario by scenario, same run
+        for scenario in args.scenario:
+            rows = [r for r in results if r.scenario.startswith(f"{scenario.partition(':')[0]} topic")]
+            base = rows[0]
+            for row in rows[1:]:
+                print(f"ratio {row.scenario}: {row.realtime_processes} vs {base.realtime_processes} processes: "
+                      f"lag p50 x{row.lag_p50_ms / base.lag_p50_ms:.2f}, p99 x{row.lag_p99_ms / base.lag_p99_ms:.2f}; "
+                      f"complete {row.complete_streams} vs {base.complete_streams}", flush=True)
+    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "load_average": os.getloadavg()},
+            "floor_ms": {"p50": percentile(floor, 0.5), "p99": percentile(floor, 0.99)},
+            "subscribe": [asdict(r) for r in results], "watch_training_job": watches}
+
+
+async def _run_mesh(args: argparse.Namespace, realtime_processes: int
+                    ) -> tuple[list[float], list[ScenarioResult], dict[str, object] | None]:
     from services.shared.valkey import EmbeddedValkey
 
     saved_env = dict(os.environ)  # start_mesh configures the children through it
     with tempfile.TemporaryDirectory(prefix="bench-fanout-") as tmp, EmbeddedValkey() as valkey:
         children = Children(Path(tmp))
         try:
-            mesh = start_mesh(children, valkey.url, training=args.watch_streams > 0)
+            mesh = start_mesh(children, valkey.url, training=args.watch_streams > 0,
+                              realtime_processes=realtime_processes)
         except BaseException:
             children.stop_all()
             raise
@@ -554,7 +609,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             os.environ.update(saved_env)
         try:
             floor = await bus_floor(valkey.url, args.floor_samples)
-            print(f"bus floor (XADD -> XREAD BLOCK): p50 {percentile(floor, 0.5):.2f} ms  "
+            print(f"{realtime_processes} realtime process(es); load average {os.getloadavg()[0]:.1f}; "
+                  f"bus floor (XADD -> XREAD BLOCK): p50 {percentile(floor, 0.5):.2f} ms  "
                   f"p99 {percentile(floor, 0.99):.2f} ms over {len(floor)} samples", flush=True)
             results = []
             for i, scenario in enumerate(args.scenario):
@@ -562,7 +618,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 result = await run_subscribe(
                     mesh, streams=args.streams, web_streams=args.web_streams, topics=int(topics),
                     rate=float(rate or 50), seconds=args.seconds, drain=args.drain,
-                    per_channel=args.per_channel, floor=floor, tag=f"s{i}")
+                    per_channel=args.per_channel, floor=floor, tag=f"p{realtime_processes}s{i}")
                 print(_fmt(result), flush=True)
                 results.append(result)
             watches = None
@@ -572,9 +628,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
                 print(f"--- WatchTrainingJob: {json.dumps(watches)}", flush=True)
         finally:
             mesh.children.stop_all()
-    return {"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-            "floor_ms": {"p50": percentile(floor, 0.5), "p99": percentile(floor, 0.99)},
-            "subscribe": [asdict(r) for r in results], "watch_training_job": watches}
+    return floor, results, watches
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -591,8 +645,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--jobs", type=int, default=20, help="training jobs the watches follow")
     ap.add_argument("--job-steps", type=int, default=60)
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--realtime-processes", default="1", metavar="N[,N...]",
+                    help="realtime processes behind Envoy; several counts run every scenario once per "
+                         "count on a fresh mesh and print ratios against the first (e.g. 1,2)")
     args = ap.parse_args(argv)
     args.scenario = args.scenario or ["1:2", "100:50"]
+    args.realtime_processes = [int(n) for n in str(args.realtime_processes).split(",") if n.strip()]
+    if not args.realtime_processes or min(args.realtime_processes) < 1:
+        ap.error("--realtime-processes: counts >= 1")
     return args
 
 
