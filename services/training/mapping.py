@@ -6,6 +6,7 @@ once, so the engine always receives a complete :class:`TrainingSpec`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -19,9 +20,12 @@ from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.training.engine import (BUILTIN_DATASET, CheckpointEvent, ControlAppliedEvent, EvalEvent,
                                       GrokfastSpec, LogEvent, ModelSpec, OptimizerSpec, ProgressEvent,
                                       SpecError, TaskSpec, TrainingEvent, TrainingSpec)
+from services.training.engine.tasks import CharTokenizer, dataset_characters
 
 __all__ = [
+    "CHAR_SCAN_MAX_CHARS",
     "SPEC_PREFIX",
+    "check_char_tokenizer",
     "checkpoint_proto",
     "event_proto",
     "invalid_spec",
@@ -145,11 +149,71 @@ def check_dataset_path(spec: job_pb.TrainingJobSpec, roots: Sequence[Path]) -> N
     except (OSError, RuntimeError, ValueError):
         allowed = False
     if not allowed:
-        field = f"{SPEC_PREFIX}.task.dataset.path"
-        raise InvalidArgument(
-            "dataset path must name a readable .txt/.jsonl file under a configured data root",
-            [(field, "not a readable file under a configured data root (AF_TRAINING_DATASET_ROOTS)")],
-            reason="DATASET_NOT_ALLOWED")
+        raise _dataset_not_allowed()
+
+
+def _dataset_not_allowed() -> InvalidArgument:
+    field = f"{SPEC_PREFIX}.task.dataset.path"
+    return InvalidArgument(
+        "dataset path must name a readable .txt/.jsonl file under a configured data root",
+        [(field, "not a readable file under a configured data root (AF_TRAINING_DATASET_ROOTS)")],
+        reason="DATASET_NOT_ALLOWED")
+
+
+#: How much of a dataset file :func:`check_char_tokenizer` reads (characters, whole
+#: documents): a file larger than this is checked on its first 32 Mi characters, and
+#: the worker checks the rest when it builds the vocabulary.
+CHAR_SCAN_MAX_CHARS = 32 * 2**20
+
+
+@functools.lru_cache(maxsize=128)
+def _characters(dataset: str, version: tuple[int, ...], seed: int) -> tuple[str, bool]:
+    """:func:`dataset_characters`, cached per file (``version``: mtime, size, inode —
+    a rewritten file is read again) or, for the built-in dataset, per seed."""
+    del version  # part of the cache key only
+    return dataset_characters(dataset, seed, max_chars=CHAR_SCAN_MAX_CHARS)
+
+
+def check_char_tokenizer(engine: TrainingSpec, spec: job_pb.TrainingJobSpec) -> None:
+    """InvalidArgument when a ``TOKENIZER_CHAR`` job's dataset cannot make its vocabulary:
+    more than :attr:`CharTokenizer.MAX_CHARACTERS` distinct characters
+    (``…task.dataset.tokenizer``), ``model.vocab_size`` below the characters plus BOS,
+    EOS and PAD (``…model.vocab_size``, the message names the size needed), or a file
+    that is empty, not UTF-8 or malformed ``.jsonl`` (``…task.dataset.path``).
+
+    The worker would find the same when it builds the task and fail the job; this finds
+    it at create, so nothing is created. Blocking file I/O (a bounded read,
+    :data:`CHAR_SCAN_MAX_CHARS`, cached per path, mtime and size): call it off the
+    event loop. Call after :func:`validate_spec` (the path is allowed and exists).
+    """
+    t = engine.task
+    if t.kind != "cognate" or t.tokenizer != "char":
+        return
+    try:
+        if t.dataset == BUILTIN_DATASET:
+            chars, complete = _characters(t.dataset, (), engine.seed)
+        else:
+            st = os.stat(t.dataset)
+            chars, complete = _characters(os.path.realpath(t.dataset),
+                                          (st.st_mtime_ns, st.st_size, st.st_ino), 0)
+    except SpecError as exc:
+        raise invalid_spec(exc, spec) from None
+    except UnicodeDecodeError:
+        raise invalid_spec(SpecError("task.dataset", "the file is not UTF-8 text; TOKENIZER_CHAR reads its "
+                                                     "characters"), spec) from None
+    except OSError:  # removed or made unreadable since validate_spec looked
+        raise _dataset_not_allowed() from None
+    n = len(chars)
+    at_least = "" if complete else "at least "
+    if n > CharTokenizer.MAX_CHARACTERS:
+        error = SpecError("task.tokenizer", f"the dataset has {at_least}{n} distinct characters; TOKENIZER_CHAR "
+                                            f"allows at most {CharTokenizer.MAX_CHARACTERS} (use TOKENIZER_BYTE)")
+    elif engine.model.vocab_size and engine.model.vocab_size < n + 3:
+        error = SpecError("model.vocab_size", f"must be 0 or >= {n + 3}: the dataset has {at_least}{n} distinct "
+                                              "characters plus BOS, EOS and PAD")
+    else:
+        return
+    raise invalid_spec(error, spec)
 
 
 def validate_spec(spec: job_pb.TrainingJobSpec, dataset_roots: Sequence[Path] | None = None) -> TrainingSpec:

@@ -293,6 +293,10 @@ def violations(body: dict[str, Any]) -> list[str]:
     ({"task": {"kind": "TASK_KIND_COGNATE", "dataset": {"path": "/nonexistent/e2e.txt"}},
       "model": {"layers": 1, "width": 32, "heads": 2, "contextLength": 8}}, "training_job.spec.task.dataset.path"),
     ({"batchSize": 0}, "training_job.spec.batch_size"),
+    ({"task": {"kind": "TASK_KIND_COGNATE", "dataset": {"builtin": "BUILTIN_DATASET_ARITHMETIC_WORD_PROBLEMS",
+                                                        "tokenizer": "TOKENIZER_CHAR"}},
+      "model": {"layers": 1, "width": 32, "heads": 2, "contextLength": 8, "vocabSize": 3}},
+     "training_job.spec.model.vocab_size"),
 ])
 def test_bad_spec_over_rest_is_400_naming_the_field(rest: httpx.Client, spec: dict[str, Any], field: str) -> None:
     resp = rest.post("/v1/trainingJobs", json=tiny_job(**spec))
@@ -305,6 +309,33 @@ def test_bad_spec_over_rest_is_400_naming_the_field(rest: httpx.Client, spec: di
     reason = "DATASET_NOT_ALLOWED" if field.endswith("dataset.path") else "INVALID_ARGUMENT"
     assert any(d["@type"].endswith("google.rpc.ErrorInfo") and d["reason"] == reason
                for d in body["details"]), body
+
+
+def test_a_tokenizer_char_job_its_dataset_cannot_fit_is_400_at_create(rest: httpx.Client, mesh: Mesh) -> None:
+    """Defect: TOKENIZER_CHAR with vocabSize 3, or over a file of more than 1,024 distinct
+    characters, was 200 at create and FAILED in the worker. Through the edge now: 400, a
+    google.rpc.Status naming the field and the size needed, and no job."""
+    root = mesh.config.data_dir / "training" / "datasets"  # type: ignore[operator]
+    root.mkdir(parents=True, exist_ok=True)
+    small = root / f"few-{uuid.uuid4().hex[:6]}.txt"
+    small.write_text("abc abc\ncab\n" * 20)  # 'a', 'b', 'c', ' ': 4 characters, so 7
+    many = root / f"many-{uuid.uuid4().hex[:6]}.txt"
+    many.write_text("".join(chr(0x4E00 + i) for i in range(1100)) + "\n")
+    model = {"layers": 1, "width": 32, "heads": 2, "contextLength": 8}
+    before = rest.get("/v1/trainingJobs", params={"pageSize": 1000}).json().get("trainingJobs", [])
+    for path, vocab, field, words in ((small, 3, "training_job.spec.model.vocab_size", ">= 7"),
+                                      (many, 0, "training_job.spec.task.dataset.tokenizer", "at most 1024")):
+        body = tiny_job(task={"kind": "TASK_KIND_COGNATE", "dataset": {"path": str(path), "tokenizer": "TOKENIZER_CHAR"}},
+                        model={**model, "vocabSize": vocab}, maxSteps="5")
+        resp = rest.post("/v1/trainingJobs", json=body)
+        assert resp.status_code == 400, resp.text
+        status = resp.json()
+        assert status["code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0], status
+        described = {v["field"]: v["description"] for d in status["details"]
+                     if d["@type"].endswith("google.rpc.BadRequest") for v in d["fieldViolations"]}
+        assert list(described) == [field] and words in described[field], status
+    after = rest.get("/v1/trainingJobs", params={"pageSize": 1000}).json().get("trainingJobs", [])
+    assert [j["name"] for j in after] == [j["name"] for j in before]
 
 
 def test_unknown_job_is_404_for_get_cancel_and_watch(rest: httpx.Client) -> None:

@@ -649,12 +649,84 @@ async def test_a_tokenizer_char_job_trains_on_the_dataset_s_characters(training:
     assert ckpt["tokenizer"] == {"kind": "char", "vocabulary": vocabulary}
     assert ckpt["model"]["token_embeddings.weight"].shape[0] == len(vocabulary) + 3
     assert done.final_metrics["train_loss"] < 4.0  # ln(259) = 5.6 would be bytes; ln(16) = 2.8 here
-    # A vocabulary_size below what the characters need is refused (at once, not retried).
-    small = tiny_spec(task=spec.task, model=job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=8,
-                                                                      vocab_size=5), max_steps=5)
-    failed_job = await training.create(small)
-    events = await training.watch(failed_job.name, timeout=180)
-    failed = await training.get(failed_job.name)
-    assert failed.state == S.TRAINING_JOB_STATE_FAILED and failed.error.code == code_pb2.INVALID_ARGUMENT
-    assert "vocab_size" in failed.error.message
-    assert not [e for e in events if e.HasField("state_changed") and "retrying" in e.state_changed.reason]
+
+
+def _char_spec(path: str, vocab_size: int = 0, **overrides: object) -> job_pb.TrainingJobSpec:
+    dataset = (job_pb.DatasetSpec(builtin=job_pb.BUILTIN_DATASET_ARITHMETIC_WORD_PROBLEMS,
+                                  tokenizer=job_pb.TOKENIZER_CHAR) if path == "builtin"
+               else job_pb.DatasetSpec(path=path, tokenizer=job_pb.TOKENIZER_CHAR))
+    return tiny_spec(task=job_pb.TaskSpec(kind=job_pb.TASK_KIND_COGNATE, dataset=dataset),
+                     model=job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=8,
+                                                    vocab_size=vocab_size), **overrides)
+
+
+async def _rejected(training: Training, spec: job_pb.TrainingJobSpec) -> tuple[dict[str, str], set[str]]:
+    """Create ``spec``: it must be INVALID_ARGUMENT and create nothing. Returns the
+    violations (field -> description) and the job names before and after (equal)."""
+    before = {j.name for j in (await training.stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_size=1000))).training_jobs}
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await training.create(spec)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    _, bad = error_details(err.value)
+    assert bad is not None, err.value.details()
+    after = {j.name for j in (await training.stub.ListTrainingJobs(rr.ListTrainingJobsRequest(page_size=1000))).training_jobs}
+    assert after == before
+    return {v.field: v.description for v in bad.field_violations}, after
+
+
+async def test_a_char_vocab_size_below_the_dataset_s_characters_is_invalid_argument_at_create(
+        training: Training) -> None:
+    """Defect: TOKENIZER_CHAR with vocabSize 3 was accepted at create and FAILED in the
+    worker ("must be 0 or >= 59"). Now create answers INVALID_ARGUMENT on
+    ``…model.vocab_size`` with the size needed, and creates nothing; the size needed is
+    accepted; a file rewritten with more characters is read again (the cache keys on
+    mtime and size)."""
+    data = training.config.dataset_root_paths[0] / f"vocab-{uuid.uuid4().hex[:6]}.txt"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_text("the cat sat on the mat\nthe dog ate the log\n" * 20)
+    needed = len(set(data.read_text()) - {"\n"}) + 3  # characters + BOS, EOS, PAD
+    for vocab_size in (3, needed - 1):
+        found, _ = await _rejected(training, _char_spec(str(data), vocab_size))
+        assert list(found) == ["training_job.spec.model.vocab_size"], found
+        assert f">= {needed}" in found["training_job.spec.model.vocab_size"], found
+    # The built-in word problems: 56 characters, so 59.
+    found, _ = await _rejected(training, _char_spec("builtin", 3))
+    assert list(found) == ["training_job.spec.model.vocab_size"] and ">= 59" in found[
+        "training_job.spec.model.vocab_size"], found
+    job = await training.create(_char_spec(str(data), needed, max_steps=5))
+    assert job.spec.model.vocab_size == needed
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+    job = await training.create(_char_spec("builtin", 59, max_steps=5))
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+    # Two more characters in the same file: the same spec is now too small by two.
+    data.write_text("the cat sat on the mat\nthe dog ate the log!?\n" * 20)
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 1_000_000_000))
+    found, _ = await _rejected(training, _char_spec(str(data), needed))
+    assert f">= {needed + 2}" in found["training_job.spec.model.vocab_size"], found
+
+
+async def test_a_char_dataset_with_too_many_characters_is_invalid_argument_at_create(training: Training) -> None:
+    """Defect: a char dataset with more than 1,024 distinct characters was accepted and
+    then failed in the worker. Now: INVALID_ARGUMENT on ``…task.dataset.tokenizer`` at
+    create; the same file with TOKENIZER_BYTE is fine. A malformed .jsonl or an empty
+    file is INVALID_ARGUMENT on ``…task.dataset.path``."""
+    root = training.config.dataset_root_paths[0]
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / f"cjk-{uuid.uuid4().hex[:6]}.txt"
+    data.write_text("".join(chr(0x4E00 + i) + ("\n" if i % 40 == 39 else "") for i in range(1100)) * 2)
+    found, _ = await _rejected(training, _char_spec(str(data)))
+    assert list(found) == ["training_job.spec.task.dataset.tokenizer"], found
+    assert "at most 1024" in found["training_job.spec.task.dataset.tokenizer"], found
+    as_bytes = _char_spec(str(data), max_steps=5)
+    as_bytes.task.dataset.tokenizer = job_pb.TOKENIZER_BYTE
+    job = await training.create(as_bytes)
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+
+    malformed = root / f"bad-{uuid.uuid4().hex[:6]}.jsonl"
+    malformed.write_text('{"text": "fine"}\n{"text": \n')
+    empty = root / f"empty-{uuid.uuid4().hex[:6]}.txt"
+    empty.write_text("\n\n")
+    for path, words in ((malformed, "invalid JSON"), (empty, "no text")):
+        found, _ = await _rejected(training, _char_spec(str(path)))
+        assert list(found) == ["training_job.spec.task.dataset.path"] and words in found[
+            "training_job.spec.task.dataset.path"], found

@@ -30,6 +30,7 @@ import json
 import math
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -48,7 +49,9 @@ __all__ = [
     "Sampler",
     "epoch_seed",
     "build_task",
+    "dataset_characters",
     "generate_word_problems",
+    "iter_text_documents",
     "load_text_documents",
 ]
 
@@ -331,12 +334,13 @@ def generate_word_problems(count: int, seed: int) -> list[str]:
     return out
 
 
-def load_text_documents(path: str | Path) -> list[str]:
-    """Documents of a local file: ``.jsonl`` -> each line's ``text``; ``.txt`` -> non-empty lines."""
+def iter_text_documents(path: str | Path) -> Iterator[str]:
+    """Documents of a local file, one at a time: ``.jsonl`` -> each line's ``text``;
+    ``.txt`` -> non-empty lines (stripped). SpecError ``task.dataset`` for a missing file
+    or a malformed ``.jsonl`` line; UnicodeDecodeError for bytes that are not UTF-8."""
     p = Path(path)
     if not p.is_file():
         raise SpecError("task.dataset", f"dataset file not found: {p}")
-    docs: list[str] = []
     with p.open("r", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             line = line.strip()
@@ -350,12 +354,56 @@ def load_text_documents(path: str | Path) -> list[str]:
                 text = record.get("text") if isinstance(record, dict) else None
                 if not isinstance(text, str):
                     raise SpecError("task.dataset", f"{p}:{lineno}: missing string field 'text'")
-                docs.append(text)
+                yield text
             else:
-                docs.append(line)
+                yield line
+
+
+def load_text_documents(path: str | Path) -> list[str]:
+    """Documents of a local file: ``.jsonl`` -> each line's ``text``; ``.txt`` -> non-empty lines."""
+    docs = list(iter_text_documents(path))
     if not docs:
-        raise SpecError("task.dataset", f"dataset file has no text: {p}")
+        raise SpecError("task.dataset", f"dataset file has no text: {Path(path)}")
     return docs
+
+
+def dataset_characters(dataset: str, seed: int = 0, *, max_chars: int | None = None) -> tuple[str, bool]:
+    """The distinct characters a ``char`` tokenizer would be built from, in code point
+    order, and whether that is all of them: ``(vocabulary, complete)``.
+
+    ``dataset``: :data:`BUILTIN_DATASET` (its word problems for ``seed``, as
+    :class:`CognateTask` generates them) or a ``.txt``/``.jsonl`` path, read document by
+    document as :func:`load_text_documents` reads it. ``max_chars``: stop after reading
+    documents totalling at least this many characters, or once more than
+    :attr:`CharTokenizer.MAX_CHARACTERS` distinct characters are seen; ``complete`` is
+    then False and the vocabulary is a lower bound (a prefix's characters). Raises
+    SpecError ``task.dataset`` as :func:`load_text_documents` does (missing, malformed
+    or empty file) and UnicodeDecodeError for a file that is not UTF-8.
+    """
+    if dataset == BUILTIN_DATASET:
+        docs: Iterable[str] = generate_word_problems(CognateTask.builtin_documents, seed)
+    else:
+        docs = iter_text_documents(dataset)
+    seen: set[str] = set()
+    read = 0
+    any_text = False
+    complete = True
+    it = iter(docs)
+    for doc in it:
+        any_text = True
+        seen.update(doc)
+        read += len(doc)
+        if len(seen) > CharTokenizer.MAX_CHARACTERS:
+            complete = False
+            break
+        if max_chars is not None and read >= max_chars:
+            complete = next(it, None) is None
+            break
+    if not any_text:
+        raise SpecError("task.dataset", f"dataset file has no text: {dataset}")
+    if not seen:
+        raise SpecError("task.dataset", "the dataset has no characters to build a vocabulary from")
+    return "".join(sorted(seen)), complete
 
 
 class CognateTask(Task):
