@@ -28,7 +28,7 @@ from services.realtime.subscription import Hub, SubscriptionSpec
 from services.realtime.topics import TopicPattern, publish_role, resource_name, topic_from_name
 from services.shared.authz import current_principal
 from services.shared.bus import BusUnavailable
-from services.shared.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from services.shared.errors import Aborted, InvalidArgument, NotFound, PermissionDenied, as_domain_error
 
 __all__ = ["PUBLISHER_METADATA_KEY", "RealtimeServicer"]
 
@@ -39,11 +39,12 @@ _DEFAULT_PAGE_SIZE = 50
 
 @contextlib.contextmanager
 def _store_errors() -> Iterator[None]:
-    """Redis unreachable → UNAVAILABLE (clients may retry idempotent calls)."""
+    """Redis unreachable, restarting or hung → UNAVAILABLE with the shared reason
+    ``DEPENDENCY_UNAVAILABLE`` (:func:`services.shared.errors.as_domain_error`)."""
     try:
         yield
     except (BusUnavailable, redis_errors.ConnectionError, redis_errors.TimeoutError, ConnectionError) as exc:
-        raise Unavailable(f"event store unavailable: {type(exc).__name__}") from exc
+        raise as_domain_error(exc) from exc
 
 
 def _now() -> Timestamp:

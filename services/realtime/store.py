@@ -263,7 +263,8 @@ class TopicStore:
                 await asyncio.sleep(block_ms / 1000)
             return []
         streams = {self.stream(t): p.entry_id for t, p in positions.items()}
-        reply = await self.redis.xread(streams, count=count, block=block_ms)
+        client = self.redis if block_ms is None else self.bus.blocking_client
+        reply = await client.xread(streams, count=count, block=block_ms)
         entries: list[Entry] = []
         for stream, rows in reply or []:
             topic = self.topic_of(_text(stream))

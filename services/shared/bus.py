@@ -35,13 +35,23 @@ current, and the entries carry that span's context; :meth:`EventBus.consume` han
 entry to its handler inside a ``process <stream>`` CONSUMER span, child of and linked to
 the entry's ``traceparent``. So a trace continues across the bus.
 
+Timeouts. Two pools: the command pool (:attr:`EventBus.client`, every call made on
+behalf of an RPC) waits at most ``command_timeout_s`` (2 s) for a reply, so a Redis that
+is hung rather than down (SIGSTOPped: it still accepts connections) fails the call with
+``redis.exceptions.TimeoutError`` — UNAVAILABLE/``DEPENDENCY_UNAVAILABLE`` through
+:func:`services.shared.errors.as_domain_error` — instead of holding it until its
+deadline; blocking reads (``XREAD``/``XREADGROUP BLOCK``) use
+:attr:`EventBus.blocking_client`, whose socket timeout ``socket_timeout_s`` exceeds
+``block_ms``.
+
 Redis must run with ``maxmemory-policy noeviction``: an evicted epoch key would look
 like lost history.
 
 Exceptions::
 
     BusError
-     ├── BusUnavailable   publish gave up after ``publish_timeout_s`` of retries
+     ├── BusUnavailable   publish gave up: its budget (``publish_timeout_s``) of retries
+     │                    ran out, or Redis did not answer one (hung)
      ├── TypeMismatch     Envelope.unpack() with a class other than the event's type
      └── InvalidCursor    Cursor.parse() of a malformed token
 """
@@ -106,6 +116,10 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
+#: The least time the first attempt of a publish gets, whatever is left of its budget (s).
+_MIN_ATTEMPT_S = 0.05
+
+
 # --------------------------------------------------------------------------- errors
 class BusError(Exception):
     """Base of the bus's own errors."""
@@ -166,7 +180,17 @@ class BusConfig:
     publish_timeout_s: float = 10.0
     #: Socket connect timeout (s).
     connect_timeout_s: float = 2.0
-    #: Socket read timeout (s); must exceed ``block_ms``.
+    #: How long one Redis command may wait for its reply, in seconds (env
+    #: ``AF_BUS_COMMAND_TIMEOUT_S``): the socket timeout of the bus's command pool, which
+    #: serves every call made on behalf of an RPC. A Redis that accepts connections but
+    #: does not answer (hung, SIGSTOPped, swapping) is then a
+    #: ``redis.exceptions.TimeoutError`` after this long, mapped to UNAVAILABLE
+    #: (``DEPENDENCY_UNAVAILABLE``), instead of holding the RPC until its deadline.
+    #: Blocking reads (XREAD/XREADGROUP ``BLOCK``) use :attr:`socket_timeout_s` instead.
+    command_timeout_s: float = 2.0
+    #: Socket read timeout (s) of the connections that make blocking reads (XREAD/
+    #: XREADGROUP with ``BLOCK``, :meth:`EventBus.blocking_client`, the fan-out's
+    #: readers); must exceed ``block_ms``.
     socket_timeout_s: float = 30.0
     #: Most connections the bus's client opens (a blocking pool: a command waits for a
     #: free connection instead of opening one more; env ``AF_BUS_MAX_CONNECTIONS``).
@@ -184,13 +208,15 @@ class BusConfig:
             raise ValueError("block_ms must be shorter than socket_timeout_s")
         if self.max_connections < 1:
             raise ValueError("max_connections must be >= 1")
+        if self.command_timeout_s <= 0:
+            raise ValueError("command_timeout_s must be > 0")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> BusConfig:
         """``REDIS_URL``, ``AF_BUS_MAXLEN``, ``AF_BUS_CLAIM_IDLE_MS``,
         ``AF_BUS_MAX_DELIVERIES``, ``AF_BUS_BLOCK_MS``, ``AF_BUS_BACKOFF_INITIAL_MS``,
-        ``AF_BUS_BACKOFF_MAX_MS``, ``AF_BUS_PUBLISH_TIMEOUT_S``, ``AF_BUS_MAX_CONNECTIONS``; unset
-        means default."""
+        ``AF_BUS_BACKOFF_MAX_MS``, ``AF_BUS_PUBLISH_TIMEOUT_S``, ``AF_BUS_COMMAND_TIMEOUT_S``,
+        ``AF_BUS_MAX_CONNECTIONS``; unset means default."""
         environ = os.environ if env is None else env
         base = cls()
 
@@ -210,6 +236,7 @@ class BusConfig:
             block_ms=num("AF_BUS_BLOCK_MS", base.block_ms),
             backoff=backoff,
             publish_timeout_s=num("AF_BUS_PUBLISH_TIMEOUT_S", base.publish_timeout_s, float),
+            command_timeout_s=num("AF_BUS_COMMAND_TIMEOUT_S", base.command_timeout_s, float),
             max_connections=num("AF_BUS_MAX_CONNECTIONS", base.max_connections),
         )
 
@@ -465,32 +492,52 @@ class EventBus:
 
     def __init__(self, config: BusConfig, *, client: Redis | None = None) -> None:
         self.config = config
-        self._client = client or Redis(
+        # Two pools: commands (short socket timeout: a hung Redis fails an RPC's call
+        # within ``command_timeout_s``) and blocking reads (``socket_timeout_s`` > BLOCK).
+        # A caller-given client serves both.
+        self._client = client or self._pool_client(config.command_timeout_s)
+        self._blocking: Redis | None = client
+        self._owns_client = client is None
+        self._publish_script = self._client.register_script(_PUBLISH_LUA)
+        self._epoch_script = self._client.register_script(_EPOCH_LUA)
+        self._publish_many_script = self._client.register_script(_PUBLISH_MANY_LUA)
+
+    def _pool_client(self, socket_timeout_s: float) -> Redis:
+        config = self.config
+        return Redis(
             connection_pool=BlockingConnectionPool.from_url(
                 config.url,
                 max_connections=config.max_connections,
                 timeout=config.pool_timeout_s,
                 decode_responses=False,
                 socket_connect_timeout=config.connect_timeout_s,
-                socket_timeout=config.socket_timeout_s,
+                socket_timeout=socket_timeout_s,
                 # Reconnection is the bus's job (backoff, NOGROUP, epochs); the client
                 # must not replay commands behind its back.
                 retry=Retry(NoBackoff(), 0),
             ),
         )
-        self._owns_client = client is None
-        self._publish_script = self._client.register_script(_PUBLISH_LUA)
-        self._epoch_script = self._client.register_script(_EPOCH_LUA)
-        self._publish_many_script = self._client.register_script(_PUBLISH_MANY_LUA)
 
     @property
     def client(self) -> Redis:
-        """The underlying ``redis.asyncio`` client."""
+        """The underlying ``redis.asyncio`` client for commands: each reply is awaited
+        at most ``command_timeout_s`` (then ``redis.exceptions.TimeoutError``). Not for
+        blocking reads: use :attr:`blocking_client`."""
         return self._client
+
+    @property
+    def blocking_client(self) -> Redis:
+        """A client for blocking reads (XREAD/XREADGROUP ``BLOCK`` up to ``block_ms``):
+        socket timeout ``socket_timeout_s``; its own pool, opened on first use."""
+        if self._blocking is None:
+            self._blocking = self._pool_client(self.config.socket_timeout_s)
+        return self._blocking
 
     async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose(close_connection_pool=True)
+            if self._blocking is not None:
+                await self._blocking.aclose(close_connection_pool=True)
 
     async def __aenter__(self) -> EventBus:
         return self
@@ -615,13 +662,29 @@ class EventBus:
         return cursors
 
     async def _retrying(self, call: Callable[[], Awaitable[Any]], *, budget_s: float, what: str) -> Any:
+        """``call()`` until it succeeds, for at most ``budget_s`` seconds in all.
+
+        A refused or dropped connection (Redis restarting) is retried with backoff while
+        the budget lasts. A command that got no reply (``command_timeout_s``, or what was
+        left of the budget, elapsed) is not retried: the server took the connection but
+        does not answer (hung), another attempt would wait as long again, and the first
+        one may still be applied when it wakes (a retry would append the entry twice).
+        Either way the caller gets :class:`BusUnavailable` within ``budget_s`` (the first
+        attempt gets at least ``_MIN_ATTEMPT_S``).
+        """
         deadline = time.monotonic() + budget_s
         delays = self.config.backoff.delays()
         while True:
+            left = max(deadline - time.monotonic(), _MIN_ATTEMPT_S)
             try:
-                result = await call()
+                async with asyncio.timeout(left if left < self.config.command_timeout_s else None):
+                    result = await call()
                 _raise_if_cancelling()
                 return result
+            except (TimeoutError, redis_errors.TimeoutError) as exc:
+                _raise_if_cancelling()
+                waited = min(left, self.config.command_timeout_s)
+                raise BusUnavailable(f"{what}: Redis did not answer within {waited:.2f}s") from exc
             except _CONNECTION_ERRORS as exc:
                 _raise_if_cancelling()
                 delay = next(delays)
@@ -666,7 +729,8 @@ class EventBus:
                 block_ms = None
             else:
                 start = after.entry_id
-        reply = await self._client.xread({stream: start}, count=count, block=block_ms)
+        client = self._client if block_ms is None else self.blocking_client
+        reply = await client.xread({stream: start}, count=count, block=block_ms)
         for _name, entries in reply or []:
             for entry_id, fields in entries:
                 envelope = decode_entry(stream, entry_id, fields)
@@ -779,7 +843,8 @@ class EventBus:
                 _raise_if_cancelling()
                 for envelope in claimed:
                     await self._deliver(stream, group, consumer, envelope, handler)
-                reply = await self._client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block)
+                reply = await self.blocking_client.xreadgroup(group, consumer, {stream: ">"}, count=count,
+                                                              block=block)
                 _raise_if_cancelling()
                 for _name, entries in reply or []:
                     for entry_id, fields in entries:

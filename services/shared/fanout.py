@@ -681,7 +681,9 @@ class BusFanout(Fanout[str, Envelope]):
                 timeout=catchup_pool_timeout_s,
                 decode_responses=False,
                 socket_connect_timeout=config.connect_timeout_s,
-                socket_timeout=config.socket_timeout_s,
+                # Catch-up reads never block: a hung Redis fails them within the bus's
+                # command timeout (UNAVAILABLE), like every other call of an RPC.
+                socket_timeout=config.command_timeout_s,
                 retry=Retry(NoBackoff(), 1),
                 retry_on_error=[redis_errors.ConnectionError],
             ),

@@ -594,7 +594,7 @@ class JobRun:
         """Apply requests from this attempt's control stream to the running trainer."""
         stream = self.worker.keys.control(self.job_id, self.attempt)
         last = "0-0"
-        client = self.bus.client
+        client = self.bus.blocking_client  # BLOCK 1 s: not on the command pool's short timeout
         while not self._done:
             try:
                 reply = await client.xread({stream: last}, count=100, block=1000)
