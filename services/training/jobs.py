@@ -158,7 +158,7 @@ class JobManager:
         engine_spec = mapping.validate_spec(job.spec, self.config.dataset_root_paths)
         mapping.check_device(job.spec)
         # Reads the dataset (bounded, cached): file I/O, off the loop.
-        await asyncio.to_thread(mapping.check_char_tokenizer, engine_spec, job.spec)
+        await asyncio.to_thread(mapping.check_dataset, engine_spec, job.spec)
         clean = job_pb.TrainingJob(display_name=job.display_name, labels=dict(job.labels), spec=job.spec,
                                    phase=job.phase, phase_run=job.phase_run, creator=creator_subject())
         rec, events, created = await self.db(self.store.create, clean, job_id or uuid.uuid4().hex[:16], request_id)

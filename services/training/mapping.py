@@ -20,12 +20,12 @@ from services.shared.errors import FailedPrecondition, InvalidArgument
 from services.training.engine import (BUILTIN_DATASET, CheckpointEvent, ControlAppliedEvent, EvalEvent,
                                       GrokfastSpec, LogEvent, ModelSpec, OptimizerSpec, ProgressEvent,
                                       SpecError, TaskSpec, TrainingEvent, TrainingSpec)
-from services.training.engine.tasks import CharTokenizer, dataset_characters
+from services.training.engine.tasks import CharTokenizer, DatasetProfile, dataset_profile, split_token_counts
 
 __all__ = [
-    "CHAR_SCAN_MAX_CHARS",
+    "DATASET_SCAN_MAX_CHARS",
     "SPEC_PREFIX",
-    "check_char_tokenizer",
+    "check_dataset",
     "checkpoint_proto",
     "event_proto",
     "invalid_spec",
@@ -160,60 +160,76 @@ def _dataset_not_allowed() -> InvalidArgument:
         reason="DATASET_NOT_ALLOWED")
 
 
-#: How much of a dataset file :func:`check_char_tokenizer` reads (characters, whole
+#: How much of a dataset file :func:`check_dataset` reads (characters, whole
 #: documents): a file larger than this is checked on its first 32 Mi characters, and
-#: the worker checks the rest when it builds the vocabulary.
-CHAR_SCAN_MAX_CHARS = 32 * 2**20
+#: the worker checks the rest when it builds the task.
+DATASET_SCAN_MAX_CHARS = 32 * 2**20
 
 
 @functools.lru_cache(maxsize=128)
-def _characters(dataset: str, version: tuple[int, ...], seed: int) -> tuple[str, bool]:
-    """:func:`dataset_characters`, cached per file (``version``: mtime, size, inode —
+def _profile(dataset: str, version: tuple[int, ...], seed: int) -> DatasetProfile:
+    """:func:`dataset_profile`, cached per file (``version``: mtime, size, inode —
     a rewritten file is read again) or, for the built-in dataset, per seed."""
     del version  # part of the cache key only
-    return dataset_characters(dataset, seed, max_chars=CHAR_SCAN_MAX_CHARS)
+    return dataset_profile(dataset, seed, max_chars=DATASET_SCAN_MAX_CHARS)
 
 
-def check_char_tokenizer(engine: TrainingSpec, spec: job_pb.TrainingJobSpec) -> None:
-    """InvalidArgument when a ``TOKENIZER_CHAR`` job's dataset cannot make its vocabulary:
-    more than :attr:`CharTokenizer.MAX_CHARACTERS` distinct characters
-    (``…task.dataset.tokenizer``), ``model.vocab_size`` below the characters plus BOS,
-    EOS and PAD (``…model.vocab_size``, the message names the size needed), or a file
-    that is empty, not UTF-8 or malformed ``.jsonl`` (``…task.dataset.path``).
+def check_dataset(engine: TrainingSpec, spec: job_pb.TrainingJobSpec) -> None:
+    """InvalidArgument when a ``cognate`` job's dataset cannot give the worker a task,
+    with the field violation the worker's error would carry:
 
-    The worker would find the same when it builds the task and fail the job; this finds
-    it at create, so nothing is created. Blocking file I/O (a bounded read,
-    :data:`CHAR_SCAN_MAX_CHARS`, cached per path, mtime and size): call it off the
-    event loop. Call after :func:`validate_spec` (the path is allowed and exists).
+    - a file that is empty, not UTF-8 or malformed ``.jsonl`` (``…task.dataset.path``);
+    - a training or validation split shorter than ``context_length + 1`` tokens, counted
+      as the job's tokenizer encodes (``…task.dataset.path``; the message names the split,
+      its tokens and the tokens needed);
+    - ``TOKENIZER_CHAR`` only: more than :attr:`CharTokenizer.MAX_CHARACTERS` distinct
+      characters (``…task.dataset.tokenizer``), or ``model.vocab_size`` below the
+      characters plus BOS, EOS and PAD (``…model.vocab_size``, naming the size needed).
+
+    The worker (:class:`~services.training.engine.tasks.CognateTask`) would find the
+    same when it builds the task and fail the job; this finds it at create, so nothing
+    is created. Blocking file I/O (a bounded read, :data:`DATASET_SCAN_MAX_CHARS`,
+    cached per path, mtime, size and inode): call it off the event loop. Call after
+    :func:`validate_spec` (the path is allowed and exists). Past the bound only the
+    worker's own checks apply.
     """
     t = engine.task
-    if t.kind != "cognate" or t.tokenizer != "char":
+    if t.kind != "cognate":
         return
     try:
         if t.dataset == BUILTIN_DATASET:
-            chars, complete = _characters(t.dataset, (), engine.seed)
+            profile = _profile(t.dataset, (), engine.seed)
         else:
             st = os.stat(t.dataset)
-            chars, complete = _characters(os.path.realpath(t.dataset),
-                                          (st.st_mtime_ns, st.st_size, st.st_ino), 0)
+            profile = _profile(os.path.realpath(t.dataset), (st.st_mtime_ns, st.st_size, st.st_ino), 0)
     except SpecError as exc:
         raise invalid_spec(exc, spec) from None
     except UnicodeDecodeError:
-        raise invalid_spec(SpecError("task.dataset", "the file is not UTF-8 text; TOKENIZER_CHAR reads its "
-                                                     "characters"), spec) from None
+        raise invalid_spec(SpecError("task.dataset", "the file is not UTF-8 text; the tokenizers read UTF-8"),
+                           spec) from None
     except OSError:  # removed or made unreadable since validate_spec looked
         raise _dataset_not_allowed() from None
-    n = len(chars)
-    at_least = "" if complete else "at least "
-    if n > CharTokenizer.MAX_CHARACTERS:
+    n = len(profile.characters)
+    at_least = "" if profile.complete else "at least "
+    error: SpecError | None = None
+    if t.tokenizer == "char" and n > CharTokenizer.MAX_CHARACTERS:
         error = SpecError("task.tokenizer", f"the dataset has {at_least}{n} distinct characters; TOKENIZER_CHAR "
                                             f"allows at most {CharTokenizer.MAX_CHARACTERS} (use TOKENIZER_BYTE)")
-    elif engine.model.vocab_size and engine.model.vocab_size < n + 3:
+    elif t.tokenizer == "char" and engine.model.vocab_size and engine.model.vocab_size < n + 3:
         error = SpecError("model.vocab_size", f"must be 0 or >= {n + 3}: the dataset has {at_least}{n} distinct "
                                               "characters plus BOS, EOS and PAD")
-    else:
-        return
-    raise invalid_spec(error, spec)
+    elif profile.complete:  # a prefix's splits say nothing of the whole file's
+        need = engine.model.context_length + 1
+        splits = split_token_counts(profile.token_lengths(t.tokenizer), t.train_fraction, engine.seed)
+        for split, tokens in zip(("training", "validation"), splits):
+            if tokens < need:
+                error = SpecError("task.dataset", (
+                    f"the {split} split has {tokens} {t.tokenizer} tokens (train_fraction {t.train_fraction:g} of "
+                    f"{len(profile.char_lengths)} documents); need at least context_length + 1 = {need}: use a "
+                    "longer dataset or a smaller model.context_length"))
+                break
+    if error is not None:
+        raise invalid_spec(error, spec)
 
 
 def validate_spec(spec: job_pb.TrainingJobSpec, dataset_roots: Sequence[Path] | None = None) -> TrainingSpec:

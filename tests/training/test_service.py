@@ -23,6 +23,8 @@ from services.shared.bus import Cursor
 from services.shared.config import ServerConfig
 from services.training import mapping
 from services.training.engine import Trainer
+from services.training.engine.spec import SpecError
+from services.training.engine.tasks import CognateTask
 from services.training.server import create_server
 
 from .conftest import TERMINAL, Training, tiny_spec
@@ -263,13 +265,17 @@ async def test_killed_worker_job_resumes_elsewhere_with_the_same_result(training
     assert done.final_metrics["eval_loss"] == expected["eval_loss"]
 
 
-async def test_job_that_cannot_succeed_fails_at_once_without_retries(training: Training, tmp_path: Path) -> None:
+async def test_job_that_cannot_succeed_fails_at_once_without_retries(
+        training: Training, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 8: an error retrying cannot fix (here a malformed dataset, found by the
     engine) is never retried: FAILED after the first attempt, the queue entry acked,
-    not dead-lettered (the message is fine; the job is not)."""
+    not dead-lettered (the message is fine; the job is not). Create reads a bounded
+    prefix of the file (made 64 characters here): the bad line lies past it, so only
+    the worker finds it."""
+    monkeypatch.setattr(mapping, "DATASET_SCAN_MAX_CHARS", 64)
     data = training.config.dataset_root_paths[0] / "broken.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
-    data.write_text('{"text": "fine"}\nthis is not json\n')
+    data.write_text('{"text": "fine and long enough for windows"}\n' * 8 + "this is not json\n")
     spec = tiny_spec(task=job_pb.TaskSpec(kind=job_pb.TASK_KIND_COGNATE,
                                           dataset=job_pb.DatasetSpec(path=str(data))),
                      model=job_pb.ModelArchitecture(layers=1, width=32, heads=2, context_length=8))
@@ -730,3 +736,68 @@ async def test_a_char_dataset_with_too_many_characters_is_invalid_argument_at_cr
         found, _ = await _rejected(training, _char_spec(str(path)))
         assert list(found) == ["training_job.spec.task.dataset.path"] and words in found[
             "training_job.spec.task.dataset.path"], found
+
+
+def _text_spec(path: str, context_length: int, tokenizer: int = job_pb.TOKENIZER_BYTE,
+               **overrides: object) -> job_pb.TrainingJobSpec:
+    spec = _char_spec(path, **overrides)
+    spec.task.dataset.tokenizer = tokenizer
+    spec.model.context_length = context_length
+    return spec
+
+
+async def test_a_dataset_too_short_for_one_window_is_invalid_argument_at_create(training: Training) -> None:
+    """Defect: a dataset too short for one window of context_length + 1 tokens in its
+    training or validation split was accepted and FAILED in the worker ("validation
+    split has 13 tokens; need at least context_length + 1 = 17"). Now create answers
+    INVALID_ARGUMENT on ``…task.dataset.path`` naming the split, its tokens and the
+    tokens needed, for either tokenizer, counted as the worker counts them: the
+    largest context_length the worker accepts is accepted, one more is not."""
+    root = training.config.dataset_root_paths[0]
+    root.mkdir(parents=True, exist_ok=True)
+    field = "training_job.spec.task.dataset.path"
+    # Three documents: 2 train, 1 validates; "héllo wörld" is 11 characters, 13 bytes,
+    # plus BOS and EOS: 13 char tokens, 15 byte tokens in the validation split.
+    three = root / f"short-{uuid.uuid4().hex[:6]}.txt"
+    three.write_text("héllo wörld\n" * 3)
+    # One document: split by position, int(0.9 * 12) = 10 train, 2 validate.
+    one = root / f"one-{uuid.uuid4().hex[:6]}.jsonl"
+    one.write_text('{"text": "abcdefghij"}\n')
+    for path, tokenizer, tokens in ((three, job_pb.TOKENIZER_BYTE, 15), (three, job_pb.TOKENIZER_CHAR, 13),
+                                    (one, job_pb.TOKENIZER_BYTE, 2)):
+        found, _ = await _rejected(training, _text_spec(str(path), tokens, tokenizer))
+        assert list(found) == [field], found
+        assert f"validation split has {tokens} " in found[field], found
+        assert f"context_length + 1 = {tokens + 1}" in found[field], found
+        # The worker's own task agrees on both sides of the line.
+        name = "byte" if tokenizer == job_pb.TOKENIZER_BYTE else "char"
+        with pytest.raises(SpecError, match=f"validation split has {tokens} tokens"):
+            CognateTask(str(path), tokens, 0.9, 0, tokenizer=name)
+        CognateTask(str(path), tokens - 1, 0.9, 0, tokenizer=name)
+    job = await training.create(_text_spec(str(three), 14, max_steps=5))
+    await training.stub.CancelTrainingJob(rr.CancelTrainingJobRequest(name=job.name))
+    # The built-in word problems with a window longer than their validation split.
+    found, _ = await _rejected(training, _text_spec("builtin", 32768, max_steps=5))
+    assert any("split has" in d and "validation split has 29141 byte tokens" in d and "context_length + 1 = 32769" in d for d in found.values()), found
+
+
+async def test_an_empty_malformed_or_non_utf8_byte_dataset_is_invalid_argument_at_create(
+        training: Training) -> None:
+    """Defect: with TOKENIZER_BYTE, an empty file, a malformed .jsonl or bytes that are
+    not UTF-8 were accepted at create and FAILED in the worker. Now each is
+    INVALID_ARGUMENT on ``…task.dataset.path`` at create, and nothing is created."""
+    root = training.config.dataset_root_paths[0]
+    root.mkdir(parents=True, exist_ok=True)
+    field = "training_job.spec.task.dataset.path"
+    cases = {".jsonl": ('{"text": "fine"}\n{"text": \n'.encode(), "invalid JSON"),
+             ".txt": (b"\n  \n", "no text"),
+             ".md.txt": ("fine\n".encode() + b"\xff\xfe not utf-8\n", "not UTF-8")}
+    for suffix, (content, words) in cases.items():
+        path = root / f"bad-{uuid.uuid4().hex[:6]}{suffix}"
+        path.write_bytes(content)
+        found, _ = await _rejected(training, _text_spec(str(path), 8))
+        assert list(found) == [field] and words in found[field], found
+    empty_jsonl = root / f"empty-{uuid.uuid4().hex[:6]}.jsonl"
+    empty_jsonl.write_text("")
+    found, _ = await _rejected(training, _text_spec(str(empty_jsonl), 8))
+    assert list(found) == [field] and "no text" in found[field], found

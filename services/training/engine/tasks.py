@@ -30,7 +30,9 @@ import json
 import math
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,10 +51,13 @@ __all__ = [
     "Sampler",
     "epoch_seed",
     "build_task",
-    "dataset_characters",
+    "DatasetProfile",
+    "dataset_profile",
     "generate_word_problems",
     "iter_text_documents",
     "load_text_documents",
+    "split_documents",
+    "split_token_counts",
 ]
 
 _MASK63 = (1 << 63) - 1
@@ -367,43 +372,84 @@ def load_text_documents(path: str | Path) -> list[str]:
     return docs
 
 
-def dataset_characters(dataset: str, seed: int = 0, *, max_chars: int | None = None) -> tuple[str, bool]:
-    """The distinct characters a ``char`` tokenizer would be built from, in code point
-    order, and whether that is all of them: ``(vocabulary, complete)``.
+@dataclass(frozen=True)
+class DatasetProfile:
+    """What create-time checks need of a dataset, without tokenizing it
+    (:func:`dataset_profile`).
 
-    ``dataset``: :data:`BUILTIN_DATASET` (its word problems for ``seed``, as
-    :class:`CognateTask` generates them) or a ``.txt``/``.jsonl`` path, read document by
-    document as :func:`load_text_documents` reads it. ``max_chars``: stop after reading
-    documents totalling at least this many characters, or once more than
-    :attr:`CharTokenizer.MAX_CHARACTERS` distinct characters are seen; ``complete`` is
-    then False and the vocabulary is a lower bound (a prefix's characters). Raises
-    SpecError ``task.dataset`` as :func:`load_text_documents` does (missing, malformed
-    or empty file) and UnicodeDecodeError for a file that is not UTF-8.
+    ``characters``: its distinct characters, in code point order (a ``char``
+    tokenizer's vocabulary). ``char_lengths`` / ``byte_lengths``: each document's length
+    in characters / UTF-8 bytes, in file order. ``complete``: whether that is the whole
+    dataset (False: a prefix of whole documents, read up to a bound).
+    """
+
+    characters: str
+    complete: bool
+    char_lengths: array
+    byte_lengths: array
+
+    def token_lengths(self, tokenizer: str) -> array:
+        """Each document's tokens as :class:`CognateTask` encodes it with ``tokenizer``
+        (``"byte"``: UTF-8 bytes, ``"char"``: characters; each plus BOS and EOS)."""
+        lengths = self.byte_lengths if tokenizer == "byte" else self.char_lengths
+        return array("Q", (n + 2 for n in lengths))
+
+
+def dataset_profile(dataset: str, seed: int = 0, *, max_chars: int | None = None) -> DatasetProfile:
+    """Read a dataset as :class:`CognateTask` reads it: ``dataset`` is
+    :data:`BUILTIN_DATASET` (its word problems for ``seed``) or a ``.txt``/``.jsonl``
+    path, read document by document as :func:`load_text_documents` reads it.
+
+    ``max_chars``: stop after whole documents totalling at least this many characters
+    (``complete`` is then False unless nothing followed). Raises SpecError
+    ``task.dataset`` as :func:`load_text_documents` does (missing, malformed or empty
+    file; no characters at all) and UnicodeDecodeError for a file that is not UTF-8.
     """
     if dataset == BUILTIN_DATASET:
         docs: Iterable[str] = generate_word_problems(CognateTask.builtin_documents, seed)
     else:
         docs = iter_text_documents(dataset)
     seen: set[str] = set()
+    chars, nbytes = array("Q"), array("Q")
     read = 0
-    any_text = False
     complete = True
     it = iter(docs)
     for doc in it:
-        any_text = True
         seen.update(doc)
+        chars.append(len(doc))
+        nbytes.append(len(doc.encode("utf-8")))
         read += len(doc)
-        if len(seen) > CharTokenizer.MAX_CHARACTERS:
-            complete = False
-            break
         if max_chars is not None and read >= max_chars:
             complete = next(it, None) is None
             break
-    if not any_text:
+    if not chars:
         raise SpecError("task.dataset", f"dataset file has no text: {dataset}")
     if not seen:
         raise SpecError("task.dataset", "the dataset has no characters to build a vocabulary from")
-    return "".join(sorted(seen)), complete
+    return DatasetProfile("".join(sorted(seen)), complete, chars, nbytes)
+
+
+def split_documents(count: int, train_fraction: float, seed: int) -> tuple[list[int], int]:
+    """:class:`CognateTask`'s split of ``count`` documents: their order (shuffled by
+    ``random.Random(seed)``) and how many of it train; the rest validate. One document
+    (``count`` 1) is split by token position instead (see :func:`split_token_counts`)."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    n_train = min(max(1, round(count * train_fraction)), count - 1) if count >= 2 else count
+    return order, n_train
+
+
+def split_token_counts(token_lengths: Sequence[int], train_fraction: float, seed: int) -> tuple[int, int]:
+    """Tokens in :class:`CognateTask`'s training and validation splits, given each
+    document's tokens in file order: ``(train, validation)``. Each split needs at least
+    ``context_length + 1`` tokens for one window."""
+    if len(token_lengths) >= 2:
+        order, n_train = split_documents(len(token_lengths), train_fraction, seed)
+        train = sum(token_lengths[i] for i in order[:n_train])
+        return train, sum(token_lengths) - train
+    total = sum(token_lengths)
+    cut = int(total * train_fraction)
+    return cut, total - cut
 
 
 class CognateTask(Task):
@@ -436,11 +482,9 @@ class CognateTask(Task):
         else:
             raise SpecError("task.tokenizer", f"unknown tokenizer {tokenizer!r}; expected byte or char")
         self.vocab_size = self.tokenizer.vocab_size
-        order = list(range(len(docs)))
-        random.Random(seed).shuffle(order)
+        order, n_train = split_documents(len(docs), train_fraction, seed)
         docs = [docs[i] for i in order]
         if len(docs) >= 2:
-            n_train = min(max(1, round(len(docs) * train_fraction)), len(docs) - 1)
             train_ids = self._stream(docs[:n_train])
             eval_ids = self._stream(docs[n_train:])
         else:  # one document: split its token stream by position
