@@ -85,7 +85,7 @@ from services.launcher.pidfile import (
 )
 from services.launcher.prometheus import file_sd_groups, remove_targets, write_targets
 from services.shared import auth
-from services.shared.process import mark_long_lived, parent_death_signal_hook, unmark_long_lived
+from services.shared.process import mark_long_lived, parent_death_argv, unmark_long_lived
 from services.shared.supervision import RestartBudget, RestartPolicy
 from services.shared.valkey import EmbeddedValkey, ValkeyStartError
 
@@ -452,15 +452,17 @@ class _Child:
         log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.spec.argv)}\n".encode())
         log.flush()
         try:
+            # setpriv sets the parent-death signal and execs: no preexec_fn, whose Python
+            # between fork and exec crashed children (SIGSEGV) forked from this
+            # multi-threaded process (gRPC's and the exporters' threads).
             self.popen = subprocess.Popen(
-                self.spec.argv,
+                [*parent_death_argv(), *self.spec.argv],
                 cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=parent_death_signal_hook(),
             )
         except OSError as exc:
             log.close()

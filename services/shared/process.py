@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import signal
 import sys
 import threading
-from collections.abc import Callable
 
-__all__ = ["mark_long_lived", "parent_death_argv", "parent_death_signal_hook", "unmark_long_lived"]
+__all__ = ["mark_long_lived", "parent_death_argv", "unmark_long_lived"]
 
-_PR_SET_PDEATHSIG = 1
 _LONG_LIVED: set[int] = set()  # thread idents (see mark_long_lived)
 
 
@@ -37,33 +33,12 @@ def _may_set_parent_death() -> bool:
     return threading.current_thread() is threading.main_thread() or threading.get_ident() in _LONG_LIVED
 
 
-def parent_death_signal_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` asking Linux to SIGTERM the child when its parent dies.
+def parent_death_argv() -> list[str]:
+    """An argv prefix asking Linux to SIGTERM the child when its parent dies.
 
     Only from the main thread (or one marked with :func:`mark_long_lived`): the signal
-    fires when the *thread* that forked exits, so a
-    child started from a worker thread (``asyncio.to_thread``) would be killed when that
-    thread ends. ``prctl`` is resolved here, in the parent, so the child only calls it.
-    Returns None where it does not apply (not Linux, not the main thread).
-    """
-    if not _may_set_parent_death():
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def hook() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
-
-    return hook
-
-
-def parent_death_argv() -> list[str]:
-    """An argv prefix with the same effect as :func:`parent_death_signal_hook`, for
-    processes started while other threads run (gRPC's, for one).
-
-    A ``preexec_fn`` runs Python in the forked child before ``exec``, which is unsafe in
+    fires when the *thread* that forked exits. Used instead of a ``preexec_fn`` calling
+    ``prctl``: a ``preexec_fn`` runs Python in the forked child before ``exec``, which is unsafe in
     a multi-threaded parent (the child can crash or deadlock); util-linux's ``setpriv
     --pdeathsig`` sets the signal and then execs the program, with no Python in between.
     Empty where it does not apply (not Linux, not the main thread, no ``setpriv``).
