@@ -48,6 +48,7 @@ from agentforge.training.v1 import training_job_event_pb2 as ev_pb
 from agentforge.training.v1 import training_job_pb2 as job_pb
 
 from services.launcher.mesh import Mesh, MeshConfig
+from benchmarks._auth import bearer_headers
 from tests.e2e.browser import Browser, missing_prerequisites
 from services.shared.bus import BusConfig, EventBus
 from services.training.queue import Keys
@@ -59,12 +60,7 @@ SERVICE = "/agentforge.training.v1.TrainingService/"
 
 
 def _auth() -> dict[str, str]:
-    """A bearer token when this checkout has auth (the edge may enforce it)."""
-    try:
-        from services.shared.auth import mint_token  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    return {"authorization": f"Bearer {mint_token('admin', subject='bench-dashboard', ttl_s=3600)}"}
+    return bearer_headers("admin", "bench-dashboard")
 
 
 def seed_job(data_dir: Path, steps: int) -> str:

@@ -47,19 +47,11 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 
 from services.launcher.envoy_config import EdgeLimits  # noqa: E402
+from benchmarks._auth import bearer_headers  # noqa: E402
 from services.launcher.mesh import Mesh, MeshConfig  # noqa: E402
 
 TOPIC = "bench/edge-memory"
 MIB = 1024 * 1024
-
-
-def _auth_headers() -> dict[str, str]:
-    try:
-        from services.shared.auth import ensure_dev_secrets, mint_token
-    except ImportError:
-        return {}
-    ensure_dev_secrets()
-    return {"authorization": f"Bearer {mint_token('admin', subject='bench-edge-memory', ttl_s=3600)}"}
 
 
 def _admin_json(mesh: Mesh, path: str) -> Any:
@@ -131,7 +123,7 @@ def _stalled_client(port: int, request: bytes) -> socket.socket:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    headers = _auth_headers()
+    headers = bearer_headers("admin", "bench-edge-memory")
     limits = EdgeLimits(streaming_idle_timeout_s=args.idle)
     with tempfile.TemporaryDirectory(prefix="bench-edge-mem-") as tmp, Mesh(MeshConfig(
         services=("realtime",), edge_limits=limits, data_dir=Path(tmp) / "data", run_dir=Path(tmp) / "run",

@@ -32,15 +32,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.launcher.mesh import Mesh, MeshConfig  # noqa: E402
-
-
-def _headers() -> dict[str, str]:
-    try:
-        from services.shared.auth import mint_token
-
-        return {"authorization": f"Bearer {mint_token('admin', subject='bench-forge')}"}
-    except Exception:  # noqa: BLE001 - no auth in this build
-        return {}
+from benchmarks._auth import bearer_headers  # noqa: E402
 
 
 def _seconds(ts: str) -> float:
@@ -94,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         mesh = Mesh(MeshConfig(data_dir=Path(tmp) / "data", run_dir=Path(tmp) / "run"))
         mesh.start()
         try:
-            with httpx.Client(base_url=mesh.edge_url, timeout=60, headers=_headers()) as client:
+            with httpx.Client(base_url=mesh.edge_url, timeout=60, headers=bearer_headers("admin", "bench-forge")) as client:
                 for i in range(args.repeat):
                     t0 = time.perf_counter()
                     params = {"cognate": {"max_steps": args.max_steps, "seed_stride": args.seed_stride},

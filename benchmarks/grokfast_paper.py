@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._paper_reference import reference_run  # noqa: E402
+from benchmarks._auth import bearer_headers  # noqa: E402
 from services.launcher.mesh import Mesh, MeshConfig  # noqa: E402
 
 PAPER_STEPS_GROKFAST = 910
@@ -68,16 +69,6 @@ def paper_job(seed: int, max_steps: int, *, grokfast: bool = True) -> dict[str, 
         "device": "DEVICE_CPU",
     }
     return {"displayName": f"grokfast paper seed {seed}", "labels": {"benchmark": "grokfast-paper"}, "spec": spec}
-
-
-def _headers() -> dict[str, str]:
-    """A dev token when this build has auth (the edge then requires one)."""
-    try:
-        from services.shared.auth import mint_token
-
-        return {"authorization": f"Bearer {mint_token('admin', subject='bench-grokfast')}"}
-    except Exception:  # noqa: BLE001 - no auth in this build
-        return {}
 
 
 def _seconds(ts: str) -> float:
@@ -137,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                                env={"AF_TRAINING_TORCH_THREADS": str(args.threads)}))
         mesh.start()
         try:
-            with httpx.Client(base_url=mesh.edge_url, timeout=60, headers=_headers()) as client:
+            with httpx.Client(base_url=mesh.edge_url, timeout=60, headers=bearer_headers("admin", "bench-grokfast")) as client:
                 for seed in seeds:
                     api = api_run(client, paper_job(seed, args.max_steps), 0.95)
                     t0 = time.perf_counter()

@@ -67,6 +67,7 @@ from google.protobuf import struct_pb2  # noqa: E402
 
 from agentforge.realtime.v1 import realtime_service_pb2_grpc  # noqa: E402
 from agentforge.realtime.v1 import request_response_pb2 as rr  # noqa: E402
+from benchmarks._auth import bearer_metadata  # noqa: E402
 from edge_unary import Children, _free_port, _http_get, _read_ready_port  # noqa: E402
 
 __all__ = ["ScenarioResult", "main", "run"]
@@ -77,17 +78,9 @@ SUBSCRIBE_PATH = "/agentforge.realtime.v1.RealtimeService/Subscribe"
 
 # ------------------------------------------------------------------ the processes
 def _auth_metadata(subject: str = "bench") -> tuple[tuple[str, str], ...]:
-    """A bearer token when this checkout has auth (the edge may enforce it). Streams are
-    spread over several subjects, as many users would be (the edge rate-limits per
-    subject)."""
-    try:
-        from services.shared.auth import mint_token  # type: ignore[attr-defined]
-    except ImportError:
-        return ()
-    try:
-        return (("authorization", f"Bearer {mint_token('admin', subject=subject, ttl_s=3600)}"),)
-    except Exception:  # noqa: BLE001 - no dev secrets: run without
-        return ()
+    """Credentials for ``subject``. Streams are spread over several subjects, as many users
+    would be (the edge rate-limits per subject)."""
+    return bearer_metadata("admin", subject)
 
 
 def _user_metadata(count: int, per_user: int = 20) -> list[tuple[tuple[str, str], ...]]:
