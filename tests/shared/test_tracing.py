@@ -24,14 +24,11 @@ from agentforge.training.v1 import training_job_pb2
 from agentforge.events.v1 import event_pb2
 from services.shared import tracing
 from services.shared.bus import BusConfig, Envelope, EventBus
-from services.shared.config import ServerConfig
 from services.shared.events import publish_event
 from services.shared.interceptors import TracingInterceptor
-from services.shared.server import build_server
 from services.shared.valkey import EmbeddedValkey
 
 from .conftest import EchoServer, rpc
-from .echo_service import EchoServicer
 
 S, D = wrappers_pb2.StringValue, wrappers_pb2.DoubleValue
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -53,15 +50,9 @@ def spans() -> Iterator[InMemorySpanExporter]:
 
 
 @pytest.fixture
-async def traced_echo(spans: InMemorySpanExporter) -> AsyncIterator[EchoServer]:
-    """The echo service, built while tracing is on (so its chain traces)."""
-    servicer = EchoServicer()
-    service = await build_server(ServerConfig(grace_seconds=0.5, metrics_port=-1), "echo", servicer.register)
-    servicer.port = service.port
-    try:
-        yield EchoServer(service, servicer)
-    finally:
-        await service.shutdown(0)
+async def traced_echo(spans: InMemorySpanExporter, echo_server: EchoServer) -> EchoServer:
+    """conftest's echo service, built after ``spans`` turned tracing on (so its chain traces)."""
+    return echo_server
 
 
 @pytest.fixture
