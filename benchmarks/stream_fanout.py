@@ -218,7 +218,7 @@ async def bus_floor(url: str, samples: int) -> list[float]:
     async with EventBus(config) as publisher, EventBus(config) as reader:
         last = "$"
         for i in range(samples):
-            read = asyncio.ensure_future(reader.client.xread({stream: last}, count=1, block=2000))
+            read = asyncio.ensure_future(reader.blocking_client.xread({stream: last}, count=1, block=2000))
             await asyncio.sleep(0.002)  # the read is blocked before the publish
             t0 = time.perf_counter()
             await publisher.publish(stream, struct_pb2.Value(number_value=i), subject="floor")
